@@ -1,0 +1,11 @@
+"""timm-stra: Structure-Regularized Attention backbones for timm.
+
+``import timm_stra`` registers the models with timm::
+
+    import timm, timm_stra
+    model = timm.create_model('stra_resnet50_reid')
+"""
+from .diversity import diversity_loss, diversity_per_sample
+from .layers import LocalAttention, ModeAttention, SelfAttention2d, StRAttention
+from .models import StRAResNet
+from .version import __version__

@@ -1,0 +1,34 @@
+"""``timm-stra`` command line: one subcommand per tool, each a module with ``main(argv)``."""
+import importlib
+import sys
+from typing import List, Optional
+
+# subcommand -> (module with main(argv), one-line help)
+COMMANDS = {
+    'models': ('timm_stra.tools.summary', 'build every registered model; table of params, GMACs, output shape'),
+}
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ['usage: timm-stra <command> [options]', '', 'commands:']
+    lines += [f'  {name:<{width}}  {help_}' for name, (_, help_) in COMMANDS.items()]
+    lines += ['', "Run 'timm-stra <command> --help' for a command's options."]
+    return '\n'.join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ('-h', '--help'):
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"timm-stra: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    return module.main(rest) or 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

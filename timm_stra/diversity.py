@@ -1,0 +1,61 @@
+"""Reading the diversity regularisation term out of a model after its forward pass (SPEC 1.3).
+
+Every StRA operator keeps the per-sample term of its last training-mode forward
+(``DiversityRecorder``); ``diversity_loss`` gathers them. No module-level state:
+the terms live on the operators, so the loss is right for any batch size, for
+several models at once, under DDP (each process reads its own replica), under
+DataParallel (each device's slice is kept under its device) and under
+``torch.compile``; nothing is computed in eval mode.
+"""
+from typing import List
+
+import torch
+from torch import nn
+
+from .layers.diversity import DiversityRecorder
+
+
+def _recorders(model: nn.Module) -> List[DiversityRecorder]:
+    return [m for m in model.modules() if isinstance(m, DiversityRecorder)]
+
+
+def diversity_per_sample(model: nn.Module) -> torch.Tensor:
+    """Per-sample sum over all StRA operators of the last training-mode forward, and forget it.
+
+    Returns:
+        (B,) float32 tensor (samples of a DataParallel batch in device order), or an
+        empty tensor for a model without mode attention (e.g. a ResNet twin).
+
+    Raises:
+        RuntimeError: the model has StRA operators but none of them holds a term, i.e. no
+            training-mode forward ran since the last read.
+    """
+    recorders = _recorders(model)
+    if not recorders:
+        param = next(model.parameters(), None)
+        return torch.zeros(0, device=param.device if param is not None else None)
+    kept = [r.kept for r in recorders]
+    if any(not k for k in kept):
+        raise RuntimeError(
+            'No diversity term recorded: call diversity_loss(model) once after each training-mode forward '
+            '(model.train()); eval-mode forwards do not compute it.')
+    devices = sorted(kept[0], key=lambda d: torch.device(d).index or 0)
+    target = kept[0][devices[0]].device
+    per_sample = torch.cat([
+        torch.stack([k[d] for k in kept]).sum(dim=0).to(target) for d in devices])
+    for r in recorders:
+        r.kept.clear()
+    return per_sample
+
+
+def diversity_loss(model: nn.Module) -> torch.Tensor:
+    """Diversity term of the last training-mode forward: batch mean of the per-sample sum over operators.
+
+    Add it to the task loss with its weight (1.0 for ReID and FER, 0.1 for face):
+    ``loss = criterion(logits, target) + weight * timm_stra.diversity_loss(model)``.
+    Reading it clears what the operators kept. A model without mode attention gives 0.
+    """
+    per_sample = diversity_per_sample(model)
+    if per_sample.numel() == 0:
+        return per_sample.sum()
+    return per_sample.mean()

@@ -1,0 +1,38 @@
+"""Input validation shared by the StRA layers.
+
+The checks are registered as fx leaf functions so that models stay traceable by
+``torch.fx`` (a traced graph calls them, it does not trace into them) and are
+written in the TorchScript subset so that models stay scriptable.
+"""
+import torch
+from timm.layers import register_notrace_function
+
+
+def check_divisible(channels: int, groups: int, what: str) -> None:
+    """Raise a ``ValueError`` unless ``channels`` splits into ``groups`` equal groups."""
+    if groups < 1:
+        raise ValueError(f'{what}: the number of modes (groups) must be >= 1, got {groups}.')
+    if channels % groups != 0:
+        raise ValueError(
+            f'{what}: {channels} channels cannot be split into {groups} modes (groups); '
+            f'choose groups that divide {channels}, e.g. one of '
+            f'{[g for g in range(1, min(channels, 64) + 1) if channels % g == 0]}.')
+
+
+def check_choice(value: str, choices, what: str) -> None:
+    """Raise a ``ValueError`` unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f'Unknown {what} {value!r}; expected one of {sorted(choices)}.')
+
+
+@register_notrace_function
+def check_feature_map(x: torch.Tensor, channels: int, name: str) -> None:
+    """Raise a ``ValueError`` unless ``x`` is a (B, ``channels``, H, W) tensor."""
+    if x.dim() != 4:
+        raise ValueError(
+            '{} expects a (B, C, H, W) feature map, got a tensor with {} dimensions of shape {}.'.format(
+                name, x.dim(), x.shape))
+    if x.shape[1] != channels:
+        raise ValueError(
+            '{} was built for {} input channels, got a feature map with {} channels (shape {}).'.format(
+                name, channels, x.shape[1], x.shape))

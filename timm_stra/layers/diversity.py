@@ -1,0 +1,46 @@
+"""The diversity regularisation of StRA's spatial masks (SPEC 1.3).
+
+``L_d = G - sum_i max_g M[g, i]`` for each sample: zero only when the G masks
+put all their mass on disjoint positions, ``G - 1`` at most when they coincide.
+"""
+from typing import Dict
+
+import torch
+from torch import nn
+
+
+def mask_diversity(masks: torch.Tensor) -> torch.Tensor:
+    """Per-sample diversity term of a set of spatial masks.
+
+    Args:
+        masks: (B, G, H, W) or (B, G, N) masks, each summing to 1 over its positions.
+
+    Returns:
+        (B,) float32 tensor ``G - sum_i max_g masks[b, g, i]``.
+    """
+    flat = masks.flatten(2).float()
+    return flat.shape[1] - flat.amax(dim=1).sum(dim=-1)
+
+
+class DiversityRecorder(nn.Module):
+    """Identity on the spatial masks that keeps each sample's diversity term.
+
+    In training mode the per-sample term of the batch just seen is kept, keyed by
+    device, so that ``timm_stra.diversity_loss(model)`` can read it after the
+    forward pass. DataParallel replicas share the dict (they copy the module's
+    ``__dict__`` shallowly), so each replica's slice of the batch is kept under its
+    device. Nothing is computed in eval mode or under TorchScript. A forward hook on
+    this module sees the masks themselves, in any mode (used by the visualiser).
+
+    Shapes:
+        (B, G, H, W) -> (B, G, H, W), unchanged.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.kept: Dict[str, torch.Tensor] = {}
+
+    def forward(self, masks: torch.Tensor) -> torch.Tensor:
+        if self.training and not torch.jit.is_scripting():
+            self.kept[str(masks.device)] = mask_diversity(masks)
+        return masks

@@ -1,0 +1,133 @@
+"""Local attention, the first half of StRA (Eq. 2 of the paper, SPEC 1.1).
+
+Each of G modes weights the k x k neighbourhood of every query position with a
+softmax over ``omega[g, i, j] + nu[g, j]``: a query score for the (position,
+offset) pair plus a score of the neighbour itself. Outside the map ``nu`` and the
+values are zero (border neighbours still take part in the softmax), as in the
+authors' release.
+
+This implementation shifts views of the padded values instead of unfolding them,
+so it never materialises the k*k copies of the values that the unfold-based
+reference (``local_attn_ref.py``) builds.
+"""
+from typing import List
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .checks import check_divisible
+from .score_branch import ScoreBranch
+
+
+def score_hidden_chs(channels: int, reduction: int, groups: int) -> int:
+    """Width of the logit branch: ``channels // reduction`` rounded down to a multiple of ``groups`` (>= groups).
+
+    For the paper's operator (C=512, r=4, G=8) this is exactly C / r = 128.
+    """
+    return max(groups, (channels // reduction) // groups * groups)
+
+
+def neighbour_views(x: torch.Tensor, kernel_size: int, stride: int, out_h: int, out_w: int) -> List[torch.Tensor]:
+    """Views of a zero-padded map at each of the k*k neighbour offsets (row-major) of every query.
+
+    Args:
+        x: (..., H + 2p, W + 2p) map already padded by p = kernel_size // 2.
+        kernel_size: k.
+        stride: query stride s; queries sit at input positions s*i.
+        out_h, out_w: number of query rows and columns, ceil(H / s) and ceil(W / s).
+
+    Returns:
+        k*k tensors of shape (..., out_h, out_w); view number ``dy * k + dx`` holds the
+        neighbour at offset (dy - p, dx - p) of each query.
+    """
+    span_h = stride * (out_h - 1) + 1
+    span_w = stride * (out_w - 1) + 1
+    return [
+        x[..., dy:dy + span_h:stride, dx:dx + span_w:stride]
+        for dy in range(kernel_size) for dx in range(kernel_size)
+    ]
+
+
+class LocalAttention(nn.Module):
+    """StRA local attention.
+
+    Args:
+        dim: channels C (input and output), divisible by ``groups``.
+        groups: number of modes G.
+        kernel_size: neighbourhood size k (odd).
+        stride: 1, or 2 to downsample (queries at every other position; SPEC 1.1 step 4).
+        reduction: reduction r of the logit branch width.
+
+    Shapes:
+        (B, C, H, W) -> (B, C, ceil(H / stride), ceil(W / stride))
+    """
+
+    def __init__(
+            self,
+            dim: int,
+            groups: int = 8,
+            kernel_size: int = 3,
+            stride: int = 1,
+            reduction: int = 4,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        check_divisible(dim, groups, 'LocalAttention')
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f'LocalAttention: kernel_size must be odd and >= 1, got {kernel_size}.')
+        if stride not in (1, 2):
+            raise ValueError(f'LocalAttention: stride must be 1 or 2, got {stride}.')
+        self.dim = dim
+        self.groups = groups
+        self.kernel_size = kernel_size
+        self.stride = stride
+        kk = kernel_size * kernel_size
+        # output channels: G neighbour scores nu, then G * k*k query scores omega (official layout)
+        self.score = ScoreBranch(dim, score_hidden_chs(dim, reduction, groups), groups * (1 + kk), groups, **dd)
+        self.value = nn.Conv2d(dim, dim, 1, groups=groups, bias=False, **dd)
+
+    def attention(self, scores: torch.Tensor, out_h: int, out_w: int) -> torch.Tensor:
+        """Neighbourhood weights from the logit branch output.
+
+        Args:
+            scores: (B, G * (1 + k*k), H, W) output of ``self.score``.
+
+        Returns:
+            (B, G, k*k, out_h, out_w) softmax weights (float32 statistics, cast back to the input dtype).
+        """
+        B, _, H, W = scores.shape
+        G, k, s, p = self.groups, self.kernel_size, self.stride, self.kernel_size // 2
+        nu = F.pad(scores[:, :G], (p, p, p, p))
+        omega = scores[:, G:].reshape(B, G, k * k, H, W)[..., ::s, ::s]
+        logits = omega + torch.stack(neighbour_views(nu, k, s, out_h, out_w), dim=2)
+        return torch.softmax(logits, dim=2, dtype=torch.float32).to(scores.dtype)
+
+    def aggregate(self, attn: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        """Weighted sum of each query's neighbours.
+
+        Args:
+            attn: (B, G, k*k, out_h, out_w) weights.
+            value: (B, C, H, W) values.
+
+        Returns:
+            (B, C, out_h, out_w).
+        """
+        B, C, H, W = value.shape
+        G, k, s, p = self.groups, self.kernel_size, self.stride, self.kernel_size // 2
+        out_h, out_w = attn.shape[-2:]
+        padded = F.pad(value, (p, p, p, p)).view(B, G, C // G, H + 2 * p, W + 2 * p)
+        neighbours = neighbour_views(padded, k, s, out_h, out_w)
+        out = attn[:, :, 0:1] * neighbours[0]
+        for j in range(1, len(neighbours)):
+            out = out + attn[:, :, j:j + 1] * neighbours[j]
+        return out.reshape(B, C, out_h, out_w)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        H, W = x.shape[-2:]
+        out_h = (H - 1) // self.stride + 1
+        out_w = (W - 1) // self.stride + 1
+        attn = self.attention(self.score(x), out_h, out_w)
+        return self.aggregate(attn, self.value(x))

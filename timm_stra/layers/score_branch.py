@@ -1,0 +1,37 @@
+"""The grouped bottleneck that scores positions in both halves of StRA.
+
+Local attention uses it to produce the neighbour and query logits, mode attention
+to produce the spatial mask logits: ``GC(C -> hidden, bias) -> BN -> tanh ->
+GC(hidden -> out, bias) -> BN``, where ``GC`` is a 1x1 convolution with ``groups``
+groups (SPEC 1.1 step 1 and 1.2 step 1).
+"""
+import torch
+from torch import nn
+
+
+class ScoreBranch(nn.Module):
+    """Grouped 1x1 conv -> BN -> tanh -> grouped 1x1 conv -> BN.
+
+    Args:
+        in_chs: input channels C, divisible by ``groups``.
+        hidden_chs: bottleneck width, divisible by ``groups``.
+        out_chs: output channels, divisible by ``groups``.
+        groups: number of groups G of both convolutions.
+
+    Shapes:
+        (B, in_chs, H, W) -> (B, out_chs, H, W)
+    """
+
+    def __init__(self, in_chs: int, hidden_chs: int, out_chs: int, groups: int, device=None, dtype=None):
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        self.conv1 = nn.Conv2d(in_chs, hidden_chs, 1, groups=groups, bias=True, **dd)
+        self.bn1 = nn.BatchNorm2d(hidden_chs, **dd)
+        self.act = nn.Tanh()
+        self.conv2 = nn.Conv2d(hidden_chs, out_chs, 1, groups=groups, bias=True, **dd)
+        self.bn2 = nn.BatchNorm2d(out_chs, **dd)
+        nn.init.zeros_(self.conv1.bias)
+        nn.init.zeros_(self.conv2.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn2(self.conv2(self.act(self.bn1(self.conv1(x)))))

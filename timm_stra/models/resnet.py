@@ -1,0 +1,128 @@
+"""The registered StRA-ResNet-50 variants and their ResNet-50 twins (SPEC 2).
+
+=====================  ===========  ============================================
+name                   input        head
+=====================  ===========  ============================================
+stra_resnet50          3x224x224    GAP, FC 2048 -> 1000 (ImageNet; twin: timm's resnet50)
+stra_resnet50_reid     3x256x128    last stride 1; GAP, 2048 -> 512 embedding, FC -> 751 IDs
+stra_resnet50_face     3x112x112    BN-Dropout-FC-BN 512-D embedding; ``img_size`` for 224x192
+stra_resnet50_fer      1x44x44      small stem, StRA blocks without last 1x1; GAP, FC 512 -> 7
+resnet50_reid          3x256x128    twin of stra_resnet50_reid
+resnet50_face          3x112x112    twin of stra_resnet50_face
+resnet50_fer           1x44x44      twin of stra_resnet50_fer (FC 2048 -> 7)
+=====================  ===========  ============================================
+
+The module is named ``resnet`` like timm's: ``timm.list_models(module='resnet')``
+includes these models, and timm's own test-suite exercises their
+``forward_intermediates`` as it does for every ResNet.
+"""
+from typing import Any, Dict, Tuple
+
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+
+from .stra_resnet import StRAResNet
+
+PAPER = dict(
+    paper_ids='arXiv:2106.06672',
+    paper_name='Structure-Regularized Attention for Deformable Object Representation',
+    origin_url='https://github.com/shenao-zhang/StRA',
+)
+FACE_MEAN = (0.5, 0.5, 0.5)  # (x - 127.5) / 128 on 0..255 pixels
+FACE_STD = (128 / 255,) * 3
+
+
+def _cfg(**kwargs) -> Dict[str, Any]:
+    return {
+        'url': '', 'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7),
+        'crop_pct': 0.875, 'interpolation': 'bilinear', 'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
+        'first_conv': 'conv1', 'classifier': 'fc', 'license': 'apache-2.0', **PAPER, **kwargs,
+    }
+
+
+def _reid_cfg(**kwargs) -> Dict[str, Any]:
+    return _cfg(num_classes=751, input_size=(3, 256, 128), pool_size=(16, 8), crop_pct=1.0, **kwargs)
+
+
+def _face_cfg(**kwargs) -> Dict[str, Any]:
+    return _cfg(
+        num_classes=0, input_size=(3, 112, 112), pool_size=(4, 4), crop_pct=1.0,
+        mean=FACE_MEAN, std=FACE_STD, fixed_input_size=True, **kwargs)
+
+
+def _fer_cfg(**kwargs) -> Dict[str, Any]:
+    return _cfg(
+        num_classes=7, input_size=(1, 44, 44), pool_size=(6, 6), crop_pct=1.0,
+        mean=(0.5,), std=(0.5,), **kwargs)
+
+
+default_cfgs = generate_default_cfgs({
+    'stra_resnet50': _cfg(),
+    'stra_resnet50_reid': _reid_cfg(),
+    'stra_resnet50_face': _face_cfg(),
+    'stra_resnet50_fer': _fer_cfg(),
+    'resnet50_reid': _reid_cfg(),
+    'resnet50_face': _face_cfg(),
+    'resnet50_fer': _fer_cfg(),
+})
+
+
+def _face_size_overlay(img_size) -> Dict[str, Any]:
+    """Keep ``pretrained_cfg`` (input and pool size) true to a face model built for another ``img_size``."""
+    size: Tuple[int, int] = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+    return dict(input_size=(3, *size), pool_size=tuple((s - 1) // 32 + 1 for s in size))
+
+
+def _create(variant: str, pretrained: bool, model_args: Dict[str, Any], **kwargs) -> StRAResNet:
+    overlay = kwargs.pop('pretrained_cfg_overlay', None)
+    if model_args.get('head') == 'face' and kwargs.get('img_size') is not None:
+        overlay = {**_face_size_overlay(kwargs['img_size']), **(overlay or {})}
+    return build_model_with_cfg(
+        StRAResNet, variant, pretrained, pretrained_cfg_overlay=overlay, **dict(model_args, **kwargs))
+
+
+_REID = dict(last_stride=1, head='reid')
+_FACE = dict(head='face', drop_rate=0.4)
+_FER = dict(layers=(3, 3, 3, 3), stem='small')
+
+
+@register_model
+def stra_resnet50(pretrained: bool = False, **kwargs) -> StRAResNet:
+    """StRA-ResNet-50 for ImageNet classification (224x224, StRA last stage with stride 2)."""
+    return _create('stra_resnet50', pretrained, dict(), **kwargs)
+
+
+@register_model
+def stra_resnet50_reid(pretrained: bool = False, **kwargs) -> StRAResNet:
+    """StRA-ResNet-50 for person ReID (256x128, last stride 1, 512-D embedding, 751 Market-1501 IDs)."""
+    return _create('stra_resnet50_reid', pretrained, dict(_REID), **kwargs)
+
+
+@register_model
+def stra_resnet50_face(pretrained: bool = False, **kwargs) -> StRAResNet:
+    """StRA-ResNet-50 for face recognition (112x112, BN-Dropout-FC-BN 512-D embedding; ``img_size`` for others)."""
+    return _create('stra_resnet50_face', pretrained, dict(_FACE), **kwargs)
+
+
+@register_model
+def stra_resnet50_fer(pretrained: bool = False, **kwargs) -> StRAResNet:
+    """StRA-ResNet-50 for facial expressions (44x44 grayscale, small stem, StRA blocks without last 1x1, 7 classes)."""
+    return _create('stra_resnet50_fer', pretrained, dict(_FER, fuse_last=False), **kwargs)
+
+
+@register_model
+def resnet50_reid(pretrained: bool = False, **kwargs) -> StRAResNet:
+    """ResNet-50 twin of ``stra_resnet50_reid`` (the paper's ReID baseline)."""
+    return _create('resnet50_reid', pretrained, dict(_REID, stra=False), **kwargs)
+
+
+@register_model
+def resnet50_face(pretrained: bool = False, **kwargs) -> StRAResNet:
+    """ResNet-50 twin of ``stra_resnet50_face`` (the paper's face baseline)."""
+    return _create('resnet50_face', pretrained, dict(_FACE, stra=False), **kwargs)
+
+
+@register_model
+def resnet50_fer(pretrained: bool = False, **kwargs) -> StRAResNet:
+    """ResNet-50 twin of ``stra_resnet50_fer`` (the paper's FER baseline)."""
+    return _create('resnet50_fer', pretrained, dict(_FER, stra=False), **kwargs)

@@ -1,0 +1,205 @@
+"""ResNet-50 with StRA in the last stage, and its plain twins, on timm's ``ResNet``.
+
+Stem and the first three stages are timm's (state-dict names ``conv1``, ``bn1``,
+``layer1``..``layer3``); the last stage is rebuilt with the variant's stride and
+block (``StRABottleneck``, or timm's ``Bottleneck`` for the twins); the head is
+timm's classifier, optionally behind a task neck (``neck``: person ReID or face).
+"""
+from typing import Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from timm.layers import create_classifier, get_act_layer, get_norm_layer
+from timm.layers.helpers import get_device_dtype
+from timm.models.resnet import Bottleneck, ResNet
+
+from ..layers.checks import check_choice
+from .blocks import StRABottleneck, make_last_stage
+from .heads import FaceNeck, ReIDNeck
+
+STEMS = ('default', 'small')
+HEADS = ('classifier', 'reid', 'face')
+STRA_DEFAULTS = dict(local_op='local', mode='full', groups=8, kernel_size=3, reduction=4)
+
+
+def _to_2tuple(size: Union[int, Tuple[int, int]]) -> Tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+class StRAResNet(ResNet):
+    """ResNet whose last stage is built from StRA bottlenecks (or plain ones, for the twins).
+
+    Args:
+        layers: blocks per stage.
+        stra: StRA blocks in the last stage; False builds the plain ResNet twin.
+        local_op, mode, groups, kernel_size, reduction: StRA knobs (see ``StRAttention``);
+            only for ``stra=True``. Defaults: 'local', 'full', 8, 3, 4.
+        last_stride: stride of the last stage (1 keeps a 16x8 map at 256x128 for ReID).
+        fuse_last: keep the last 1x1 conv of each StRA block (False for the FER variant).
+        stem: 'default' (7x7/2 conv + max-pool) or 'small' (3x3/1 conv, no max-pool).
+        head: 'classifier' (pool + FC), 'reid' (pool + embedding + FC) or
+            'face' (BN-Dropout-FC-BN embedding over the flattened map + FC).
+        embed_dim: embedding width of the 'reid' and 'face' heads.
+        img_size: input size the 'face' head is built for (its FC sees the whole map).
+        num_classes: classifier outputs; 0 returns the embedding (or pooled features).
+        global_pool: 'avg' etc. for 'classifier' and 'reid'; 'flatten' for 'face';
+            '' returns the un-pooled feature map (with ``num_classes=0``).
+        drop_rate: dropout before the classifier ('face': the neck's dropout).
+    """
+
+    def __init__(
+            self,
+            layers: Tuple[int, ...] = (3, 4, 6, 3),
+            stra: bool = True,
+            local_op: Optional[str] = None,
+            mode: Optional[str] = None,
+            groups: Optional[int] = None,
+            kernel_size: Optional[int] = None,
+            reduction: Optional[int] = None,
+            last_stride: int = 2,
+            fuse_last: bool = True,
+            stem: str = 'default',
+            head: str = 'classifier',
+            embed_dim: int = 512,
+            img_size: Optional[Union[int, Tuple[int, int]]] = None,
+            num_classes: int = 1000,
+            in_chans: int = 3,
+            global_pool: Optional[str] = None,
+            drop_rate: float = 0.,
+            drop_path_rate: float = 0.,
+            drop_block_rate: float = 0.,
+            output_stride: int = 32,
+            act_layer=nn.ReLU,
+            norm_layer=nn.BatchNorm2d,
+            zero_init_last: bool = True,
+            device=None,
+            dtype=None,
+    ):
+        dd = {'device': device, 'dtype': dtype}
+        check_choice(stem, STEMS, 'stem')
+        check_choice(head, HEADS, 'head')
+        if last_stride not in (1, 2):
+            raise ValueError(f'last_stride must be 1 or 2, got {last_stride}.')
+        if output_stride != 32:
+            raise ValueError(
+                'StRA ResNets do not dilate: set the last stage stride with last_stride=1 '
+                f'(output stride 16) instead of output_stride={output_stride}.')
+        knobs = dict(local_op=local_op, mode=mode, groups=groups, kernel_size=kernel_size, reduction=reduction)
+        given = {k: v for k, v in knobs.items() if v is not None}
+        if not stra and given:
+            raise TypeError(f'{sorted(given)} only apply to StRA models; this is a plain ResNet twin.')
+        if not stra and not fuse_last:
+            raise ValueError('fuse_last=False removes the last 1x1 conv of StRA blocks; the twin keeps them.')
+        if head == 'face' and img_size is None:
+            raise ValueError("The 'face' head flattens the feature map: give img_size, e.g. img_size=(112, 112).")
+
+        # Build stem and stages 1-3 with timm. The last stage is rebuilt below with its own stride and block,
+        # so timm is asked for an empty one (only its downsample is made and dropped). timm decays the
+        # drop-path rate over the blocks it builds: scale it so stages 1-3 get the rates of the full network.
+        num_blocks = sum(layers)
+        first_blocks = num_blocks - layers[-1]
+        super().__init__(
+            block=Bottleneck,
+            layers=(*layers[:-1], 0),
+            num_classes=num_classes,
+            in_chans=in_chans,
+            drop_rate=drop_rate,
+            drop_path_rate=drop_path_rate * (first_blocks - 1) / max(num_blocks - 1, 1),
+            drop_block_rate=drop_block_rate,
+            act_layer=act_layer,
+            norm_layer=norm_layer,
+            zero_init_last=zero_init_last,
+            **dd,
+        )
+        act_layer = get_act_layer(act_layer)
+        norm_layer = get_norm_layer(norm_layer)
+
+        stem_reduction = 4
+        if stem == 'small':
+            self.conv1 = nn.Conv2d(in_chans, 64, kernel_size=3, stride=1, padding=1, bias=False, **dd)
+            nn.init.kaiming_normal_(self.conv1.weight, mode='fan_out', nonlinearity='relu')
+            self.maxpool = nn.Identity()
+            self.feature_info[0]['reduction'] = stem_reduction = 1
+
+        planes = 512
+        if stra:
+            self.stra_args = {**STRA_DEFAULTS, **given}
+            block_fn = StRABottleneck
+            block_kwargs = dict(fuse=fuse_last, act_layer=act_layer, **self.stra_args)
+            out_chs = planes * 4 if fuse_last else planes
+        else:
+            self.stra_args = {}
+            block_fn = Bottleneck
+            block_kwargs = dict(act_layer=act_layer)
+            out_chs = planes * 4
+        rates = [drop_path_rate * i / max(num_blocks - 1, 1) for i in range(first_blocks, num_blocks)]
+        self.layer4, self.num_features = make_last_stage(
+            block_fn, 1024, planes, layers[-1], last_stride, out_chs, rates, drop_block_rate,
+            norm_layer=norm_layer, **block_kwargs, **dd)
+        reductions = [stem_reduction * r for r in (1, 2, 4, 4 * last_stride)]
+        for info, reduction in zip(self.feature_info[1:], reductions):
+            info['reduction'] = reduction
+        self.feature_info[-1]['num_chs'] = self.num_features
+
+        self.head_type = head
+        self.embed_dim = embed_dim
+        self.img_size = _to_2tuple(img_size) if img_size is not None else None
+        if head == 'reid':
+            self.neck = ReIDNeck(self.num_features, embed_dim, **dd)
+        elif head == 'face':
+            feat_size = tuple((s - 1) // reductions[-1] + 1 for s in self.img_size)
+            self.neck = FaceNeck(self.num_features, feat_size, self.img_size, embed_dim, drop_rate, **dd)
+            self.drop_rate = 0.  # the neck holds the face head's dropout
+        else:
+            self.neck = nn.Identity()
+        self.use_neck = head != 'classifier'
+        self.head_pool = ''
+        self.reset_classifier(num_classes, global_pool)
+        self._init_last_stage(zero_init_last)
+
+    @torch.jit.ignore
+    def _init_last_stage(self, zero_init_last: bool) -> None:
+        """timm's ResNet initialisation, for the stage built after ``ResNet.__init__`` ran it."""
+        for m in self.layer4.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
+        if zero_init_last:
+            for block in self.layer4:
+                block.zero_init_last()
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """Replace the classifier; ``num_classes=0`` returns the embedding (or pooled features).
+
+        ``global_pool=''`` drops pooling, and with it the embedding neck, so the model returns the
+        feature map. The embedding neck itself is kept (never re-initialised).
+        """
+        if global_pool is None:
+            global_pool = self.head_pool or ('flatten' if self.head_type == 'face' else 'avg')
+        if self.head_type == 'face':
+            check_choice(global_pool, ('flatten', ''), "face model's global_pool")
+            pool_type = ''
+        else:
+            pool_type = global_pool
+        self.head_pool = global_pool
+        self.use_neck = self.head_type != 'classifier' and global_pool != ''
+        in_features = self.embed_dim if self.use_neck else self.num_features
+        self.num_classes = num_classes
+        self.global_pool, self.fc = create_classifier(
+            in_features, num_classes, pool_type=pool_type, **get_device_dtype(self))
+        if self.head_type == 'reid' and self.use_neck and self.global_pool.feat_mult() != 1:
+            raise ValueError(f"The ReID embedding takes {self.num_features} pooled features; "
+                             f"global_pool={global_pool!r} gives {self.global_pool.feat_mult()}x as many.")
+        self.head_hidden_size = in_features if self.head_type != 'classifier' else \
+            self.num_features * self.global_pool.feat_mult()
+        self.global_pool.train(self.training)
+        self.fc.train(self.training)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """(B, num_features, h, w) -> (B, num_classes), or the embedding / pooled features with ``pre_logits``."""
+        x = self.global_pool(x)
+        if self.use_neck:
+            x = self.neck(x)
+        if self.drop_rate:
+            x = F.dropout(x, p=float(self.drop_rate), training=self.training)
+        return x if pre_logits else self.fc(x)
