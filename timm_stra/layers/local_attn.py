@@ -43,10 +43,11 @@ def neighbour_views(x: torch.Tensor, kernel_size: int, stride: int, out_h: int, 
     """
     span_h = stride * (out_h - 1) + 1
     span_w = stride * (out_w - 1) + 1
-    return [
-        x[..., dy:dy + span_h:stride, dx:dx + span_w:stride]
-        for dy in range(kernel_size) for dx in range(kernel_size)
-    ]
+    views: List[torch.Tensor] = []
+    for dy in range(kernel_size):
+        for dx in range(kernel_size):
+            views.append(x[..., dy:dy + span_h:stride, dx:dx + span_w:stride])
+    return views
 
 
 class LocalAttention(nn.Module):

@@ -55,11 +55,11 @@ class ModeAttention(nn.Module):
         masks = torch.softmax(logits.flatten(2), dim=-1, dtype=torch.float32).to(x.dtype)
         return masks.view_as(logits)
 
-    def _gate(self, norm: nn.Module, modal: torch.Tensor, nodes: torch.Tensor, H: int, W: int) -> torch.Tensor:
-        """sigmoid(BN(<modal_g, nodes_g[:, i]>)): (B, G, n), (B, G, n, N) -> (B, G, 1, N)."""
-        B, G = modal.shape[:2]
-        affinity = (modal.unsqueeze(2) @ nodes).view(B, G, H, W)
-        return torch.sigmoid(norm(affinity)).view(B, G, 1, H * W)
+    @staticmethod
+    def _affinity(modal: torch.Tensor, nodes: torch.Tensor, H: int, W: int) -> torch.Tensor:
+        """<modal_g, nodes_g[:, i]> for every mode g and position i: (B, G, n), (B, G, n, N) -> (B, G, H, W)."""
+        B, G = modal.shape[0], modal.shape[1]
+        return (modal.unsqueeze(2) @ nodes).view(B, G, H, W)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
@@ -67,12 +67,14 @@ class ModeAttention(nn.Module):
         masks = self.diversity(self.spatial_masks(x)).view(B, G, H * W)
         nodes = x.reshape(B, G, C // G, H * W)                    # B, G, n, N
         modal = (nodes @ masks.unsqueeze(-1)).squeeze(-1)         # B, G, n
-        # mode vector unit: Y_g = S_g + alpha[g] * m_g
-        y = nodes + self._gate(self.gate_norm, modal, nodes, H, W) * modal.unsqueeze(-1)
+        # mode vector unit: Y_g = S_g + alpha[g] * m_g, alpha = sigmoid(BN(<m_g, S_g[:, i]>))
+        alpha = torch.sigmoid(self.gate_norm(self._affinity(modal, nodes, H, W))).view(B, G, 1, H * W)
+        y = nodes + alpha * modal.unsqueeze(-1)
         if not self.interaction:
             return y.reshape(B, C, H, W)
         # mode interaction unit: P = softmax(sqrt(G) * l2normalize_rows(m m^T)); m' = P m
         paths = F.normalize(modal @ modal.transpose(1, 2), dim=-1)
         mixed = torch.softmax(paths * math.sqrt(G), dim=-1) @ modal     # B, G, n
-        z = y + self._gate(self.interact_norm, mixed, y, H, W) * mixed.unsqueeze(-1)
+        alpha = torch.sigmoid(self.interact_norm(self._affinity(mixed, y, H, W))).view(B, G, 1, H * W)
+        z = y + alpha * mixed.unsqueeze(-1)
         return z.reshape(B, C, H, W)

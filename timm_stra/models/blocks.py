@@ -3,18 +3,19 @@
 A StRA bottleneck is timm's ``Bottleneck`` with its 3x3 convolution replaced by
 ``StRAttention`` (SPEC 2): ``1x1 conv -> BN -> ReLU -> local attention -> mode
 attention -> BN -> ReLU -> 1x1 conv -> BN``, plus the shortcut, then ReLU. It
-keeps timm's attribute names (so ``conv2`` is the operator) and timm's forward.
+keeps timm's attribute names, so ``conv2`` is the operator.
 """
 from typing import Optional, Sequence, Tuple, Type
 
+import torch
 from torch import nn
 from timm.layers import DropPath
-from timm.models.resnet import Bottleneck, downsample_conv, drop_blocks
+from timm.models.resnet import downsample_conv, drop_blocks
 
 from ..layers import StRAttention
 
 
-class StRABottleneck(Bottleneck):
+class StRABottleneck(nn.Module):
     """Bottleneck whose 3x3 conv is a StRA operator.
 
     Args:
@@ -29,6 +30,7 @@ class StRABottleneck(Bottleneck):
     Shapes:
         (B, inplanes, H, W) -> (B, out_chs, ceil(H / stride), ceil(W / stride))
     """
+    expansion = 4
 
     def __init__(
             self,
@@ -49,9 +51,7 @@ class StRABottleneck(Bottleneck):
             device=None,
             dtype=None,
     ):
-        # Bottleneck.__init__ would build a 3x3 conv only to throw it away: set up the same
-        # attributes here and reuse Bottleneck.forward and zero_init_last as they are.
-        nn.Module.__init__(self)
+        super().__init__()
         dd = {'device': device, 'dtype': dtype}
         self.out_chs = planes * self.expansion if fuse else planes
         self.conv1 = nn.Conv2d(inplanes, planes, kernel_size=1, bias=False, **dd)
@@ -61,19 +61,31 @@ class StRABottleneck(Bottleneck):
         self.bn2 = norm_layer(planes, **dd)
         self.drop_block = drop_block() if drop_block is not None else nn.Identity()
         self.act2 = act_layer(inplace=True)
-        self.aa = nn.Identity()
         if fuse:
             self.conv3 = nn.Conv2d(planes, self.out_chs, kernel_size=1, bias=False, **dd)
             self.bn3 = norm_layer(self.out_chs, **dd)
         else:
             self.conv3 = nn.Identity()
             self.bn3 = nn.Identity()
-        self.se = None
         self.act3 = act_layer(inplace=True)
         self.downsample = downsample
         self.stride = stride
-        self.dilation = 1
         self.drop_path = drop_path
+
+    def zero_init_last(self) -> None:
+        """Zero the last BN's scale so the block starts as its shortcut (timm's ``zero_init_last``)."""
+        if getattr(self.bn3, 'weight', None) is not None:
+            nn.init.zeros_(self.bn3.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        x = self.act1(self.bn1(self.conv1(x)))
+        x = self.act2(self.drop_block(self.bn2(self.conv2(x))))
+        x = self.bn3(self.conv3(x))
+        if self.drop_path is not None:
+            x = self.drop_path(x)
+        # out of place: without the last 1x1 conv, x is still the ReLU output autograd needs
+        return self.act3(x + shortcut)
 
 
 def make_last_stage(

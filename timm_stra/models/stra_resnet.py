@@ -5,7 +5,7 @@ Stem and the first three stages are timm's (state-dict names ``conv1``, ``bn1``,
 block (``StRABottleneck``, or timm's ``Bottleneck`` for the twins); the head is
 timm's classifier, optionally behind a task neck (``neck``: person ReID or face).
 """
-from typing import Optional, Tuple, Union
+from typing import List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -194,6 +194,19 @@ class StRAResNet(ResNet):
             self.num_features * self.global_pool.feat_mult()
         self.global_pool.train(self.training)
         self.fc.train(self.training)
+
+    @torch.jit.ignore
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, List[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> List[int]:
+        """timm's pruning; a pruned head takes the embedding neck with it."""
+        take_indices = super().prune_intermediate_layers(indices, prune_norm, prune_head)
+        if not self.use_neck:
+            self.neck = nn.Identity()
+        return take_indices
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """(B, num_features, h, w) -> (B, num_classes), or the embedding / pooled features with ``pre_logits``."""

@@ -1,0 +1,124 @@
+"""``timm_stra.diversity_loss``: the batch mean of the per-sample sum over all StRA operators."""
+import os
+
+import pytest
+import timm
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+import timm_stra
+from timm_stra.layers import ModeAttention, StRAttention, mask_diversity
+
+
+def _expected_per_sample(model, x):
+    """Per-sample sum over operators, recomputed from each operator's masks (hooks see the masks)."""
+    terms = []
+    hooks = [m.diversity.register_forward_hook(lambda mod, inp, out: terms.append(mask_diversity(out)))
+             for m in model.modules() if isinstance(m, ModeAttention)]
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    return torch.stack(terms).sum(0)
+
+
+@pytest.mark.parametrize('batch_size', [1, 3, 17])
+def test_any_batch_size(batch_size):
+    model = timm.create_model('stra_resnet50_fer').train()
+    x = torch.randn(batch_size, 1, 44, 44)
+    expected = _expected_per_sample(model, x)
+    timm_stra.diversity_per_sample(model)  # drop what the hook pass kept
+    model(x)
+    per_sample = timm_stra.diversity_per_sample(model)
+    assert per_sample.shape == (batch_size,)
+    torch.testing.assert_close(per_sample, expected)
+    model(x)
+    torch.testing.assert_close(timm_stra.diversity_loss(model), expected.mean())
+
+
+def test_loss_has_gradient_for_the_mask_branch():
+    model = nn.Sequential(StRAttention(32, groups=4)).train()
+    model(torch.randn(2, 32, 6, 4))
+    timm_stra.diversity_loss(model).backward()
+    assert model[0].mode.mask.conv2.weight.grad.abs().sum() > 0
+    assert model[0].mode.gate_norm.weight.grad is None  # the term depends on the masks, not the gates
+
+
+def test_read_clears_and_eval_records_nothing():
+    model = nn.Sequential(StRAttention(16, groups=4), StRAttention(16, groups=2))
+    model.train()(torch.randn(2, 16, 4, 4))
+    timm_stra.diversity_loss(model)
+    with pytest.raises(RuntimeError, match='No diversity term recorded'):
+        timm_stra.diversity_loss(model)
+    model.eval()(torch.randn(2, 16, 4, 4))
+    assert all(not m.diversity.kept for m in model.modules() if isinstance(m, ModeAttention))
+    with pytest.raises(RuntimeError, match='training-mode forward'):
+        timm_stra.diversity_loss(model)
+
+
+def test_model_without_mode_attention_gives_zero():
+    twin = timm.create_model('resnet50_fer').train()
+    twin(torch.randn(2, 1, 44, 44))
+    loss = timm_stra.diversity_loss(twin)
+    assert loss.item() == 0.0 and loss.dim() == 0
+
+
+def test_under_torch_compile():
+    model = nn.Sequential(StRAttention(16, groups=4), StRAttention(16, groups=4)).train()
+    x = torch.randn(3, 16, 5, 4)
+    expected = _expected_per_sample(model, x)
+    timm_stra.diversity_per_sample(model)
+    compiled = torch.compile(model, backend='aot_eager', fullgraph=True)
+    compiled(x)
+    torch.testing.assert_close(timm_stra.diversity_per_sample(compiled), expected)
+    compiled(x)
+    timm_stra.diversity_loss(compiled).backward()
+    assert model[0].mode.mask.conv2.weight.grad is not None
+
+
+def test_under_gradient_checkpointing():
+    model = timm.create_model('stra_resnet50_fer').train()
+    model.set_grad_checkpointing(True)
+    model(torch.randn(2, 1, 44, 44))
+    timm_stra.diversity_loss(model).backward()
+    assert model.layer4[0].conv2.mode.mask.conv1.weight.grad.abs().sum() > 0
+
+
+def _ddp_worker(rank, world_size, init_file, results):
+    dist.init_process_group('gloo', init_method=f'file://{init_file}', rank=rank, world_size=world_size)
+    torch.manual_seed(0)
+    model = nn.Sequential(StRAttention(16, groups=4)).train()
+    ddp = nn.parallel.DistributedDataParallel(model)
+    x = torch.randn(4 * world_size, 16, 4, 4)[rank * 4:(rank + 1) * 4]
+    expected = _expected_per_sample(model, x).mean()
+    timm_stra.diversity_per_sample(model)
+    out = ddp(x)
+    loss = timm_stra.diversity_loss(ddp)
+    (out.square().mean() + loss).backward()  # a task loss too, as in training: every parameter is used
+    grad = model[0].mode.mask.conv2.weight.grad.clone()
+    dist.all_reduce(grad)  # DDP already averaged: every rank holds the same gradient
+    results[rank] = (loss.item(), expected.item(), torch.allclose(grad / world_size, model[0].mode.mask.conv2.weight.grad))
+    dist.destroy_process_group()
+
+
+def test_under_distributed_data_parallel(tmp_path):
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(_ddp_worker, args=(2, str(tmp_path / 'init'), results), nprocs=2, join=True)
+        results = dict(results)
+    for rank in (0, 1):
+        loss, expected, grads_synced = results[rank]
+        assert loss == pytest.approx(expected, abs=1e-6)
+        assert grads_synced
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason='DataParallel replicates only across 2+ CUDA devices')
+def test_under_data_parallel():
+    model = nn.Sequential(StRAttention(16, groups=4)).cuda().train()
+    x = torch.randn(6, 16, 4, 4, device='cuda')
+    expected = _expected_per_sample(model, x)
+    timm_stra.diversity_per_sample(model)
+    nn.DataParallel(model)(x)
+    torch.testing.assert_close(timm_stra.diversity_per_sample(model), expected, rtol=1e-4, atol=1e-4)

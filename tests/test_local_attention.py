@@ -1,0 +1,94 @@
+"""Production local attention against the unfold-based reference, forward and gradients."""
+import pytest
+import torch
+
+from timm_stra.layers import LocalAttention, LocalAttentionReference
+
+
+def _pair(dim, groups, kernel_size, stride, dtype=torch.float32):
+    fast = LocalAttention(dim, groups, kernel_size, stride).to(dtype)
+    ref = LocalAttentionReference(dim, groups, kernel_size, stride).to(dtype)
+    ref.load_state_dict(fast.state_dict())
+    return fast, ref
+
+
+def _perturb_batchnorms(module):
+    """Random BN statistics and affine parameters, so eval mode is not an identity."""
+    for m in module.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_()
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.normal_(1.0, 0.3)
+            m.bias.data.normal_()
+
+
+@pytest.mark.parametrize('stride', [1, 2])
+@pytest.mark.parametrize('kernel_size', [3, 5])
+@pytest.mark.parametrize('size', [(7, 5), (8, 6), (1, 1), (2, 3)])
+def test_matches_reference_forward_and_backward(stride, kernel_size, size):
+    fast, ref = _pair(32, 4, kernel_size, stride)
+    _perturb_batchnorms(fast)
+    ref.load_state_dict(fast.state_dict())
+    x = torch.randn(2, 32, *size, dtype=torch.float64).float().requires_grad_()
+    x_ref = x.detach().clone().requires_grad_()
+    out, out_ref = fast(x), ref(x_ref)
+    assert out.shape == (2, 32, (size[0] - 1) // stride + 1, (size[1] - 1) // stride + 1)
+    torch.testing.assert_close(out, out_ref, rtol=1e-5, atol=1e-5)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    out_ref.backward(grad)
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-4, atol=1e-5)
+    for (name, p), p_ref in zip(fast.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, p_ref.grad, rtol=1e-4, atol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize('stride', [1, 2])
+def test_matches_reference_in_eval_mode(stride):
+    fast, ref = _pair(16, 8, 3, stride)
+    _perturb_batchnorms(fast)
+    ref.load_state_dict(fast.state_dict())
+    fast.eval(), ref.eval()
+    x = torch.randn(3, 16, 9, 7)
+    torch.testing.assert_close(fast(x), ref(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('stride', [1, 2])
+def test_bfloat16_close_to_reference_and_finite(stride):
+    fast, ref = _pair(64, 8, 3, stride)
+    fast, ref = fast.bfloat16(), ref.float()
+    ref.load_state_dict({k: v.float() for k, v in fast.state_dict().items()})
+    x = torch.randn(2, 64, 16, 8)
+    out = fast(x.bfloat16())
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+    torch.testing.assert_close(out.float(), ref(x), rtol=5e-2, atol=5e-2)
+    out.float().sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in fast.parameters())
+
+
+def test_border_neighbours_take_part_in_the_softmax():
+    """Outside the map nu and V are zero but the neighbours still weigh in (official behaviour)."""
+    op = LocalAttention(8, groups=1, kernel_size=3).eval()
+    for p in op.parameters():
+        torch.nn.init.zeros_(p)
+    torch.nn.init.ones_(op.value.weight[:, :1])  # every value channel copies input channel 0
+    x = torch.zeros(1, 8, 3, 3)
+    x[:, 0] = 1.0
+    out = op(x)[0, 0]
+    # all logits are 0 (scores are BN(0) = 0): uniform 1/9 weights over 3x3 windows of ones with zero padding
+    expected = torch.tensor([[4., 6., 4.], [6., 9., 6.], [4., 6., 4.]]) / 9
+    torch.testing.assert_close(out, expected)
+
+
+def test_hidden_width_rounds_to_groups():
+    assert LocalAttention(24, groups=8, reduction=4).score.conv1.out_channels == 8
+    assert LocalAttention(512, groups=8, reduction=4).score.conv1.out_channels == 128
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(dim=30, groups=8), '30 channels cannot be split into 8 modes'),
+    (dict(dim=32, kernel_size=4), 'kernel_size must be odd'),
+    (dict(dim=32, stride=3), 'stride must be 1 or 2'),
+])
+def test_bad_configuration(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        LocalAttention(**kwargs)

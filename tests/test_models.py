@@ -1,0 +1,139 @@
+"""The registered models: variants, twins, knobs and timm behaviour beyond timm's own suite."""
+import pytest
+import timm
+import torch
+from timm.models.resnet import Bottleneck
+
+import timm_stra  # noqa: F401
+from timm_stra.models import StRABottleneck
+from timm_stra.tools.summary import stra_model_names
+
+EXPECTED = {  # name: (input size, forward_features shape, embedding width with num_classes=0)
+    'stra_resnet50': ((3, 224, 224), (2048, 7, 7), 2048),
+    'stra_resnet50_reid': ((3, 256, 128), (2048, 16, 8), 512),
+    'stra_resnet50_face': ((3, 112, 112), (2048, 4, 4), 512),
+    'stra_resnet50_fer': ((1, 44, 44), (512, 6, 6), 512),
+    'resnet50_reid': ((3, 256, 128), (2048, 16, 8), 512),
+    'resnet50_face': ((3, 112, 112), (2048, 4, 4), 512),
+    'resnet50_fer': ((1, 44, 44), (2048, 6, 6), 2048),
+}
+
+
+def test_registry_lists_exactly_our_models():
+    assert sorted(stra_model_names()) == sorted(EXPECTED)
+
+
+@pytest.mark.parametrize('name', sorted(EXPECTED))
+def test_variant_shapes_and_embedding(name):
+    input_size, feat_shape, embed = EXPECTED[name]
+    model = timm.create_model(name, num_classes=0).eval()
+    assert model.pretrained_cfg['input_size'] == input_size
+    assert model.pretrained_cfg['pool_size'] == feat_shape[1:]
+    x = torch.randn(2, *input_size)
+    with torch.no_grad():
+        features = model.forward_features(x)
+        assert features.shape == (2, *feat_shape)
+        assert model(x).shape == (2, embed)
+        torch.testing.assert_close(model.forward_head(features, pre_logits=True), model(x))
+
+
+def test_stra_blocks_only_in_last_stage_and_twin_is_plain():
+    stra = timm.create_model('stra_resnet50_reid')
+    twin = timm.create_model('resnet50_reid')
+    assert all(isinstance(b, StRABottleneck) for b in stra.layer4)
+    assert all(isinstance(b, Bottleneck) for stage in (stra.layer1, stra.layer2, stra.layer3) for b in stage)
+    assert all(type(b) is Bottleneck for b in twin.layer4)
+    # the twin shares every name of timm's resnet50 except the head
+    ours = set(twin.state_dict())
+    timm_names = set(timm.create_model('resnet50').state_dict())
+    assert ours - timm_names == {k for k in ours if k.startswith('neck.')}
+    assert timm_names - ours == set()
+
+
+def test_reid_keeps_last_stride_one_without_dilation():
+    model = timm.create_model('stra_resnet50_reid')
+    assert model.layer4[0].conv2.local.stride == 1 and model.layer4[0].downsample[0].stride == (1, 1)
+    assert model.feature_info[-1] == dict(num_chs=2048, reduction=16, module='layer4')
+
+
+def test_fer_small_stem_and_unfused_blocks():
+    model = timm.create_model('stra_resnet50_fer')
+    assert model.conv1.kernel_size == (3, 3) and model.conv1.stride == (1, 1) and model.conv1.in_channels == 1
+    assert isinstance(model.maxpool, torch.nn.Identity)
+    assert [len(getattr(model, f'layer{i}')) for i in range(1, 5)] == [3, 3, 3, 3]
+    assert all(isinstance(b.conv3, torch.nn.Identity) for b in model.layer4)
+    assert [f['reduction'] for f in model.feature_info] == [1, 1, 2, 4, 8]
+    assert model.fc.in_features == 512 and model.num_classes == 7
+
+
+def test_face_head_is_bn_dropout_fc_bn():
+    neck = timm.create_model('stra_resnet50_face').neck
+    assert [type(m).__name__ for m in neck.children()] == ['BatchNorm2d', 'Dropout', 'Linear', 'BatchNorm1d']
+    assert neck.fc.in_features == 2048 * 4 * 4 and neck.fc.out_features == 512
+
+
+def test_face_other_size_and_clear_error_for_wrong_size():
+    model = timm.create_model('stra_resnet50_face', img_size=(224, 192)).eval()
+    assert model.pretrained_cfg['input_size'] == (3, 224, 192)
+    assert model.pretrained_cfg['pool_size'] == (7, 6)
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 224, 192)).shape == (1, 512)
+    small = timm.create_model('stra_resnet50_face').eval()
+    with pytest.raises(ValueError, match=r"takes 112x112 input images.*img_size=\(224, 192\)"):
+        small(torch.randn(1, 3, 224, 192))
+
+
+def test_knobs_pass_through_create_model():
+    model = timm.create_model('stra_resnet50_reid', local_op='sasa', mode='no_interaction', groups=4)
+    op = model.layer4[1].conv2
+    assert type(op.local).__name__ == 'SelfAttention2d' and op.mode.groups == 4 and not op.mode.interaction
+    assert model.stra_args == dict(local_op='sasa', mode='no_interaction', groups=4, kernel_size=3, reduction=4)
+    model = timm.create_model('stra_resnet50', kernel_size=5, mode='none')
+    assert model.layer4[0].conv2.local.kernel_size == 5 and isinstance(model.layer4[0].conv2.mode, torch.nn.Identity)
+
+
+def test_bad_model_arguments():
+    with pytest.raises(TypeError, match='only apply to StRA models'):
+        timm.create_model('resnet50_reid', local_op='local')
+    with pytest.raises(ValueError, match='2048 channels cannot be split|512 channels cannot be split'):
+        timm.create_model('stra_resnet50_reid', groups=7)
+    with pytest.raises(ValueError, match="Unknown local_op 'deform'"):
+        timm.create_model('stra_resnet50_reid', local_op='deform')
+    with pytest.raises(ValueError, match='last_stride=1'):
+        timm.create_model('stra_resnet50', output_stride=16)
+    with pytest.raises(TypeError):
+        timm.create_model('stra_resnet50_reid', not_an_argument=1)
+
+
+def test_unpooled_output_and_reset_classifier():
+    model = timm.create_model('stra_resnet50_reid', num_classes=0, global_pool='').eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 64, 32)).shape == (1, 2048, 4, 2)
+    model.reset_classifier(10, 'avg')
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 64, 32)).shape == (1, 10)
+    assert model.get_classifier().in_features == 512
+
+
+def test_features_only_and_intermediates():
+    model = timm.create_model('stra_resnet50_reid', features_only=True, out_indices=(2, 3, 4)).eval()
+    with torch.no_grad():
+        feats = model(torch.randn(1, 3, 64, 32))
+    assert [f.shape[1:] for f in feats] == [(512, 8, 4), (1024, 4, 2), (2048, 4, 2)]
+    assert model.feature_info.reduction() == [8, 16, 16]
+
+
+def test_gradient_checkpointing_matches():
+    model = timm.create_model('stra_resnet50_fer').train()
+    x = torch.randn(2, 1, 44, 44)
+    out = model(x)
+    out.sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model.set_grad_checkpointing(True)
+    torch.manual_seed(0)
+    out_ckpt = model(x)
+    out_ckpt.sum().backward()
+    torch.testing.assert_close(out_ckpt, out, rtol=1e-4, atol=1e-5)
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, grads[n], rtol=1e-3, atol=1e-4, msg=n)

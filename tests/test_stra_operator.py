@@ -1,0 +1,100 @@
+"""The composite StRA operator and its ablation knobs."""
+import math
+
+import pytest
+import torch
+
+from timm_stra.layers import LOCAL_OPS, MODES, ModeAttention, SelfAttention2d, StRAttention, mask_diversity
+
+
+@pytest.mark.parametrize('local_op', LOCAL_OPS)
+@pytest.mark.parametrize('mode', MODES)
+@pytest.mark.parametrize('stride', [1, 2])
+def test_every_knob_combination_shapes_and_gradients(local_op, mode, stride):
+    op = StRAttention(32, stride=stride, groups=4, local_op=local_op, mode=mode)
+    x = torch.randn(2, 32, 5, 4, requires_grad=True)
+    out = op(x)
+    assert out.shape == (2, 32, math.ceil(5 / stride), math.ceil(4 / stride))
+    out.square().mean().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    assert all(p.grad is not None for p in op.parameters())
+
+
+@pytest.mark.parametrize('channels, groups', [(8, 1), (12, 3), (64, 16), (40, 8)])
+@pytest.mark.parametrize('kernel_size', [3, 5, 7])
+def test_any_groups_and_window(channels, groups, kernel_size):
+    op = StRAttention(channels, groups=groups, kernel_size=kernel_size)
+    assert op(torch.randn(2, channels, 6, 3)).shape == (2, channels, 6, 3)
+
+
+@pytest.mark.parametrize('stride', [1, 2])
+def test_single_position_map(stride):
+    op = StRAttention(16, stride=stride, groups=4).eval()
+    out = op(torch.randn(1, 16, 1, 1))
+    assert out.shape == (1, 16, 1, 1) and torch.isfinite(out).all()
+
+
+def test_mode_attention_equations_by_hand():
+    """Eq. 3 written out with explicit loops on a tiny input, against the vectorised module."""
+    torch.manual_seed(1)
+    G, n, H, W = 2, 3, 2, 2
+    mode = ModeAttention(G * n, groups=G).eval()
+    for bn in (mode.gate_norm, mode.interact_norm):
+        bn.running_mean.normal_()
+        bn.running_var.uniform_(0.5, 2)
+    x = torch.randn(1, G * n, H, W)
+    M = mode.spatial_masks(x)[0].flatten(1)                  # G, N
+    S = x[0].view(G, n, H * W)
+    m = torch.stack([sum(M[g, i] * S[g, :, i] for i in range(H * W)) for g in range(G)])
+
+    def gate(bn, vec, nodes):
+        e = torch.stack([torch.stack([vec[g] @ nodes[g, :, i] for i in range(H * W)]) for g in range(G)])
+        e = (e - bn.running_mean[:, None]) / torch.sqrt(bn.running_var[:, None] + bn.eps)
+        return torch.sigmoid(e * bn.weight[:, None] + bn.bias[:, None])
+
+    Y = S + gate(mode.gate_norm, m, S)[:, None, :] * m[:, :, None]
+    P = m @ m.T
+    P = torch.softmax(math.sqrt(G) * P / P.norm(dim=1, keepdim=True), dim=1)
+    m2 = P @ m
+    Z = Y + gate(mode.interact_norm, m2, Y)[:, None, :] * m2[:, :, None]
+    torch.testing.assert_close(mode(x)[0].view(G, n, H * W), Z, rtol=1e-5, atol=1e-5)
+    without = ModeAttention(G * n, groups=G, interaction=False).eval()
+    without.load_state_dict(mode.state_dict(), strict=False)
+    torch.testing.assert_close(without(x)[0].view(G, n, H * W), Y, rtol=1e-5, atol=1e-5)
+
+
+def test_mask_diversity_bounds():
+    disjoint = torch.eye(4).view(1, 4, 2, 2)          # each mode on its own position
+    same = torch.full((1, 4, 2, 2), 0.25)               # all modes uniform
+    assert mask_diversity(disjoint).item() == 0.0
+    assert mask_diversity(same).item() == pytest.approx(3.0)
+
+
+def test_sasa_masks_positions_outside_the_map():
+    """With zero keys and position embeddings, out-of-map neighbours must not dilute the average."""
+    op = SelfAttention2d(16, heads=2, kernel_size=7, qkv_groups=2)
+    torch.nn.init.zeros_(op.key.weight)
+    torch.nn.init.zeros_(op.rel_h)
+    torch.nn.init.zeros_(op.rel_w)
+    x = torch.randn(1, 16, 3, 3)
+    out = op(x)
+    mean_value = op.value(x).mean(dim=(2, 3), keepdim=True).expand_as(out)
+    torch.testing.assert_close(out, mean_value)
+
+
+@pytest.mark.parametrize('kwargs, error, message', [
+    (dict(dim=30, groups=8), ValueError, '30 channels cannot be split into 8 modes'),
+    (dict(dim=32, local_op='deformable'), ValueError, "Unknown local_op 'deformable'"),
+    (dict(dim=32, mode='half'), ValueError, "Unknown mode 'half'"),
+])
+def test_bad_configuration(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        StRAttention(**kwargs)
+
+
+def test_bad_input():
+    op = StRAttention(32, groups=4)
+    with pytest.raises(ValueError, match='expects a \\(B, C, H, W\\) feature map, got a tensor with 3 dimensions'):
+        op(torch.randn(32, 4, 4))
+    with pytest.raises(ValueError, match='built for 32 input channels, got a feature map with 16 channels'):
+        op(torch.randn(1, 16, 4, 4))
