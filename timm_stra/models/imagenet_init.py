@@ -31,6 +31,10 @@ _REPLACED_CONV = re.compile(r'^(layer4\.\d+)\.conv2\.weight$')  # the 3x3 conv a
 _COUNTERS = 'num_batches_tracked'  # BatchNorm step counters: not weights, optional in ImageNet files
 
 
+class IncompatibleWeightsError(ValueError):
+    """The pretrained file does not fit the model outside its freshly initialised groups."""
+
+
 def _group(key: str) -> str:
     """Name of the freshly initialised group a model key belongs to, or '' for backbone keys."""
     if _OPERATOR.match(key):
@@ -50,11 +54,14 @@ def imagenet_filter_fn(state_dict: Mapping[str, torch.Tensor], model: nn.Module)
     """ImageNet ResNet-50 state dict -> complete state dict for ``model`` (see the module docstring).
 
     The input conv is passed through when only its input channels differ, so that
-    timm's ``load_pretrained`` adapts it to ``in_chans``.
+    timm's ``load_pretrained`` adapts it to ``in_chans``. Weights of a saved timm-stra
+    model (``hf-hub:`` / ``local-dir:`` sources) pass through unchanged.
 
     Raises:
-        ValueError: the file does not fit the model outside the freshly initialised groups.
+        IncompatibleWeightsError: the file does not fit the model outside the freshly initialised groups.
     """
+    if getattr(model, 'pretrained_cfg', {}).get('source') in ('hf-hub', 'local-dir'):
+        return dict(state_dict)  # a saved timm-stra model (hf-hub:/local-dir:): timm loads it strictly as it is
     ours = model.state_dict()
     operator_blocks = {k.split('.conv2.')[0] for k in ours if _OPERATOR.match(k)}
     first_conv = getattr(model, 'pretrained_cfg', {}).get('first_conv') or 'conv1'
@@ -110,8 +117,8 @@ def imagenet_filter_fn(state_dict: Mapping[str, torch.Tensor], model: nn.Module)
             problems.append(f'model keys the file lacks: {_shorten(missing)}')
         if mismatched:
             problems.append(f'shapes that differ (file vs model): {_shorten(mismatched)}')
-        raise ValueError(
-            'The pretrained file is not an ImageNet ResNet-50 for this model; '
+        raise IncompatibleWeightsError(
+            'not an ImageNet ResNet-50 for this model; '
             + '; '.join(problems) + '. Use the pretrained tags tv_in1k or a1_in1k (timm/resnet50.*), '
             'or pretrained=False.')
     name = getattr(model, 'pretrained_cfg', {}).get('architecture', type(model).__name__)

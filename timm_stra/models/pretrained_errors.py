@@ -2,14 +2,16 @@
 
 timm's loaders surface low-level errors (a safetensors header error, a hub cache
 miss) that name neither the model nor the file. ``pretrained_read_errors`` turns
-them into a ``PretrainedWeightsError`` that says which file, what is wrong and
-what to do; errors of the filter function (wrong architecture) pass unchanged.
+them, and the filter's ``IncompatibleWeightsError`` (another architecture), into a
+``PretrainedWeightsError`` that says which file, what is wrong and what to do.
 """
 import contextlib
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional
 
 from timm.models._builder import resolve_pretrained_cfg
+
+from .imagenet_init import IncompatibleWeightsError
 
 _SOURCES = ('hf_hub_id', 'url', 'file', 'state_dict')
 
@@ -77,6 +79,16 @@ def pretrained_read_errors(
         raise PretrainedWeightsError(
             f'Cannot read the pretrained weights of {variant} from {where}: the safetensors file is truncated or '
             f'corrupt ({e}). Delete it and download or export it again.') from e
+    except IncompatibleWeightsError as e:
+        where = _describe_source(_resolve(variant, pretrained_cfg, overlay), cache_dir)
+        raise PretrainedWeightsError(f'Cannot initialise {variant} from {where}: it is {e}') from e
+    except RuntimeError as e:
+        if 'Error(s) in loading state_dict' not in str(e):
+            raise
+        where = _describe_source(_resolve(variant, pretrained_cfg, overlay), cache_dir)
+        raise PretrainedWeightsError(
+            f'The weights in {where} do not fit {variant} as built here (another architecture or other '
+            f'arguments): {str(e)[:600]}') from e
     except (LocalEntryNotFoundError, OfflineModeIsEnabled, FileNotFoundError) as e:
         where = _describe_source(_resolve(variant, pretrained_cfg, overlay), cache_dir)
         raise PretrainedWeightsError(
