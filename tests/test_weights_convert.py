@@ -7,7 +7,7 @@ in the layout torchreid saves (legacy torch format, ``state_dict`` wrapper,
 """
 import json
 import os
-import subprocess
+import runpy
 import sys
 from pathlib import Path
 
@@ -20,8 +20,6 @@ import timm
 import timm_stra
 from timm_stra.cli import main as cli_main
 from timm_stra.convert.cli import main as convert_main
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _official_state_dict(parity_dir: Path):
@@ -101,13 +99,14 @@ def test_keep_classifier_keeps_the_751_ids(official, tmp_path):
     assert json.loads((out / 'config.json').read_text())['num_classes'] == 751
 
 
-def test_python_dash_m_entry_point(official, tmp_path):
+def test_python_dash_m_entry_point(official, tmp_path, monkeypatch):
+    """``python -m timm_stra.convert`` (run in this interpreter: a new one would spend seconds importing torch)."""
     checkpoint, _, _ = official
     out = tmp_path / 'via-m'
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    result = subprocess.run([sys.executable, '-m', 'timm_stra.convert', str(checkpoint), str(out)],
-                            capture_output=True, text=True, env=env, cwd=ROOT)
-    assert result.returncode == 0, result.stderr
+    monkeypatch.setattr(sys, 'argv', ['python -m timm_stra.convert', str(checkpoint), str(out)])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_module('timm_stra.convert', run_name='__main__')
+    assert exit_info.value.code == 0
     assert (out / 'model.safetensors').is_file()
 
 
