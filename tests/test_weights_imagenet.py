@@ -4,6 +4,7 @@ A stand-in for timm's ``resnet50.tv_in1k`` / ``resnet50.a1_in1k`` (random weight
 timm's ResNet-50) sits in a real-layout Hugging Face cache; ``HF_HUB_OFFLINE=1``.
 """
 import logging
+import os
 
 import pytest
 import torch
@@ -158,3 +159,26 @@ def test_missing_file_says_what_to_do(monkeypatch, tmp_path):
     use_offline_cache(monkeypatch, tmp_path / 'empty')
     with pytest.raises(PretrainedWeightsError, match='timm/resnet50.tv_in1k is missing.*HF_HUB_CACHE'):
         timm.create_model('stra_resnet50_reid', pretrained=True)
+
+
+class _RunsCode:
+    """Pickles to a call of os.system: a loader that executes it would create the marker file."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f'touch {self.marker}',)
+
+
+def test_pickle_that_runs_code_is_refused(monkeypatch, tmp_path):
+    """Only a pytorch_model.bin in the cache: timm reads it with weights_only=True, which must refuse it."""
+    marker = tmp_path / 'executed'
+    evil = tmp_path / 'evil.bin'
+    torch.save({'conv1.weight': torch.zeros(1), 'payload': _RunsCode(marker)}, evil)
+    snapshot = add_repo(tmp_path / 'hub', 'timm/resnet50.tv_in1k', {'pytorch_model.bin': evil.read_bytes()})
+    use_offline_cache(monkeypatch, tmp_path / 'hub')
+    with pytest.raises(PretrainedWeightsError, match='Refused.*nothing from it was run') as info:
+        timm.create_model('stra_resnet50_reid', pretrained=True)
+    assert str(snapshot / 'pytorch_model.bin') in str(info.value)
+    assert not marker.exists()

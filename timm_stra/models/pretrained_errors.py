@@ -52,9 +52,12 @@ def _describe_source(cfg: Dict[str, Any], cache_dir: Optional[str]) -> str:
     if hub_id:
         from huggingface_hub import try_to_load_from_cache
         repo, _, revision = hub_id.partition('@')
-        filename = cfg.get('hf_hub_filename') or 'model.safetensors'
-        cached = try_to_load_from_cache(repo, filename, cache_dir=cache_dir, revision=revision or None)
-        return str(cached) if isinstance(cached, str) else f'{filename} of the Hugging Face Hub repo {hub_id}'
+        names = [cfg['hf_hub_filename']] if cfg.get('hf_hub_filename') else ['model.safetensors', 'pytorch_model.bin']
+        for filename in names:
+            cached = try_to_load_from_cache(repo, filename, cache_dir=cache_dir, revision=revision or None)
+            if isinstance(cached, str):
+                return cached
+        return f'{names[0]} of the Hugging Face Hub repo {hub_id}'
     return str(cfg.get('file') or cfg.get('url') or 'the pretrained source')
 
 
@@ -83,9 +86,13 @@ def pretrained_read_errors(
         where = _describe_source(_resolve(variant, pretrained_cfg, overlay), cache_dir)
         raise PretrainedWeightsError(f'Cannot initialise {variant} from {where}: it is {e}') from e
     except RuntimeError as e:
+        where = _describe_source(_resolve(variant, pretrained_cfg, overlay), cache_dir)
+        if 'pickle globals' in str(e):  # timm's weights_only=True refusal
+            raise PretrainedWeightsError(
+                f'Refused the pretrained weights of {variant} in {where}: loading its pickle would import or call '
+                'code, which a weight file never needs; nothing from it was run. Use a safetensors file.') from e
         if 'Error(s) in loading state_dict' not in str(e):
             raise
-        where = _describe_source(_resolve(variant, pretrained_cfg, overlay), cache_dir)
         raise PretrainedWeightsError(
             f'The weights in {where} do not fit {variant} as built here (another architecture or other '
             f'arguments): {str(e)[:600]}') from e
