@@ -1,9 +1,14 @@
 """Hub round trip: save_for_hf writes config.json + model.safetensors + model card; local-dir: and hf-hub:
 rebuild the identical model (same state dict, same outputs), for every variant and non-default knobs."""
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import timm
 import timm_stra  # noqa: F401
@@ -12,6 +17,18 @@ from timm_stra.hub import model_card, save_for_hf
 from timm_stra.models import stra_resnet50_reid
 from timm_stra.models.pretrained_errors import PretrainedWeightsError
 from hub_cache import add_repo, use_offline_cache
+from local_hub_server import LocalHub
+
+ROOT = Path(__file__).resolve().parents[1]
+PUSH = """
+import sys, torch, timm, timm_stra
+from safetensors.torch import save_file
+from timm_stra.hub import push_to_hub
+torch.manual_seed(0)
+model = timm.create_model('stra_resnet50_fer', mode='no_interaction', num_classes=3)
+save_file(model.state_dict(), sys.argv[1])
+print(push_to_hub(model, 'someone/stra-fer'))
+"""
 
 CASES = [
     ('stra_resnet50', {}),
@@ -79,6 +96,34 @@ def test_reload_from_hf_hub_offline_cache(tmp_path, monkeypatch):
     reloaded = timm.create_model('hf-hub:someone/stra-reid', pretrained=True).eval()
     assert reloaded.stra_args['groups'] == 4
     _assert_same_model(model, reloaded)
+
+
+def test_push_to_hub_then_load_from_hf_hub(tmp_path, monkeypatch):
+    """push_to_hub against a local Hub endpoint (HF_ENDPOINT, read when huggingface_hub is imported, hence the
+    subprocess), then hf-hub: from a cache holding exactly the uploaded files."""
+    reference = tmp_path / 'pushed.safetensors'
+    env = {k: v for k, v in os.environ.items() if not k.startswith('HF_')}
+    with LocalHub() as hub:
+        env.update(HF_ENDPOINT=hub.endpoint, HF_TOKEN='hf_test', HF_HOME=str(tmp_path / 'home'),
+                   HF_HUB_DISABLE_TELEMETRY='1', PYTHONPATH=str(ROOT))
+        result = subprocess.run([sys.executable, '-c', PUSH, str(reference)], env=env, cwd=ROOT,
+                                capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    files = hub.files['someone/stra-fer']
+    assert sorted(files) == ['README.md', 'config.json', 'model.safetensors']
+    config = json.loads(files['config.json'])
+    assert config['architecture'] == 'stra_resnet50_fer' and config['num_classes'] == 3
+    assert config['model_args']['mode'] == 'no_interaction'
+    card = files['README.md'].decode()
+    assert 'pip install timm-stra' in card and "timm.create_model('hf-hub:someone/stra-fer'" in card
+    assert hub.readme_yaml_checked == card
+
+    add_repo(tmp_path / 'hub', 'someone/stra-fer', files)
+    use_offline_cache(monkeypatch, tmp_path / 'hub')
+    pushed = timm.create_model('hf-hub:someone/stra-fer', pretrained=True).eval()
+    original = timm.create_model('stra_resnet50_fer', mode='no_interaction', num_classes=3)
+    original.load_state_dict(load_file(reference))
+    _assert_same_model(original.eval(), pushed)
 
 
 def test_timm_save_for_hf_records_the_knobs_too(tmp_path):
