@@ -13,7 +13,7 @@ from typing import Any, Dict, Optional, Union
 from torch import nn
 from timm.models import push_to_hf_hub
 from timm.models import save_for_hf as timm_save_for_hf
-from timm.models._hub import generate_readme
+from timm.models._hub import generate_readme  # the model card writer push_to_hf_hub uses (not re-exported)
 
 from .atomic import atomic_output_dir
 

@@ -9,7 +9,7 @@ import contextlib
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional
 
-from timm.models._builder import resolve_pretrained_cfg
+from timm.models import resolve_pretrained_cfg
 
 from .imagenet_init import IncompatibleWeightsError
 
@@ -86,19 +86,22 @@ def pretrained_read_errors(
         where = _describe_source(_resolve(variant, pretrained_cfg, overlay), cache_dir)
         raise PretrainedWeightsError(f'Cannot initialise {variant} from {where}: it is {e}') from e
     except RuntimeError as e:
+        refused = 'pickle globals' in str(e)  # timm's weights_only=True refusal
+        if not refused and 'Error(s) in loading state_dict' not in str(e):
+            raise
         where = _describe_source(_resolve(variant, pretrained_cfg, overlay), cache_dir)
-        if 'pickle globals' in str(e):  # timm's weights_only=True refusal
+        if refused:
             raise PretrainedWeightsError(
                 f'Refused the pretrained weights of {variant} in {where}: loading its pickle would import or call '
                 'code, which a weight file never needs; nothing from it was run. Use a safetensors file.') from e
-        if 'Error(s) in loading state_dict' not in str(e):
-            raise
         raise PretrainedWeightsError(
             f'The weights in {where} do not fit {variant} as built here (another architecture or other '
             f'arguments): {str(e)[:600]}') from e
     except (LocalEntryNotFoundError, OfflineModeIsEnabled, FileNotFoundError) as e:
-        where = _describe_source(_resolve(variant, pretrained_cfg, overlay), cache_dir)
+        cfg = _resolve(variant, pretrained_cfg, overlay)
+        todo = ('Check the folder: it needs model.safetensors beside config.json.' if cfg.get('source') == 'local-dir'
+                else 'Connect to the Hugging Face Hub once to download them, or set HF_HUB_CACHE to a cache that '
+                     'has them.')
         raise PretrainedWeightsError(
-            f'The pretrained weights of {variant} are not available: {where} is missing ({e}). '
-            'Connect to the Hugging Face Hub once to download them, or set HF_HUB_CACHE to a cache that has them.'
-        ) from e
+            f'The pretrained weights of {variant} are not available: {_describe_source(cfg, cache_dir)} is missing '
+            f'({e}). {todo}') from e
