@@ -107,10 +107,11 @@ def imagenet_filter_fn(state_dict: Mapping[str, torch.Tensor], model: nn.Module)
             if group:
                 fresh.setdefault(group, 0)
                 fresh[group] += 1
-        else:
+        elif key not in state_dict:  # (a mis-shaped key is reported as such)
             missing.append(key)
     if unexpected or mismatched or missing:
         problems = []
+        unexpected.sort(key=lambda k: k.endswith(_COUNTERS))  # weights first, BN counters last
         if unexpected:
             problems.append(f'keys the model does not have: {_shorten(unexpected)}')
         if missing:
