@@ -122,7 +122,8 @@ def test_fer_has_no_imagenet_initialisation(hub):
 
 def test_fer_forced_onto_the_imagenet_file_is_refused(hub):
     with pytest.raises(PretrainedWeightsError) as info:
-        timm.create_model('resnet50_fer', pretrained=True, pretrained_cfg_overlay=dict(hf_hub_id='timm/resnet50.tv_in1k'))
+        timm.create_model('resnet50_fer', pretrained=True,
+                          pretrained_cfg_overlay=dict(hf_hub_id='timm/resnet50.tv_in1k'))
     message = str(info.value)
     assert 'conv1.weight (64, 3, 7, 7) vs (64, 1, 3, 3)' in message
     assert 'keys the model does not have: layer2.3.bn1.bias' in message  # FER stages have 3 blocks

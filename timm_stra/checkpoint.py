@@ -37,8 +37,7 @@ def _numpy_data_globals() -> List[object]:
 def _blocked_globals(error: BaseException) -> str:
     """The globals a refused pickle asked for, as torch reports them ('' when it does not say)."""
     text = f'{error} {error.__cause__ or ""}'
-    names = sorted(set(re.findall(r'GLOBAL ([\w.]+)', text)) | set(re.findall(r'Unsupported globals: ([\w., ]+?)\.', text)))
-    return ', '.join(names)
+    return ', '.join(sorted(set(re.findall(r'GLOBAL ([\w.]+)', text))))
 
 
 def read_state_dict(path: PathLike) -> Dict[str, torch.Tensor]:
@@ -52,7 +51,8 @@ def read_state_dict(path: PathLike) -> Dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         what = 'is a folder, not a checkpoint file' if path.is_dir() else 'does not exist'
-        raise FileNotFoundError(f'{path} {what}. Give the path of the checkpoint file (.pth.tar, .pth or .safetensors).')
+        raise FileNotFoundError(
+            f'{path} {what}. Give the path of the checkpoint file (.pth.tar, .pth or .safetensors).')
     try:
         with torch.serialization.safe_globals(_numpy_data_globals()):
             state_dict = load_state_dict(str(path), use_ema=False, weights_only=True)
