@@ -6,6 +6,7 @@ from typing import List, Optional
 # subcommand -> (module with main(argv), one-line help)
 COMMANDS = {
     'models': ('timm_stra.tools.summary', 'build every registered model; table of params, GMACs, output shape'),
+    'convert': ('timm_stra.convert.cli', "the authors' checkpoint (.pth.tar) -> Hub-ready folder for local-dir:"),
 }
 
 

@@ -21,6 +21,8 @@ from typing import Any, Dict, Tuple
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
+from .imagenet_init import imagenet_filter_fn
+from .pretrained_errors import check_has_weights, pretrained_read_errors
 from .stra_resnet import StRAResNet
 
 PAPER = dict(
@@ -56,13 +58,25 @@ def _fer_cfg(**kwargs) -> Dict[str, Any]:
         mean=(0.5,), std=(0.5,), **kwargs)
 
 
+# ImageNet ResNet-50 initialisations (``pretrained=True``), read through ``imagenet_filter_fn``:
+# tv_in1k (default) is torchvision's ResNet-50, the initialisation the paper used; a1_in1k is timm's RSB A1.
+IMAGENET_INIT = dict(
+    tv_in1k=dict(hf_hub_id='timm/resnet50.tv_in1k'),
+    a1_in1k=dict(hf_hub_id='timm/resnet50.a1_in1k'),
+)
+
+
+def _tagged(name: str, cfg_fn) -> Dict[str, Dict[str, Any]]:
+    return {f'{name}.{tag}': cfg_fn(**source) for tag, source in IMAGENET_INIT.items()}
+
+
 default_cfgs = generate_default_cfgs({
-    'stra_resnet50': _cfg(),
-    'stra_resnet50_reid': _reid_cfg(),
-    'stra_resnet50_face': _face_cfg(),
-    'stra_resnet50_fer': _fer_cfg(),
-    'resnet50_reid': _reid_cfg(),
-    'resnet50_face': _face_cfg(),
+    **_tagged('stra_resnet50', _cfg),
+    **_tagged('stra_resnet50_reid', _reid_cfg),
+    **_tagged('stra_resnet50_face', _face_cfg),
+    'stra_resnet50_fer': _fer_cfg(),  # trained from scratch: no ImageNet initialisation (see _create)
+    **_tagged('resnet50_reid', _reid_cfg),
+    **_tagged('resnet50_face', _face_cfg),
     'resnet50_fer': _fer_cfg(),
 })
 
@@ -73,12 +87,26 @@ def _face_size_overlay(img_size) -> Dict[str, Any]:
     return dict(input_size=(3, *size), pool_size=tuple((s - 1) // 32 + 1 for s in size))
 
 
+# build arguments that are not part of the architecture (not recorded for config.json)
+_RUNTIME_ARGS = ('pretrained_cfg', 'pretrained_cfg_overlay', 'cache_dir', 'pretrained_model_args', 'device', 'dtype',
+                 'features_only', 'out_indices', 'feature_cls')
+
+
 def _create(variant: str, pretrained: bool, model_args: Dict[str, Any], **kwargs) -> StRAResNet:
     overlay = kwargs.pop('pretrained_cfg_overlay', None)
     if model_args.get('head') == 'face' and kwargs.get('img_size') is not None:
         overlay = {**_face_size_overlay(kwargs['img_size']), **(overlay or {})}
-    return build_model_with_cfg(
-        StRAResNet, variant, pretrained, pretrained_cfg_overlay=overlay, **dict(model_args, **kwargs))
+    if pretrained:
+        check_has_weights(variant, kwargs.get('pretrained_cfg'), overlay)
+    with pretrained_read_errors(variant, pretrained, kwargs.get('pretrained_cfg'), overlay, kwargs.get('cache_dir')):
+        model = build_model_with_cfg(
+            StRAResNet, variant, pretrained, pretrained_cfg_overlay=overlay,
+            pretrained_filter_fn=imagenet_filter_fn, **dict(model_args, **kwargs))
+    # Record the caller's architecture arguments the way timm.create_model does, so that save_for_hf
+    # writes them to config.json also for models built by calling the entrypoint directly.
+    model._model_args = {**getattr(model, '_model_args', {}),
+                         **{k: v for k, v in kwargs.items() if k not in _RUNTIME_ARGS}}
+    return model
 
 
 _REID = dict(last_stride=1, head='reid')

@@ -187,6 +187,10 @@ class StRAResNet(ResNet):
         self.num_classes = num_classes
         self.global_pool, self.fc = create_classifier(
             in_features, num_classes, pool_type=pool_type, **get_device_dtype(self))
+        if self.head_type == 'face' and global_pool:
+            # The face neck flattens; the pool passes through. Report 'flatten' so that timm's
+            # save_for_hf records global_pool='flatten' (not '', which would drop the neck on reload).
+            self.global_pool.pool_type = global_pool
         if self.head_type == 'reid' and self.use_neck and self.global_pool.feat_mult() != 1:
             raise ValueError(f"The ReID embedding takes {self.num_features} pooled features; "
                              f"global_pool={global_pool!r} gives {self.global_pool.feat_mult()}x as many.")

@@ -1,0 +1,181 @@
+"""timm-stra convert: the authors' torchreid checkpoint -> Hub-ready folder, safely and exactly.
+
+The checkpoint is assembled from the manifest of the official model (every key and
+shape), with random tensors and the shared parity operator in ``layer4.1.conv2``,
+in the layout torchreid saves (legacy torch format, ``state_dict`` wrapper,
+``module.`` prefixes, epoch, a NumPy ``rank1``, optimizer state).
+"""
+import json
+import os
+import runpy
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import timm
+import timm_stra
+from timm_stra.cli import main as cli_main
+from timm_stra.convert.cli import main as convert_main
+
+
+def _official_state_dict(parity_dir: Path):
+    shapes = json.loads((parity_dir / 'official_stra_resnet50_reid_keys.json').read_text())
+    gen = torch.Generator().manual_seed(0)
+    sd = {}
+    for key, shape in shapes.items():
+        if key.endswith('num_batches_tracked'):
+            sd[key] = torch.tensor(1234)
+        elif key.endswith('running_var'):
+            sd[key] = torch.rand(shape, generator=gen) + 0.5
+        else:
+            sd[key] = torch.randn(shape, generator=gen) * 0.05
+    parity = load_file(parity_dir / 'official_stra_op_s1.safetensors')
+    for key, value in parity.items():
+        if key.startswith('weights.'):
+            target = 'layer4.1.conv2.' + key[len('weights.'):]
+            assert sd[target].shape == value.shape, target
+            sd[target] = value
+    return sd, parity
+
+
+def _torchreid_checkpoint(state_dict):
+    return {
+        'state_dict': {'module.' + k: v for k, v in state_dict.items()},
+        'epoch': 60,
+        'rank1': np.float64(0.94),
+        'optimizer': {'state': {0: {'exp_avg': torch.zeros(3)}}, 'param_groups': [{'lr': 3e-4, 'params': [0]}]},
+    }
+
+
+@pytest.fixture(scope='module')
+def official(parity_dir, tmp_path_factory):
+    """(checkpoint path, official state dict, parity vectors)."""
+    sd, parity = _official_state_dict(parity_dir)
+    path = tmp_path_factory.mktemp('official') / 'model.pth.tar'
+    torch.save(_torchreid_checkpoint(sd), path, _use_new_zipfile_serialization=False)  # as torch 1.3 wrote it
+    return path, sd, parity
+
+
+def _leftovers(folder: Path):
+    return [p.name for p in folder.iterdir()]
+
+
+def test_convert_embedding_model_reproduces_the_parity_operator(official, tmp_path, capsys):
+    checkpoint, sd, parity = official
+    out = tmp_path / 'stra-reid'
+    assert cli_main(['convert', str(checkpoint), str(out)]) == 0
+    assert 'wrote' in capsys.readouterr().out
+    assert sorted(_leftovers(out)) == ['README.md', 'config.json', 'model.safetensors']
+    model = timm.create_model(f'local-dir:{out}', pretrained=True).eval()
+    assert model.pretrained_cfg['architecture'] == 'stra_resnet50_reid' and model.num_classes == 0
+    torch.testing.assert_close(model.neck.fc.weight, sd['global_avg_pool.1.weight'].flatten(1), rtol=0, atol=0)
+    torch.testing.assert_close(model.layer1[0].conv1.weight, sd['layer1.0.conv1.weight'], rtol=0, atol=0)
+
+    operator = model.layer4[1].conv2
+    with torch.no_grad():
+        out_eval = operator(parity['input'])
+    torch.testing.assert_close(out_eval, parity['output_eval'], rtol=0, atol=1e-5)
+    operator.train()
+    wrapper = torch.nn.Sequential(operator)
+    out_train = wrapper(parity['input'])
+    torch.testing.assert_close(out_train.detach(), parity['output_train'], rtol=0, atol=1e-5)
+    torch.testing.assert_close(timm_stra.diversity_per_sample(wrapper).detach(), parity['diversity_train'],
+                               rtol=0, atol=1e-5)
+    with torch.no_grad():
+        assert model.eval()(torch.randn(1, 3, 64, 32)).shape == (1, 512)
+
+
+def test_keep_classifier_keeps_the_751_ids(official, tmp_path):
+    checkpoint, sd, _ = official
+    out = tmp_path / 'with-ids'
+    assert convert_main([str(checkpoint), str(out), '--keep-classifier']) == 0
+    model = timm.create_model(f'local-dir:{out}', pretrained=True)
+    assert model.num_classes == 751
+    torch.testing.assert_close(model.fc.weight, sd['classifier.weight'], rtol=0, atol=0)
+    assert json.loads((out / 'config.json').read_text())['num_classes'] == 751
+
+
+def test_python_dash_m_entry_point(official, tmp_path, monkeypatch):
+    """``python -m timm_stra.convert`` (run in this interpreter: a new one would spend seconds importing torch)."""
+    checkpoint, _, _ = official
+    out = tmp_path / 'via-m'
+    monkeypatch.setattr(sys, 'argv', ['python -m timm_stra.convert', str(checkpoint), str(out)])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_module('timm_stra.convert', run_name='__main__')
+    assert exit_info.value.code == 0
+    assert (out / 'model.safetensors').is_file()
+
+
+class _RunsCode:
+    """Pickles to a call of os.system: a loader that executes it would create the marker file."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f'touch {self.marker}',)
+
+
+def _assert_refused(checkpoint: Path, out: Path, capsys, *phrases: str):
+    assert convert_main([str(checkpoint), str(out)]) == 1
+    err = capsys.readouterr().err
+    assert str(checkpoint) in err
+    for phrase in phrases:
+        assert phrase in err, (phrase, err)
+    assert not out.exists()
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(f'.{out.name}')]  # no partial folder
+
+
+@pytest.mark.parametrize('legacy', [True, False], ids=['legacy-format', 'zip-format'])
+def test_pickle_that_runs_code_is_refused(official, tmp_path, capsys, legacy):
+    _, sd, _ = official
+    marker = tmp_path / 'executed'
+    checkpoint = tmp_path / 'evil.pth.tar'
+    evil = dict(_torchreid_checkpoint({'conv1.weight': sd['conv1.weight']}), payload=_RunsCode(marker))
+    torch.save(evil, checkpoint, _use_new_zipfile_serialization=not legacy)
+    _assert_refused(checkpoint, tmp_path / 'out', capsys, 'refused', 'system', 'nothing from it was run')
+    assert not marker.exists()
+
+
+def test_truncated_checkpoint(official, tmp_path, capsys):
+    checkpoint, _, _ = official
+    truncated = tmp_path / 'truncated.pth.tar'
+    truncated.write_bytes(checkpoint.read_bytes()[:5_000_000])
+    _assert_refused(truncated, tmp_path / 'out', capsys, 'truncated, corrupt')
+
+
+def test_corrupt_safetensors(tmp_path, capsys):
+    bad = tmp_path / 'model.safetensors'
+    bad.write_bytes(b'\xff' * 64)
+    _assert_refused(bad, tmp_path / 'out', capsys, 'not a readable safetensors file')
+
+
+def test_missing_checkpoint(tmp_path, capsys):
+    _assert_refused(tmp_path / 'nowhere.pth.tar', tmp_path / 'out', capsys, 'does not exist')
+
+
+def test_checkpoint_of_another_architecture(tmp_path, capsys):
+    checkpoint = tmp_path / 'resnet50.pth.tar'
+    torch.save({'state_dict': timm.create_model('resnet50').state_dict()}, checkpoint)
+    _assert_refused(checkpoint, tmp_path / 'out', capsys, 'no mapping for fc.weight')
+
+
+def test_official_names_but_incomplete_model(official, tmp_path, capsys):
+    _, sd, _ = official
+    checkpoint = tmp_path / 'partial.pth.tar'
+    torch.save({'state_dict': {k: v for k, v in sd.items() if not k.startswith('layer4.2.')}}, checkpoint)
+    _assert_refused(checkpoint, tmp_path / 'out', capsys, 'not the official stra_resnet50_reid', 'layer4.2.')
+
+
+def test_output_folder_that_exists_is_not_touched(official, tmp_path, capsys):
+    checkpoint, _, _ = official
+    out = tmp_path / 'out'
+    out.mkdir()
+    (out / 'keep.txt').write_text('mine')
+    assert convert_main([str(checkpoint), str(out)]) == 1
+    assert 'already exists' in capsys.readouterr().err
+    assert _leftovers(out) == ['keep.txt']

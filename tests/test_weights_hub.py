@@ -1,0 +1,185 @@
+"""Hub round trip: save_for_hf writes config.json + model.safetensors + model card; local-dir: and hf-hub:
+rebuild the identical model (same state dict, same outputs), for every variant and non-default knobs."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import timm
+import timm_stra  # noqa: F401
+from timm.models import save_for_hf as timm_save_for_hf
+from timm_stra.hub import model_card, save_for_hf
+from timm_stra.models import stra_resnet50_reid
+from timm_stra.models.pretrained_errors import PretrainedWeightsError
+from hub_cache import add_repo, use_offline_cache
+from local_hub_server import LocalHub
+
+ROOT = Path(__file__).resolve().parents[1]
+PUSH = """
+import sys, torch, timm, timm_stra
+from safetensors.torch import save_file
+from timm_stra.hub import push_to_hub
+torch.manual_seed(0)
+model = timm.create_model('stra_resnet50_fer', mode='no_interaction', num_classes=3)
+save_file(model.state_dict(), sys.argv[1])
+print(push_to_hub(model, 'someone/stra-fer'))
+"""
+
+CASES = [
+    ('stra_resnet50', {}),
+    ('stra_resnet50_reid', {}),
+    ('stra_resnet50_face', {}),
+    ('stra_resnet50_fer', {}),
+    ('resnet50_reid', {}),
+    ('resnet50_face', {}),
+    ('resnet50_fer', {}),
+    ('stra_resnet50_reid', dict(mode='no_interaction', groups=4, kernel_size=5, reduction=2, embed_dim=256,
+                                num_classes=0)),
+    ('stra_resnet50_face', dict(img_size=(128, 96), local_op='sasa')),
+    ('stra_resnet50_fer', dict(local_op='group_conv', mode='none', num_classes=5)),
+]
+
+
+def _randomise(model: torch.nn.Module) -> torch.nn.Module:
+    """Random values for every float tensor (BN statistics included), so a default init cannot pass."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for tensor in model.state_dict().values():
+            if tensor.is_floating_point():
+                tensor.uniform_(0.9, 1.1) if tensor.dim() == 1 else tensor.normal_(0, 0.02)
+    return model.eval()
+
+
+def _input(model: torch.nn.Module) -> torch.Tensor:
+    """One small image: the fixed size of face models, else 64x32 (CPU time, not coverage, decides)."""
+    chans, height, width = model.pretrained_cfg['input_size']
+    if not model.pretrained_cfg.get('fixed_input_size'):
+        height, width = (32, 32) if chans == 1 else (64, 32)
+    return torch.randn(1, chans, height, width)
+
+
+def _assert_same_model(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        assert torch.equal(sa[key], sb[key]), key
+    x = _input(a)
+    with torch.no_grad():
+        torch.testing.assert_close(b(x), a(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize('name,kwargs', CASES, ids=[f'{n}-{"-".join(k) or "default"}' for n, k in CASES])
+def test_save_and_reload_from_local_dir(tmp_path, name, kwargs):
+    model = _randomise(timm.create_model(name, **kwargs))
+    folder = save_for_hf(model, tmp_path / 'model')
+    assert sorted(p.name for p in folder.iterdir()) == ['README.md', 'config.json', 'model.safetensors']
+    config = json.loads((folder / 'config.json').read_text())
+    assert config['architecture'] == name
+    assert config['num_classes'] == model.num_classes
+    for key, value in kwargs.items():
+        assert config['model_args'][key] == (list(value) if isinstance(value, tuple) else value), key
+    reloaded = timm.create_model(f'local-dir:{folder}', pretrained=True).eval()
+    assert reloaded.stra_args == model.stra_args
+    _assert_same_model(model, reloaded)
+
+
+def test_reload_from_hf_hub_offline_cache(tmp_path, monkeypatch):
+    model = _randomise(timm.create_model('stra_resnet50_reid', groups=4, num_classes=0))
+    folder = save_for_hf(model, tmp_path / 'export', repo_id='someone/stra-reid')
+    add_repo(tmp_path / 'hub', 'someone/stra-reid', {p.name: p.read_bytes() for p in folder.iterdir()})
+    use_offline_cache(monkeypatch, tmp_path / 'hub')
+    reloaded = timm.create_model('hf-hub:someone/stra-reid', pretrained=True).eval()
+    assert reloaded.stra_args['groups'] == 4
+    _assert_same_model(model, reloaded)
+
+
+def test_push_to_hub_then_load_from_hf_hub(tmp_path, monkeypatch):
+    """push_to_hub against a local Hub endpoint (HF_ENDPOINT, read when huggingface_hub is imported, hence the
+    subprocess), then hf-hub: from a cache holding exactly the uploaded files."""
+    reference = tmp_path / 'pushed.safetensors'
+    env = {k: v for k, v in os.environ.items() if not k.startswith('HF_')}
+    with LocalHub() as hub:
+        env.update(HF_ENDPOINT=hub.endpoint, HF_TOKEN='hf_test', HF_HOME=str(tmp_path / 'home'),
+                   HF_HUB_DISABLE_TELEMETRY='1', PYTHONPATH=str(ROOT))
+        result = subprocess.run([sys.executable, '-c', PUSH, str(reference)], env=env, cwd=ROOT,
+                                capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    files = hub.files['someone/stra-fer']
+    assert sorted(files) == ['README.md', 'config.json', 'model.safetensors']
+    config = json.loads(files['config.json'])
+    assert config['architecture'] == 'stra_resnet50_fer' and config['num_classes'] == 3
+    assert config['model_args']['mode'] == 'no_interaction'
+    card = files['README.md'].decode()
+    assert 'pip install timm-stra' in card and "timm.create_model('hf-hub:someone/stra-fer'" in card
+    assert hub.readme_yaml_checked == card
+
+    add_repo(tmp_path / 'hub', 'someone/stra-fer', files)
+    use_offline_cache(monkeypatch, tmp_path / 'hub')
+    pushed = timm.create_model('hf-hub:someone/stra-fer', pretrained=True).eval()
+    original = timm.create_model('stra_resnet50_fer', mode='no_interaction', num_classes=3)
+    original.load_state_dict(load_file(reference))
+    _assert_same_model(original.eval(), pushed)
+
+
+def test_timm_save_for_hf_records_the_knobs_too(tmp_path):
+    """timm's own writer, on a model built by calling the entrypoint directly (not through create_model)."""
+    model = _randomise(stra_resnet50_reid(local_op='group_conv', groups=16))
+    timm_save_for_hf(model, tmp_path / 'timm', safe_serialization=True)
+    config = json.loads((tmp_path / 'timm' / 'config.json').read_text())
+    assert config['model_args']['local_op'] == 'group_conv' and config['model_args']['groups'] == 16
+    _assert_same_model(model, timm.create_model(f'local-dir:{tmp_path / "timm"}', pretrained=True).eval())
+
+
+def test_face_config_keeps_its_embedding(tmp_path):
+    """The face head flattens: config.json must record global_pool='flatten' ('' would drop the neck on reload)."""
+    save_for_hf(timm.create_model('stra_resnet50_face'), tmp_path / 'face')
+    config = json.loads((tmp_path / 'face' / 'config.json').read_text())
+    assert config['model_args']['global_pool'] == 'flatten' and config['global_pool'] == 'flatten'
+
+
+def test_model_card(tmp_path):
+    model = timm.create_model('stra_resnet50_reid', num_classes=0)
+    readme = (save_for_hf(model, tmp_path / 'card', repo_id='someone/stra-reid') / 'README.md').read_text()
+    for text in ('stra_resnet50_reid', '3x256x128', 'mean (0.485, 0.456, 0.406)', 'std (0.229, 0.224, 0.225)',
+                 'pip install timm-stra', 'import timm_stra', "timm.create_model('hf-hub:someone/stra-reid'",
+                 'arXiv:2106.06672', '512-D embedding', 'library_name: timm'):
+        assert text in readme, text
+    card = model_card(timm.create_model('resnet50_fer'))
+    assert card['details']['Image size'] == '1x44x44' and 'twin' in card['description']
+
+
+def test_existing_folder_is_refused_and_kept(tmp_path):
+    target = tmp_path / 'taken'
+    target.mkdir()
+    (target / 'notes.txt').write_text('mine')
+    with pytest.raises(FileExistsError, match='already exists'):
+        save_for_hf(timm.create_model('resnet50_fer'), target)
+    assert [p.name for p in target.iterdir()] == ['notes.txt']
+
+
+def test_failed_save_leaves_nothing(tmp_path):
+    model = timm.create_model('resnet50_fer')
+    with pytest.raises(ValueError, match='not serializable'):
+        save_for_hf(model, tmp_path / 'out' / 'model', model_args={'act_layer': torch.nn.ReLU})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_corrupt_local_dir_weights_name_the_file(tmp_path):
+    folder = save_for_hf(timm.create_model('resnet50_fer'), tmp_path / 'fer')
+    weights = folder / 'model.safetensors'
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(PretrainedWeightsError, match='truncated or corrupt') as info:
+        timm.create_model(f'local-dir:{folder}', pretrained=True)
+    assert str(weights) in str(info.value)
+
+
+def test_local_dir_of_other_arguments_is_a_clear_error(tmp_path):
+    folder = save_for_hf(timm.create_model('stra_resnet50_reid', groups=4), tmp_path / 'g4')
+    with pytest.raises(PretrainedWeightsError, match='do not fit stra_resnet50_reid') as info:
+        timm.create_model(f'local-dir:{folder}', pretrained=True, groups=8)
+    assert str(folder / 'model.safetensors') in str(info.value)

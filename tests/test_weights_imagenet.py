@@ -1,0 +1,194 @@
+"""pretrained=True: ImageNet ResNet-50 initialisation through timm's pretrained machinery, offline.
+
+A stand-in for timm's ``resnet50.tv_in1k`` / ``resnet50.a1_in1k`` (random weights of
+timm's ResNet-50) sits in a real-layout Hugging Face cache; ``HF_HUB_OFFLINE=1``.
+"""
+import logging
+import os
+
+import pytest
+import torch
+
+import timm
+import timm_stra  # noqa: F401
+from timm_stra.models.pretrained_errors import PretrainedWeightsError
+from hub_cache import add_repo, safetensors_bytes, use_offline_cache
+
+BACKBONE = ('conv1.', 'bn1.', 'layer1.', 'layer2.', 'layer3.')
+
+
+def _random_resnet50(seed: int):
+    """timm's resnet50 state dict with random values (no num_batches_tracked, like timm's hub files)."""
+    gen = torch.Generator().manual_seed(seed)
+    sd = timm.create_model('resnet50').state_dict()
+    return {k: torch.randn(v.shape, generator=gen) for k, v in sd.items() if not k.endswith('num_batches_tracked')}
+
+
+@pytest.fixture(scope='module')
+def imagenet_files(tmp_path_factory):
+    """(cache folder, tv_in1k stand-in, a1_in1k stand-in)."""
+    root = tmp_path_factory.mktemp('hf')
+    cache = root / 'hub'
+    tv, a1 = _random_resnet50(1), _random_resnet50(2)
+    add_repo(cache, 'timm/resnet50.tv_in1k', {'model.safetensors': safetensors_bytes(tv, root / 'tv.safetensors')})
+    add_repo(cache, 'timm/resnet50.a1_in1k', {'model.safetensors': safetensors_bytes(a1, root / 'a1.safetensors')})
+    return cache, tv, a1
+
+
+@pytest.fixture()
+def hub(monkeypatch, imagenet_files):
+    cache, tv, a1 = imagenet_files
+    use_offline_cache(monkeypatch, cache)
+    return imagenet_files
+
+
+@pytest.mark.parametrize('name', ['stra_resnet50_reid', 'stra_resnet50', 'stra_resnet50_face'])
+def test_stra_stem_and_stages_1_to_3_equal_the_file(hub, name):
+    _, tv, _ = hub
+    model = timm.create_model(name, pretrained=True)
+    ours = model.state_dict()
+    backbone = [k for k in tv if k.startswith(BACKBONE)]
+    assert len(backbone) == 215  # every stem and stage 1-3 tensor (BN counters aside)
+    for key in backbone:
+        assert torch.equal(ours[key], tv[key]), key
+    # the last stage's non-operator parts load too; the replaced 3x3 convs do not exist any more
+    assert torch.equal(ours['layer4.0.conv1.weight'], tv['layer4.0.conv1.weight'])
+    assert 'layer4.0.conv2.weight' not in ours
+    # the operators start fresh (timm's init), not from the file
+    assert not torch.equal(ours['layer4.0.conv2.local.value.weight'], tv['layer4.0.conv2.weight'].flatten(1)[:, :64])
+
+
+@pytest.mark.parametrize('name', ['resnet50_reid', 'resnet50_face'])
+def test_twins_load_every_backbone_tensor(hub, name):
+    _, tv, _ = hub
+    ours = timm.create_model(name, pretrained=True).state_dict()
+    shared = [k for k in tv if not k.startswith('fc.')]
+    assert set(shared) <= set(ours)
+    for key in shared:
+        assert torch.equal(ours[key], tv[key]), key
+    fresh = {k for k in ours if k not in tv and not k.endswith('num_batches_tracked')}
+    assert fresh and fresh == {k for k in fresh if k.startswith(('neck.', 'fc.'))}  # only the task head is fresh
+
+
+def test_default_tag_is_tv_in1k_and_a1_in1k_loads_its_own_file(hub):
+    _, tv, a1 = hub
+    default = timm.create_model('stra_resnet50_reid', pretrained=True)
+    assert default.pretrained_cfg['tag'] == 'tv_in1k'
+    assert default.pretrained_cfg['hf_hub_id'] == 'timm/resnet50.tv_in1k'
+    rsb = timm.create_model('stra_resnet50_reid.a1_in1k', pretrained=True)
+    assert torch.equal(rsb.state_dict()['layer3.5.conv3.weight'], a1['layer3.5.conv3.weight'])
+    assert torch.equal(default.state_dict()['layer3.5.conv3.weight'], tv['layer3.5.conv3.weight'])
+
+
+def test_classifier_loads_only_when_it_is_the_1000_way_one(hub):
+    _, tv, _ = hub
+    imagenet = timm.create_model('stra_resnet50', pretrained=True).state_dict()
+    assert torch.equal(imagenet['fc.weight'], tv['fc.weight'])
+    reid = timm.create_model('stra_resnet50_reid', pretrained=True)
+    assert reid.fc.weight.shape == (751, 512)
+    embedding = timm.create_model('stra_resnet50_reid', pretrained=True, num_classes=0)
+    assert not any(k.startswith('fc.') for k in embedding.state_dict())
+
+
+def test_one_log_line_counts_loaded_and_fresh_groups(hub, caplog):
+    with caplog.at_level(logging.INFO, logger='timm_stra'):
+        timm.create_model('stra_resnet50_reid', pretrained=True)
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith('timm_stra')]
+    assert len(lines) == 1
+    assert 'stra_resnet50_reid: loaded 262 ImageNet ResNet-50 tensors' in lines[0]
+    for group in ('StRA operators (117 tensors)', 'neck (6 tensors)', 'classifier (2 tensors)'):
+        assert group in lines[0]
+
+
+def test_conv_ablation_keeps_the_3x3_convs(hub):
+    _, tv, _ = hub
+    ours = timm.create_model('stra_resnet50_reid', pretrained=True, local_op='conv').state_dict()
+    for i in range(3):
+        assert torch.equal(ours[f'layer4.{i}.conv2.local.weight'], tv[f'layer4.{i}.conv2.weight'])
+
+
+def test_in_chans_adapted_by_timm(hub):
+    _, tv, _ = hub
+    model = timm.create_model('stra_resnet50_reid', pretrained=True, in_chans=1)
+    torch.testing.assert_close(model.conv1.weight, tv['conv1.weight'].sum(1, keepdim=True))
+
+
+def test_fer_has_no_imagenet_initialisation(hub):
+    with pytest.raises(PretrainedWeightsError, match='stra_resnet50_fer has no pretrained weights.*from scratch'):
+        timm.create_model('stra_resnet50_fer', pretrained=True)
+    with pytest.raises(PretrainedWeightsError, match='resnet50_fer has no pretrained weights'):
+        timm.create_model('resnet50_fer', pretrained=True)
+
+
+def test_fer_forced_onto_the_imagenet_file_is_refused(hub):
+    with pytest.raises(PretrainedWeightsError) as info:
+        timm.create_model('resnet50_fer', pretrained=True,
+                          pretrained_cfg_overlay=dict(hf_hub_id='timm/resnet50.tv_in1k'))
+    message = str(info.value)
+    assert 'conv1.weight (64, 3, 7, 7) vs (64, 1, 3, 3)' in message
+    assert 'keys the model does not have: layer2.3.bn1.bias' in message  # FER stages have 3 blocks
+    assert 'lacks' not in message
+
+
+def test_another_architecture_is_refused(monkeypatch, tmp_path):
+    cache = tmp_path / 'hub'
+    resnet18 = {k: v for k, v in timm.create_model('resnet18').state_dict().items()}
+    snapshot = add_repo(cache, 'timm/resnet50.tv_in1k',
+                        {'model.safetensors': safetensors_bytes(resnet18, tmp_path / 'r18.safetensors')})
+    use_offline_cache(monkeypatch, cache)
+    with pytest.raises(PretrainedWeightsError) as info:
+        timm.create_model('stra_resnet50_reid', pretrained=True)
+    message = str(info.value)
+    assert str(snapshot / 'model.safetensors') in message
+    assert 'not an ImageNet ResNet-50' in message and 'layer1.0.conv3.weight' in message
+
+
+def test_an_extra_key_is_refused_not_ignored(monkeypatch, tmp_path, imagenet_files):
+    _, tv, _ = imagenet_files
+    cache = tmp_path / 'hub'
+    extra = dict(tv, **{'layer3.6.conv1.weight': torch.zeros(256, 1024, 1, 1)})
+    add_repo(cache, 'timm/resnet50.tv_in1k', {'model.safetensors': safetensors_bytes(extra, tmp_path / 'x.st')})
+    use_offline_cache(monkeypatch, cache)
+    with pytest.raises(PretrainedWeightsError, match='keys the model does not have: layer3.6.conv1.weight'):
+        timm.create_model('resnet50_reid', pretrained=True)
+
+
+def test_truncated_file_names_the_file(monkeypatch, tmp_path, imagenet_files):
+    cache, _, _ = imagenet_files
+    good = (cache / 'models--timm--resnet50.tv_in1k' / 'snapshots').glob('*/model.safetensors')
+    data = next(good).read_bytes()
+    broken = tmp_path / 'hub'
+    snapshot = add_repo(broken, 'timm/resnet50.tv_in1k', {'model.safetensors': data[:len(data) // 3]})
+    use_offline_cache(monkeypatch, broken)
+    with pytest.raises(PretrainedWeightsError, match='truncated or corrupt') as info:
+        timm.create_model('stra_resnet50_reid', pretrained=True)
+    assert str(snapshot / 'model.safetensors') in str(info.value)
+
+
+def test_missing_file_says_what_to_do(monkeypatch, tmp_path):
+    use_offline_cache(monkeypatch, tmp_path / 'empty')
+    with pytest.raises(PretrainedWeightsError, match='timm/resnet50.tv_in1k is missing.*HF_HUB_CACHE'):
+        timm.create_model('stra_resnet50_reid', pretrained=True)
+
+
+class _RunsCode:
+    """Pickles to a call of os.system: a loader that executes it would create the marker file."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f'touch {self.marker}',)
+
+
+def test_pickle_that_runs_code_is_refused(monkeypatch, tmp_path):
+    """Only a pytorch_model.bin in the cache: timm reads it with weights_only=True, which must refuse it."""
+    marker = tmp_path / 'executed'
+    evil = tmp_path / 'evil.bin'
+    torch.save({'conv1.weight': torch.zeros(1), 'payload': _RunsCode(marker)}, evil)
+    snapshot = add_repo(tmp_path / 'hub', 'timm/resnet50.tv_in1k', {'pytorch_model.bin': evil.read_bytes()})
+    use_offline_cache(monkeypatch, tmp_path / 'hub')
+    with pytest.raises(PretrainedWeightsError, match='Refused.*nothing from it was run') as info:
+        timm.create_model('stra_resnet50_reid', pretrained=True)
+    assert str(snapshot / 'pytorch_model.bin') in str(info.value)
+    assert not marker.exists()

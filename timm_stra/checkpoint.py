@@ -1,0 +1,78 @@
+"""Read a state dict from a checkpoint file safely, with errors that name the file and the problem.
+
+Reading goes through timm's ``load_state_dict`` with ``weights_only=True``: a
+pickle that would import or call anything beyond tensors and plain containers is
+refused before it runs. The ``state_dict`` wrapper of training checkpoints
+(torchreid, timm) is unwrapped and ``module.`` prefixes are dropped. NumPy scalars
+(torchreid stores ``rank1`` as one) are allowed as data: rebuilding one runs no code.
+"""
+import re
+from pathlib import Path
+from typing import Dict, List, Union
+
+import torch
+from timm.models import load_state_dict
+
+PathLike = Union[str, Path]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot (or must not) be read."""
+
+
+def _numpy_data_globals() -> List[object]:
+    """NumPy scalar and dtype constructors, safe under ``weights_only`` (they only rebuild values)."""
+    try:
+        import numpy as np
+    except ImportError:
+        return []
+    try:
+        from numpy._core.multiarray import scalar
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import scalar
+    kinds = (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.float16, np.float32, np.float64)
+    return [scalar, np.dtype, *{type(np.dtype(k)) for k in kinds}]
+
+
+def _blocked_globals(error: BaseException) -> str:
+    """The globals a refused pickle asked for, as torch reports them ('' when it does not say)."""
+    text = f'{error} {error.__cause__ or ""}'
+    return ', '.join(sorted(set(re.findall(r'GLOBAL ([\w.]+)', text))))
+
+
+def read_state_dict(path: PathLike) -> Dict[str, torch.Tensor]:
+    """The tensors of a ``.pth``/``.pth.tar``/``.bin``/``.safetensors`` checkpoint.
+
+    Raises:
+        FileNotFoundError: no such file.
+        CheckpointError: a pickle that would run code (refused, never executed), a
+            truncated or corrupt file, or a file without a state dict of tensors.
+    """
+    path = Path(path)
+    if not path.is_file():
+        what = 'is a folder, not a checkpoint file' if path.is_dir() else 'does not exist'
+        raise FileNotFoundError(
+            f'{path} {what}. Give the path of the checkpoint file (.pth.tar, .pth or .safetensors).')
+    try:
+        with torch.serialization.safe_globals(_numpy_data_globals()):
+            state_dict = load_state_dict(str(path), use_ema=False, weights_only=True)
+    except Exception as e:  # noqa: BLE001  (torch, pickle and safetensors raise many types for bad files)
+        if 'pickle globals' in str(e) or 'Unsupported global' in str(e):
+            found = _blocked_globals(e)
+            raise CheckpointError(
+                f'{path}: refused. Its pickle would import or call {found or "code"} while loading, which a '
+                'checkpoint of weights never needs; nothing from it was run. Only tensors, numbers and '
+                'containers are accepted. If you made this file yourself, re-save its state_dict with torch.save.'
+            ) from e
+        kind = 'safetensors file' if path.suffix == '.safetensors' else 'PyTorch checkpoint'
+        raise CheckpointError(
+            f'{path}: not a readable {kind}; it is truncated, corrupt or in another format '
+            f'({type(e).__name__}: {str(e)[:200]}). Download or save it again.') from e
+    if not isinstance(state_dict, dict) or not state_dict:
+        raise CheckpointError(f'{path}: holds no state dict (found {type(state_dict).__name__}).')
+    bad = [k for k, v in state_dict.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(
+            f'{path}: not a state dict of tensors (e.g. {bad[0]!r} is {type(state_dict[bad[0]]).__name__}). '
+            "Expected a model's state_dict, or a training checkpoint holding one under 'state_dict'.")
+    return state_dict

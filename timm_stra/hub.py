@@ -1,0 +1,121 @@
+"""Save and publish timm-stra models in timm's Hugging Face Hub format, with a model card.
+
+Both functions use timm's own writers (``timm.models.save_for_hf`` and
+``timm.models.push_to_hf_hub``): ``config.json`` holds the architecture,
+``num_classes`` and, under ``model_args``, every constructor argument the model was
+built with (``local_op``, ``mode``, ``groups``, ``img_size``, ...), which timm passes
+back when it rebuilds the model from ``hf-hub:<repo>`` or ``local-dir:<folder>``.
+The weights go to ``model.safetensors``; ``README.md`` is the model card.
+"""
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
+
+from torch import nn
+from timm.models import push_to_hf_hub
+from timm.models import save_for_hf as timm_save_for_hf
+from timm.models._hub import generate_readme  # the model card writer push_to_hf_hub uses (not re-exported)
+
+from .atomic import atomic_output_dir
+
+CITATION = """@article{zhang2021stra,
+  title={Structure-Regularized Attention for Deformable Object Representation},
+  author={Zhang, Shenao and Shen, Li and Li, Zhifeng and Liu, Wei},
+  journal={arXiv preprint arXiv:2106.06672},
+  year={2021}
+}"""
+
+
+def _task(model: nn.Module) -> str:
+    return 'image-classification' if getattr(model, 'num_classes', 0) else 'image-feature-extraction'
+
+
+def _description(model: nn.Module, name: str) -> str:
+    if getattr(model, 'stra_args', None):
+        what = 'a ResNet-50 whose last stage uses Structure-Regularized Attention (StRA, arXiv 2106.06672)'
+    else:
+        what = 'the plain ResNet-50 twin (baseline) of the StRA model of the same task (arXiv 2106.06672)'
+    return f'A {name} model: {what}, for timm with the timm-stra plugin.'
+
+
+def model_card(model: nn.Module, repo_id: Optional[str] = None, weights: Optional[str] = None) -> Dict[str, Any]:
+    """The model card of ``model`` as the dict timm's ``generate_readme`` takes.
+
+    Args:
+        model: a timm-stra model (built by ``timm.create_model``).
+        repo_id: Hub repo the card is for; the usage example loads from it
+            (from ``local-dir:<this folder>`` when None).
+        weights: one sentence on where the weights come from.
+    """
+    cfg = model.pretrained_cfg
+    name = cfg['architecture']
+    source = f"hf-hub:{repo_id}" if repo_id else 'local-dir:<this folder>'
+    args = dict(getattr(model, '_model_args', {}))
+    details = {
+        'Model type': 'image classification' if model.num_classes else 'image feature extraction (embedding)',
+        'Architecture': f'{name} (timm-stra)',
+        'Model args': ', '.join(f'{k}={v!r}' for k, v in sorted(args.items())) or 'defaults',
+        'Params (M)': round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
+        'Image size': 'x'.join(map(str, cfg['input_size'])),
+        'Normalisation': f"mean {tuple(cfg['mean'])}, std {tuple(round(s, 4) for s in cfg['std'])}",
+        'Output': f'{model.num_classes} classes' if model.num_classes else f'{model.head_hidden_size}-D embedding',
+        'Papers': {'Structure-Regularized Attention for Deformable Object Representation':
+                   'https://arxiv.org/abs/2106.06672'},
+        'Original': cfg.get('origin_url') or 'https://github.com/shenao-zhang/StRA',
+    }
+    if weights:
+        details['Weights'] = weights
+    usage = (
+        'This model needs the timm-stra plugin, which registers its architecture with timm:\n\n'
+        '```bash\npip install timm-stra\n```\n\n'
+        '```python\n'
+        'import timm\n'
+        'import timm_stra  # registers the StRA models with timm: import it before loading\n\n'
+        f"model = timm.create_model('{source}', pretrained=True).eval()\n"
+        'data_config = timm.data.resolve_model_data_config(model)\n'
+        'transform = timm.data.create_transform(**data_config, is_training=False)\n'
+        '```\n')
+    return {
+        'tags': [_task(model), 'timm', 'timm-stra'],
+        'license': cfg.get('license', 'apache-2.0'),
+        'description': _description(model, name),
+        'details': details,
+        'usage': usage,
+        'citation': CITATION,
+    }
+
+
+def save_for_hf(
+        model: nn.Module,
+        save_directory: Union[str, Path],
+        repo_id: Optional[str] = None,
+        weights: Optional[str] = None,
+        **kwargs,
+) -> Path:
+    """Write ``config.json``, ``model.safetensors`` and ``README.md`` (model card) to a new folder.
+
+    The folder is written beside its final place and renamed into place when
+    complete; on error nothing is left. ``kwargs`` go to ``timm.models.save_for_hf``
+    (``model_config``, ``model_args``, ``data_config``). Load it back with
+    ``timm.create_model('local-dir:<folder>', pretrained=True)``.
+
+    Returns:
+        The folder.
+    """
+    save_directory = Path(save_directory)
+    with atomic_output_dir(save_directory) as tmp:
+        timm_save_for_hf(model, tmp, safe_serialization=True, **kwargs)
+        readme = generate_readme(model_card(model, repo_id, weights), save_directory.name, task_name=_task(model))
+        (tmp / 'README.md').write_text(readme, encoding='utf-8')
+    return save_directory
+
+
+def push_to_hub(model: nn.Module, repo_id: str, weights: Optional[str] = None, **kwargs):
+    """Publish ``model`` to the Hugging Face Hub with timm's ``push_to_hf_hub`` and the timm-stra model card.
+
+    Writes the same files as ``save_for_hf`` (safetensors only). ``kwargs`` go to
+    ``push_to_hf_hub`` (``token``, ``private``, ``revision``, ``commit_message``, ...).
+    Load it with ``timm.create_model('hf-hub:<repo_id>', pretrained=True)`` after ``import timm_stra``.
+    """
+    kwargs.setdefault('safe_serialization', True)
+    return push_to_hf_hub(
+        model, repo_id, model_card=model_card(model, repo_id, weights), task_name=_task(model), **kwargs)

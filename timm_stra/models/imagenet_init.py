@@ -1,0 +1,129 @@
+"""Initialise a StRA ResNet-50 (or its twin) from timm's ImageNet ResNet-50 weights.
+
+``imagenet_filter_fn`` is the ``pretrained_filter_fn`` that timm's
+``load_pretrained`` applies to ``resnet50.tv_in1k`` / ``resnet50.a1_in1k``. It
+returns a complete state dict for the model: every tensor of the file whose name
+and shape match is loaded, and exactly these groups keep the model's own fresh
+initialisation:
+
+* the StRA operators of the last stage (``layer4.N.conv2.*``), which replace the
+  file's 3x3 convolutions ``layer4.N.conv2.weight`` (dropped; the ``conv`` ablation,
+  whose local operator is that 3x3 conv, loads it as ``layer4.N.conv2.local.weight``);
+* the embedding neck (``neck.*``) of the ReID and face heads;
+* the classifier ``fc`` when its shape differs from the file's 1000-way one (the
+  file's ``fc`` is then dropped).
+
+Anything else (a key the model lacks, a model key the file lacks, a shape that
+differs outside these groups) means the file is not an ImageNet ResNet-50 for
+this model: the filter raises and names the keys, it never drops them silently.
+"""
+import logging
+import re
+from typing import Dict, List, Mapping
+
+import torch
+from torch import nn
+
+_logger = logging.getLogger(__name__)
+
+_OPERATOR = re.compile(r'^layer4\.\d+\.conv2\.\w+\.')  # inside a StRA operator (not a plain conv2)
+_REPLACED_CONV = re.compile(r'^(layer4\.\d+)\.conv2\.weight$')  # the 3x3 conv a StRA operator replaces
+_COUNTERS = 'num_batches_tracked'  # BatchNorm step counters: not weights, optional in ImageNet files
+
+
+class IncompatibleWeightsError(ValueError):
+    """The pretrained file does not fit the model outside its freshly initialised groups."""
+
+
+def _group(key: str) -> str:
+    """Name of the freshly initialised group a model key belongs to, or '' for backbone keys."""
+    if _OPERATOR.match(key):
+        return 'StRA operators'
+    if key.startswith('neck.'):
+        return 'neck'
+    if key.startswith('fc.'):
+        return 'classifier'
+    return ''
+
+
+def _shorten(keys: List[str], limit: int = 6) -> str:
+    return ', '.join(keys[:limit]) + (f' ... ({len(keys)} in all)' if len(keys) > limit else '')
+
+
+def imagenet_filter_fn(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
+    """ImageNet ResNet-50 state dict -> complete state dict for ``model`` (see the module docstring).
+
+    The input conv is passed through when only its input channels differ, so that
+    timm's ``load_pretrained`` adapts it to ``in_chans``. Weights of a saved timm-stra
+    model (``hf-hub:`` / ``local-dir:`` sources) pass through unchanged.
+
+    Raises:
+        IncompatibleWeightsError: the file does not fit the model outside the freshly initialised groups.
+    """
+    if getattr(model, 'pretrained_cfg', {}).get('source') in ('hf-hub', 'local-dir'):
+        return dict(state_dict)  # a saved timm-stra model (hf-hub:/local-dir:): timm loads it strictly as it is
+    ours = model.state_dict()
+    operator_blocks = {k.split('.conv2.')[0] for k in ours if _OPERATOR.match(k)}
+    first_conv = getattr(model, 'pretrained_cfg', {}).get('first_conv') or 'conv1'
+    out: Dict[str, torch.Tensor] = {}
+    loaded = 0
+    unexpected, mismatched, missing = [], [], []
+    dropped = 0
+    for key, value in state_dict.items():
+        if key not in ours:
+            replaced = _REPLACED_CONV.match(key)
+            if replaced and replaced.group(1) in operator_blocks:
+                as_local = f'{replaced.group(1)}.conv2.local.weight'  # the 'conv' ablation keeps the 3x3 conv
+                if as_local in ours and ours[as_local].shape == value.shape:
+                    out[as_local] = value
+                    loaded += 1
+                else:
+                    dropped += 1
+            elif key.startswith('fc.'):
+                dropped += 1
+            else:
+                unexpected.append(key)
+            continue
+        target = ours[key]
+        if value.shape == target.shape:
+            out[key] = value
+            loaded += key.split('.')[-1] != _COUNTERS
+        elif _group(key):
+            dropped += 1
+            continue  # e.g. a 751-ID or 7-class classifier instead of the 1000-way one: starts fresh
+        elif key == f'{first_conv}.weight' and value.dim() == 4 and \
+                value.shape[0] == target.shape[0] and value.shape[2:] == target.shape[2:]:
+            out[key] = value  # only the input channels differ: timm's load_pretrained adapts it
+            loaded += 1
+        else:
+            mismatched.append(f'{key} {tuple(value.shape)} vs {tuple(target.shape)}')
+    fresh = {}
+    for key, value in ours.items():
+        if key in out:
+            continue
+        group = _group(key)
+        if group or key.endswith(_COUNTERS):
+            out[key] = value
+            if group:
+                fresh.setdefault(group, 0)
+                fresh[group] += 1
+        elif key not in state_dict:  # (a mis-shaped key is reported as such)
+            missing.append(key)
+    if unexpected or mismatched or missing:
+        problems = []
+        unexpected.sort(key=lambda k: k.endswith(_COUNTERS))  # weights first, BN counters last
+        if unexpected:
+            problems.append(f'keys the model does not have: {_shorten(unexpected)}')
+        if missing:
+            problems.append(f'model keys the file lacks: {_shorten(missing)}')
+        if mismatched:
+            problems.append(f'shapes that differ (file vs model): {_shorten(mismatched)}')
+        raise IncompatibleWeightsError(
+            'not an ImageNet ResNet-50 for this model; '
+            + '; '.join(problems) + '. Use the pretrained tags tv_in1k or a1_in1k (timm/resnet50.*), '
+            'or pretrained=False.')
+    name = getattr(model, 'pretrained_cfg', {}).get('architecture', type(model).__name__)
+    _logger.info('%s: loaded %d ImageNet ResNet-50 tensors, dropped %d (replaced 3x3 convs, 1000-way fc); '
+                 'freshly initialised: %s', name, loaded, dropped,
+                 ', '.join(f'{g} ({n} tensors)' for g, n in fresh.items()) or 'nothing')
+    return out
