@@ -3,10 +3,12 @@
 A StRA bottleneck is timm's ``Bottleneck`` with its 3x3 convolution replaced by
 ``StRAttention`` (SPEC 2): ``1x1 conv -> BN -> ReLU -> local attention -> mode
 attention -> BN -> ReLU -> 1x1 conv -> BN``, plus the shortcut, then ReLU. It
-keeps timm's attribute names (so ``conv2`` is the operator) and timm's forward.
+keeps timm's attribute names (so ``conv2`` is the operator) and timm's forward
+(with an out-of-place residual sum when the last 1x1 conv is omitted).
 """
 from typing import Optional, Sequence, Tuple, Type
 
+import torch
 from torch import nn
 from timm.layers import DropPath
 from timm.models.resnet import Bottleneck, downsample_conv, drop_blocks
@@ -74,6 +76,26 @@ class StRABottleneck(Bottleneck):
         self.stride = stride
         self.dilation = 1
         self.drop_path = drop_path
+        self.fuse = fuse
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """timm's ``Bottleneck.forward``; without the last 1x1 conv the residual sum is out of place.
+
+        (In place it would overwrite act2's output, which autograd needs for act2's backward.)
+        """
+        shortcut = x
+        x = self.act1(self.bn1(self.conv1(x)))
+        x = self.aa(self.act2(self.drop_block(self.bn2(self.conv2(x)))))
+        x = self.bn3(self.conv3(x))
+        if self.drop_path is not None:
+            x = self.drop_path(x)
+        if self.downsample is not None:
+            shortcut = self.downsample(shortcut)
+        if self.fuse:
+            x += shortcut
+        else:
+            x = x + shortcut
+        return self.act3(x)
 
 
 def make_last_stage(

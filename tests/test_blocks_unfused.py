@@ -1,0 +1,14 @@
+"""The FER variant's StRA blocks (no last 1x1 conv) must train: backward through the residual sum."""
+import timm
+import torch
+
+import timm_stra  # noqa: F401
+
+
+def test_fer_model_backward():
+    model = timm.create_model('stra_resnet50_fer', layers=(1, 1, 1, 1)).train()
+    x = torch.randn(2, 1, 44, 44)
+    loss = model(x).sum() + timm_stra.diversity_loss(model)
+    loss.backward()  # failed with an in-place modification error before the out-of-place residual sum
+    assert model.layer4[0].conv2.value_conv.weight.grad is not None or any(
+        p.grad is not None for p in model.layer4.parameters())
