@@ -10,5 +10,4 @@ def test_fer_model_backward():
     x = torch.randn(2, 1, 44, 44)
     loss = model(x).sum() + timm_stra.diversity_loss(model)
     loss.backward()  # failed with an in-place modification error before the out-of-place residual sum
-    assert model.layer4[0].conv2.value_conv.weight.grad is not None or any(
-        p.grad is not None for p in model.layer4.parameters())
+    assert all(p.grad is not None for p in model.layer4.parameters())
