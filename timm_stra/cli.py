@@ -6,6 +6,8 @@ from typing import List, Optional
 # subcommand -> (module with main(argv), one-line help)
 COMMANDS = {
     'models': ('timm_stra.tools.summary', 'build every registered model; table of params, GMACs, output shape'),
+    'train': ('timm_stra.tasks.train', "train reid|face|fer with the paper's recipe (torchrun for DDP)"),
+    'eval': ('timm_stra.tasks.evaluate', "score a checkpoint for reid|face|fer with the paper's metrics"),
 }
 
 
