@@ -52,9 +52,14 @@ def test_market1501_bad_image_stops_or_is_skipped(tmp_path):
 def test_face_folders(tmp_path):
     make_face_folders(tmp_path, ids=3, per_id=2)
     (tmp_path / 'empty').mkdir()
-    samples, names = scan_identity_folders(tmp_path)
-    assert names == ['id_000', 'id_001', 'id_002']
+    samples, names, skipped = scan_identity_folders(tmp_path)
+    assert names == ['id_000', 'id_001', 'id_002'] and skipped == 0
     assert [label for _, label in samples] == [0, 0, 1, 1, 2, 2]
+    (tmp_path / 'id_001' / '0.jpg').write_bytes(b'')
+    with pytest.raises(BadDataError, match='id_001/0.jpg'):
+        scan_identity_folders(tmp_path)
+    samples, names, skipped = scan_identity_folders(tmp_path, skip_bad=True)
+    assert skipped == 1 and len(samples) == 5 and len(names) == 3
 
 
 def test_face_bin_round_trip(tmp_path):

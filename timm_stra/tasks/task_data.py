@@ -44,8 +44,8 @@ def load_train_set(task: str, data, transform: Callable, skip_bad: bool = False,
         samples = list(zip(market.train.paths, market.train.pids))
         return TrainSet(ImageList(samples, transform), market.num_train_ids, market.skipped)
     if task == 'face':
-        samples, names = scan_identity_folders(data, skip_bad=skip_bad, check=check)
-        return TrainSet(ImageList(samples, transform), len(names))
+        samples, names, skipped = scan_identity_folders(data, skip_bad=skip_bad, check=check)
+        return TrainSet(ImageList(samples, transform), len(names), skipped)
     if task == 'fer':
         splits, skipped = read_fer2013(data, skip_bad=skip_bad)
         images, labels = splits['Training']

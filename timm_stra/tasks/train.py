@@ -38,6 +38,10 @@ from .task_data import load_eval_sets, load_train_set
 from .transforms import eval_transform, train_transform
 
 
+class UsageError(ValueError):
+    """Options that cannot work together or with this data (reported without a traceback)."""
+
+
 def _kv(text: str):
     """'key=value' with value parsed as JSON when possible ('layers=[1,1,1,1]', 'drop_rate=0.1')."""
     key, sep, value = text.partition('=')
@@ -179,6 +183,8 @@ class Trainer:
         if args.backbone_init:
             init_from_backbone(model, args.backbone_init)
         if args.sync_bn and env.distributed:
+            if env.device.type != 'cuda':
+                raise UsageError('--sync-bn needs CUDA devices (PyTorch\'s SyncBatchNorm does not run on CPU).')
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         seed_all(args.seed + env.rank)  # each rank augments differently
         self.model = model.to(env.device)
@@ -196,7 +202,7 @@ class Trainer:
         self.sampler = DistributedSampler(self.train_set.dataset, num_replicas=env.world_size, rank=env.rank,
                                           shuffle=True, seed=args.seed)
         if len(self.sampler) < args.batch_size:
-            raise ValueError(f'{len(self.sampler)} training samples per process, fewer than one batch of '
+            raise UsageError(f'{len(self.sampler)} training samples per process, fewer than one batch of '
                              f'{args.batch_size}: lower --batch-size.')
         # worker seeds come from this generator, re-seeded every epoch (not from the global RNG)
         self.loader_rng = torch.Generator()
@@ -285,6 +291,9 @@ class Trainer:
             t0 = time.time()
             lr = self.optimizer.param_groups[0]['lr']
             record = {'epoch': epoch + 1, 'lr': lr, **self.train_epoch(epoch)}
+            skipped = self.train_set.skipped + self.eval_sets.skipped
+            if skipped:
+                record['skipped_bad'] = skipped
             self.scheduler.step(epoch + 1)
             last = epoch + 1 == args.epochs
             if (args.eval_interval and (epoch + 1) % args.eval_interval == 0 or last) and self._has_eval():
@@ -321,7 +330,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     env = init_distributed(args.device)
     try:
         Trainer(args, env).run()
-    except (BadDataError, FaceBinError, FileNotFoundError) as e:
+    except (BadDataError, FaceBinError, FileNotFoundError, UsageError) as e:
         print(f'timm-stra train {task}: {e}', file=sys.stderr)
         return 1
     finally:

@@ -6,8 +6,10 @@ from .bad_data import BadDataReport
 from .image_list import check_images, list_images
 
 
-def scan_identity_folders(root, skip_bad: bool = False, check: bool = True) -> Tuple[List[Tuple[str, int]], List[str]]:
-    """(path, label) pairs and the identity names (label i is ``names[i]``, folders sorted by name).
+def scan_identity_folders(root, skip_bad: bool = False,
+                          check: bool = True) -> Tuple[List[Tuple[str, int]], List[str], int]:
+    """(path, label) pairs, the identity names (label i is ``names[i]``, folders sorted by name) and
+    the number of unreadable images skipped.
 
     Folders without images are ignored. With ``check`` every image is decoded once first.
 
@@ -27,8 +29,9 @@ def scan_identity_folders(root, skip_bad: bool = False, check: bool = True) -> T
         names.append(folder.name)
     if not samples:
         raise FileNotFoundError(f'No identity folders with images under {root} (expected ROOT/<identity>/<image>.jpg).')
+    skipped = 0
     if check:
         report = BadDataReport(skip_bad, f'face identity folders {root}')
         samples = check_images(samples, report)
-        report.finish()
-    return samples, names
+        skipped = report.finish()
+    return samples, names, skipped
