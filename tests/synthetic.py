@@ -9,28 +9,32 @@ from pathlib import Path
 from typing import List
 
 import numpy as np
+import torch
 from PIL import Image
 
 
-def _pattern(label: int, size, rng: np.random.Generator, grey: bool = False) -> Image.Image:
+def _pattern(label: int, size, rng: np.random.Generator, grey: bool = False, noise: float = 20.,
+             shift: float = 0.) -> Image.Image:
     h, w = size
     base = np.random.default_rng(1000 + label).integers(0, 256, (4, 2, 1 if grey else 3))
-    img = np.kron(base, np.ones((h // 4 + 1, w // 2 + 1, 1)))[:h, :w]
-    img = np.clip(img + rng.normal(0, 20, img.shape), 0, 255).astype(np.uint8)
+    img = np.kron(base, np.ones((h // 4 + 1, w // 2 + 1, 1)))[:h, :w] + shift
+    img = np.clip(img + rng.normal(0, noise, img.shape), 0, 255).astype(np.uint8)
     return Image.fromarray(img[..., 0] if grey else img, 'L' if grey else 'RGB')
 
 
 def make_market1501(root: Path, train_ids=(1, 2, 3, 4), test_ids=(5, 6, 7), cams=3, per_cam=2,
                     size=(64, 32), seed=0) -> Path:
     """A Market-1501 tree: train IDs in bounding_box_train/, one query per test ID and camera 1,
-    the rest of each test ID in bounding_box_test/, plus junk (-1) and distractor (0000) images."""
+    the rest of each test ID in bounding_box_test/, plus junk (-1) and distractor (0000) images.
+    Cameras shift the brightness and the noise is strong, so rankings are imperfect."""
     rng = np.random.default_rng(seed)
     for sub in ('bounding_box_train', 'query', 'bounding_box_test'):
         (root / sub).mkdir(parents=True, exist_ok=True)
 
     def save(sub, pid, cam, idx):
         name = f'{pid:04d}' if pid >= 0 else '-1'
-        _pattern(max(pid, 0), size, rng).save(root / sub / f'{name}_c{cam}s1_{idx:06d}_01.jpg', quality=90)
+        img = _pattern(max(pid, 0), size, rng, noise=60., shift=40. * (cam - 2))
+        img.save(root / sub / f'{name}_c{cam}s1_{idx:06d}_01.jpg', quality=90)
 
     for pid in train_ids:
         for cam in range(1, cams + 1):
@@ -44,6 +48,14 @@ def make_market1501(root: Path, train_ids=(1, 2, 3, 4), test_ids=(5, 6, 7), cams
     save('bounding_box_test', -1, 2, 99)
     save('bounding_box_test', 0, 3, 98)
     return root
+
+
+def one_thread_fixture():
+    """Tiny models on a shared 2-core machine: one intra-op thread avoids oversubscription stalls."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def make_face_folders(root: Path, ids=4, per_id=6, size=(40, 40), seed=0) -> Path:

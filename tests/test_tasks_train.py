@@ -11,22 +11,16 @@ import timm
 import torch
 from safetensors.torch import load_file
 
-from synthetic import face_bin_bytes, make_face_folders, make_fer2013, make_market1501
+from synthetic import one_thread_fixture, face_bin_bytes, make_face_folders, make_fer2013, make_market1501
 from timm_stra.tasks import checkpoint as ckpt_mod
 from timm_stra.tasks.checkpoint import load_training_state, resolve_checkpoint, save_checkpoint
 from timm_stra.tasks.evaluate import main as eval_main
 from timm_stra.tasks.train import main as train_main, seed_all
 
+one_thread = pytest.fixture(autouse=True)(one_thread_fixture)
 FAST = ['--workers', '0', '--no-progress', '--batch-size', '8', '--model-kwargs', 'layers=[1,1,1,1]']
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny models on a shared 2-core machine: one intra-op thread avoids oversubscription stalls
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _jsonl(run: Path):

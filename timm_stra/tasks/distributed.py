@@ -61,6 +61,17 @@ def all_reduce_sum(values: torch.Tensor, env: DistEnv) -> torch.Tensor:
     return values
 
 
+def broadcast_buffers(module: torch.nn.Module, env: DistEnv) -> None:
+    """Copy rank 0's buffers (BatchNorm running statistics) to every rank.
+
+    DDP broadcasts them at the start of each forward, so after the last training step every
+    rank holds rank 0's statistics updated by its own last batch: evaluation needs them equal.
+    """
+    if env.distributed:
+        for buf in module.buffers():
+            dist.broadcast(buf, 0)
+
+
 def all_gather_objects(obj: Any, env: DistEnv) -> List[Any]:
     """Every rank's ``obj`` (picklable, e.g. CPU tensors), in rank order."""
     if not env.distributed:

@@ -30,7 +30,7 @@ from ..diversity import diversity_loss
 from .data import BadDataError, FaceBinError
 from .checkpoint import (atomic_write_text, data_config_for, load_training_state, model_config,
                          resolve_checkpoint, save_checkpoint)
-from .distributed import DistEnv, all_gather_objects, all_reduce_sum, init_distributed, shutdown
+from .distributed import DistEnv, all_gather_objects, all_reduce_sum, broadcast_buffers, init_distributed, shutdown
 from .evaluate import evaluate, markdown_table
 from .freeze import set_trainable
 from .recipes import TASKS, get_recipe
@@ -269,8 +269,20 @@ class Trainer:
             bar.set_postfix(loss=f'{loss.item():.4f}')
         totals = all_reduce_sum(totals.to(env.device), env).cpu()
         count = max(totals[4].item(), 1)
+        broadcast_buffers(self.model, env)
+        self._check_replicas()
         return {'loss': totals[0].item() / count, 'ce': totals[1].item() / count, 'div': totals[2].item() / count,
-                'train_top1': 100 * totals[3].item() / count}
+                'train_top1': 100 * totals[3].item() / count, 'samples': int(totals[4].item())}
+
+    def _check_replicas(self) -> None:
+        """Under DDP, every rank must hold the same weights and buffers (one float64 checksum per rank)."""
+        if not self.env.distributed:
+            return
+        tensors = [*self.model.parameters(), *self.model.buffers()]
+        checksum = sum(t.detach().double().abs().sum().item() for t in tensors)
+        sums = all_gather_objects(checksum, self.env)
+        if len(set(sums)) != 1:
+            raise RuntimeError(f'DDP replicas diverged (weight and buffer checksums per rank: {sums}).')
 
     def state(self, epoch: int) -> Dict[str, Any]:
         return {'epoch': epoch, 'optimizer': self.optimizer.state_dict(), 'scheduler': self.scheduler.state_dict(),
