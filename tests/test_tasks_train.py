@@ -57,6 +57,15 @@ def test_fer_trains_and_resumes_to_the_same_state(tmp_path, fer_csv):
     assert torch.equal(sa['rng'][0]['torch'], sb['rng'][0]['torch'])
 
 
+def test_fer_amp_and_gradient_clipping(tmp_path, fer_csv):
+    run = tmp_path / 'run'
+    assert train_main(['fer', '--data', str(fer_csv), '--output', str(run), '--epochs', '1', '--input-size', '24', '24',
+                       '--amp', '--clip-grad', '0.5', '--opt', 'adamw', '--lr', '1e-3', '--sched', 'cosine',
+                       *FAST]) == 0
+    record = _jsonl(run)[0]
+    assert torch.isfinite(torch.tensor(record['loss'])) and 'private_test_top1' in record
+
+
 def test_reid_warm_up_trains_only_the_last_stage_and_head(tmp_path, capsys):
     data = make_market1501(tmp_path / 'market')
     run = tmp_path / 'run'

@@ -74,40 +74,44 @@ def build_parser(task: str) -> argparse.ArgumentParser:
                    help="timm model whose pretrained weights initialise matching layers ('' for none)")
     g.add_argument('--sync-bn', action='store_true', help='SyncBatchNorm under DDP')
     g = p.add_argument_group('optimisation')
-    g.add_argument('--epochs', type=int, default=r.epochs)
+    g.add_argument('--epochs', type=int, default=r.epochs, help='epochs in total')
     g.add_argument('--batch-size', type=int, default=r.batch_size, help='per process')
     g.add_argument('--opt', default=r.opt, help='timm optimizer name')
-    g.add_argument('--lr', type=float, default=r.lr)
-    g.add_argument('--weight-decay', type=float, default=r.weight_decay)
-    g.add_argument('--momentum', type=float, default=r.momentum)
+    g.add_argument('--lr', type=float, default=r.lr, help='initial learning rate')
+    g.add_argument('--weight-decay', type=float, default=r.weight_decay, help='weight decay (on every parameter, as the official run)')
+    g.add_argument('--wd-skip-bias-norm', action='store_true',
+                   help="no weight decay on biases and norm layers (timm's usual filter)")
+    g.add_argument('--momentum', type=float, default=r.momentum, help='SGD momentum')
     g.add_argument('--sched', default=r.sched, help='timm scheduler name (stepped per epoch)')
-    g.add_argument('--decay-epochs', type=float, default=r.decay_epochs)
-    g.add_argument('--decay-milestones', type=int, nargs='*', default=list(r.decay_milestones))
-    g.add_argument('--decay-rate', type=float, default=r.decay_rate)
-    g.add_argument('--warmup-epochs', type=int, default=0)
+    g.add_argument('--decay-epochs', type=float, default=r.decay_epochs, help="'step': epochs between decays")
+    g.add_argument('--decay-milestones', type=int, nargs='*', default=list(r.decay_milestones),
+                   help="'multistep': epochs (counted from 1) from which the rate is multiplied again")
+    g.add_argument('--decay-rate', type=float, default=r.decay_rate, help='learning-rate factor at each decay')
+    g.add_argument('--warmup-epochs', type=int, default=0, help='linear warm-up epochs (not in the paper)')
     g.add_argument('--smoothing', type=float, default=r.smoothing, help='label smoothing')
     g.add_argument('--div-weight', type=float, default=r.div_weight, help='weight of the diversity loss')
     g.add_argument('--freeze-epochs', type=int, default=r.freeze_epochs,
                    help='epochs during which only --trainable-early modules train')
-    g.add_argument('--trainable-early', nargs='*', default=list(r.trainable_early))
+    g.add_argument('--trainable-early', nargs='*', default=list(r.trainable_early),
+                   help='modules that train during the first --freeze-epochs')
     g.add_argument('--clip-grad', type=float, default=None, help='gradient clipping (off by default)')
     g.add_argument('--clip-mode', default='norm', choices=('norm', 'value', 'agc'))
     g.add_argument('--amp', action='store_true', help='mixed precision (float16 on CUDA, bfloat16 on CPU)')
     g = p.add_argument_group('data')
     g.add_argument('--re-prob', type=float, default=r.re_prob, help='random erasing probability')
     g.add_argument('--crop-padding', type=int, default=r.crop_padding, help='pad then random crop (0: off)')
-    g.add_argument('--hflip', type=float, default=0.5)
-    g.add_argument('--workers', type=int, default=4)
+    g.add_argument('--hflip', type=float, default=0.5, help='horizontal flip probability')
+    g.add_argument('--workers', type=int, default=4, help='data loading processes per rank')
     g.add_argument('--skip-bad', action='store_true', help='skip (and count) unreadable images / rows')
     g.add_argument('--no-check', action='store_true', help='do not decode every image before training')
     g.add_argument('--bins', nargs='*', default=(), help='face: verification .bin files (default: *.bin in --data)')
     g = p.add_argument_group('run')
     g.add_argument('--eval-interval', type=int, default=r.eval_interval, help='evaluate every N epochs (0: only at the end)')
-    g.add_argument('--eval-batch-size', type=int, default=r.eval_batch_size)
+    g.add_argument('--eval-batch-size', type=int, default=r.eval_batch_size, help='batch size when evaluating')
     g.add_argument('--keep', type=int, default=2, help='checkpoints kept')
-    g.add_argument('--seed', type=int, default=42)
+    g.add_argument('--seed', type=int, default=42, help='random seed (rank r augments with seed + r)')
     g.add_argument('--device', default=None, help='cpu or cuda (default: cuda if available)')
-    g.add_argument('--no-progress', action='store_true')
+    g.add_argument('--no-progress', action='store_true', help='no progress bars or per-epoch lines')
     return p
 
 
@@ -191,7 +195,7 @@ class Trainer:
         self.config = model_config(model, args.model, self.model_kwargs, self.data_config)
         # 3. optimisation, all from timm
         self.optimizer = create_optimizer_v2(model, args.opt, lr=args.lr, weight_decay=args.weight_decay,
-                                             momentum=args.momentum)
+                                             momentum=args.momentum, filter_bias_and_bn=args.wd_skip_bias_norm)
         self.scheduler, _ = create_scheduler_v2(
             self.optimizer, args.sched, num_epochs=args.epochs, decay_epochs=args.decay_epochs,
             decay_milestones=args.decay_milestones, decay_rate=args.decay_rate, warmup_epochs=args.warmup_epochs)
