@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from synthetic import one_thread_fixture, face_bin_bytes, make_face_folders, make_fer2013, make_market1501
 from timm_stra.tasks import checkpoint as ckpt_mod
@@ -68,17 +68,21 @@ def test_fer_amp_and_gradient_clipping(tmp_path, fer_csv):
 
 def test_reid_warm_up_trains_only_the_last_stage_and_head(tmp_path, capsys):
     data = make_market1501(tmp_path / 'market')
+    # ImageNet initialisation from a local ResNet-50 state dict (the recipe's default downloads timm's tv_in1k)
+    source = {k: v.contiguous() for k, v in timm.create_model('resnet50').state_dict().items()}
+    save_file(source, str(tmp_path / 'resnet50.safetensors'))
     run = tmp_path / 'run'
     assert train_main(['reid', '--data', str(data), '--output', str(run), '--epochs', '2', '--freeze-epochs', '1',
-                       '--input-size', '64', '32', '--backbone-init', '', '--eval-interval', '1', '--keep', '3',
-                       *FAST]) == 0
-    seed_all(42)  # the run's initial weights
+                       '--input-size', '64', '32', '--backbone-init', str(tmp_path / 'resnet50.safetensors'),
+                       '--eval-interval', '1', '--keep', '3', *FAST]) == 0
+    seed_all(42)  # the run's initial weights of the layers ResNet-50 does not have
     init = timm.create_model('stra_resnet50_reid', num_classes=4, layers=[1, 1, 1, 1]).state_dict()
     e1, e2 = _weights(run, 1), _weights(run, 2)
     for key in ('conv1.weight', 'layer1.0.conv1.weight', 'layer3.0.bn1.running_mean'):
-        assert torch.equal(e1[key], init[key]), key  # frozen: neither weights nor BN statistics move
+        assert torch.equal(e1[key], source[key]), key  # initialised, then frozen: weights and BN statistics
         assert not torch.equal(e2[key], e1[key]), key  # open from epoch 2 on
-    for key in ('layer4.0.conv2.local.value.weight', 'layer4.0.conv2.mode.mask.conv1.weight', 'neck.fc.weight', 'fc.weight'):
+    for key in ('layer4.0.conv2.local.value.weight', 'layer4.0.conv2.mode.mask.conv1.weight', 'neck.fc.weight',
+                'fc.weight'):
         assert not torch.equal(e1[key], init[key]), key
 
     log = _jsonl(run)

@@ -8,15 +8,14 @@ to the same state an uninterrupted run would have (checkpoints are taken at epoc
 """
 import argparse
 import json
-import random
 import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-import numpy as np
 import timm
 import torch
+from safetensors.torch import load_file
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
@@ -34,6 +33,7 @@ from .distributed import DistEnv, all_gather_objects, all_reduce_sum, broadcast_
 from .evaluate import evaluate, markdown_table
 from .freeze import set_trainable
 from .recipes import TASKS, get_recipe
+from .rng import rng_state, seed_all, set_rng_state
 from .task_data import load_eval_sets, load_train_set
 from .transforms import eval_transform, train_transform
 
@@ -115,38 +115,29 @@ def build_parser(task: str) -> argparse.ArgumentParser:
     return p
 
 
-def seed_all(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2 ** 32)
-    torch.manual_seed(seed)
+def init_from_backbone(model: nn.Module, source: str) -> int:
+    """Copy pretrained weights into every layer of ``model`` with the same name and shape.
 
+    Args:
+        source: a timm model name with pretrained weights (e.g. 'resnet50.tv_in1k', downloaded once), or a
+            local ``.safetensors`` / ``.pth`` state dict file.
 
-def rng_state() -> Dict[str, Any]:
-    """This process's RNG states as tensors and numbers (loadable with weights_only=True)."""
-    np_state = np.random.get_state()
-    state = {'python': random.getstate(), 'torch': torch.get_rng_state(),
-             'numpy': {'keys': torch.from_numpy(np_state[1].astype(np.int64)), 'pos': int(np_state[2]),
-                       'has_gauss': int(np_state[3]), 'gauss': float(np_state[4])}}
-    if torch.cuda.is_available():
-        state['cuda'] = torch.cuda.get_rng_state()
-    return state
-
-
-def set_rng_state(state: Dict[str, Any]) -> None:
-    version, internal, gauss = state['python']
-    random.setstate((version, tuple(internal), gauss))
-    torch.set_rng_state(state['torch'])
-    n = state['numpy']
-    np.random.set_state(('MT19937', n['keys'].numpy().astype(np.uint32), n['pos'], n['has_gauss'], n['gauss']))
-    if 'cuda' in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state['cuda'])
-
-
-def init_from_backbone(model: nn.Module, name: str) -> int:
-    """Copy the weights of timm's pretrained ``name`` into every layer of ``model`` with the same name and shape."""
-    source = timm.create_model(name, pretrained=True).state_dict()
+    Returns:
+        The number of tensors copied.
+    """
+    try:
+        if Path(source).is_file():
+            weights = load_file(source) if source.endswith('.safetensors') else \
+                torch.load(source, map_location='cpu', weights_only=True)
+        else:
+            weights = timm.create_model(source, pretrained=True).state_dict()
+    except Exception as e:
+        raise UsageError(f'--backbone-init {source!r}: cannot load its weights ({type(e).__name__}: {e}). '
+                         "Give a local weights file, or --backbone-init '' to start from random weights.") from e
     own = model.state_dict()
-    matched = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape}
+    matched = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
+    if not matched:
+        raise UsageError(f'--backbone-init {source!r}: no tensor matches the model by name and shape.')
     model.load_state_dict(matched, strict=False)
     return len(matched)
 
@@ -185,7 +176,10 @@ class Trainer:
         seed_all(args.seed)  # identical initial weights on every rank
         model = timm.create_model(args.model, **self.model_kwargs)
         if args.backbone_init:
-            init_from_backbone(model, args.backbone_init)
+            copied = init_from_backbone(model, args.backbone_init)
+            if env.is_main:
+                print(f'initialised {copied} of {len(model.state_dict())} tensors from {args.backbone_init}',
+                      file=sys.stderr)
         if args.sync_bn and env.distributed:
             if env.device.type != 'cuda':
                 raise UsageError('--sync-bn needs CUDA devices (PyTorch\'s SyncBatchNorm does not run on CPU).')
@@ -218,7 +212,6 @@ class Trainer:
             self._resume(args.resume)
 
     def _resume(self, path: str) -> None:
-        from safetensors.torch import load_file
         ckpt = resolve_checkpoint(path)
         self.model.load_state_dict(load_file(str(ckpt / 'model.safetensors'), device=str(self.env.device)))
         state = load_training_state(ckpt)
@@ -230,11 +223,18 @@ class Trainer:
         set_rng_state(rngs[self.env.rank] if self.env.rank < len(rngs) else rngs[0])
         if self.env.is_main:
             print(f'resumed from {ckpt} at epoch {self.start_epoch}', file=sys.stderr)
+            log = self.out / 'metrics.jsonl'
+            if log.is_file():  # forget epochs logged after the checkpoint (a run resumed from an older one)
+                kept = [line for line in log.read_text().splitlines() if json.loads(line)['epoch'] <= self.start_epoch]
+                atomic_write_text(log, ''.join(line + '\n' for line in kept))
 
     def _wrap(self, epoch: int) -> nn.Module:
         """The model to run this epoch (DDP-wrapped anew when the set of trainable parameters changes)."""
         frozen = epoch < self.args.freeze_epochs
-        set_trainable(self.model, self.args.trainable_early if frozen else None)
+        try:
+            set_trainable(self.model, self.args.trainable_early if frozen else None)
+        except ValueError as e:
+            raise UsageError(f'--trainable-early: {e}') from e
         if not self.env.distributed:
             return self.model
         if getattr(self, '_ddp_frozen', None) is not frozen:
