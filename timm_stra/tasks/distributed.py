@@ -81,17 +81,18 @@ def all_gather_objects(obj: Any, env: DistEnv) -> List[Any]:
     return out
 
 
-def gather_in_order(indices: torch.Tensor, values: torch.Tensor, env: DistEnv) -> torch.Tensor:
+def gather_in_order(indices: torch.Tensor, values: Optional[torch.Tensor], env: DistEnv) -> torch.Tensor:
     """Rows computed by all ranks for a sharded dataset, put back in dataset order.
 
     Args:
         indices: (n_r,) dataset indices this rank computed.
-        values: (n_r, ...) their results.
+        values: (n_r, ...) their results, or None when this rank computed none.
 
     Returns:
         (N, ...) on every rank, row i for dataset index i.
     """
-    parts = all_gather_objects((indices.cpu(), values.cpu()), env)
+    parts = all_gather_objects((indices.cpu(), None if values is None else values.cpu()), env)
+    parts = [p for p in parts if p[1] is not None]  # ranks without any row send None
     idx = torch.cat([p[0] for p in parts])
     vals = torch.cat([p[1] for p in parts])
     out = torch.empty_like(vals)

@@ -50,6 +50,8 @@ def extract(fn: Callable, dataset: Dataset, env: DistEnv, batch_size: int = 128,
     for images, idx in tqdm(loader, desc=desc, disable=not (progress and env.is_main), leave=False):
         outs.append(fn(images.to(env.device, non_blocking=True)).float().cpu())
         idxs.append(idx)
+    if not outs:  # more ranks than images: this rank has none
+        return gather_in_order(torch.zeros(0, dtype=torch.int64), None, env)
     return gather_in_order(torch.cat(idxs), torch.cat(outs), env)
 
 
