@@ -57,6 +57,20 @@ def test_fer_trains_and_resumes_to_the_same_state(tmp_path, fer_csv):
     assert torch.equal(sa['rng'][0]['torch'], sb['rng'][0]['torch'])
 
 
+def test_reid_resume_across_the_warm_up_is_exact(tmp_path):
+    # random crop (torch RNG) and random erasing (Python's random) on; the warm-up ends at the resume point
+    data = make_market1501(tmp_path / 'market')
+    args = ['reid', '--data', str(data), '--input-size', '64', '32', '--backbone-init', '', '--freeze-epochs', '1',
+            '--eval-interval', '0', *FAST]
+    full, part = tmp_path / 'full', tmp_path / 'part'
+    assert train_main([*args, '--output', str(full), '--epochs', '2']) == 0
+    assert train_main([*args, '--output', str(part), '--epochs', '1']) == 0
+    assert train_main([*args, '--output', str(part), '--epochs', '2', '--resume', str(part / 'checkpoints')]) == 0
+    a, b = _weights(full, 2), _weights(part, 2)
+    assert max((a[k].double() - b[k].double()).abs().max().item() for k in a) <= 1e-6
+    assert _jsonl(full)[1]['loss'] == _jsonl(part)[1]['loss']
+
+
 def test_fer_amp_and_gradient_clipping(tmp_path, fer_csv):
     run = tmp_path / 'run'
     assert train_main(['fer', '--data', str(fer_csv), '--output', str(run), '--epochs', '1', '--input-size', '24', '24',
