@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from synthetic import one_thread_fixture, make_market1501
 from timm_stra.tasks.evaluate import main as eval_main

@@ -12,8 +12,8 @@ Learning-rate schedules are timm's, stepped once per epoch:
   epoch e > 80 the factor is 0.9 ** ((e - 80) // 5)), i.e. ``multistep`` with milestones
   86, 91, ..., 186 (timm's milestones count epochs from 1: milestone m applies from 0-based epoch m - 1).
 """
-from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Dict, List, Optional, Tuple
+from dataclasses import asdict, dataclass
+from typing import Dict, Tuple
 
 TASKS = ('reid', 'face', 'fer')
 
