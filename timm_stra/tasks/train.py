@@ -239,6 +239,7 @@ class Trainer:
             return self.model
         if getattr(self, '_ddp_frozen', None) is not frozen:
             ids = [self.env.device.index] if self.env.device.type == 'cuda' else None
+            self._ddp = None  # release the previous wrapper (and its gradient hooks) first
             self._ddp = DistributedDataParallel(self.model, device_ids=ids)
             self._ddp_frozen = frozen
         return self._ddp
