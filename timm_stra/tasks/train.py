@@ -142,6 +142,16 @@ def init_from_backbone(model: nn.Module, source: str) -> int:
     return len(matched)
 
 
+def create_optimization(model: nn.Module, args: argparse.Namespace):
+    """timm's optimizer and per-epoch learning-rate scheduler for the options in ``args``."""
+    optimizer = create_optimizer_v2(model, args.opt, lr=args.lr, weight_decay=args.weight_decay,
+                                    momentum=args.momentum, filter_bias_and_bn=args.wd_skip_bias_norm)
+    scheduler, _ = create_scheduler_v2(
+        optimizer, args.sched, num_epochs=args.epochs, decay_epochs=args.decay_epochs,
+        decay_milestones=args.decay_milestones, decay_rate=args.decay_rate, warmup_epochs=args.warmup_epochs)
+    return optimizer, scheduler
+
+
 def _model_kwargs(args, num_classes: int) -> Dict[str, Any]:
     kwargs = dict(args.model_kwargs)
     kwargs['num_classes'] = num_classes
@@ -188,11 +198,7 @@ class Trainer:
         self.model = model.to(env.device)
         self.config = model_config(model, args.model, self.model_kwargs, self.data_config)
         # 3. optimisation, all from timm
-        self.optimizer = create_optimizer_v2(model, args.opt, lr=args.lr, weight_decay=args.weight_decay,
-                                             momentum=args.momentum, filter_bias_and_bn=args.wd_skip_bias_norm)
-        self.scheduler, _ = create_scheduler_v2(
-            self.optimizer, args.sched, num_epochs=args.epochs, decay_epochs=args.decay_epochs,
-            decay_milestones=args.decay_milestones, decay_rate=args.decay_rate, warmup_epochs=args.warmup_epochs)
+        self.optimizer, self.scheduler = create_optimization(model, args)
         self.criterion = LabelSmoothingCrossEntropy(args.smoothing) if args.smoothing > 0 else nn.CrossEntropyLoss()
         amp = args.amp
         self.autocast_dtype = torch.float16 if env.device.type == 'cuda' else torch.bfloat16
