@@ -46,10 +46,11 @@ def init_distributed(device: Optional[str] = None) -> DistEnv:
     return DistEnv(rank, world_size, local_rank, dev)
 
 
-def shutdown(env: DistEnv) -> None:
-    """Leave the process group (after a final barrier)."""
+def shutdown(env: DistEnv, barrier: bool = True) -> None:
+    """Leave the process group, after a final barrier unless this rank is failing (the others may never come)."""
     if env.distributed and dist.is_initialized():
-        dist.barrier()
+        if barrier:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -138,7 +138,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                               face_bins=args.bins)
     except (BadDataError, FaceBinError, FileNotFoundError) as e:
         print(f'timm-stra eval {args.task}: {e}', file=sys.stderr)
-        shutdown(env)
+        shutdown(env, barrier=False)
         return 1
     metrics = evaluate(model, sets, env, args.batch_size, args.workers, not args.no_progress)
     if sets.skipped:

@@ -351,13 +351,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser(task).parse_args(argv[1:])
     args.task = task
     env = init_distributed(args.device)
+    done = False
     try:
         Trainer(args, env).run()
+        done = True
     except (BadDataError, FaceBinError, FileNotFoundError, UsageError) as e:
         print(f'timm-stra train {task}: {e}', file=sys.stderr)
         return 1
     finally:
-        shutdown(env)
+        shutdown(env, barrier=done)
     return 0
 
 
