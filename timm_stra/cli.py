@@ -7,6 +7,8 @@ from typing import List, Optional
 COMMANDS = {
     'models': ('timm_stra.tools.summary', 'build every registered model; table of params, GMACs, output shape'),
     'convert': ('timm_stra.convert.cli', "the authors' checkpoint (.pth.tar) -> Hub-ready folder for local-dir:"),
+    'train': ('timm_stra.tasks.train', "train reid|face|fer with the paper's recipe (torchrun for DDP)"),
+    'eval': ('timm_stra.tasks.evaluate', "score a checkpoint for reid|face|fer with the paper's metrics"),
 }
 
 

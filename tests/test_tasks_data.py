@@ -1,0 +1,146 @@
+"""The data readers on tiny files in the published formats, including broken and hostile ones."""
+import os
+import pickle
+
+import pytest
+import torch
+
+from synthetic import face_bin_bytes, make_face_folders, make_fer2013, make_market1501
+from timm_stra.tasks.data import (
+    BadDataError, FaceBinError, FacePairs, Market1501, load_face_bin, parse_market_name, read_fer2013,
+    scan_identity_folders)
+
+
+def test_parse_market_names():
+    assert parse_market_name('0002_c1s1_000451_03.jpg') == (2, 0)
+    assert parse_market_name('-1_c3s2_000101_01.jpg') == (-1, 2)
+    assert parse_market_name('0000_c6s3_094992_01.jpg') == (0, 5)
+    assert parse_market_name('0005_c2_f0046985.jpg') == (5, 1)  # DukeMTMC-reID
+    with pytest.raises(ValueError, match='Market-1501 file name'):
+        parse_market_name('Thumbs.jpg')
+
+
+def test_market1501_splits_junk_and_distractors(tmp_path):
+    make_market1501(tmp_path, train_ids=(3, 8), test_ids=(5, 6), cams=2, per_cam=2)
+    data = Market1501.load(tmp_path)
+    assert len(data.train) == 8 and data.num_train_ids == 2
+    assert sorted(set(data.train.pids)) == [0, 1]  # relabelled
+    assert len(data.query) == 2 and data.query.pids == [5, 6] and data.query.camids == [0, 0]
+    # 2 IDs x 2 cameras x 2 images, plus the distractor; the junk image is gone
+    assert len(data.gallery) == 9
+    assert -1 not in data.gallery.pids and data.gallery.pids.count(0) == 1
+
+
+def test_market1501_missing_folder(tmp_path):
+    make_market1501(tmp_path)
+    (tmp_path / 'query').rename(tmp_path / 'queries')
+    with pytest.raises(FileNotFoundError, match='query'):
+        Market1501.load(tmp_path)
+
+
+def test_market1501_bad_image_stops_or_is_skipped(tmp_path):
+    make_market1501(tmp_path)
+    bad = tmp_path / 'bounding_box_train' / '0001_c1s1_000007_01.jpg'
+    bad.write_bytes(b'not a jpeg')
+    with pytest.raises(BadDataError, match=str(bad)) as err:
+        Market1501.load(tmp_path)
+    assert '--skip-bad' in str(err.value)
+    data = Market1501.load(tmp_path, skip_bad=True)
+    assert data.skipped == 1 and str(bad) not in data.train.paths
+
+
+def test_face_folders(tmp_path):
+    make_face_folders(tmp_path, ids=3, per_id=2)
+    (tmp_path / 'empty').mkdir()
+    samples, names, skipped = scan_identity_folders(tmp_path)
+    assert names == ['id_000', 'id_001', 'id_002'] and skipped == 0
+    assert [label for _, label in samples] == [0, 0, 1, 1, 2, 2]
+    (tmp_path / 'id_001' / '0.jpg').write_bytes(b'')
+    with pytest.raises(BadDataError, match='id_001/0.jpg'):
+        scan_identity_folders(tmp_path)
+    samples, names, skipped = scan_identity_folders(tmp_path, skip_bad=True)
+    assert skipped == 1 and len(samples) == 5 and len(names) == 3
+
+
+def test_face_bin_round_trip(tmp_path):
+    path = tmp_path / 'lfw.bin'
+    path.write_bytes(face_bin_bytes(pairs=6))
+    images, issame = load_face_bin(path)
+    assert len(images) == 12 and issame == [True, False] * 3
+    pairs = FacePairs(path, transform=lambda img: torch.tensor(img.size))
+    assert len(pairs) == 12 and pairs[3][0].tolist() == [40, 40] and pairs.issame.tolist() == issame
+
+
+def test_face_bin_written_by_python2_style_protocol(tmp_path):
+    # protocol 2 from Python 3 stores bytes as _codecs.encode(str, 'latin1'): accepted
+    bins, issame = pickle.loads(face_bin_bytes(pairs=2))
+    path = tmp_path / 'old.bin'
+    path.write_bytes(pickle.dumps((bins, issame), protocol=2))
+    assert load_face_bin(path) == (bins, issame)
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.mkdir, (self.marker,)
+
+
+def test_face_bin_never_runs_code(tmp_path):
+    marker = tmp_path / 'pwned'
+    path = tmp_path / 'evil.bin'
+    path.write_bytes(pickle.dumps(([_Payload(str(marker))], [True])))
+    with pytest.raises(FaceBinError, match='not allowed'):
+        load_face_bin(path)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize('payload, message', [
+    ((['text', 'text'], [True]), 'list of bytes'),
+    (([b'a', b'b'], [1]), 'booleans'),
+    (([b'a', b'b', b'c'], [True]), '3 images for 1 pairs'),
+    ({'bins': []}, 'not a pair'),
+])
+def test_face_bin_unexpected_structure(tmp_path, payload, message):
+    path = tmp_path / 'odd.bin'
+    path.write_bytes(pickle.dumps(payload))
+    with pytest.raises(FaceBinError, match=message):
+        load_face_bin(path)
+
+
+def test_face_bin_not_a_pickle(tmp_path):
+    path = tmp_path / 'junk.bin'
+    path.write_bytes(b'\x00\x01garbage')
+    with pytest.raises(FaceBinError, match='refused'):
+        load_face_bin(path)
+
+
+def test_fer2013_reads_splits(tmp_path):
+    make_fer2013(tmp_path / 'fer2013.csv', per_class=(2, 1, 1))
+    splits, skipped = read_fer2013(tmp_path)  # the folder holding fer2013.csv works too
+    images, labels = splits['Training']
+    assert skipped == 0 and images.shape == (14, 48, 48) and images.dtype == torch.uint8
+    assert labels.tolist() == [c for c in range(7) for _ in range(2)]
+    assert len(splits['PublicTest'][1]) == 7 and len(splits['PrivateTest'][1]) == 7
+
+
+def test_fer2013_malformed_rows_named_by_line(tmp_path):
+    path = make_fer2013(tmp_path / 'fer2013.csv', per_class=(1, 1, 1))
+    lines = path.read_text().splitlines()
+    lines[2] = '3,' + ' '.join(['7'] * 2303) + ',Training'  # line 3: one pixel short
+    lines[5] = '9,' + lines[5].split(',', 1)[1]  # line 6: no such emotion
+    path.write_text('\n'.join(lines) + '\n')
+    with pytest.raises(BadDataError) as err:
+        read_fer2013(path)
+    assert f'{path}:3' in str(err.value) and '2303 pixel values' in str(err.value)
+    assert f'{path}:6' in str(err.value) and 'emotion 9' in str(err.value)
+    splits, skipped = read_fer2013(path, skip_bad=True)
+    assert skipped == 2 and sum(len(s[1]) for s in splits.values()) == 19
+
+
+def test_fer2013_bad_header(tmp_path):
+    path = tmp_path / 'fer2013.csv'
+    path.write_text('label,data\n0,1 2 3\n')
+    with pytest.raises(BadDataError, match='emotion,pixels,Usage'):
+        read_fer2013(path, skip_bad=True)

@@ -1,0 +1,101 @@
+"""The paper's metrics on cases worked out by hand, and the chunked ReID ranking against a plain loop."""
+import math
+
+import pytest
+import torch
+
+from timm_stra.tasks.metrics import reid_cmc_map, top1_accuracy, verification_accuracy
+
+
+def _angles(degrees):
+    rad = torch.tensor(degrees, dtype=torch.float64) * math.pi / 180
+    return torch.stack([rad.cos(), rad.sin()], dim=1)
+
+
+def test_reid_hand_worked_case():
+    # gallery ranked by angle from the queries (all at 0 degrees)
+    g_pids = torch.tensor([1, 2, 1, -1, 0, 1, 3])
+    g_cams = torch.tensor([0, 1, 1, 2, 1, 2, 0])
+    gallery = _angles([0, 10, 20, 30, 40, 50, 60])
+    q_pids = torch.tensor([1, 3, 1])
+    q_cams = torch.tensor([0, 0, 2])
+    queries = _angles([0, 0, 0])
+    # query 0 (id 1, cam 0): g0 same camera -> dropped, junk g3 dropped; kept order x, OK, x, OK, x
+    #   -> first match at rank 2, AP = (1/2 + 2/4) / 2 = 1/2
+    # query 1 (id 3, cam 0): its only match g6 has its camera -> skipped
+    # query 2 (id 1, cam 2): g5 dropped; kept order OK, x, OK, x, x -> rank 1, AP = (1 + 2/3) / 2 = 5/6
+    out = reid_cmc_map(queries, gallery, q_pids, g_pids, q_cams, g_cams, max_rank=5)
+    assert out['num_valid_queries'] == 2
+    assert out['mAP'] == pytest.approx((1 / 2 + 5 / 6) / 2)
+    assert out['cmc'] == pytest.approx([0.5, 1.0, 1.0, 1.0, 1.0])
+
+
+def _reid_loop(qf, gf, q_pids, g_pids, q_cams, g_cams, max_rank):
+    """One query at a time, as the Market-1501 protocol reads."""
+    qf, gf = torch.nn.functional.normalize(qf, dim=1), torch.nn.functional.normalize(gf, dim=1)
+    aps, cmc, valid = [], torch.zeros(max_rank), 0
+    for i in range(len(qf)):
+        order = torch.argsort(((gf - qf[i]) ** 2).sum(1), stable=True).tolist()
+        kept = [j for j in order if g_pids[j] != -1 and not (g_pids[j] == q_pids[i] and g_cams[j] == q_cams[i])]
+        hits = [int(g_pids[j] == q_pids[i]) for j in kept]
+        if not any(hits):
+            continue
+        valid += 1
+        cmc[hits.index(1):] += 1
+        found, precisions = 0, []
+        for rank, h in enumerate(hits, 1):
+            if h:
+                found += 1
+                precisions.append(found / rank)
+        aps.append(sum(precisions) / len(precisions))
+    return sum(aps) / valid, (cmc / valid).tolist()
+
+
+def test_reid_chunked_matches_per_query_loop():
+    gen = torch.Generator().manual_seed(0)
+    qf, gf = torch.randn(37, 16, generator=gen), torch.randn(120, 16, generator=gen)
+    q_pids, g_pids = torch.randint(0, 10, (37,), generator=gen), torch.randint(-1, 10, (120,), generator=gen)
+    q_cams, g_cams = torch.randint(0, 3, (37,), generator=gen), torch.randint(0, 3, (120,), generator=gen)
+    expected_map, expected_cmc = _reid_loop(qf, gf, q_pids, g_pids, q_cams, g_cams, 10)
+    for chunk in (1, 7, 256):
+        out = reid_cmc_map(qf, gf, q_pids, g_pids, q_cams, g_cams, max_rank=10, chunk_size=chunk)
+        assert out['mAP'] == pytest.approx(expected_map, abs=1e-6)
+        assert out['cmc'] == pytest.approx(expected_cmc, abs=1e-6)
+
+
+def test_reid_without_any_valid_query_is_an_error():
+    f = torch.eye(2)
+    with pytest.raises(ValueError, match='true match'):
+        reid_cmc_map(f, f, torch.tensor([1, 2]), torch.tensor([1, 2]), torch.tensor([0, 0]), torch.tensor([0, 0]))
+
+
+def _pairs_at(squared_distances):
+    d = torch.tensor(squared_distances, dtype=torch.float64)
+    theta = torch.acos(1 - d / 2)  # |a - b|^2 = 2 - 2 cos(theta) for unit vectors
+    a = torch.tensor([[1., 0.]], dtype=torch.float64).expand(len(d), 2)
+    return a, torch.stack([theta.cos(), theta.sin()], dim=1)
+
+
+def test_verification_hand_worked_case():
+    # 20 pairs: even ones the same person at squared distance 0.455, odd ones different at 1.555,
+    # except pair 3, a different pair at 0.255. Folds are pairs (0,1), (2,3), ...
+    dists = [0.455 if j % 2 == 0 else 1.555 for j in range(20)]
+    dists[3] = 0.255
+    a, b = _pairs_at(dists)
+    issame = torch.tensor([j % 2 == 0 for j in range(20)])
+    out = verification_accuracy(a, b, issame)
+    # every fold's best (first) threshold is 0.46; fold (2,3) gets 1/2 right, the nine others 2/2
+    assert out['threshold'] == pytest.approx(0.46)
+    assert out['accuracy'] == pytest.approx(0.95)
+    assert out['accuracy_std'] == pytest.approx(0.15)
+
+
+def test_verification_needs_as_many_pairs_as_folds():
+    a, b = _pairs_at([0.1] * 5)
+    with pytest.raises(ValueError, match='folds'):
+        verification_accuracy(a, b, torch.ones(5, dtype=torch.bool))
+
+
+def test_top1_accuracy():
+    logits = torch.tensor([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4]])
+    assert top1_accuracy(logits, torch.tensor([1, 0, 0, 1])) == pytest.approx(0.5)

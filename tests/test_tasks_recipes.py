@@ -1,0 +1,64 @@
+"""The paper's recipes (SPEC 4) as the defaults of `timm-stra train`, and the image pipelines."""
+
+import pytest
+import torch
+from PIL import Image
+
+from timm_stra.tasks.train import build_parser, create_optimization
+from timm_stra.tasks.transforms import eval_transform, train_transform
+
+
+def _lrs(task):
+    args = build_parser(task).parse_args(['--data', 'unused'])
+    optimizer, scheduler = create_optimization(torch.nn.Linear(2, 2), args)
+    lrs = []
+    for epoch in range(args.epochs):
+        lrs.append(optimizer.param_groups[0]['lr'])  # the rate used during 0-based `epoch`
+        scheduler.step(epoch + 1)
+    return args, optimizer, lrs
+
+
+def test_reid_recipe():
+    args, optimizer, lrs = _lrs('reid')
+    assert isinstance(optimizer, torch.optim.Adam) and args.epochs == 100 and args.batch_size == 32
+    assert all(g['weight_decay'] == 5e-4 for g in optimizer.param_groups)  # on every parameter
+    assert (args.smoothing, args.div_weight, args.freeze_epochs, args.re_prob) == (0.1, 1.0, 8, 0.5)
+    for epoch, lr in enumerate(lrs):  # x0.2 every 20 epochs
+        assert lr == pytest.approx(3e-4 * 0.2 ** (epoch // 20)), epoch
+
+
+def test_face_recipe():
+    args, optimizer, lrs = _lrs('face')
+    assert isinstance(optimizer, torch.optim.SGD) and optimizer.param_groups[0]['momentum'] == 0.9
+    assert (args.epochs, args.batch_size, args.div_weight, args.freeze_epochs) == (20, 512, 0.1, 0)
+    # x0.1 at the 8th and the 12th epoch (counted from 1)
+    assert lrs[:7] == pytest.approx([0.1] * 7) and lrs[7:11] == pytest.approx([0.01] * 4)
+    assert lrs[11:] == pytest.approx([0.001] * 9)
+
+
+def test_fer_recipe():
+    args, optimizer, lrs = _lrs('fer')
+    assert isinstance(optimizer, torch.optim.SGD) and (args.epochs, args.batch_size, args.div_weight) == (190, 128, 1.)
+    for epoch, lr in enumerate(lrs):  # the rule of the code the paper follows, 0-based epochs
+        expected = 0.01 * 0.9 ** ((epoch - 80) // 5) if epoch > 80 else 0.01
+        assert lr == pytest.approx(expected), epoch
+
+
+def _img(mode, size):
+    return Image.new(mode, size, 128)
+
+
+def test_pipelines_give_the_model_input():
+    reid = {'input_size': (3, 256, 128), 'interpolation': 'bilinear', 'mean': (0.485, 0.456, 0.406),
+            'std': (0.229, 0.224, 0.225)}
+    out = train_transform('reid', reid, re_prob=1.0, crop_padding=10)(_img('RGB', (64, 128)))
+    assert out.shape == (3, 256, 128)
+    assert (out == 0).any()  # random erasing (probability 1) wrote the mean, 0 after normalisation
+    face = {'input_size': (3, 112, 112), 'interpolation': 'bilinear', 'mean': (0.5,) * 3, 'std': (128 / 255,) * 3}
+    img = Image.new('RGB', (150, 120), (255, 0, 0))
+    assert train_transform('face', face)(img).shape == (3, 112, 112)
+    out = eval_transform('face', face)(img)
+    assert out.shape == (3, 112, 112) and out[0].max().item() == pytest.approx((1 - 0.5) / (128 / 255))  # (x-127.5)/128
+    fer = {'input_size': (1, 44, 44), 'interpolation': 'bilinear', 'mean': (0.5,), 'std': (0.5,)}
+    assert train_transform('fer', fer)(_img('L', (48, 48))).shape == (1, 44, 44)
+    assert torch.equal(eval_transform('fer', fer)(_img('L', (48, 48))), eval_transform('fer', fer)(_img('L', (48, 48))))

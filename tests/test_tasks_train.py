@@ -1,0 +1,183 @@
+"""End to end from the command line on tiny data in the real formats: train, resume, evaluate, bad data.
+
+Models are the registered ones, shrunk for 2 CPU cores with ``layers=[1,1,1,1]`` and small inputs.
+"""
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from safetensors.torch import load_file, save_file
+
+from synthetic import one_thread_fixture, face_bin_bytes, make_face_folders, make_fer2013, make_market1501
+from timm_stra.tasks import checkpoint as ckpt_mod
+from timm_stra.tasks.checkpoint import load_training_state, resolve_checkpoint, save_checkpoint
+from timm_stra.tasks.evaluate import main as eval_main
+from timm_stra.tasks.train import main as train_main, seed_all
+
+one_thread = pytest.fixture(autouse=True)(one_thread_fixture)
+FAST = ['--workers', '0', '--no-progress', '--batch-size', '8', '--model-kwargs', 'layers=[1,1,1,1]']
+
+
+
+
+def _jsonl(run: Path):
+    return [json.loads(line) for line in (run / 'metrics.jsonl').read_text().splitlines()]
+
+
+def _weights(run: Path, epoch: int):
+    return load_file(str(run / 'checkpoints' / f'epoch-{epoch:04d}' / 'model.safetensors'))
+
+
+@pytest.fixture(scope='module')
+def fer_csv(tmp_path_factory):
+    return make_fer2013(tmp_path_factory.mktemp('fer') / 'fer2013.csv', per_class=(6, 2, 2))
+
+
+def test_fer_trains_and_resumes_to_the_same_state(tmp_path, fer_csv):
+    args = ['fer', '--data', str(fer_csv), '--input-size', '24', '24', '--eval-interval', '1', *FAST]
+    full, part = tmp_path / 'full', tmp_path / 'part'
+    assert train_main([*args, '--output', str(full), '--epochs', '2']) == 0
+    assert train_main([*args, '--output', str(part), '--epochs', '1']) == 0
+    assert train_main([*args, '--output', str(part), '--epochs', '2', '--resume', str(part)]) == 0
+
+    log = _jsonl(full)
+    assert [r['epoch'] for r in log] == [1, 2]
+    assert log[1]['ce'] < log[0]['ce']  # it learns
+    assert {'public_test_top1', 'private_test_top1', 'div', 'lr'} <= set(log[1])
+    resumed = _jsonl(part)
+    for a, b in zip(log, resumed):
+        assert {k: v for k, v in a.items() if k != 'time_s'} == {k: v for k, v in b.items() if k != 'time_s'}
+    a, b = _weights(full, 2), _weights(part, 2)
+    assert max((a[k].double() - b[k].double()).abs().max().item() for k in a) <= 1e-6
+    sa, sb = load_training_state(full / 'checkpoints' / 'epoch-0002'), load_training_state(part / 'checkpoints' / 'epoch-0002')
+    assert sa['epoch'] == sb['epoch'] == 2
+    assert torch.equal(sa['rng'][0]['torch'], sb['rng'][0]['torch'])
+
+
+def test_reid_resume_across_the_warm_up_is_exact(tmp_path):
+    # random crop (torch RNG) and random erasing (Python's random) on; the warm-up ends at the resume point
+    data = make_market1501(tmp_path / 'market')
+    args = ['reid', '--data', str(data), '--input-size', '64', '32', '--backbone-init', '', '--freeze-epochs', '1',
+            '--eval-interval', '0', *FAST]
+    full, part = tmp_path / 'full', tmp_path / 'part'
+    assert train_main([*args, '--output', str(full), '--epochs', '2']) == 0
+    assert train_main([*args, '--output', str(part), '--epochs', '1']) == 0
+    assert train_main([*args, '--output', str(part), '--epochs', '2', '--resume', str(part / 'checkpoints')]) == 0
+    a, b = _weights(full, 2), _weights(part, 2)
+    assert max((a[k].double() - b[k].double()).abs().max().item() for k in a) <= 1e-6
+    assert _jsonl(full)[1]['loss'] == _jsonl(part)[1]['loss']
+
+
+def test_fer_amp_and_gradient_clipping(tmp_path, fer_csv):
+    run = tmp_path / 'run'
+    assert train_main(['fer', '--data', str(fer_csv), '--output', str(run), '--epochs', '1', '--input-size', '24', '24',
+                       '--amp', '--clip-grad', '0.5', '--opt', 'adamw', '--lr', '1e-3', '--sched', 'cosine',
+                       *FAST]) == 0
+    record = _jsonl(run)[0]
+    assert torch.isfinite(torch.tensor(record['loss'])) and 'private_test_top1' in record
+
+
+def test_reid_warm_up_trains_only_the_last_stage_and_head(tmp_path, capsys):
+    data = make_market1501(tmp_path / 'market')
+    # ImageNet initialisation from a local ResNet-50 state dict (the recipe's default downloads timm's tv_in1k)
+    source = {k: v.contiguous() for k, v in timm.create_model('resnet50').state_dict().items()}
+    save_file(source, str(tmp_path / 'resnet50.safetensors'))
+    run = tmp_path / 'run'
+    assert train_main(['reid', '--data', str(data), '--output', str(run), '--epochs', '2', '--freeze-epochs', '1',
+                       '--input-size', '64', '32', '--backbone-init', str(tmp_path / 'resnet50.safetensors'),
+                       '--eval-interval', '1', '--keep', '3', *FAST]) == 0
+    seed_all(42)  # the run's initial weights of the layers ResNet-50 does not have
+    init = timm.create_model('stra_resnet50_reid', num_classes=4, layers=[1, 1, 1, 1]).state_dict()
+    e1, e2 = _weights(run, 1), _weights(run, 2)
+    for key in ('conv1.weight', 'layer1.0.conv1.weight', 'layer3.0.bn1.running_mean'):
+        assert torch.equal(e1[key], source[key]), key  # initialised, then frozen: weights and BN statistics
+        assert not torch.equal(e2[key], e1[key]), key  # open from epoch 2 on
+    for key in ('layer4.0.conv2.local.value.weight', 'layer4.0.conv2.mode.mask.conv1.weight', 'neck.fc.weight',
+                'fc.weight'):
+        assert not torch.equal(e1[key], init[key]), key
+
+    log = _jsonl(run)
+    assert 0 <= log[-1]['mAP'] <= 100 and 0 <= log[-1]['rank1'] <= 100
+    capsys.readouterr()
+    out_json = tmp_path / 'eval.json'
+    assert eval_main(['reid', '--data', str(data), '--model', str(run), '--workers', '0', '--no-progress',
+                      '--output', str(out_json)]) == 0
+    printed = capsys.readouterr().out
+    assert '| mAP |' in printed and '| rank1 |' in printed
+    metrics = json.loads(out_json.read_text())['metrics']
+    assert metrics['mAP'] == pytest.approx(log[-1]['mAP']) and metrics['rank1'] == pytest.approx(log[-1]['rank1'])
+
+
+def test_face_trains_and_verifies_on_a_bin(tmp_path):
+    data = make_face_folders(tmp_path / 'faces', ids=4, per_id=6)
+    (data / 'lfw.bin').write_bytes(face_bin_bytes(pairs=10))
+    run = tmp_path / 'run'
+    assert train_main(['face', '--data', str(data), '--output', str(run), '--epochs', '2', '--lr', '0.01',
+                       '--input-size', '32', '32', *FAST]) == 0
+    log = _jsonl(run)
+    assert log[-1]['ce'] < log[0]['ce']
+    assert 0 <= log[-1]['lfw_accuracy'] <= 100 and 0 <= log[-1]['lfw_threshold'] < 4
+    # the checkpoint folder is a timm local-dir model; `eval` scores it the same way
+    ckpt = resolve_checkpoint(run)
+    model = timm.create_model(f'local-dir:{ckpt}', pretrained=True)
+    assert model.pretrained_cfg['input_size'] == (3, 32, 32) and model.num_classes == 4
+    out_json = tmp_path / 'eval.json'
+    assert eval_main(['face', '--data', str(data / 'lfw.bin'), '--model', f'local-dir:{ckpt}', '--workers', '0',
+                      '--no-progress', '--output', str(out_json)]) == 0
+    metrics = json.loads(out_json.read_text())['metrics']
+    assert metrics['lfw_accuracy'] == pytest.approx(log[-1]['lfw_accuracy'])
+
+
+def test_bad_image_stops_before_training_or_is_skipped(tmp_path, capsys):
+    data = make_face_folders(tmp_path / 'faces', ids=4, per_id=3)
+    bad = data / 'id_002' / '1.jpg'
+    bad.write_bytes(b'\xff\xd8 truncated')
+    run = tmp_path / 'run'
+    args = ['face', '--data', str(data), '--output', str(run), '--epochs', '1', '--input-size', '32', '32', *FAST]
+    assert train_main(args) == 1
+    err = capsys.readouterr().err
+    assert str(bad) in err and '--skip-bad' in err
+    assert not run.exists()  # nothing trained, nothing written
+    assert train_main([*args, '--skip-bad']) == 0
+    assert '1 bad entries skipped' in capsys.readouterr().err
+    assert (run / 'checkpoints' / 'latest').is_file()
+
+
+def test_malformed_csv_row_stops_with_its_line(tmp_path, fer_csv, capsys):
+    lines = fer_csv.read_text().splitlines()
+    lines[4] = '2,1 2 3,Training'
+    path = tmp_path / 'fer2013.csv'
+    path.write_text('\n'.join(lines) + '\n')
+    assert train_main(['fer', '--data', str(path), '--output', str(tmp_path / 'run'), *FAST]) == 1
+    assert f'{path}:5' in capsys.readouterr().err
+
+
+def test_unexpected_bin_is_refused(tmp_path, capsys):
+    data = make_face_folders(tmp_path / 'faces', ids=2, per_id=4)
+    (data / 'cfp_fp.bin').write_bytes(pickle.dumps({'images': [b'x'], 'labels': [1]}))
+    assert train_main(['face', '--data', str(data), '--output', str(tmp_path / 'run'), *FAST]) == 1
+    err = capsys.readouterr().err
+    assert 'cfp_fp.bin' in err and 'insightface' in err
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    model = torch.nn.Linear(3, 2)
+    config = {'architecture': 'tiny'}
+    save_checkpoint(tmp_path, 1, model, config, {'epoch': 1})
+
+    def crash(*args, **kwargs):
+        raise OSError('disk full')
+
+    with torch.no_grad():
+        model.weight.add_(1)
+    monkeypatch.setattr(ckpt_mod.torch, 'save', crash)
+    with pytest.raises(OSError, match='disk full'):
+        save_checkpoint(tmp_path, 2, model, config, {'epoch': 2})
+    latest = resolve_checkpoint(tmp_path)
+    assert latest.name == 'epoch-0001' and not (tmp_path / 'checkpoints' / 'epoch-0002').exists()
+    monkeypatch.undo()
+    assert load_training_state(latest) == {'epoch': 1}
+    assert not torch.equal(load_file(str(latest / 'model.safetensors'))['weight'], model.weight)

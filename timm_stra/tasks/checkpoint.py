@@ -1,0 +1,136 @@
+"""Checkpoints: model weights as safetensors in a timm ``local-dir:`` folder, plus a resumable state.
+
+Each checkpoint is a folder ``OUTPUT/checkpoints/epoch-NNNN/`` with
+
+* ``model.safetensors``: the model's state dict (no pickle);
+* ``config.json``: timm's hub config (architecture, ``model_args``, ``pretrained_cfg`` with the
+  input size and normalisation), so ``timm.create_model('local-dir:<folder>', pretrained=True)``
+  rebuilds the trained model;
+* ``state.pt``: optimizer, scheduler, AMP scaler, epoch, RNG states; tensors, dicts, lists and
+  numbers only, read back with ``torch.load(weights_only=True)``.
+
+Writing is atomic: the folder is written under a temporary name and renamed into place, then
+the one-line pointer ``OUTPUT/checkpoints/latest`` is replaced (``os.replace``). A crash at any
+moment leaves ``latest`` naming a complete checkpoint.
+"""
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+import timm
+import torch
+from safetensors.torch import save_file
+from timm.data import resolve_model_data_config
+
+MODEL_FILE = 'model.safetensors'
+CONFIG_FILE = 'config.json'
+STATE_FILE = 'state.pt'
+LATEST = 'latest'
+_CFG_KEYS = ('input_size', 'interpolation', 'mean', 'std', 'crop_pct', 'crop_mode', 'fixed_input_size',
+             'first_conv', 'classifier', 'license', 'paper_ids', 'paper_name', 'origin_url')
+
+
+def _fsync(path: Path) -> None:
+    with open(path, 'rb') as f:
+        os.fsync(f.fileno())
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
+    path = Path(path)
+    tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
+    tmp.write_text(text)
+    _fsync(tmp)
+    os.replace(tmp, path)
+
+
+def model_config(model: torch.nn.Module, architecture: str, model_args: Dict[str, Any],
+                 data_config: Dict[str, Any]) -> Dict[str, Any]:
+    """timm hub ``config.json`` content for ``model`` built as ``create_model(architecture, **model_args)``."""
+    pretrained_cfg = {k: v for k, v in model.pretrained_cfg.items() if k in _CFG_KEYS}
+    pretrained_cfg.update({k: data_config[k] for k in ('input_size', 'interpolation', 'mean', 'std')})
+    pretrained_cfg['num_classes'] = model.num_classes
+    args = {k: v for k, v in model_args.items() if k != 'num_classes'}
+    return {'architecture': architecture, 'num_classes': model.num_classes, 'num_features': model.num_features,
+            'model_args': json.loads(json.dumps(args)), 'pretrained_cfg': json.loads(json.dumps(pretrained_cfg))}
+
+
+def save_checkpoint(output_dir, epoch: int, model: torch.nn.Module, config: Dict[str, Any],
+                    state: Dict[str, Any], keep: int = 2) -> Path:
+    """Write checkpoint ``epoch`` atomically, point ``latest`` at it, keep the ``keep`` newest.
+
+    Args:
+        output_dir: the run's output folder.
+        epoch: epochs completed.
+        model: the (unwrapped) model.
+        config: ``model_config(...)``.
+        state: training state (tensors, containers, numbers, strings only).
+    """
+    root = Path(output_dir) / 'checkpoints'
+    root.mkdir(parents=True, exist_ok=True)
+    name = f'epoch-{epoch:04d}'
+    tmp = root / f'.{name}.tmp{os.getpid()}'
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(weights, str(tmp / MODEL_FILE), metadata={'epoch': str(epoch), 'architecture': config['architecture']})
+    (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+    torch.save(state, tmp / STATE_FILE)
+    for f in (MODEL_FILE, CONFIG_FILE, STATE_FILE):
+        _fsync(tmp / f)
+    final = root / name
+    if final.exists():  # the same epoch written again (a run resumed from an older checkpoint)
+        old = root / f'.{name}.old{os.getpid()}'
+        os.replace(final, old)
+        shutil.rmtree(old)
+    os.replace(tmp, final)
+    atomic_write_text(root / LATEST, name + '\n')
+    done = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith('epoch-'))
+    for old in done[:-keep] if keep > 0 else []:
+        if old != final:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def resolve_checkpoint(path) -> Path:
+    """The checkpoint folder meant by ``path``: a run's output folder (its latest checkpoint),
+    its ``checkpoints/`` folder, a checkpoint folder, or the ``model.safetensors`` in one."""
+    path = Path(path)
+    for pointer in (path / 'checkpoints' / LATEST, path / LATEST):
+        if pointer.is_file():
+            return pointer.parent / pointer.read_text().strip()
+    if path.is_file() and path.suffix == '.safetensors':
+        path = path.parent
+    if (path / MODEL_FILE).is_file() and (path / CONFIG_FILE).is_file():
+        return path
+    raise FileNotFoundError(
+        f'{path} is not a checkpoint: expected a training output folder (with checkpoints/latest) or a folder '
+        f'holding {MODEL_FILE} and {CONFIG_FILE}.')
+
+
+def load_training_state(checkpoint_dir) -> Dict[str, Any]:
+    """The training state of a checkpoint folder (``torch.load(weights_only=True)``: no code runs)."""
+    return torch.load(Path(checkpoint_dir) / STATE_FILE, map_location='cpu', weights_only=True)
+
+
+def load_model(spec: str, **kwargs) -> Tuple[torch.nn.Module, Dict[str, Any]]:
+    """A trained model and its data config from a checkpoint path, ``local-dir:`` or ``hf-hub:``.
+
+    Args:
+        spec: ``hf-hub:org/name``, ``local-dir:/folder`` or any path ``resolve_checkpoint`` accepts.
+        kwargs: passed to ``timm.create_model``.
+    """
+    if not spec.startswith(('hf-hub:', 'local-dir:')):
+        spec = 'local-dir:' + str(resolve_checkpoint(spec))
+    model = timm.create_model(spec, pretrained=True, **kwargs)
+    return model, resolve_model_data_config(model)
+
+
+def data_config_for(model: torch.nn.Module, input_size: Optional[Tuple[int, int]] = None) -> Dict[str, Any]:
+    """timm data config of ``model``, with (H, W) replaced by ``input_size`` if given."""
+    cfg = dict(resolve_model_data_config(model))
+    if input_size is not None:
+        cfg['input_size'] = (cfg['input_size'][0], *input_size)
+    return cfg

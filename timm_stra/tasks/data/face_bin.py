@@ -1,0 +1,99 @@
+"""insightface verification pair files (``lfw.bin``, ``cfp_fp.bin``, ``agedb_30.bin``, ...), read safely.
+
+A ``.bin`` is a pickle of ``(bins, issame_list)``: ``2 * n`` encoded images (JPEG/PNG
+bytes; pair i is images 2i and 2i+1) and ``n`` booleans (same person or not). insightface
+reads it with ``pickle.load(f, encoding='bytes')``, which would run any code a crafted file
+names. Here the unpickler refuses every global (so nothing can be imported or called)
+except ``_codecs.encode(text, 'latin1')``, the way Python 3 protocol-2 pickles store bytes,
+and the result must have exactly that structure.
+"""
+import io
+import pickle
+from pathlib import Path
+from typing import Callable, List, Optional, Tuple
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+
+class FaceBinError(ValueError):
+    """A ``.bin`` file is not an insightface pair list (or tries to load code)."""
+
+
+def _latin1_encode(text, encoding='latin1', *args):
+    if not isinstance(text, str) or encoding not in ('latin1', 'latin-1') or args:
+        raise pickle.UnpicklingError('_codecs.encode is only accepted as encode(str, "latin1")')
+    return text.encode('latin1')
+
+
+class _PairListUnpickler(pickle.Unpickler):
+    """An unpickler that resolves no global but the latin1 bytes constructor."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) == ('_codecs', 'encode'):
+            return _latin1_encode
+        raise pickle.UnpicklingError(f'global {module}.{name} is not allowed in a face pair file')
+
+
+def load_face_bin(path) -> Tuple[List[bytes], List[bool]]:
+    """Read and check an insightface ``.bin`` pair file.
+
+    Returns:
+        (images, issame): ``2 * n`` encoded images and ``n`` booleans.
+
+    Raises:
+        FaceBinError: the file is not a pickle of (list of bytes, list of bools) with twice as many
+            images as flags, or it references any Python object (code is never run).
+    """
+    path = Path(path)
+    hint = ('expected an insightface verification file: a pickle of (list of 2n encoded images as bytes, '
+            'list of n booleans)')
+    try:
+        with path.open('rb') as f:
+            obj = _PairListUnpickler(f, encoding='bytes').load()
+    except FileNotFoundError:
+        raise
+    except Exception as e:
+        raise FaceBinError(f'{path}: refused ({type(e).__name__}: {e}); {hint}.') from None
+    if not isinstance(obj, (tuple, list)) or len(obj) != 2:
+        raise FaceBinError(f'{path}: holds a {type(obj).__name__}, not a pair (images, issame); {hint}.')
+    bins, issame = obj
+    if not isinstance(bins, (list, tuple)) or not all(isinstance(b, (bytes, bytearray)) for b in bins):
+        raise FaceBinError(f'{path}: the first element is not a list of bytes; {hint}.')
+    if not isinstance(issame, (list, tuple)) or not all(isinstance(s, bool) for s in issame):
+        raise FaceBinError(f'{path}: the second element is not a list of booleans; {hint}.')
+    if len(bins) != 2 * len(issame) or not issame:
+        raise FaceBinError(f'{path}: {len(bins)} images for {len(issame)} pairs (need 2 per pair); {hint}.')
+    return [bytes(b) for b in bins], list(issame)
+
+
+class FacePairs(Dataset):
+    """The images of a ``.bin`` pair file, in file order; ``issame`` holds the pair flags.
+
+    Args:
+        path: the ``.bin`` file.
+        transform: PIL RGB image -> (3, H, W) tensor.
+
+    Item i is (image i, i); pair j is images 2j and 2j+1.
+    """
+
+    def __init__(self, path, transform: Optional[Callable] = None):
+        self.path = str(path)
+        self.name = Path(path).stem
+        self.images, issame = load_face_bin(path)
+        self.issame = torch.tensor(issame, dtype=torch.bool)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        try:
+            with Image.open(io.BytesIO(self.images[index])) as img:
+                img = img.convert('RGB')
+        except Exception as e:
+            raise FaceBinError(f'{self.path}: image {index} does not decode ({e}).') from e
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, index

@@ -1,0 +1,37 @@
+"""Face training data as identity folders: ``ROOT/<identity>/<image>``, one folder per person."""
+from pathlib import Path
+from typing import List, Tuple
+
+from .bad_data import BadDataReport
+from .image_list import check_images, list_images
+
+
+def scan_identity_folders(root, skip_bad: bool = False,
+                          check: bool = True) -> Tuple[List[Tuple[str, int]], List[str], int]:
+    """(path, label) pairs, the identity names (label i is ``names[i]``, folders sorted by name) and
+    the number of unreadable images skipped.
+
+    Folders without images are ignored. With ``check`` every image is decoded once first.
+
+    Raises:
+        FileNotFoundError: no identity folder with images under ``root``.
+        BadDataError: an image does not decode (unless ``skip_bad``).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f'{root} is not a folder of identity folders (ROOT/<identity>/<image>.jpg).')
+    names, samples = [], []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        images = list_images(folder)
+        if not images:
+            continue
+        samples += [(str(p), len(names)) for p in images]
+        names.append(folder.name)
+    if not samples:
+        raise FileNotFoundError(f'No identity folders with images under {root} (expected ROOT/<identity>/<image>.jpg).')
+    skipped = 0
+    if check:
+        report = BadDataReport(skip_bad, f'face identity folders {root}')
+        samples = check_images(samples, report)
+        skipped = report.finish()
+    return samples, names, skipped

@@ -1,0 +1,99 @@
+"""FER2013 from its published ``fer2013.csv``: columns ``emotion,pixels,Usage`` (SPEC 4).
+
+``emotion`` is 0..6 (Anger, Disgust, Fear, Happiness, Sadness, Surprise, Neutral), ``pixels``
+2304 space-separated grey values (48x48, row-major), ``Usage`` one of Training (28,709 rows),
+PublicTest (3,589) and PrivateTest (3,589).
+"""
+import csv
+from pathlib import Path
+from typing import Callable, Dict, Optional, Tuple
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from .bad_data import BadDataReport
+
+FER2013_CLASSES = ('Anger', 'Disgust', 'Fear', 'Happiness', 'Sadness', 'Surprise', 'Neutral')
+USAGES = ('Training', 'PublicTest', 'PrivateTest')
+SIDE = 48
+
+
+def _parse_row(row: Dict[str, str]) -> Tuple[int, np.ndarray, str]:
+    emotion = int(row['emotion'])
+    if not 0 <= emotion < len(FER2013_CLASSES):
+        raise ValueError(f'emotion {emotion} is not in 0..6')
+    values = row['pixels'].split()
+    if len(values) != SIDE * SIDE:
+        raise ValueError(f'{len(values)} pixel values, expected {SIDE * SIDE}')
+    pixels = np.array([int(v) for v in values], dtype=np.int64)
+    if pixels.min() < 0 or pixels.max() > 255:
+        raise ValueError('pixel values must be 0..255')
+    usage = row['Usage']
+    if usage not in USAGES:
+        raise ValueError(f'Usage {usage!r} is not one of {", ".join(USAGES)}')
+    return emotion, pixels.astype(np.uint8).reshape(SIDE, SIDE), usage
+
+
+def read_fer2013(path, skip_bad: bool = False) -> Tuple[Dict[str, Tuple[torch.Tensor, torch.Tensor]], int]:
+    """Parse ``fer2013.csv``.
+
+    Returns:
+        ({usage: (images uint8 (N, 48, 48), labels int64 (N,))}, number of rows skipped).
+
+    Raises:
+        FileNotFoundError: no such file.
+        BadDataError: a malformed row (named by its line number), unless ``skip_bad``; a bad header always.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / 'fer2013.csv'
+    report = BadDataReport(skip_bad, f'FER2013 file {path}')
+    found = {u: ([], []) for u in USAGES}
+    with path.open(newline='') as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None or not {'emotion', 'pixels', 'Usage'} <= set(reader.fieldnames):
+            report.skip_bad = False
+            report.add(f'{path}:1', f'header {reader.fieldnames} lacks emotion,pixels,Usage')
+            report.finish()
+        for row in reader:
+            try:
+                if None in row or any(row[k] is None for k in ('emotion', 'pixels', 'Usage')):
+                    raise ValueError('wrong number of fields')
+                emotion, image, usage = _parse_row(row)
+            except ValueError as e:
+                report.add(f'{path}:{reader.line_num}', f'malformed row ({e})')
+                continue
+            found[usage][0].append(image)
+            found[usage][1].append(emotion)
+    skipped = report.finish()
+    splits = {}
+    for usage, (images, labels) in found.items():
+        images = torch.from_numpy(np.stack(images)) if images else torch.zeros(0, SIDE, SIDE, dtype=torch.uint8)
+        splits[usage] = (images, torch.tensor(labels, dtype=torch.int64))
+    return splits, skipped
+
+
+class Fer2013(Dataset):
+    """One FER2013 split as grey PIL images through ``transform``; items are (image, label).
+
+    Args:
+        images: uint8 (N, 48, 48).
+        labels: int64 (N,).
+        transform: PIL 'L' image -> (1, H, W) tensor.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: Optional[Callable] = None):
+        self.images = images
+        self.labels = labels
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int):
+        img = Image.fromarray(self.images[index].numpy(), mode='L')
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, int(self.labels[index])

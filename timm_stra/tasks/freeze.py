@@ -1,0 +1,29 @@
+"""Training only some top-level modules: the ReID warm-up (SPEC 4).
+
+For the first 8 epochs of the ReID recipe only ``layer4``, ``neck`` and ``fc`` train (the
+official run opens layer4, the embedding and the classifier). The other modules get no
+gradients and stay in eval mode, so their BatchNorm statistics do not move either.
+"""
+from typing import Optional, Sequence
+
+from torch import nn
+
+
+def set_trainable(model: nn.Module, names: Optional[Sequence[str]] = None) -> None:
+    """Make only the top-level children ``names`` trainable (all of them when ``names`` is None).
+
+    Call after ``model.train()``: frozen children are put back in eval mode.
+
+    Raises:
+        ValueError: a name is not a child of the model.
+    """
+    children = dict(model.named_children())
+    if names is not None:
+        unknown = sorted(set(names) - set(children))
+        if unknown:
+            raise ValueError(f'{unknown} are not modules of {type(model).__name__} (it has {sorted(children)}).')
+    for name, child in children.items():
+        trainable = names is None or name in names
+        child.requires_grad_(trainable)
+        if not trainable:
+            child.eval()

@@ -1,0 +1,80 @@
+"""Each task's training set and evaluation sets, from the ``--data`` folder (SPEC 4-5).
+
+==========  ==========================================  ==========================================
+task        training                                    evaluation
+==========  ==========================================  ==========================================
+reid        DIR/bounding_box_train/                     DIR/query/ against DIR/bounding_box_test/
+face        DIR/<identity>/<image> (identity folders)   the insightface ``*.bin`` files in DIR
+fer         DIR/fer2013.csv, Usage == Training          PublicTest and PrivateTest rows
+==========  ==========================================  ==========================================
+"""
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence
+
+from torch.utils.data import Dataset
+
+from .data import FacePairs, Fer2013, ImageList, Market1501, read_fer2013, scan_identity_folders
+
+
+@dataclass
+class TrainSet:
+    """The training dataset (items (image, label)), its number of classes, and entries skipped as bad."""
+    dataset: Dataset
+    num_classes: int
+    skipped: int = 0
+
+
+@dataclass
+class EvalSets:
+    """What a task is evaluated on: a Market-1501 split pair, ``.bin`` pair sets, or FER test splits."""
+    task: str
+    market: Optional[Market1501] = None
+    query: Optional[Dataset] = None    # reid: ImageList of market.query
+    gallery: Optional[Dataset] = None  # reid: ImageList of market.gallery
+    face_pairs: List[FacePairs] = field(default_factory=list)
+    fer: dict = field(default_factory=dict)  # split name -> Fer2013
+    skipped: int = 0
+
+
+def load_train_set(task: str, data, transform: Callable, skip_bad: bool = False, check: bool = True) -> TrainSet:
+    """Read (and check) the training data of ``task`` under ``data``."""
+    if task == 'reid':
+        market = Market1501.load(data, splits=('train',), skip_bad=skip_bad, check=check)
+        samples = list(zip(market.train.paths, market.train.pids))
+        return TrainSet(ImageList(samples, transform), market.num_train_ids, market.skipped)
+    if task == 'face':
+        samples, names, skipped = scan_identity_folders(data, skip_bad=skip_bad, check=check)
+        return TrainSet(ImageList(samples, transform), len(names), skipped)
+    if task == 'fer':
+        splits, skipped = read_fer2013(data, skip_bad=skip_bad)
+        images, labels = splits['Training']
+        if len(labels) == 0:
+            raise ValueError(f'{data}: no Training rows in fer2013.csv.')
+        return TrainSet(Fer2013(images, labels, transform), 7, skipped)
+    raise ValueError(f'Unknown task {task!r}')
+
+
+def find_face_bins(data, given: Sequence[str] = ()) -> List[Path]:
+    """The verification files: ``given`` ones, or every ``*.bin`` in ``data`` (a folder or one file)."""
+    if given:
+        return [Path(p) for p in given]
+    data = Path(data)
+    return [data] if data.is_file() else sorted(data.glob('*.bin'))
+
+
+def load_eval_sets(task: str, data, transform: Callable, skip_bad: bool = False, check: bool = True,
+                   face_bins: Sequence[str] = ()) -> EvalSets:
+    """Read (and check) the evaluation data of ``task`` under ``data``; bad ``.bin`` files are refused."""
+    if task == 'reid':
+        market = Market1501.load(data, splits=('query', 'gallery'), skip_bad=skip_bad, check=check)
+        query, gallery = (ImageList(list(zip(s.paths, s.pids)), transform) for s in (market.query, market.gallery))
+        return EvalSets(task, market=market, query=query, gallery=gallery, skipped=market.skipped)
+    if task == 'face':
+        bins = find_face_bins(data, face_bins)
+        return EvalSets(task, face_pairs=[FacePairs(p, transform) for p in bins])
+    if task == 'fer':
+        splits, skipped = read_fer2013(data, skip_bad=skip_bad)
+        sets = {name: Fer2013(*splits[name], transform) for name in ('PublicTest', 'PrivateTest') if len(splits[name][1])}
+        return EvalSets(task, fer=sets, skipped=skipped)
+    raise ValueError(f'Unknown task {task!r}')

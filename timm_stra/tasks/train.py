@@ -1,0 +1,367 @@
+"""``timm-stra train reid|face|fer --data DIR``: the paper's recipes (``recipes.py``) with timm's
+optimizers, schedulers, transforms, random erasing and label smoothing; the diversity loss; AMP;
+DDP under ``torchrun``; atomic, resumable checkpoints; per-epoch JSONL metrics.
+
+Outputs in ``--output`` (rank 0 only): ``args.json``, ``metrics.jsonl`` (one line per epoch) and
+``checkpoints/`` (see ``checkpoint.py``). ``--resume OUTPUT`` continues from the latest checkpoint
+to the same state an uninterrupted run would have (checkpoints are taken at epoch ends).
+"""
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import timm
+import torch
+from safetensors.torch import load_file
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+from timm.loss import LabelSmoothingCrossEntropy
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from timm.utils import dispatch_clip_grad
+
+from ..diversity import diversity_loss
+from .data import BadDataError, FaceBinError
+from .checkpoint import (atomic_write_text, data_config_for, load_training_state, model_config,
+                         resolve_checkpoint, save_checkpoint)
+from .distributed import DistEnv, all_gather_objects, all_reduce_sum, broadcast_buffers, init_distributed, shutdown
+from .evaluate import evaluate, markdown_table
+from .freeze import set_trainable
+from .recipes import TASKS, get_recipe
+from .rng import rng_state, seed_all, set_rng_state
+from .task_data import load_eval_sets, load_train_set
+from .transforms import eval_transform, train_transform
+
+
+class UsageError(ValueError):
+    """Options that cannot work together or with this data (reported without a traceback)."""
+
+
+def _kv(text: str):
+    """'key=value' with value parsed as JSON when possible ('layers=[1,1,1,1]', 'drop_rate=0.1')."""
+    key, sep, value = text.partition('=')
+    if not sep:
+        raise argparse.ArgumentTypeError(f'expected key=value, got {text!r}')
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def build_parser(task: str) -> argparse.ArgumentParser:
+    """Options of ``timm-stra train TASK``, defaulting to the paper's recipe for the task."""
+    r = get_recipe(task)
+    p = argparse.ArgumentParser(prog=f'timm-stra train {task}', description=f"Train for {task} (paper recipe: SPEC 4).",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument('--data', required=True, help={
+        'reid': 'Market-1501 / DukeMTMC-reID folder (bounding_box_train/, query/, bounding_box_test/)',
+        'face': 'folder of identity folders; the insightface *.bin files in it are the verification sets',
+        'fer': 'fer2013.csv or the folder holding it'}[task])
+    p.add_argument('--output', default=f'output/{task}', help='run folder (checkpoints, metrics.jsonl)')
+    p.add_argument('--resume', default=None, help='run folder or checkpoint folder to continue from')
+    g = p.add_argument_group('model')
+    g.add_argument('--model', default=r.model, help='any timm model name, e.g. the twin resnet50_' + task)
+    g.add_argument('--model-kwargs', nargs='*', type=_kv, default=[], metavar='KEY=VALUE',
+                   help="extra timm.create_model arguments, e.g. mode=no_interaction 'layers=[3,4,6,3]'")
+    g.add_argument('--input-size', type=int, nargs=2, default=None, metavar=('H', 'W'),
+                   help='input height and width (default: the model\'s pretrained_cfg); face models are built for it')
+    g.add_argument('--backbone-init', default=r.backbone_init,
+                   help="timm model whose pretrained weights initialise matching layers ('' for none)")
+    g.add_argument('--sync-bn', action='store_true', help='SyncBatchNorm under DDP')
+    g = p.add_argument_group('optimisation')
+    g.add_argument('--epochs', type=int, default=r.epochs, help='epochs in total')
+    g.add_argument('--batch-size', type=int, default=r.batch_size, help='per process')
+    g.add_argument('--opt', default=r.opt, help='timm optimizer name')
+    g.add_argument('--lr', type=float, default=r.lr, help='initial learning rate')
+    g.add_argument('--weight-decay', type=float, default=r.weight_decay, help='weight decay (on every parameter, as the official run)')
+    g.add_argument('--wd-skip-bias-norm', action='store_true',
+                   help="no weight decay on biases and norm layers (timm's usual filter)")
+    g.add_argument('--momentum', type=float, default=r.momentum, help='SGD momentum')
+    g.add_argument('--sched', default=r.sched, help='timm scheduler name (stepped per epoch)')
+    g.add_argument('--decay-epochs', type=float, default=r.decay_epochs, help="'step': epochs between decays")
+    g.add_argument('--decay-milestones', type=int, nargs='*', default=list(r.decay_milestones),
+                   help="'multistep': epochs (counted from 1) from which the rate is multiplied again")
+    g.add_argument('--decay-rate', type=float, default=r.decay_rate, help='learning-rate factor at each decay')
+    g.add_argument('--warmup-epochs', type=int, default=0, help='linear warm-up epochs (not in the paper)')
+    g.add_argument('--smoothing', type=float, default=r.smoothing, help='label smoothing')
+    g.add_argument('--div-weight', type=float, default=r.div_weight, help='weight of the diversity loss')
+    g.add_argument('--freeze-epochs', type=int, default=r.freeze_epochs,
+                   help='epochs during which only --trainable-early modules train')
+    g.add_argument('--trainable-early', nargs='*', default=list(r.trainable_early),
+                   help='modules that train during the first --freeze-epochs')
+    g.add_argument('--clip-grad', type=float, default=None, help='gradient clipping (off by default)')
+    g.add_argument('--clip-mode', default='norm', choices=('norm', 'value', 'agc'))
+    g.add_argument('--amp', action='store_true', help='mixed precision (float16 on CUDA, bfloat16 on CPU)')
+    g = p.add_argument_group('data')
+    g.add_argument('--re-prob', type=float, default=r.re_prob, help='random erasing probability')
+    g.add_argument('--crop-padding', type=int, default=r.crop_padding, help='pad then random crop (0: off)')
+    g.add_argument('--hflip', type=float, default=0.5, help='horizontal flip probability')
+    g.add_argument('--workers', type=int, default=4, help='data loading processes per rank')
+    g.add_argument('--skip-bad', action='store_true', help='skip (and count) unreadable images / rows')
+    g.add_argument('--no-check', action='store_true', help='do not decode every image before training')
+    g.add_argument('--bins', nargs='*', default=(), help='face: verification .bin files (default: *.bin in --data)')
+    g = p.add_argument_group('run')
+    g.add_argument('--eval-interval', type=int, default=r.eval_interval, help='evaluate every N epochs (0: only at the end)')
+    g.add_argument('--eval-batch-size', type=int, default=r.eval_batch_size, help='batch size when evaluating')
+    g.add_argument('--keep', type=int, default=2, help='checkpoints kept')
+    g.add_argument('--seed', type=int, default=42, help='random seed (rank r augments with seed + r)')
+    g.add_argument('--device', default=None, help='cpu or cuda (default: cuda if available)')
+    g.add_argument('--no-progress', action='store_true', help='no progress bars or per-epoch lines')
+    return p
+
+
+def init_from_backbone(model: nn.Module, source: str) -> int:
+    """Copy pretrained weights into every layer of ``model`` with the same name and shape.
+
+    Args:
+        source: a timm model name with pretrained weights (e.g. 'resnet50.tv_in1k', downloaded once), or a
+            local ``.safetensors`` / ``.pth`` state dict file.
+
+    Returns:
+        The number of tensors copied.
+    """
+    try:
+        if Path(source).is_file():
+            weights = load_file(source) if source.endswith('.safetensors') else \
+                torch.load(source, map_location='cpu', weights_only=True)
+        else:
+            weights = timm.create_model(source, pretrained=True).state_dict()
+    except Exception as e:
+        raise UsageError(f'--backbone-init {source!r}: cannot load its weights ({type(e).__name__}: {e}). '
+                         "Give a local weights file, or --backbone-init '' to start from random weights.") from e
+    own = model.state_dict()
+    matched = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
+    if not matched:
+        raise UsageError(f'--backbone-init {source!r}: no tensor matches the model by name and shape.')
+    model.load_state_dict(matched, strict=False)
+    return len(matched)
+
+
+def create_optimization(model: nn.Module, args: argparse.Namespace):
+    """timm's optimizer and per-epoch learning-rate scheduler for the options in ``args``."""
+    optimizer = create_optimizer_v2(model, args.opt, lr=args.lr, weight_decay=args.weight_decay,
+                                    momentum=args.momentum, filter_bias_and_bn=args.wd_skip_bias_norm)
+    scheduler, _ = create_scheduler_v2(
+        optimizer, args.sched, num_epochs=args.epochs, decay_epochs=args.decay_epochs,
+        decay_milestones=args.decay_milestones, decay_rate=args.decay_rate, warmup_epochs=args.warmup_epochs)
+    return optimizer, scheduler
+
+
+def _model_kwargs(args, num_classes: int) -> Dict[str, Any]:
+    kwargs = dict(args.model_kwargs)
+    kwargs['num_classes'] = num_classes
+    if args.input_size is not None and args.task == 'face':  # the face head is built for its input size
+        kwargs.setdefault('img_size', list(args.input_size))
+    return kwargs
+
+
+class Trainer:
+    """One training run; ``run()`` trains from epoch ``start_epoch`` to ``args.epochs``."""
+
+    def __init__(self, args: argparse.Namespace, env: DistEnv):
+        self.args, self.env = args, env
+        self.out = Path(args.output)
+        self._build(args)
+
+    def _build(self, args) -> None:
+        env = self.env
+        # 1. data, read and checked before anything trains (bad data stops the run here); the input
+        #    size, mean and std come from the architecture's pretrained_cfg
+        model = timm.create_model(args.model, **_model_kwargs(args, 1))
+        self.data_config = data_config_for(model, args.input_size)
+        tf_train = train_transform(args.task, self.data_config, args.re_prob, args.crop_padding, args.hflip)
+        tf_eval = eval_transform(args.task, self.data_config)
+        check = not args.no_check
+        self.train_set = load_train_set(args.task, args.data, tf_train, args.skip_bad, check)
+        self.eval_sets = load_eval_sets(args.task, args.data, tf_eval, args.skip_bad, check, face_bins=args.bins)
+        if args.task == 'face' and not self.eval_sets.face_pairs and env.is_main:
+            print(f'note: no .bin verification files in {args.data}; training without evaluation', file=sys.stderr)
+        # 2. the model with the training set's classes
+        self.model_kwargs = _model_kwargs(args, self.train_set.num_classes)
+        seed_all(args.seed)  # identical initial weights on every rank
+        model = timm.create_model(args.model, **self.model_kwargs)
+        if args.backbone_init:
+            copied = init_from_backbone(model, args.backbone_init)
+            if env.is_main:
+                print(f'initialised {copied} of {len(model.state_dict())} tensors from {args.backbone_init}',
+                      file=sys.stderr)
+        if args.sync_bn and env.distributed:
+            if env.device.type != 'cuda':
+                raise UsageError('--sync-bn needs CUDA devices (PyTorch\'s SyncBatchNorm does not run on CPU).')
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        seed_all(args.seed + env.rank)  # each rank augments differently
+        self.model = model.to(env.device)
+        self.config = model_config(model, args.model, self.model_kwargs, self.data_config)
+        # 3. optimisation, all from timm
+        self.optimizer, self.scheduler = create_optimization(model, args)
+        self.criterion = LabelSmoothingCrossEntropy(args.smoothing) if args.smoothing > 0 else nn.CrossEntropyLoss()
+        amp = args.amp
+        self.autocast_dtype = torch.float16 if env.device.type == 'cuda' else torch.bfloat16
+        self.scaler = torch.amp.GradScaler(env.device.type, enabled=amp and env.device.type == 'cuda')
+        self.sampler = DistributedSampler(self.train_set.dataset, num_replicas=env.world_size, rank=env.rank,
+                                          shuffle=True, seed=args.seed)
+        if len(self.sampler) < args.batch_size:
+            raise UsageError(f'{len(self.sampler)} training samples per process, fewer than one batch of '
+                             f'{args.batch_size}: lower --batch-size.')
+        # worker seeds come from this generator, re-seeded every epoch (not from the global RNG)
+        self.loader_rng = torch.Generator()
+        self.loader = DataLoader(self.train_set.dataset, batch_size=args.batch_size, sampler=self.sampler,
+                                 num_workers=args.workers, pin_memory=env.device.type == 'cuda', drop_last=True,
+                                 generator=self.loader_rng)
+        self.start_epoch = 0
+        if args.resume:
+            self._resume(args.resume)
+
+    def _resume(self, path: str) -> None:
+        ckpt = resolve_checkpoint(path)
+        self.model.load_state_dict(load_file(str(ckpt / 'model.safetensors'), device=str(self.env.device)))
+        state = load_training_state(ckpt)
+        self.optimizer.load_state_dict(state['optimizer'])
+        self.scheduler.load_state_dict(state['scheduler'])
+        self.scaler.load_state_dict(state['scaler'])
+        self.start_epoch = int(state['epoch'])
+        rngs = state['rng']
+        set_rng_state(rngs[self.env.rank] if self.env.rank < len(rngs) else rngs[0])
+        if self.env.is_main:
+            print(f'resumed from {ckpt} at epoch {self.start_epoch}', file=sys.stderr)
+            log = self.out / 'metrics.jsonl'
+            if log.is_file():  # forget epochs logged after the checkpoint (a run resumed from an older one)
+                kept = [line for line in log.read_text().splitlines() if json.loads(line)['epoch'] <= self.start_epoch]
+                atomic_write_text(log, ''.join(line + '\n' for line in kept))
+
+    def _wrap(self, epoch: int) -> nn.Module:
+        """The model to run this epoch (DDP-wrapped anew when the set of trainable parameters changes)."""
+        frozen = epoch < self.args.freeze_epochs
+        try:
+            set_trainable(self.model, self.args.trainable_early if frozen else None)
+        except ValueError as e:
+            raise UsageError(f'--trainable-early: {e}') from e
+        if not self.env.distributed:
+            return self.model
+        if getattr(self, '_ddp_frozen', None) is not frozen:
+            ids = [self.env.device.index] if self.env.device.type == 'cuda' else None
+            self._ddp = None  # release the previous wrapper (and its gradient hooks) first
+            self._ddp = DistributedDataParallel(self.model, device_ids=ids)
+            self._ddp_frozen = frozen
+        return self._ddp
+
+    def train_epoch(self, epoch: int) -> Dict[str, float]:
+        args, env = self.args, self.env
+        self.model.train()
+        net = self._wrap(epoch)
+        self.sampler.set_epoch(epoch)
+        self.loader_rng.manual_seed(args.seed * 100003 + epoch * 1009 + env.rank)
+        totals = torch.zeros(5, dtype=torch.float64)  # loss, ce, div (sums over samples), correct, count
+        bar = tqdm(self.loader, desc=f'epoch {epoch + 1}/{args.epochs}', disable=args.no_progress or not env.is_main,
+                   leave=False)
+        for images, labels in bar:
+            images, labels = images.to(env.device, non_blocking=True), labels.to(env.device, non_blocking=True)
+            with torch.autocast(env.device.type, dtype=self.autocast_dtype, enabled=args.amp):
+                logits = net(images)
+                ce = self.criterion(logits, labels)
+                div = diversity_loss(self.model)  # read (and clear) after every training forward
+                loss = ce + args.div_weight * div
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if args.clip_grad is not None:
+                self.scaler.unscale_(self.optimizer)
+                dispatch_clip_grad([p for p in self.model.parameters() if p.requires_grad], args.clip_grad,
+                                   mode=args.clip_mode)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            n = len(labels)
+            totals += torch.tensor([loss.item() * n, ce.item() * n, float(div.detach()) * n,
+                                    (logits.argmax(1) == labels).sum().item(), n], dtype=torch.float64)
+            bar.set_postfix(loss=f'{loss.item():.4f}')
+        totals = all_reduce_sum(totals.to(env.device), env).cpu()
+        count = max(totals[4].item(), 1)
+        broadcast_buffers(self.model, env)
+        self._check_replicas()
+        return {'loss': totals[0].item() / count, 'ce': totals[1].item() / count, 'div': totals[2].item() / count,
+                'train_top1': 100 * totals[3].item() / count, 'samples': int(totals[4].item())}
+
+    def _check_replicas(self) -> None:
+        """Under DDP, every rank must hold the same weights and buffers (one float64 checksum per rank)."""
+        if not self.env.distributed:
+            return
+        tensors = [*self.model.parameters(), *self.model.buffers()]
+        checksum = sum(t.detach().double().abs().sum().item() for t in tensors)
+        sums = all_gather_objects(checksum, self.env)
+        if len(set(sums)) != 1:
+            raise RuntimeError(f'DDP replicas diverged (weight and buffer checksums per rank: {sums}).')
+
+    def state(self, epoch: int) -> Dict[str, Any]:
+        return {'epoch': epoch, 'optimizer': self.optimizer.state_dict(), 'scheduler': self.scheduler.state_dict(),
+                'scaler': self.scaler.state_dict(), 'sampler_epoch': epoch, 'seed': self.args.seed,
+                'rng': all_gather_objects(rng_state(), self.env)}
+
+    def run(self) -> List[Dict[str, Any]]:
+        args, env = self.args, self.env
+        if env.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.out / 'args.json', json.dumps(vars(args), indent=2, default=str))
+            skipped = self.train_set.skipped + self.eval_sets.skipped
+            print(f'{args.task}: {len(self.train_set.dataset)} training samples, {self.train_set.num_classes} '
+                  f'classes, {skipped} bad entries skipped; model {args.model}, {env.world_size} process(es)',
+                  file=sys.stderr)
+        history = []
+        for epoch in range(self.start_epoch, args.epochs):
+            t0 = time.time()
+            lr = self.optimizer.param_groups[0]['lr']
+            record = {'epoch': epoch + 1, 'lr': lr, **self.train_epoch(epoch)}
+            skipped = self.train_set.skipped + self.eval_sets.skipped
+            if skipped:
+                record['skipped_bad'] = skipped
+            self.scheduler.step(epoch + 1)
+            last = epoch + 1 == args.epochs
+            if (args.eval_interval and (epoch + 1) % args.eval_interval == 0 or last) and self._has_eval():
+                record.update(evaluate(self.model, self.eval_sets, env, args.eval_batch_size, args.workers,
+                                       not args.no_progress))
+            record['time_s'] = time.time() - t0
+            state = self.state(epoch + 1)  # every rank joins the RNG gather
+            if env.is_main:
+                with (self.out / 'metrics.jsonl').open('a') as f:
+                    f.write(json.dumps(record) + '\n')
+                save_checkpoint(self.out, epoch + 1, self.model, self.config, state, keep=args.keep)
+                if not args.no_progress:
+                    print(' '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}' for k, v in record.items()),
+                          file=sys.stderr)
+            history.append(record)
+        if env.is_main and history:
+            print(markdown_table({k: v for k, v in history[-1].items()}))
+        return history
+
+    def _has_eval(self) -> bool:
+        s = self.eval_sets
+        return bool(s.market or s.face_pairs or s.fer)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in TASKS:
+        print(f'usage: timm-stra train {{{",".join(TASKS)}}} --data DIR [options]  (-h after the task for options)',
+              file=sys.stderr)
+        return 0 if argv and argv[0] in ('-h', '--help') else 2
+    task = argv[0]
+    args = build_parser(task).parse_args(argv[1:])
+    args.task = task
+    env = init_distributed(args.device)
+    done = False
+    try:
+        Trainer(args, env).run()
+        done = True
+    except (BadDataError, FaceBinError, FileNotFoundError, UsageError) as e:
+        print(f'timm-stra train {task}: {e}', file=sys.stderr)
+        return 1
+    finally:
+        shutdown(env, barrier=done)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
