@@ -6,6 +6,7 @@ from typing import List, Optional
 # subcommand -> (module with main(argv), one-line help)
 COMMANDS = {
     'models': ('timm_stra.tools.summary', 'build every registered model; table of params, GMACs, output shape'),
+    'table': ('timm_stra.benchmarks.ablation', "reproduce the paper's params/FLOPs ablation table (--check)"),
 }
 
 
