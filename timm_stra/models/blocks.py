@@ -3,10 +3,12 @@
 A StRA bottleneck is timm's ``Bottleneck`` with its 3x3 convolution replaced by
 ``StRAttention`` (SPEC 2): ``1x1 conv -> BN -> ReLU -> local attention -> mode
 attention -> BN -> ReLU -> 1x1 conv -> BN``, plus the shortcut, then ReLU. It
-keeps timm's attribute names (so ``conv2`` is the operator) and timm's forward.
+keeps timm's attribute names (so ``conv2`` is the operator) and timm's forward
+(with an out-of-place residual sum, which the FER variant's training needs).
 """
 from typing import Optional, Sequence, Tuple, Type
 
+import torch
 from torch import nn
 from timm.layers import DropPath
 from timm.models.resnet import Bottleneck, downsample_conv, drop_blocks
@@ -50,7 +52,7 @@ class StRABottleneck(Bottleneck):
             dtype=None,
     ):
         # Bottleneck.__init__ would build a 3x3 conv only to throw it away: set up the same
-        # attributes here and reuse Bottleneck.forward and zero_init_last as they are.
+        # attributes here and reuse zero_init_last as it is (forward is overridden below).
         nn.Module.__init__(self)
         dd = {'device': device, 'dtype': dtype}
         self.out_chs = planes * self.expansion if fuse else planes
@@ -74,6 +76,27 @@ class StRABottleneck(Bottleneck):
         self.stride = stride
         self.dilation = 1
         self.drop_path = drop_path
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # timm's Bottleneck.forward, except for the out-of-place residual sum: without the last 1x1
+        # conv (fuse=False, FER) x is act2's output, which ReLU's backward needs, so ``x += shortcut``
+        # would break training.
+        shortcut = x
+        x = self.conv1(x)
+        x = self.bn1(x)
+        x = self.act1(x)
+        x = self.conv2(x)
+        x = self.bn2(x)
+        x = self.drop_block(x)
+        x = self.act2(x)
+        x = self.aa(x)
+        x = self.conv3(x)
+        x = self.bn3(x)
+        if self.drop_path is not None:
+            x = self.drop_path(x)
+        if self.downsample is not None:
+            shortcut = self.downsample(shortcut)
+        return self.act3(x + shortcut)
 
 
 def make_last_stage(
