@@ -7,6 +7,7 @@ from typing import List, Optional
 COMMANDS = {
     'models': ('timm_stra.tools.summary', 'build every registered model; table of params, GMACs, output shape'),
     'table': ('timm_stra.benchmarks.ablation', "reproduce the paper's params/FLOPs ablation table (--check)"),
+    'bench': ('timm_stra.benchmarks.speed', 'throughput and peak memory: StRA, twin, limit, reference, SASA + Mode'),
 }
 
 
