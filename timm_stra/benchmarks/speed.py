@@ -50,8 +50,12 @@ def plan(
         sweep: Sequence[float],
         sweep_batch: int,
 ) -> List[Setting]:
-    """The settings to measure: modes x batch sizes at ``size``, then the inference resolution sweep."""
-    settings = [(mode, b, size) for mode in modes for b in batch_sizes]
+    """The settings to measure: modes x batch sizes at ``size``, then the inference resolution sweep.
+
+    Training steps need a batch of at least 2 (BatchNorm, e.g. the ReID embedding's
+    BatchNorm1d), so training at batch 1 is left out.
+    """
+    settings = [(mode, b, size) for mode in modes for b in batch_sizes if not (mode == 'train' and b < 2)]
     for pixels in sweep:
         setting = ('infer', sweep_batch, scaled_size(size, pixels))
         if setting not in settings:
@@ -243,6 +247,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     size = tuple(task.input_size[1:])
     sweep = [] if args.no_sweep else args.sweep
     settings = plan(args.modes, args.batch_sizes, size, sweep, args.sweep_batch)
+    if 'train' in args.modes and 1 in args.batch_sizes:
+        print('note: no training step at batch 1 (BatchNorm needs 2 samples).', file=sys.stderr)
+    if not settings:
+        parser.error('nothing to measure (training needs --batch-sizes of 2 or more).')
     machine = describe(device)
     start = time.perf_counter()
     raw = run_all(args.cases, settings, args.repeats, progress=not args.no_progress, task=args.task,
