@@ -103,12 +103,14 @@ def summarize(raw: List[Dict[str, object]], twin: str = 'twin') -> List[Dict[str
     for key, runs in groups.items():
         seconds = statistics.median(r['seconds'] for r in runs)
         cpu_seconds = statistics.median(r['cpu_seconds'] for r in runs)
+        best = min(t for r in runs for t in r['all_seconds'])
         peak = statistics.median(r['peak_mb'] for r in runs)
         base = statistics.median(r['base_mb'] for r in runs)
         rows[key] = {
             'mode': key[0], 'batch': key[1], 'img_size': list(key[2]), 'case': key[3],
             'repeats': len(runs), 'seconds': seconds, 'images_per_s': key[1] / seconds,
             'ms_per_image': 1000 * seconds / key[1], 'cpu_ms_per_image': 1000 * cpu_seconds / key[1],
+            'best_images_per_s': key[1] / best,
             'peak_mb': peak, 'step_mb': peak - base,
             'all_seconds': [r['seconds'] for r in runs], 'threads': runs[0]['threads_used'],
         }
@@ -116,6 +118,7 @@ def summarize(raw: List[Dict[str, object]], twin: str = 'twin') -> List[Dict[str
         ref = rows.get(key[:3] + (twin,))
         row['speed_vs_twin'] = row['images_per_s'] / ref['images_per_s'] if ref else None
         row['cpu_vs_twin'] = ref['cpu_ms_per_image'] / row['cpu_ms_per_image'] if ref else None
+        row['best_vs_twin'] = row['best_images_per_s'] / ref['best_images_per_s'] if ref else None
         row['peak_vs_twin'] = row['peak_mb'] / ref['peak_mb'] if ref else None
         row['step_mem_vs_twin'] = row['step_mb'] / ref['step_mb'] if ref and ref['step_mb'] > 0 else None
     return list(rows.values())
@@ -125,14 +128,17 @@ def _x(v: Optional[float]) -> str:
     return '-' if v is None else f'{v:.2f}x'
 
 
-def main_table(rows: List[Dict[str, object]], size: Tuple[int, int], cpu: bool = True) -> str:
+def main_table(rows: List[Dict[str, object]], size: Tuple[int, int], cpu: bool = False) -> str:
     """Throughput and memory at the task resolution, one line per (mode, batch, case).
 
-    ``cpu`` adds the process CPU time columns (meaningless for a GPU run).
+    Throughput: the median over repeats, and the best step of all repeats (the run least
+    disturbed by other load on a shared machine). ``cpu`` adds the process CPU time
+    columns (meaningless for a GPU run; on a virtual machine it includes steal time).
     """
     lines = [{
         'mode': r['mode'], 'batch': r['batch'], 'case': CASES[r['case']].label,
-        'images/s': f"{r['images_per_s']:.2f}", 'speed vs twin': _x(r['speed_vs_twin']),
+        'images/s (median)': f"{r['images_per_s']:.2f}", 'vs twin': _x(r['speed_vs_twin']),
+        'images/s (best)': f"{r['best_images_per_s']:.2f}", 'best vs twin': _x(r['best_vs_twin']),
         'CPU-ms/image': f"{r['cpu_ms_per_image']:.0f}", 'CPU time vs twin': _x(r['cpu_vs_twin']),
         'peak MiB': f"{r['peak_mb']:.0f}", 'peak vs twin': _x(r['peak_vs_twin']),
         'step MiB': f"{r['step_mb']:.0f}", 'step vs twin': _x(r['step_mem_vs_twin']),
@@ -160,7 +166,10 @@ def sweep_table(rows: List[Dict[str, object]], sizes: Sequence[Tuple[int, int]],
                 line[head] = '-'
                 continue
             growth = r['ms_per_image'] / first['ms_per_image'] if first else None
-            line[head] = f"{r['ms_per_image']:.0f} ms ({_x(growth)} of 1st; {_x(r['speed_vs_twin'])} twin speed)"
+            best_growth = first['best_images_per_s'] / r['best_images_per_s'] if first else None
+            line[head] = (f"median {r['ms_per_image']:.0f} ms ({_x(growth)} of 1st, {_x(r['speed_vs_twin'])} twin); "
+                          f"best {1000 / r['best_images_per_s']:.0f} ms ({_x(best_growth)}, "
+                          f"{_x(r['best_vs_twin'])})")
         lines.append(line)
     return markdown_table(lines)
 
@@ -196,7 +205,7 @@ def _names(choices: Sequence[str]):
 
 
 # defaults that keep a CPU run under 10 minutes on 2 cores; a GPU gets more steps
-CPU_DEFAULTS = dict(batch_sizes=[1, 4], repeats=2, warmup=1, iters=1, sweep_batch=1)
+CPU_DEFAULTS = dict(batch_sizes=[1, 16], repeats=3, warmup=1, iters=1, sweep_batch=1)
 CUDA_DEFAULTS = dict(batch_sizes=[16, 64], repeats=3, warmup=5, iters=20, sweep_batch=16)
 
 
@@ -210,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--modes', type=_names(MODES), default=list(MODES), help='infer, train or both')
     parser.add_argument('--batch-sizes', type=_ints, default=None,
                         help=f"default {CPU_DEFAULTS['batch_sizes']} on CPU, {CUDA_DEFAULTS['batch_sizes']} on CUDA")
-    parser.add_argument('--repeats', type=int, default=None, help='interleaved repeats (default 2 CPU, 3 CUDA)')
+    parser.add_argument('--repeats', type=int, default=None, help='interleaved repeats (default 3)')
     parser.add_argument('--warmup', type=int, default=None, help='untimed steps per run (default 1 CPU, 5 CUDA)')
     parser.add_argument('--iters', type=int, default=None, help='timed steps per run (default 1 CPU, 20 CUDA)')
     parser.add_argument('--threads', type=int, default=0, help="CPU threads (default: torch's default)")
@@ -222,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--no-sweep', action='store_true', help='skip the resolution sweep')
     parser.add_argument('--timeout', type=float, default=1800., help='seconds before one run is abandoned')
     parser.add_argument('--json', metavar='PATH', help='also write machine, settings, summary and raw runs here')
+    parser.add_argument('--cpu-time', action='store_true',
+                        help='add process CPU time columns (CPU runs; includes steal time on a virtual machine)')
     parser.add_argument('--no-progress', action='store_true', help='no progress bar')
     return parser
 
@@ -274,12 +285,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f'Runs: {args.repeats} interleaved repeats x {args.warmup} warm-up + {args.iters} timed steps, '
           f'medians; each run in a fresh process; {len(raw)} runs in {wall / 60:.1f} min. '
           f"Memory: {raw[0]['memory_kind'] if raw else '-'}; 'step' = peak minus memory after the model was built. "
-          + (cpu_note if on_cpu else '') + '\n')
-    print(main_table(rows, size, cpu=on_cpu))
+          + ("'best': the fastest timed step over all repeats, the least disturbed by other load. "
+             if len(raw) > 0 else '') + (cpu_note if args.cpu_time and on_cpu else '') + '\n')
+    print(main_table(rows, size, cpu=args.cpu_time and on_cpu))
     if sweep:
         sizes = [scaled_size(size, p) for p in sweep]
-        print(f'\nResolution sweep (inference, batch {args.sweep_batch}): ms/image, growth over the first size, '
-              "and the throughput ratio to the twin at that size.\n")
+        print(f'\nResolution sweep (inference, batch {args.sweep_batch}): ms/image (median; best), its growth over '
+              'the first size, and the throughput ratio to the twin at that size.\n')
         print(sweep_table(rows, sizes, args.sweep_batch, size))
     if args.json:
         with open(args.json, 'w') as f:
