@@ -6,7 +6,8 @@ JSON line: the median seconds per step, and memory. A fresh process per
 measurement keeps the CPU peak to this one case: the peak resident set of this
 process (model, buffers, activations, allocator caches; see ``memory.py``),
 with nothing left over from other cases. On CUDA the peak is
-``torch.cuda.max_memory_allocated``.
+``torch.cuda.max_memory_allocated``. ``timm-stra bench`` calls ``run`` in processes
+forked from a preloaded server (``isolate.py``) rather than through this entry point.
 """
 import gc
 import json
