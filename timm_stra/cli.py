@@ -9,6 +9,8 @@ COMMANDS = {
     'convert': ('timm_stra.convert.cli', "the authors' checkpoint (.pth.tar) -> Hub-ready folder for local-dir:"),
     'train': ('timm_stra.tasks.train', "train reid|face|fer with the paper's recipe (torchrun for DDP)"),
     'eval': ('timm_stra.tasks.evaluate', "score a checkpoint for reid|face|fer with the paper's metrics"),
+    'table': ('timm_stra.benchmarks.ablation', "reproduce the paper's params/FLOPs ablation table (--check)"),
+    'bench': ('timm_stra.benchmarks.speed', 'throughput and peak memory: StRA, twin, limit, reference, SASA + Mode'),
 }
 
 

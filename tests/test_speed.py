@@ -1,0 +1,77 @@
+"""The speed benchmark's machinery on a tiny configuration: structure of the output, not timings."""
+import json
+
+import pytest
+import torch
+
+import timm_stra  # noqa: F401
+from timm_stra.benchmarks.cases import StridedIdentity, build_case
+from timm_stra.benchmarks.memory import PeakMemory
+from timm_stra.benchmarks.speed import main, plan, scaled_size
+
+
+def test_scaled_size():
+    assert scaled_size((256, 128), 1) == (256, 128)
+    assert scaled_size((256, 128), 4) == (512, 256)
+    h, w = scaled_size((256, 128), 2)
+    assert h % 8 == 0 and w % 8 == 0 and 1.9 < h * w / (256 * 128) < 2.1
+
+
+def test_plan_skips_training_at_batch_1_and_reuses_the_1x_setting():
+    settings = plan(['infer', 'train'], [1, 4], (44, 44), [1, 4], sweep_batch=1)
+    assert settings == [('infer', 1, (44, 44)), ('infer', 4, (44, 44)), ('train', 4, (44, 44)),
+                        ('infer', 1, (88, 88))]
+
+
+@pytest.mark.parametrize('task,size', [('reid', (256, 128)), ('face', (112, 112)), ('fer', (44, 44))])
+def test_limit_is_the_twin_without_last_stage_3x3(task, size):
+    twin, limit = build_case('twin', task, size).eval(), build_case('limit', task, size).eval()
+    assert not any(isinstance(b.conv2, torch.nn.Conv2d) for b in limit.layer4)
+    assert isinstance(limit.layer4[0].conv2, StridedIdentity) == (task != 'reid')
+    removed = sum(b.conv2.weight.numel() for b in twin.layer4)
+    assert sum(p.numel() for p in twin.parameters()) - sum(p.numel() for p in limit.parameters()) == removed
+    x = torch.randn(1, 1 if task == 'fer' else 3, *size)
+    with torch.no_grad():
+        assert limit.forward_features(x).shape == twin.forward_features(x).shape
+
+
+def test_bad_case_is_a_clear_error():
+    with pytest.raises(ValueError, match='case'):
+        build_case('fast', 'reid')
+
+
+def test_peak_memory_sees_tensors():
+    memory = PeakMemory(torch.device('cpu'))
+    base = memory.reset()
+    x = torch.ones(64 * 2 ** 20 // 4)  # 64 MiB, touched
+    peak = memory.peak()
+    del x
+    assert peak - base > 60
+
+
+@pytest.mark.parametrize('argv', [
+    ['--batch-sizes', '0'], ['--cases', 'fast'], ['--sweep', 'x'],
+    ['--modes', 'train', '--batch-sizes', '1', '--no-sweep'],  # training needs 2 samples: nothing to measure
+])
+def test_bad_arguments_exit(argv):
+    with pytest.raises(SystemExit):
+        main(argv + ['--task', 'fer', '--no-progress'])
+
+
+def test_tiny_run(tmp_path, capsys):
+    path = tmp_path / 'bench.json'
+    argv = ['--task', 'fer', '--cases', 'twin,limit', '--modes', 'infer', '--batch-sizes', '1', '--repeats', '1',
+            '--warmup', '0', '--iters', '1', '--sweep', '1,2', '--no-progress', '--json', str(path)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert 'Machine:' in out and 'torch threads' in out and 'Resolution sweep' in out
+    result = json.loads(path.read_text())
+    assert result['machine']['device'] == 'cpu' and result['machine']['threads_used'] >= 1
+    assert len(result['raw']) == 4  # 2 cases x (44x44, 64x64)
+    rows = {(r['case'], tuple(r['img_size'])): r for r in result['summary']}
+    assert set(rows) == {('twin', (44, 44)), ('limit', (44, 44)), ('twin', (64, 64)), ('limit', (64, 64))}
+    for (case, _), r in rows.items():
+        assert 0 < r['images_per_s'] <= r['best_images_per_s']
+        assert r['peak_mb'] > 0 and r['step_mb'] >= 0
+        if case == 'twin':
+            assert r['speed_vs_twin'] == 1.0 and r['peak_vs_twin'] == 1.0

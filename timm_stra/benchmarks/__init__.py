@@ -1,0 +1,1 @@
+"""Benchmarks: the paper's params/FLOPs ablation table (``timm-stra table``) and speed/memory (``timm-stra bench``)."""

@@ -1,0 +1,95 @@
+"""What the speed benchmark compares: the cases (which model) and the tasks (which family, which input).
+
+Cases, each built for the task's input size:
+
+* ``twin``: the plain ResNet-50 twin (the paper's baseline, 3x3 convs in the last stage);
+* ``stra``: StRA (local attention + mode attention);
+* ``limit``: the twin with every last-stage 3x3 conv replaced by an identity (a strided
+  one where the block downsamples): what StRA would cost if its attention were free;
+* ``reference``: StRA with the unfold-based local attention (``local_op='local_reference'``);
+* ``sasa_mode``: SASA + Mode, the strongest ablation baseline of Table 2.
+"""
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional, Tuple
+
+import timm
+import torch
+from torch import nn
+
+import timm_stra  # noqa: F401  (registers the models)
+from ..layers.checks import check_choice
+
+
+@dataclass(frozen=True)
+class Task:
+    """A model family: the twin and StRA model names, the input size, whether the input size is fixed."""
+    twin: str
+    stra: str
+    input_size: Tuple[int, int, int]
+    fixed_size: bool = False
+
+
+TASKS: Dict[str, Task] = {
+    'reid': Task('resnet50_reid', 'stra_resnet50_reid', (3, 256, 128)),
+    'face': Task('resnet50_face', 'stra_resnet50_face', (3, 112, 112), fixed_size=True),
+    'fer': Task('resnet50_fer', 'stra_resnet50_fer', (1, 44, 44)),
+    'imagenet': Task('resnet50', 'stra_resnet50', (3, 224, 224)),
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One model of the comparison: the twin or the StRA model of a task, with knobs, optionally limited."""
+    name: str
+    label: str
+    stra: bool
+    kwargs: Dict[str, Any] = field(default_factory=dict)
+    limit: bool = False
+
+
+CASES: Dict[str, Case] = {c.name: c for c in (
+    Case('twin', 'ResNet-50 twin', stra=False),
+    Case('stra', 'StRA (local + mode)', stra=True),
+    Case('limit', 'limit (twin, last-stage 3x3 = identity)', stra=False, limit=True),
+    Case('reference', 'StRA, unfold reference', stra=True, kwargs=dict(local_op='local_reference')),
+    Case('sasa_mode', 'SASA + Mode', stra=True, kwargs=dict(local_op='sasa', mode='full')),
+)}
+
+
+class StridedIdentity(nn.Module):
+    """Identity that keeps every ``stride``-th position: the free stand-in for a strided 3x3 conv (padding 1)."""
+
+    def __init__(self, stride: int = 2):
+        super().__init__()
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[..., ::self.stride, ::self.stride]
+
+
+def make_limit(model: nn.Module) -> nn.Module:
+    """Replace the 3x3 conv (``conv2``) of every last-stage block of a ResNet by an identity, in place."""
+    for block in model.layer4:
+        stride = block.conv2.stride[0] if isinstance(block.conv2, nn.Conv2d) else 1
+        block.conv2 = StridedIdentity(stride) if stride > 1 else nn.Identity()
+    return model
+
+
+def build_case(
+        case: str,
+        task: str,
+        img_size: Optional[Tuple[int, int]] = None,
+        device=None,
+) -> nn.Module:
+    """The model of ``case`` for ``task`` (default head and classifier), on ``device``.
+
+    ``img_size`` is passed only to the face models, whose flattened head fixes the input size.
+    """
+    check_choice(case, tuple(CASES), 'case')
+    check_choice(task, tuple(TASKS), 'task')
+    spec, family = CASES[case], TASKS[task]
+    kwargs = dict(spec.kwargs, device=device)
+    if family.fixed_size and img_size is not None:
+        kwargs['img_size'] = tuple(img_size)
+    model = timm.create_model(family.stra if spec.stra else family.twin, **kwargs)
+    return make_limit(model) if spec.limit else model

@@ -1,0 +1,300 @@
+"""``timm-stra bench``: throughput and peak memory of StRA beside its ResNet-50 twin.
+
+Cases (see ``cases.py``): the twin, StRA, the *limit* (the twin with its
+last-stage 3x3 convs replaced by identities: StRA's cost if its attention were
+free), StRA with the unfold reference of the local attention, and SASA + Mode.
+
+For each mode (inference; training step = forward, backward, SGD step) and batch
+size, at the task's resolution, every case is measured in a fresh process
+(warm-up steps, then timed steps; peak memory of that process, or
+``torch.cuda.max_memory_allocated``). Repeats are interleaved (round r runs
+every case once, in an order rotated by r) so that a change in machine load
+hits all cases alike; the tables give medians over the repeats and ratios to
+the twin of the same run. A resolution sweep (1x, 2x, 4x the pixels, inference)
+shows how each operator's cost grows with the map.
+"""
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from ..tools.summary import markdown_table
+from .cases import CASES, TASKS
+from .isolate import run_isolated
+from .machine import describe, load_average
+from .worker import MODES, Measurement
+
+Setting = Tuple[str, int, Tuple[int, int]]  # mode, batch, (H, W)
+
+
+def scaled_size(size: Tuple[int, int], pixels: float, multiple: int = 8) -> Tuple[int, int]:
+    """(H, W) scaled to about ``pixels`` times the area, each side rounded to a multiple of ``multiple``.
+
+    ``pixels=1`` returns ``size`` as it is.
+    """
+    if pixels == 1:
+        return tuple(size)
+    side = math.sqrt(pixels)
+    return tuple(max(multiple, int(round(s * side / multiple)) * multiple) for s in size)
+
+
+def plan(
+        modes: Sequence[str],
+        batch_sizes: Sequence[int],
+        size: Tuple[int, int],
+        sweep: Sequence[float],
+        sweep_batch: int,
+) -> List[Setting]:
+    """The settings to measure: modes x batch sizes at ``size``, then the inference resolution sweep.
+
+    Training steps need a batch of at least 2 (BatchNorm, e.g. the ReID embedding's
+    BatchNorm1d), so training at batch 1 is left out.
+    """
+    settings = [(mode, b, size) for mode in modes for b in batch_sizes if not (mode == 'train' and b < 2)]
+    for pixels in sweep:
+        setting = ('infer', sweep_batch, scaled_size(size, pixels))
+        if setting not in settings:
+            settings.append(setting)
+    return settings
+
+
+def run_all(
+        cases: Sequence[str],
+        settings: Sequence[Setting],
+        repeats: int,
+        progress: bool = True,
+        **measurement_kwargs,
+) -> List[Dict[str, object]]:
+    """Every (setting, case) ``repeats`` times, interleaved; one fresh process per measurement."""
+    jobs = []
+    for r in range(repeats):
+        order = list(cases[r % len(cases):]) + list(cases[:r % len(cases)])
+        jobs += [(r, s, c) for s in settings for c in order]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(jobs), desc='benchmark', unit='run', leave=False)
+    results = []
+    try:
+        for r, (mode, batch, size), case in jobs:
+            if bar is not None:
+                bar.set_postfix_str(f'{case} {mode} b{batch} {size[0]}x{size[1]} #{r + 1}')
+            result = run_isolated(Measurement(case=case, mode=mode, batch=batch, img_size=size, **measurement_kwargs))
+            results.append(dict(result, repeat=r))
+            if bar is not None:
+                bar.update()
+    finally:
+        if bar is not None:
+            bar.close()
+    return results
+
+
+def summarize(raw: List[Dict[str, object]], twin: str = 'twin') -> List[Dict[str, object]]:
+    """Medians over repeats per (mode, batch, size, case), with ratios to ``twin`` in the same setting."""
+    groups: Dict[tuple, List[Dict[str, object]]] = {}
+    for r in raw:
+        groups.setdefault((r['mode'], r['batch'], tuple(r['img_size']), r['case']), []).append(r)
+    rows = {}
+    for key, runs in groups.items():
+        seconds = statistics.median(r['seconds'] for r in runs)
+        cpu_seconds = statistics.median(r['cpu_seconds'] for r in runs)
+        best = min(t for r in runs for t in r['all_seconds'])
+        peak = statistics.median(r['peak_mb'] for r in runs)
+        base = statistics.median(r['base_mb'] for r in runs)
+        rows[key] = {
+            'mode': key[0], 'batch': key[1], 'img_size': list(key[2]), 'case': key[3],
+            'repeats': len(runs), 'seconds': seconds, 'images_per_s': key[1] / seconds,
+            'ms_per_image': 1000 * seconds / key[1], 'cpu_ms_per_image': 1000 * cpu_seconds / key[1],
+            'best_images_per_s': key[1] / best,
+            'peak_mb': peak, 'step_mb': peak - base,
+            'all_seconds': [r['seconds'] for r in runs], 'threads': runs[0]['threads_used'],
+        }
+    for key, row in rows.items():
+        ref = rows.get(key[:3] + (twin,))
+        row['speed_vs_twin'] = row['images_per_s'] / ref['images_per_s'] if ref else None
+        row['cpu_vs_twin'] = ref['cpu_ms_per_image'] / row['cpu_ms_per_image'] if ref else None
+        row['best_vs_twin'] = row['best_images_per_s'] / ref['best_images_per_s'] if ref else None
+        row['peak_vs_twin'] = row['peak_mb'] / ref['peak_mb'] if ref else None
+        row['step_mem_vs_twin'] = row['step_mb'] / ref['step_mb'] if ref and ref['step_mb'] > 0 else None
+    return list(rows.values())
+
+
+def _x(v: Optional[float]) -> str:
+    return '-' if v is None else f'{v:.2f}x'
+
+
+def main_table(rows: List[Dict[str, object]], size: Tuple[int, int], cpu: bool = False) -> str:
+    """Throughput and memory at the task resolution, one line per (mode, batch, case).
+
+    Throughput: the median over repeats, and the best step of all repeats (the run least
+    disturbed by other load on a shared machine). ``cpu`` adds the process CPU time
+    columns (meaningless for a GPU run; on a virtual machine it includes steal time).
+    """
+    lines = [{
+        'mode': r['mode'], 'batch': r['batch'], 'case': CASES[r['case']].label,
+        'images/s (median)': f"{r['images_per_s']:.2f}", 'vs twin': _x(r['speed_vs_twin']),
+        'images/s (best)': f"{r['best_images_per_s']:.2f}", 'best vs twin': _x(r['best_vs_twin']),
+        'CPU-ms/image': f"{r['cpu_ms_per_image']:.0f}", 'CPU time vs twin': _x(r['cpu_vs_twin']),
+        'peak MiB': f"{r['peak_mb']:.0f}", 'peak vs twin': _x(r['peak_vs_twin']),
+        'step MiB': f"{r['step_mb']:.0f}", 'step vs twin': _x(r['step_mem_vs_twin']),
+    } for r in rows if tuple(r['img_size']) == tuple(size)]
+    if not cpu:
+        for line in lines:
+            del line['CPU-ms/image'], line['CPU time vs twin']
+    return markdown_table(lines)
+
+
+def sweep_table(rows: List[Dict[str, object]], sizes: Sequence[Tuple[int, int]], batch: int,
+                base: Tuple[int, int]) -> str:
+    """Inference ms/image per case at each size: growth over the first size and ratio to the twin."""
+    by = {(r['case'], tuple(r['img_size'])): r for r in rows if r['mode'] == 'infer' and r['batch'] == batch}
+    cases = list(dict.fromkeys(r['case'] for r in rows))
+    lines = []
+    for case in cases:
+        line = {'case': CASES[case].label}
+        first = by.get((case, tuple(sizes[0])))
+        for s in sizes:
+            r = by.get((case, tuple(s)))
+            pixels = s[0] * s[1] / (base[0] * base[1])
+            head = f'{s[0]}x{s[1]} ({pixels:.2f}x px)'
+            if r is None:
+                line[head] = '-'
+                continue
+            growth = r['ms_per_image'] / first['ms_per_image'] if first else None
+            best_growth = first['best_images_per_s'] / r['best_images_per_s'] if first else None
+            line[head] = (f"median {r['ms_per_image']:.0f} ms ({_x(growth)} of 1st, {_x(r['speed_vs_twin'])} twin); "
+                          f"best {1000 / r['best_images_per_s']:.0f} ms ({_x(best_growth)}, "
+                          f"{_x(r['best_vs_twin'])})")
+        lines.append(line)
+    return markdown_table(lines)
+
+
+def _ints(text: str) -> List[int]:
+    try:
+        values = [int(v) for v in text.split(',') if v]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected comma-separated integers, got {text!r}') from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f'expected positive integers, got {text!r}')
+    return values
+
+
+def _floats(text: str) -> List[float]:
+    try:
+        values = [float(v) for v in text.split(',') if v]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected comma-separated numbers, got {text!r}') from None
+    if any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f'expected positive numbers, got {text!r}')
+    return values
+
+
+def _names(choices: Sequence[str]):
+    def parse(text: str) -> List[str]:
+        values = [v for v in text.split(',') if v]
+        bad = [v for v in values if v not in choices]
+        if bad or not values:
+            raise argparse.ArgumentTypeError(f'{bad or text!r}: choose from {", ".join(choices)}')
+        return values
+    return parse
+
+
+# defaults that keep a CPU run under 10 minutes on 2 cores; a GPU gets more steps
+CPU_DEFAULTS = dict(batch_sizes=[1, 16], repeats=3, warmup=1, iters=1, sweep_batch=1)
+CUDA_DEFAULTS = dict(batch_sizes=[16, 64], repeats=3, warmup=5, iters=20, sweep_batch=16)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog='timm-stra bench', description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--task', default='reid', choices=tuple(TASKS), help='model family and input size')
+    parser.add_argument('--device', default=None, help='cpu or cuda[:N] (default: cuda if available)')
+    parser.add_argument('--cases', type=_names(tuple(CASES)), default=list(CASES),
+                        help='comma-separated, from: ' + ', '.join(CASES) + ' (twin is needed for ratios)')
+    parser.add_argument('--modes', type=_names(MODES), default=list(MODES), help='infer, train or both')
+    parser.add_argument('--batch-sizes', type=_ints, default=None,
+                        help=f"default {CPU_DEFAULTS['batch_sizes']} on CPU, {CUDA_DEFAULTS['batch_sizes']} on CUDA")
+    parser.add_argument('--repeats', type=int, default=None, help='interleaved repeats (default 3)')
+    parser.add_argument('--warmup', type=int, default=None, help='untimed steps per run (default 1 CPU, 5 CUDA)')
+    parser.add_argument('--iters', type=int, default=None, help='timed steps per run (default 1 CPU, 20 CUDA)')
+    parser.add_argument('--threads', type=int, default=0, help="CPU threads (default: torch's default)")
+    parser.add_argument('--channels-last', action='store_true', help='channels_last memory format')
+    parser.add_argument('--bf16', action='store_true', help='bf16 autocast')
+    parser.add_argument('--sweep', type=_floats, default=[1, 2, 4],
+                        help='pixel multiples of the resolution sweep (inference; default 1,2,4)')
+    parser.add_argument('--sweep-batch', type=int, default=None, help='batch of the sweep (default 1 CPU, 16 CUDA)')
+    parser.add_argument('--no-sweep', action='store_true', help='skip the resolution sweep')
+    parser.add_argument('--timeout', type=float, default=1800., help='seconds before one run is abandoned')
+    parser.add_argument('--json', metavar='PATH', help='also write machine, settings, summary and raw runs here')
+    parser.add_argument('--cpu-time', action='store_true',
+                        help='add process CPU time columns (CPU runs; includes steal time on a virtual machine)')
+    parser.add_argument('--no-progress', action='store_true', help='no progress bar')
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    device = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
+    if torch.device(device).type == 'cuda' and not torch.cuda.is_available():
+        parser.error(f'--device {device}: CUDA is not available.')
+    defaults = CUDA_DEFAULTS if torch.device(device).type == 'cuda' else CPU_DEFAULTS
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    for key in ('repeats', 'iters', 'sweep_batch'):
+        if getattr(args, key) < 1:
+            parser.error(f'--{key.replace("_", "-")} must be >= 1.')
+    if args.warmup < 0:
+        parser.error('--warmup must be >= 0.')
+    if 'twin' not in args.cases:
+        print('note: no twin among --cases, so no ratios.', file=sys.stderr)
+    task = TASKS[args.task]
+    size = tuple(task.input_size[1:])
+    sweep = [] if args.no_sweep else args.sweep
+    settings = plan(args.modes, args.batch_sizes, size, sweep, args.sweep_batch)
+    if 'train' in args.modes and 1 in args.batch_sizes:
+        print('note: no training step at batch 1 (BatchNorm needs 2 samples).', file=sys.stderr)
+    if not settings:
+        parser.error('nothing to measure (training needs --batch-sizes of 2 or more).')
+    machine = describe(device)
+    start = time.perf_counter()
+    raw = run_all(args.cases, settings, args.repeats, progress=not args.no_progress, task=args.task,
+                  device=device, threads=args.threads, channels_last=args.channels_last, bf16=args.bf16,
+                  warmup=args.warmup, iters=args.iters)
+    wall = time.perf_counter() - start
+    machine['load_average_after'] = load_average()
+    machine['threads_used'] = raw[0]['threads_used'] if raw else None
+    rows = summarize(raw)
+
+    on_cpu = torch.device(device).type == 'cpu'
+    cpu_note = ("'CPU-ms/image': process CPU time (all threads), less sensitive than wall time to other load; "
+                'its ratio is twin CPU time / case CPU time (like the speed ratio: above 1 is faster).')
+    flags = [f for f, on in (('channels_last', args.channels_last), ('bf16 autocast', args.bf16)) if on]
+    print(f"## Speed and memory: `{task.stra}` vs `{task.twin}` ({args.task}, {size[0]}x{size[1]})\n")
+    print(f"Machine: {machine['cpu']}, {machine['usable_cpus']} usable CPUs, {machine['threads_used']} torch threads"
+          + (f", GPU {machine['gpu']}" if 'gpu' in machine else '')
+          + f"; load average (1/5/15 min) {machine['load_average']} before, {machine['load_average_after']} after; "
+          f"torch {machine['torch']}, timm {machine['timm']}; device {device}"
+          + (f" ({', '.join(flags)})" if flags else '') + '.')
+    print(f'Runs: {args.repeats} interleaved repeats x {args.warmup} warm-up + {args.iters} timed steps, '
+          f'medians; each run in a fresh process; {len(raw)} runs in {wall / 60:.1f} min. '
+          f"Memory: {raw[0]['memory_kind'] if raw else '-'}; 'step' = peak minus memory after the model was built. "
+          + ("'best': the fastest timed step over all repeats, the least disturbed by other load. "
+             if len(raw) > 0 else '') + (cpu_note if args.cpu_time and on_cpu else '') + '\n')
+    print(main_table(rows, size, cpu=args.cpu_time and on_cpu))
+    if sweep:
+        sizes = [scaled_size(size, p) for p in sweep]
+        print(f'\nResolution sweep (inference, batch {args.sweep_batch}): ms/image (median; best), its growth over '
+              'the first size, and the throughput ratio to the twin at that size.\n')
+        print(sweep_table(rows, sizes, args.sweep_batch, size))
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump({'machine': machine, 'settings': {k: v for k, v in vars(args).items() if k != 'json'},
+                       'wall_s': wall, 'summary': rows, 'raw': raw}, f, indent=2)
+    return 0

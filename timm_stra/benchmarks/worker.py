@@ -1,0 +1,136 @@
+"""One speed/memory measurement, meant to run in a fresh process: ``python -m timm_stra.benchmarks.worker SPEC``.
+
+``SPEC`` is a JSON object (see ``Measurement``). The process builds the case's
+model, runs ``warmup`` untimed steps and ``iters`` timed ones, and prints one
+JSON line: the median seconds per step, and memory. A fresh process per
+measurement keeps the CPU peak to this one case: the peak resident set of this
+process (model, buffers, activations, allocator caches; see ``memory.py``),
+with nothing left over from other cases. On CUDA the peak is
+``torch.cuda.max_memory_allocated``. ``timm-stra bench`` calls ``run`` in processes
+forked from a preloaded server (``isolate.py``) rather than through this entry point.
+"""
+import gc
+import json
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Dict, List, Optional, Tuple
+
+import torch
+
+MODES = ('infer', 'train')
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """What one worker measures.
+
+    Attributes:
+        case, task: see ``timm_stra.benchmarks.cases``.
+        mode: 'infer' (eval mode, ``torch.inference_mode``) or 'train' (forward, backward and an
+            SGD-with-momentum step, with the diversity term added for StRA models).
+        batch: images per step.
+        img_size: (H, W).
+        device: 'cpu' or 'cuda'.
+        threads: CPU threads (``torch.set_num_threads``); 0 keeps torch's default.
+        channels_last, bf16: memory format and bf16 autocast.
+        warmup, iters: untimed and timed steps.
+    """
+    case: str
+    task: str
+    mode: str
+    batch: int
+    img_size: Tuple[int, int]
+    device: str = 'cpu'
+    threads: int = 0
+    channels_last: bool = False
+    bf16: bool = False
+    warmup: int = 1
+    iters: int = 1
+
+
+def run(m: Measurement) -> Dict[str, object]:
+    """Build, warm up, time; return seconds per step (median and all; wall and process CPU time) and memory (MiB)."""
+    from timm_stra import diversity_loss
+    from .cases import CASES, TASKS, build_case
+    from .memory import PeakMemory
+
+    if m.mode not in MODES:
+        raise ValueError(f'mode must be one of {MODES}, got {m.mode!r}.')
+    if m.threads:
+        torch.set_num_threads(m.threads)
+    device = torch.device(m.device)
+    cuda = device.type == 'cuda'
+    model = build_case(m.case, m.task, m.img_size, device=device)
+    in_chans = TASKS[m.task].input_size[0]
+    memory_format = torch.channels_last if m.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    x = torch.randn(m.batch, in_chans, *m.img_size, device=device).to(memory_format=memory_format)
+    stra = CASES[m.case].stra
+    if m.mode == 'train':
+        model.train()
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    else:
+        model.eval()
+
+    def step() -> None:
+        if m.mode == 'infer':
+            with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=m.bf16):
+                model(x)
+            return
+        with torch.autocast(device.type, torch.bfloat16, enabled=m.bf16):
+            out = model(x)
+            loss = out.float().pow(2).mean()
+            if stra:
+                loss = loss + diversity_loss(model)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize(device)
+
+    gc.collect()
+    memory = PeakMemory(device)
+    base = memory.reset()
+    for _ in range(m.warmup):
+        step()
+    sync()
+    times: List[float] = []
+    cpu_times: List[float] = []
+    for _ in range(m.iters):
+        t0, c0 = time.perf_counter(), time.process_time()
+        step()
+        sync()
+        times.append(time.perf_counter() - t0)
+        cpu_times.append(time.process_time() - c0)
+    peak = memory.peak()
+    return {
+        **asdict(m),
+        'threads_used': torch.get_num_threads(),
+        'seconds': statistics.median(times),
+        'all_seconds': times,
+        'cpu_seconds': statistics.median(cpu_times),
+        'images_per_s': m.batch / statistics.median(times),
+        'base_mb': base,
+        'device_name': torch.cuda.get_device_name(device) if cuda else 'cpu',
+        'peak_mb': peak,
+        'memory_kind': memory.method,
+    }
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print('usage: python -m timm_stra.benchmarks.worker \'{"case": ..., "task": ..., ...}\'', file=sys.stderr)
+        return 2
+    spec = json.loads(argv[0])
+    spec['img_size'] = tuple(spec['img_size'])
+    print(json.dumps(run(Measurement(**spec))))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
