@@ -92,3 +92,27 @@ def test_hidden_width_rounds_to_groups():
 def test_bad_configuration(kwargs, message):
     with pytest.raises(ValueError, match=message):
         LocalAttention(**kwargs)
+
+
+@pytest.mark.parametrize('stride', [1, 2])
+@pytest.mark.parametrize('kernel_size', [1, 3, 5])
+def test_fast_aggregation_matches_its_torchscript_fallback(stride, kernel_size):
+    """The autograd.Function (eager, compile) and the plain-ops fallback (TorchScript) agree, gradients too."""
+    from timm_stra.layers.local_aggregate import local_aggregate, local_aggregate_autograd
+    H, W = 5, 4
+    out_h, out_w = (H - 1) // stride + 1, (W - 1) // stride + 1
+    attn = torch.rand(2, 3, out_h, out_w, kernel_size ** 2, requires_grad=True)
+    value = torch.randn(2, 3, H, W, 6, requires_grad=True)
+    fast = local_aggregate(attn, value, kernel_size, stride)
+    plain = local_aggregate_autograd(attn, value, kernel_size, stride)
+    torch.testing.assert_close(fast, plain)
+    grad = torch.randn_like(fast)
+    torch.testing.assert_close(torch.autograd.grad(fast, (attn, value), grad),
+                               torch.autograd.grad(plain, (attn, value), grad))
+
+
+def test_scripted_operator_matches_eager():
+    from timm_stra.layers import StRAttention
+    op = StRAttention(16, stride=2, groups=4).eval()
+    x = torch.randn(2, 16, 7, 6)
+    torch.testing.assert_close(torch.jit.script(op)(x), op(x))

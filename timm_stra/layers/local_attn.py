@@ -6,9 +6,10 @@ offset) pair plus a score of the neighbour itself. Outside the map ``nu`` and th
 values are zero (border neighbours still take part in the softmax), as in the
 authors' release.
 
-This implementation shifts views of the padded values instead of unfolding them,
-so it never materialises the k*k copies of the values that the unfold-based
-reference (``local_attn_ref.py``) builds.
+This implementation lays the values out channels last within each mode and sums
+the neighbours in place (``local_aggregate.py``), so it never materialises the
+k*k copies of the values that the unfold-based reference (``local_attn_ref.py``)
+builds.
 """
 from typing import List
 
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checks import check_divisible
+from .local_aggregate import local_aggregate
 from .score_branch import ScoreBranch
 
 
@@ -97,38 +99,32 @@ class LocalAttention(nn.Module):
             scores: (B, G * (1 + k*k), H, W) output of ``self.score``.
 
         Returns:
-            (B, G, k*k, out_h, out_w) softmax weights (float32 statistics, cast back to the input dtype).
+            (B, G, out_h, out_w, k*k) softmax weights, offsets last (float32 statistics, input dtype).
         """
         B, _, H, W = scores.shape
         G, k, s, p = self.groups, self.kernel_size, self.stride, self.kernel_size // 2
         nu = F.pad(scores[:, :G], (p, p, p, p))
         omega = scores[:, G:].reshape(B, G, k * k, H, W)[..., ::s, ::s]
         logits = omega + torch.stack(neighbour_views(nu, k, s, out_h, out_w), dim=2)
-        return torch.softmax(logits, dim=2, dtype=torch.float32).to(scores.dtype)
+        attn = torch.softmax(logits, dim=2, dtype=torch.float32).to(scores.dtype)
+        return attn.permute(0, 1, 3, 4, 2)
 
-    def aggregate(self, attn: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-        """Weighted sum of each query's neighbours.
+    def values(self, x: torch.Tensor) -> torch.Tensor:
+        """The grouped 1x1 value projection, laid out channels last per mode.
 
         Args:
-            attn: (B, G, k*k, out_h, out_w) weights.
-            value: (B, C, H, W) values.
+            x: (B, C, H, W).
 
         Returns:
-            (B, C, out_h, out_w).
+            (B, G, H, W, C / G): ``self.value(x)`` with each mode's channels innermost.
         """
-        B, C, H, W = value.shape
-        G, k, s, p = self.groups, self.kernel_size, self.stride, self.kernel_size // 2
-        out_h, out_w = attn.shape[-2:]
-        padded = F.pad(value, (p, p, p, p)).view(B, G, C // G, H + 2 * p, W + 2 * p)
-        neighbours = neighbour_views(padded, k, s, out_h, out_w)
-        out = attn[:, :, 0:1] * neighbours[0]
-        for j in range(1, len(neighbours)):
-            out = out + attn[:, :, j:j + 1] * neighbours[j]
-        return out.reshape(B, C, out_h, out_w)
+        B, C, H, W = x.shape
+        return self.value(x).view(B, self.groups, C // self.groups, H, W).permute(0, 1, 3, 4, 2).contiguous()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        H, W = x.shape[-2:]
+        B, C, H, W = x.shape
         out_h = (H - 1) // self.stride + 1
         out_w = (W - 1) // self.stride + 1
         attn = self.attention(self.score(x), out_h, out_w)
-        return self.aggregate(attn, self.value(x))
+        out = local_aggregate(attn, self.values(x), self.kernel_size, self.stride)   # B, G, h, w, n
+        return out.permute(0, 1, 4, 2, 3).reshape(B, C, out_h, out_w)

@@ -55,26 +55,26 @@ class ModeAttention(nn.Module):
         masks = torch.softmax(logits.flatten(2), dim=-1, dtype=torch.float32).to(x.dtype)
         return masks.view_as(logits)
 
-    @staticmethod
-    def _affinity(modal: torch.Tensor, nodes: torch.Tensor, H: int, W: int) -> torch.Tensor:
-        """<modal_g, nodes_g[:, i]> for every mode g and position i: (B, G, n), (B, G, n, N) -> (B, G, H, W)."""
-        B, G = modal.shape[0], modal.shape[1]
-        return (modal.unsqueeze(2) @ nodes).view(B, G, H, W)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
-        G = self.groups
-        masks = self.diversity(self.spatial_masks(x)).view(B, G, H * W)
-        nodes = x.reshape(B, G, C // G, H * W)                    # B, G, n, N
-        modal = (nodes @ masks.unsqueeze(-1)).squeeze(-1)         # B, G, n
-        # mode vector unit: Y_g = S_g + alpha[g] * m_g, alpha = sigmoid(BN(<m_g, S_g[:, i]>))
-        alpha = torch.sigmoid(self.gate_norm(self._affinity(modal, nodes, H, W))).view(B, G, 1, H * W)
-        y = nodes + alpha * modal.unsqueeze(-1)
+        G, N = self.groups, H * W
+        masks = self.diversity(self.spatial_masks(x)).view(B, G, N, 1)
+        nodes = x.reshape(B, G, C // G, N)                              # S: B, G, n, N
+        m = torch.matmul(nodes, masks).squeeze(-1)                      # modal vectors: B, G, n
         if not self.interaction:
-            return y.reshape(B, C, H, W)
-        # mode interaction unit: P = softmax(sqrt(G) * l2normalize_rows(m m^T)); m' = P m
-        paths = F.normalize(modal @ modal.transpose(1, 2), dim=-1)
-        mixed = torch.softmax(paths * math.sqrt(G), dim=-1) @ modal     # B, G, n
-        alpha = torch.sigmoid(self.interact_norm(self._affinity(mixed, y, H, W))).view(B, G, 1, H * W)
-        z = y + alpha * mixed.unsqueeze(-1)
-        return z.reshape(B, C, H, W)
+            # Y_g = S_g + alpha[g] * m_g, alpha = sigmoid(BN(<m_g, S_g[:, i]>))
+            affinity = torch.matmul(m.unsqueeze(2), nodes).view(B, G, H, W)
+            alpha = torch.sigmoid(self.gate_norm(affinity)).view(B, G, 1, N)
+            return torch.addcmul(nodes, m.unsqueeze(-1), alpha).view(B, C, H, W)
+        # mode interaction: P = softmax(sqrt(G) * l2normalize_rows(m m^T)), m' = P m
+        paths = F.normalize(m @ m.transpose(1, 2), dim=-1)
+        mixed = torch.softmax(paths * math.sqrt(G), dim=-1) @ m        # m': B, G, n
+        # one pass over S gives <m_g, S_g[:, i]> and <m'_g, S_g[:, i]>; since Y_g = S_g + alpha m_g,
+        # <m'_g, Y_g[:, i]> = <m'_g, S_g[:, i]> + alpha[g, i] <m'_g, m_g>
+        affinity = torch.matmul(torch.stack([m, mixed], dim=2), nodes)  # B, G, 2, N
+        alpha = torch.sigmoid(self.gate_norm(affinity[:, :, 0].reshape(B, G, H, W))).view(B, G, 1, N)
+        second = affinity[:, :, 1:] + alpha * (mixed * m).sum(-1, keepdim=True).unsqueeze(-1)
+        alpha2 = torch.sigmoid(self.interact_norm(second.reshape(B, G, H, W))).view(B, G, 1, N)
+        # Z_g = Y_g + alpha' m'_g = S_g + alpha m_g + alpha' m'_g
+        z = torch.addcmul(nodes, m.unsqueeze(-1), alpha)
+        return torch.addcmul(z, mixed.unsqueeze(-1), alpha2).view(B, C, H, W)

@@ -15,9 +15,10 @@ from torch.utils.flop_counter import FlopCounterMode
 import timm_stra  # noqa: F401  (registers the models)
 
 
-def stra_model_names() -> List[str]:
-    """Every model this package registers with timm."""
-    return [n for n in timm.list_models() if model_entrypoint(n).__module__.startswith('timm_stra.')]
+def stra_model_names(pretrained: bool = False) -> List[str]:
+    """Every model this package registers with timm; with ``pretrained``, every ``name.tag`` with weights."""
+    names = timm.list_models(pretrained=pretrained)
+    return [n for n in names if model_entrypoint(n.split('.')[0]).__module__.startswith('timm_stra.')]
 
 
 def describe(name: str) -> Dict[str, object]:
