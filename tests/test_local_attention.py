@@ -96,19 +96,21 @@ def test_bad_configuration(kwargs, message):
 
 @pytest.mark.parametrize('stride', [1, 2])
 @pytest.mark.parametrize('kernel_size', [1, 3, 5])
-def test_fast_aggregation_matches_its_torchscript_fallback(stride, kernel_size):
+def test_fast_path_matches_its_torchscript_fallback(stride, kernel_size):
     """The autograd.Function (eager, compile) and the plain-ops fallback (TorchScript) agree, gradients too."""
-    from timm_stra.layers.local_aggregate import local_aggregate, local_aggregate_autograd
-    H, W = 5, 4
+    from timm_stra.layers.local_aggregate import local_attend, local_attend_autograd
+    H, W, G = 5, 4, 3
     out_h, out_w = (H - 1) // stride + 1, (W - 1) // stride + 1
-    attn = torch.rand(2, 3, out_h, out_w, kernel_size ** 2, requires_grad=True)
-    value = torch.randn(2, 3, H, W, 6, requires_grad=True)
-    fast = local_aggregate(attn, value, kernel_size, stride)
-    plain = local_aggregate_autograd(attn, value, kernel_size, stride)
+    attn = torch.rand(2, G, kernel_size ** 2, out_h, out_w, requires_grad=True)
+    x = torch.randn(2, G * 4, H, W, requires_grad=True)
+    weight = torch.randn(G * 6, 4, 1, 1, requires_grad=True)
+    fast = local_attend(attn, x, weight, G, kernel_size, stride)
+    plain = local_attend_autograd(attn, x, weight, G, kernel_size, stride)
+    assert fast.shape == (2, G, out_h, out_w, 6)
     torch.testing.assert_close(fast, plain)
     grad = torch.randn_like(fast)
-    torch.testing.assert_close(torch.autograd.grad(fast, (attn, value), grad),
-                               torch.autograd.grad(plain, (attn, value), grad))
+    torch.testing.assert_close(torch.autograd.grad(fast, (attn, x, weight), grad),
+                               torch.autograd.grad(plain, (attn, x, weight), grad))
 
 
 def test_scripted_operator_matches_eager():
@@ -116,3 +118,17 @@ def test_scripted_operator_matches_eager():
     op = StRAttention(16, stride=2, groups=4).eval()
     x = torch.randn(2, 16, 7, 6)
     torch.testing.assert_close(torch.jit.script(op)(x), op(x))
+
+
+def test_autocast_bfloat16_forward_and_backward():
+    """Under autocast the value projection runs in bf16; backward (outside autocast) follows suit."""
+    op = LocalAttention(32, groups=4, stride=2)
+    x = torch.randn(2, 32, 7, 6, requires_grad=True)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = op(x)
+    out.float().square().mean().backward()
+    assert x.grad.dtype == torch.float32 and torch.isfinite(x.grad).all()
+    assert op.value.weight.grad.dtype == torch.float32 and torch.isfinite(op.value.weight.grad).all()
+    ref = LocalAttentionReference(32, groups=4, stride=2)
+    ref.load_state_dict(op.state_dict())
+    torch.testing.assert_close(out.float(), ref(x).float(), rtol=5e-2, atol=5e-2)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checks import check_divisible
-from .local_aggregate import local_aggregate
+from .local_aggregate import local_attend
 from .score_branch import ScoreBranch
 
 
@@ -99,32 +99,19 @@ class LocalAttention(nn.Module):
             scores: (B, G * (1 + k*k), H, W) output of ``self.score``.
 
         Returns:
-            (B, G, out_h, out_w, k*k) softmax weights, offsets last (float32 statistics, input dtype).
+            (B, G, k*k, out_h, out_w) softmax weights (float32 statistics, input dtype).
         """
         B, _, H, W = scores.shape
         G, k, s, p = self.groups, self.kernel_size, self.stride, self.kernel_size // 2
         nu = F.pad(scores[:, :G], (p, p, p, p))
         omega = scores[:, G:].reshape(B, G, k * k, H, W)[..., ::s, ::s]
         logits = omega + torch.stack(neighbour_views(nu, k, s, out_h, out_w), dim=2)
-        attn = torch.softmax(logits, dim=2, dtype=torch.float32).to(scores.dtype)
-        return attn.permute(0, 1, 3, 4, 2)
-
-    def values(self, x: torch.Tensor) -> torch.Tensor:
-        """The grouped 1x1 value projection, laid out channels last per mode.
-
-        Args:
-            x: (B, C, H, W).
-
-        Returns:
-            (B, G, H, W, C / G): ``self.value(x)`` with each mode's channels innermost.
-        """
-        B, C, H, W = x.shape
-        return self.value(x).view(B, self.groups, C // self.groups, H, W).permute(0, 1, 3, 4, 2).contiguous()
+        return torch.softmax(logits, dim=2, dtype=torch.float32).to(scores.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
         out_h = (H - 1) // self.stride + 1
         out_w = (W - 1) // self.stride + 1
         attn = self.attention(self.score(x), out_h, out_w)
-        out = local_aggregate(attn, self.values(x), self.kernel_size, self.stride)   # B, G, h, w, n
+        out = local_attend(attn, x, self.value.weight, self.groups, self.kernel_size, self.stride)  # B, G, h, w, n
         return out.permute(0, 1, 4, 2, 3).reshape(B, C, out_h, out_w)
