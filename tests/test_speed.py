@@ -76,3 +76,13 @@ def test_tiny_run(tmp_path, capsys):
         assert r['peak_mb'] > 0 and r['step_mb'] >= 0
         if case == 'twin':
             assert r['speed_vs_twin'] == 1.0 and r['peak_vs_twin'] == 1.0
+
+
+def test_tensor_memory_counts_a_step_exactly():
+    """The replayed allocation events see the activations: a deeper model holds more, the twin more than the limit."""
+    from timm_stra.benchmarks.tensor_memory import step_peak_mib
+    small = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3), torch.nn.ReLU())
+    big = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3), torch.nn.ReLU())
+    x = torch.randn(4, 1, 64, 64)
+    extra_map = 4 * 8 * 60 * 60 * 4 / 2 ** 20  # the second conv's (4, 8, 60, 60) output, kept for ReLU's backward
+    assert 0.8 * extra_map < step_peak_mib(big, x) - step_peak_mib(small, x) < 4 * extra_map

@@ -95,6 +95,7 @@ class _LocalAttend(torch.autograd.Function):
         else:
             grad_value = torch.zeros_like(value)
         grad_attn = torch.zeros_like(attn)
+        products = torch.empty_like(grad_out)  # one scratch buffer for all offsets: no allocator churn
         j = 0
         for q0, q1, i0, i1 in rows:
             for p0, p1, k0, k1 in cols:
@@ -103,10 +104,10 @@ class _LocalAttend(torch.autograd.Function):
                     if stride != 1 or j != centre:
                         grad_value[:, :, i0:i1:stride, k0:k1:stride].addcmul_(
                             g, attn[:, :, j, q0:q1, p0:p1].unsqueeze(-1))
-                    grad_attn[:, :, j, q0:q1, p0:p1] = torch.linalg.vecdot(
-                        g, value[:, :, i0:i1:stride, k0:k1:stride], dim=-1)
+                    product = torch.mul(g, value[:, :, i0:i1:stride, k0:k1:stride], out=products[:, :, q0:q1, p0:p1])
+                    torch.sum(product, dim=-1, out=grad_attn[:, :, j, q0:q1, p0:p1])
                 j += 1
-        del value
+        del value, products
         grad_value = grad_value.view(B, groups, H * W, -1)                    # B, G, N, n_out
         grad_x = grad_weight = None
         if ctx.needs_input_grad[1]:
