@@ -95,7 +95,7 @@ class _LocalAttend(torch.autograd.Function):
         else:
             grad_value = torch.zeros_like(value)
         grad_attn = torch.zeros_like(attn)
-        products = torch.empty_like(grad_out)  # one scratch buffer for all offsets: no allocator churn
+        scratch = grad_out.new_empty(grad_out.numel())  # one buffer for every offset's products: no allocator churn
         j = 0
         for q0, q1, i0, i1 in rows:
             for p0, p1, k0, k1 in cols:
@@ -104,10 +104,11 @@ class _LocalAttend(torch.autograd.Function):
                     if stride != 1 or j != centre:
                         grad_value[:, :, i0:i1:stride, k0:k1:stride].addcmul_(
                             g, attn[:, :, j, q0:q1, p0:p1].unsqueeze(-1))
-                    product = torch.mul(g, value[:, :, i0:i1:stride, k0:k1:stride], out=products[:, :, q0:q1, p0:p1])
-                    torch.sum(product, dim=-1, out=grad_attn[:, :, j, q0:q1, p0:p1])
+                    product = scratch[:g.numel()].view(g.shape)  # contiguous, as out= under torch.compile needs
+                    torch.mul(g, value[:, :, i0:i1:stride, k0:k1:stride], out=product)
+                    grad_attn[:, :, j, q0:q1, p0:p1] = product.sum(-1)
                 j += 1
-        del value, products
+        del value, scratch
         grad_value = grad_value.view(B, groups, H * W, -1)                    # B, G, N, n_out
         grad_x = grad_weight = None
         if ctx.needs_input_grad[1]:
