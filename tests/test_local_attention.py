@@ -98,7 +98,7 @@ def test_bad_configuration(kwargs, message):
 @pytest.mark.parametrize('kernel_size', [1, 3, 5])
 def test_fast_path_matches_its_torchscript_fallback(stride, kernel_size):
     """The autograd.Function (eager, compile) and the plain-ops fallback (TorchScript) agree, gradients too."""
-    from timm_stra.layers.local_aggregate import local_attend, local_attend_autograd
+    from timm_stra.layers.local_attend import local_attend, local_attend_autograd
     H, W, G = 5, 4, 3
     out_h, out_w = (H - 1) // stride + 1, (W - 1) // stride + 1
     attn = torch.rand(2, G, kernel_size ** 2, out_h, out_w, requires_grad=True)

@@ -7,7 +7,7 @@ values are zero (border neighbours still take part in the softmax), as in the
 authors' release.
 
 This implementation lays the values out channels last within each mode and sums
-the neighbours in place (``local_aggregate.py``), so it never materialises the
+the neighbours in place (``local_attend.py``), so it never materialises the
 k*k copies of the values that the unfold-based reference (``local_attn_ref.py``)
 builds.
 """
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checks import check_divisible
-from .local_aggregate import local_attend
+from .local_attend import local_attend
 from .score_branch import ScoreBranch
 
 
