@@ -1,5 +1,4 @@
 """``timm_stra.diversity_loss``: the batch mean of the per-sample sum over all StRA operators."""
-import os
 
 import pytest
 import timm

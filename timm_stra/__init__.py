@@ -9,3 +9,8 @@ from .diversity import diversity_loss, diversity_per_sample
 from .layers import LocalAttention, ModeAttention, SelfAttention2d, StRAttention
 from .models import StRAResNet
 from .version import __version__
+
+__all__ = [
+    'LocalAttention', 'ModeAttention', 'SelfAttention2d', 'StRAResNet', 'StRAttention', '__version__',
+    'diversity_loss', 'diversity_per_sample',
+]
