@@ -164,20 +164,20 @@ def test_unexpected_bin_is_refused(tmp_path, capsys):
 
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
-    model = torch.nn.Linear(3, 2)
-    config = {'architecture': 'tiny'}
-    save_checkpoint(tmp_path, 1, model, config, {'epoch': 1})
+    model = timm.create_model('resnet50_fer', layers=[1, 1, 1, 1])
+    data_config = ckpt_mod.data_config_for(model)
+    save_checkpoint(tmp_path, 1, model, {}, data_config, {'epoch': 1})
 
     def crash(*args, **kwargs):
         raise OSError('disk full')
 
     with torch.no_grad():
-        model.weight.add_(1)
+        model.fc.weight.add_(1)
     monkeypatch.setattr(ckpt_mod.torch, 'save', crash)
     with pytest.raises(OSError, match='disk full'):
-        save_checkpoint(tmp_path, 2, model, config, {'epoch': 2})
+        save_checkpoint(tmp_path, 2, model, {}, data_config, {'epoch': 2})
     latest = resolve_checkpoint(tmp_path)
     assert latest.name == 'epoch-0001' and not (tmp_path / 'checkpoints' / 'epoch-0002').exists()
     monkeypatch.undo()
     assert load_training_state(latest) == {'epoch': 1}
-    assert not torch.equal(load_file(str(latest / 'model.safetensors'))['weight'], model.weight)
+    assert not torch.equal(load_file(str(latest / 'model.safetensors'))['fc.weight'], model.fc.weight)

@@ -23,13 +23,12 @@ import timm
 import torch
 from safetensors.torch import save_file
 from timm.data import resolve_model_data_config
+from timm.models._hub import save_config_for_hf  # the config writer of save_for_hf (not re-exported)
 
 MODEL_FILE = 'model.safetensors'
 CONFIG_FILE = 'config.json'
 STATE_FILE = 'state.pt'
 LATEST = 'latest'
-_CFG_KEYS = ('input_size', 'interpolation', 'mean', 'std', 'crop_pct', 'crop_mode', 'fixed_input_size',
-             'first_conv', 'classifier', 'license', 'paper_ids', 'paper_name', 'origin_url')
 
 
 def _fsync(path: Path) -> None:
@@ -46,26 +45,23 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def model_config(model: torch.nn.Module, architecture: str, model_args: Dict[str, Any],
-                 data_config: Dict[str, Any]) -> Dict[str, Any]:
-    """timm hub ``config.json`` content for ``model`` built as ``create_model(architecture, **model_args)``."""
-    pretrained_cfg = {k: v for k, v in model.pretrained_cfg.items() if k in _CFG_KEYS}
-    pretrained_cfg.update({k: data_config[k] for k in ('input_size', 'interpolation', 'mean', 'std')})
-    pretrained_cfg['num_classes'] = model.num_classes
+def write_model_config(model: torch.nn.Module, path: Path, model_args: Dict[str, Any],
+                       data_config: Dict[str, Any]) -> None:
+    """timm hub ``config.json`` for ``model`` built with ``model_args``, by timm's own writer."""
     args = {k: v for k, v in model_args.items() if k != 'num_classes'}
-    return {'architecture': architecture, 'num_classes': model.num_classes, 'num_features': model.num_features,
-            'model_args': json.loads(json.dumps(args)), 'pretrained_cfg': json.loads(json.dumps(pretrained_cfg))}
+    data = {k: data_config[k] for k in ('input_size', 'interpolation', 'mean', 'std')}
+    save_config_for_hf(model, str(path), model_args=json.loads(json.dumps(args)), data_config=data)
 
 
-def save_checkpoint(output_dir, epoch: int, model: torch.nn.Module, config: Dict[str, Any],
-                    state: Dict[str, Any], keep: int = 2) -> Path:
+def save_checkpoint(output_dir, epoch: int, model: torch.nn.Module, model_args: Dict[str, Any],
+                    data_config: Dict[str, Any], state: Dict[str, Any], keep: int = 2) -> Path:
     """Write checkpoint ``epoch`` atomically, point ``latest`` at it, keep the ``keep`` newest.
 
     Args:
         output_dir: the run's output folder.
         epoch: epochs completed.
         model: the (unwrapped) model.
-        config: ``model_config(...)``.
+        model_args, data_config: for ``config.json`` (see ``write_model_config``).
         state: training state (tensors, containers, numbers, strings only).
     """
     root = Path(output_dir) / 'checkpoints'
@@ -75,8 +71,9 @@ def save_checkpoint(output_dir, epoch: int, model: torch.nn.Module, config: Dict
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(weights, str(tmp / MODEL_FILE), metadata={'epoch': str(epoch), 'architecture': config['architecture']})
-    (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+    architecture = model.pretrained_cfg['architecture']
+    save_file(weights, str(tmp / MODEL_FILE), metadata={'epoch': str(epoch), 'architecture': architecture})
+    write_model_config(model, tmp / CONFIG_FILE, model_args, data_config)
     torch.save(state, tmp / STATE_FILE)
     for f in (MODEL_FILE, CONFIG_FILE, STATE_FILE):
         _fsync(tmp / f)

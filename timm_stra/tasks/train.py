@@ -27,7 +27,7 @@ from timm.utils import dispatch_clip_grad
 
 from ..diversity import diversity_loss
 from .data import BadDataError, FaceBinError
-from .checkpoint import (atomic_write_text, data_config_for, load_training_state, model_config,
+from .checkpoint import (atomic_write_text, data_config_for, load_training_state,
                          resolve_checkpoint, save_checkpoint)
 from .distributed import DistEnv, all_gather_objects, all_reduce_sum, broadcast_buffers, init_distributed, shutdown
 from .evaluate import evaluate, markdown_table
@@ -196,7 +196,6 @@ class Trainer:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         seed_all(args.seed + env.rank)  # each rank augments differently
         self.model = model.to(env.device)
-        self.config = model_config(model, args.model, self.model_kwargs, self.data_config)
         # 3. optimisation, all from timm
         self.optimizer, self.scheduler = create_optimization(model, args)
         self.criterion = LabelSmoothingCrossEntropy(args.smoothing) if args.smoothing > 0 else nn.CrossEntropyLoss()
@@ -327,7 +326,8 @@ class Trainer:
             if env.is_main:
                 with (self.out / 'metrics.jsonl').open('a') as f:
                     f.write(json.dumps(record) + '\n')
-                save_checkpoint(self.out, epoch + 1, self.model, self.config, state, keep=args.keep)
+                save_checkpoint(self.out, epoch + 1, self.model, self.model_kwargs, self.data_config, state,
+                                keep=args.keep)
                 if not args.no_progress:
                     print(' '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}' for k, v in record.items()),
                           file=sys.stderr)
