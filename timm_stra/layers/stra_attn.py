@@ -4,10 +4,14 @@
 knobs reproduce the paper's ablations (Tables 1 and 2):
 
 * ``local_op``: ``'local'`` (StRA local attention), ``'conv'`` (3x3 conv, the
-  ResNet block), ``'group_conv'`` (3x3 conv with G groups), ``'sasa'``
-  (stand-alone self-attention), or ``'local_reference'`` (the unfold-based
-  reference of ``'local'``: same parameters, slower; for tests and benchmarks).
+  ResNet block), ``'group_conv'`` (3x3 conv with G groups) or ``'sasa'``
+  (stand-alone self-attention).
 * ``mode``: ``'full'``, ``'no_interaction'`` or ``'none'``.
+
+``reference=True`` builds the step-by-step reference implementations of StRA's
+own operators instead (unfold-based local attention, mode attention computed in
+the paper's order): same parameters and state dict, slower; the test oracle and
+the benchmark's stand-in for the authors' release.
 """
 import torch
 from torch import nn
@@ -16,9 +20,10 @@ from .checks import check_choice, check_divisible, check_feature_map
 from .local_attn import LocalAttention
 from .local_attn_ref import LocalAttentionReference
 from .mode_attn import ModeAttention
+from .mode_attn_ref import ModeAttentionReference
 from .sasa import SelfAttention2d
 
-LOCAL_OPS = ('local', 'conv', 'group_conv', 'sasa', 'local_reference')
+LOCAL_OPS = ('local', 'conv', 'group_conv', 'sasa')
 MODES = ('full', 'no_interaction', 'none')
 
 
@@ -29,20 +34,21 @@ def create_local_op(
         groups: int = 8,
         kernel_size: int = 3,
         reduction: int = 4,
+        reference: bool = False,
         device=None,
         dtype=None,
 ) -> nn.Module:
     """Build the local operator of a StRA block: (B, C, H, W) -> (B, C, ceil(H / stride), ceil(W / stride)).
 
-    ``kernel_size`` is the window of ``local``/``local_reference`` and the kernel of
-    ``conv``/``group_conv``; SASA always uses the paper's 8 heads and 7x7 window.
+    ``kernel_size`` is the window of ``local`` and the kernel of ``conv``/``group_conv``;
+    SASA always uses the paper's 8 heads and 7x7 window. ``reference`` picks the unfold-based
+    ``LocalAttentionReference`` for ``local``.
     """
     dd = {'device': device, 'dtype': dtype}
     check_choice(local_op, LOCAL_OPS, 'local_op')
     if local_op == 'local':
-        return LocalAttention(dim, groups, kernel_size, stride, reduction, **dd)
-    if local_op == 'local_reference':
-        return LocalAttentionReference(dim, groups, kernel_size, stride, reduction, **dd)
+        local_cls = LocalAttentionReference if reference else LocalAttention
+        return local_cls(dim, groups, kernel_size, stride, reduction, **dd)
     if local_op == 'sasa':
         return SelfAttention2d(dim, heads=8, kernel_size=7, stride=stride, qkv_groups=groups, **dd)
     conv_groups = groups if local_op == 'group_conv' else 1
@@ -61,6 +67,7 @@ class StRAttention(nn.Module):
         reduction: reduction r of the local logit branch (default 4).
         local_op: one of ``LOCAL_OPS``.
         mode: one of ``MODES``.
+        reference: build the step-by-step reference implementations (slow; tests and benchmarks).
 
     Shapes:
         (B, C, H, W) -> (B, C, ceil(H / stride), ceil(W / stride))
@@ -75,6 +82,7 @@ class StRAttention(nn.Module):
             reduction: int = 4,
             local_op: str = 'local',
             mode: str = 'full',
+            reference: bool = False,
             device=None,
             dtype=None,
     ):
@@ -86,11 +94,12 @@ class StRAttention(nn.Module):
         self.dim = dim
         self.local_op = local_op
         self.mode_type = mode
-        self.local = create_local_op(local_op, dim, stride, groups, kernel_size, reduction, **dd)
+        self.local = create_local_op(local_op, dim, stride, groups, kernel_size, reduction, reference, **dd)
         if mode == 'none':
             self.mode = nn.Identity()
         else:
-            self.mode = ModeAttention(dim, groups, interaction=mode == 'full', **dd)
+            mode_cls = ModeAttentionReference if reference else ModeAttention
+            self.mode = mode_cls(dim, groups, interaction=mode == 'full', **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_feature_map(x, self.dim, 'StRAttention')

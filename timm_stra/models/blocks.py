@@ -25,7 +25,7 @@ class StRABottleneck(nn.Module):
         stride: stride of the operator (1 or 2).
         downsample: shortcut projection, or None for the identity.
         fuse: keep the last 1x1 conv and its BN. The FER variant omits them (SPEC 2).
-        local_op, mode, groups, kernel_size, reduction: see ``StRAttention``.
+        local_op, mode, groups, kernel_size, reduction, reference: see ``StRAttention``.
 
     Shapes:
         (B, inplanes, H, W) -> (B, out_chs, ceil(H / stride), ceil(W / stride))
@@ -44,6 +44,7 @@ class StRABottleneck(nn.Module):
             groups: int = 8,
             kernel_size: int = 3,
             reduction: int = 4,
+            reference: bool = False,
             act_layer: Type[nn.Module] = nn.ReLU,
             norm_layer: Type[nn.Module] = nn.BatchNorm2d,
             drop_block: Optional[Type[nn.Module]] = None,
@@ -53,11 +54,11 @@ class StRABottleneck(nn.Module):
     ):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
-        self.out_chs = planes * self.expansion if fuse else planes
+        self.out_chs = self.out_channels(planes, fuse)
         self.conv1 = nn.Conv2d(inplanes, planes, kernel_size=1, bias=False, **dd)
         self.bn1 = norm_layer(planes, **dd)
         self.act1 = act_layer(inplace=True)
-        self.conv2 = StRAttention(planes, stride, groups, kernel_size, reduction, local_op, mode, **dd)
+        self.conv2 = StRAttention(planes, stride, groups, kernel_size, reduction, local_op, mode, reference, **dd)
         self.bn2 = norm_layer(planes, **dd)
         self.drop_block = drop_block() if drop_block is not None else nn.Identity()
         self.act2 = act_layer(inplace=True)
@@ -71,6 +72,11 @@ class StRABottleneck(nn.Module):
         self.downsample = downsample
         self.stride = stride
         self.drop_path = drop_path
+
+    @staticmethod
+    def out_channels(planes: int, fuse: bool = True) -> int:
+        """Channels a block of width ``planes`` outputs: ``4 * planes``, or ``planes`` without the last 1x1 conv."""
+        return planes * StRABottleneck.expansion if fuse else planes
 
     def zero_init_last(self) -> None:
         """Zero the last BN's scale so the block starts as its shortcut (timm's ``zero_init_last``)."""

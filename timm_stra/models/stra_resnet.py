@@ -20,7 +20,7 @@ from .heads import FaceNeck, ReIDNeck
 
 STEMS = ('default', 'small')
 HEADS = ('classifier', 'reid', 'face')
-STRA_DEFAULTS = dict(local_op='local', mode='full', groups=8, kernel_size=3, reduction=4)
+STRA_DEFAULTS = dict(local_op='local', mode='full', groups=8, kernel_size=3, reduction=4, reference=False)
 
 
 def _to_2tuple(size: Union[int, Tuple[int, int]]) -> Tuple[int, int]:
@@ -33,8 +33,8 @@ class StRAResNet(ResNet):
     Args:
         layers: blocks per stage.
         stra: StRA blocks in the last stage; False builds the plain ResNet twin.
-        local_op, mode, groups, kernel_size, reduction: StRA knobs (see ``StRAttention``);
-            only for ``stra=True``. Defaults: 'local', 'full', 8, 3, 4.
+        local_op, mode, groups, kernel_size, reduction, reference: StRA knobs (see ``StRAttention``);
+            only for ``stra=True``. Defaults: 'local', 'full', 8, 3, 4, False.
         last_stride: stride of the last stage (1 keeps a 16x8 map at 256x128 for ReID).
         fuse_last: keep the last 1x1 conv of each StRA block (False for the FER variant).
         stem: 'default' (7x7/2 conv + max-pool) or 'small' (3x3/1 conv, no max-pool).
@@ -57,6 +57,7 @@ class StRAResNet(ResNet):
             groups: Optional[int] = None,
             kernel_size: Optional[int] = None,
             reduction: Optional[int] = None,
+            reference: Optional[bool] = None,
             last_stride: int = 2,
             fuse_last: bool = True,
             stem: str = 'default',
@@ -85,7 +86,8 @@ class StRAResNet(ResNet):
             raise ValueError(
                 'StRA ResNets do not dilate: set the last stage stride with last_stride=1 '
                 f'(output stride 16) instead of output_stride={output_stride}.')
-        knobs = dict(local_op=local_op, mode=mode, groups=groups, kernel_size=kernel_size, reduction=reduction)
+        knobs = dict(local_op=local_op, mode=mode, groups=groups, kernel_size=kernel_size, reduction=reduction,
+                     reference=reference)
         given = {k: v for k, v in knobs.items() if v is not None}
         if not stra and given:
             raise TypeError(f'{sorted(given)} only apply to StRA models; this is a plain ResNet twin.')
@@ -127,12 +129,12 @@ class StRAResNet(ResNet):
             self.stra_args = {**STRA_DEFAULTS, **given}
             block_fn = StRABottleneck
             block_kwargs = dict(fuse=fuse_last, act_layer=act_layer, **self.stra_args)
-            out_chs = planes * 4 if fuse_last else planes
+            out_chs = StRABottleneck.out_channels(planes, fuse_last)
         else:
             self.stra_args = {}
             block_fn = Bottleneck
             block_kwargs = dict(act_layer=act_layer)
-            out_chs = planes * 4
+            out_chs = planes * Bottleneck.expansion
         rates = [drop_path_rate * i / max(num_blocks - 1, 1) for i in range(first_blocks, num_blocks)]
         self.layer4, self.num_features = make_last_stage(
             block_fn, 1024, planes, layers[-1], last_stride, out_chs, rates, drop_block_rate,

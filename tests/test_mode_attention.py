@@ -1,0 +1,51 @@
+"""Fused mode attention (one pass over S for both gates) against the step-by-step reference."""
+import pytest
+import torch
+
+from timm_stra import StRAttention, diversity_per_sample
+from timm_stra.layers import ModeAttention, ModeAttentionReference
+
+
+def _pair(dim, groups, interaction):
+    fused = ModeAttention(dim, groups, interaction)
+    for m in fused.modules():  # random BN statistics and affine parameters: eval mode is no identity
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_()
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.normal_(1.0, 0.3)
+            m.bias.data.normal_()
+    ref = ModeAttentionReference(dim, groups, interaction)
+    ref.load_state_dict(fused.state_dict())
+    return fused, ref
+
+
+@pytest.mark.parametrize('train', [True, False])
+@pytest.mark.parametrize('interaction', [True, False])
+@pytest.mark.parametrize('size', [(6, 5), (1, 1)])
+def test_matches_reference_forward_and_backward(train, interaction, size):
+    fused, ref = _pair(32, 4, interaction)
+    fused.train(train)
+    ref.train(train)
+    x = torch.randn(3, 32, *size).requires_grad_()
+    x_ref = x.detach().clone().requires_grad_()
+    out, out_ref = fused(x), ref(x_ref)
+    torch.testing.assert_close(out, out_ref, rtol=1e-5, atol=1e-5)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    out_ref.backward(grad)
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-4, atol=1e-5)
+    for (name, p), p_ref in zip(fused.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, p_ref.grad, rtol=1e-4, atol=1e-5, msg=name)
+    for key, value in fused.state_dict().items():  # BN running statistics moved the same way in training
+        torch.testing.assert_close(ref.state_dict()[key], value, rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_reference_operator_is_a_drop_in_for_the_fast_one():
+    fast = StRAttention(64, stride=2, groups=8)
+    ref = StRAttention(64, stride=2, groups=8, reference=True)
+    assert type(ref.local).__name__ == 'LocalAttentionReference'
+    assert type(ref.mode).__name__ == 'ModeAttentionReference'
+    ref.load_state_dict(fast.state_dict())  # strict: same parameters and buffers
+    x = torch.randn(2, 64, 9, 7)
+    torch.testing.assert_close(ref(x), fast(x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(diversity_per_sample(ref), diversity_per_sample(fast))
