@@ -11,17 +11,24 @@ sum of k*k elementwise multiply-adds over a (C, H', W') map, i.e. k*k*C*H'*W'
 MACs per operator. It is counted analytically here, from the operators' output
 shapes during the same forward pass, and reported in its own column.
 
+On CPU the grouped 1x1 convolutions of StRA run as batched matrix products
+(``layers/grouped_pointwise.py``). Products inside ``GroupedPointwiseConv`` and
+``LocalAttention`` modules are therefore counted as convolutions whatever kernel
+computes them, so the split does not depend on the device; only the products of
+mode attention and SASA land in ``matmul``.
+
 Elementwise work that is not a product of two feature maps (BatchNorm, ReLU,
 softmax, sigmoid, the scale-and-add of the mode gates, the logit sums) is counted
 by neither the paper nor torch nor this module.
 """
 from dataclasses import dataclass
-from typing import Dict, Sequence
+from typing import Dict, List, Sequence
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..layers.grouped_pointwise import GroupedPointwiseConv
 from ..layers.local_attn import LocalAttention
 
 # aten ops whose products are convolutions or linear layers (the paper's convention)
@@ -57,6 +64,17 @@ def _op_name(op) -> str:
     return parts[1] if len(parts) > 1 else parts[0]
 
 
+def _conv_scopes(model: nn.Module) -> List[str]:
+    """FlopCounterMode's names of the outermost modules whose products are all convolutions."""
+    scopes: List[str] = []
+    for name, module in model.named_modules():
+        if isinstance(module, (GroupedPointwiseConv, LocalAttention)):
+            if not any(name.startswith(scope + '.') for scope in scopes):
+                scopes.append(name)
+    root = type(model).__name__
+    return [f'{root}.{name}' if name else root for name in scopes]
+
+
 def count_macs(model: nn.Module, input_size: Sequence[int]) -> MacCount:
     """MACs of one image of ``input_size`` (C, H, W) through ``model`` in its current mode, without gradients.
 
@@ -80,8 +98,12 @@ def count_macs(model: nn.Module, input_size: Sequence[int]) -> MacCount:
     finally:
         for handle in handles:
             handle.remove()
-    by_op = {_op_name(op): flops / 2 for op, flops in counter.get_flop_counts()['Global'].items()}
+    counts = counter.get_flop_counts()
+    by_op = {_op_name(op): flops / 2 for op, flops in counts['Global'].items()}
     conv_linear = sum(v for op, v in by_op.items() if op in CONV_LINEAR_OPS)
+    for scope in _conv_scopes(model):  # grouped 1x1 convs computed as batched products
+        conv_linear += sum(flops / 2 for op, flops in counts.get(scope, {}).items()
+                           if _op_name(op) not in CONV_LINEAR_OPS)
     return MacCount(
         conv_linear=conv_linear,
         matmul=sum(by_op.values()) - conv_linear,

@@ -16,6 +16,8 @@ from typing import List, Tuple
 import torch
 from timm.layers import register_notrace_function
 
+from .grouped_pointwise import grouped_pointwise_channels_last
+
 
 def _window_regions(
         in_size: int, out_size: int, kernel_size: int, stride: int) -> List[Tuple[int, int, int, int]]:
@@ -31,12 +33,6 @@ def _window_regions(
         regions.append((q0, q1 + 1, stride * q0 + d, stride * q1 + d + 1))
     return regions
 
-
-def project_values(x: torch.Tensor, weight: torch.Tensor, groups: int) -> torch.Tensor:
-    """Grouped 1x1 projection laid out channels last per mode: (B, C, H, W) -> (B, G, H, W, C_out / G)."""
-    B, _, H, W = x.shape
-    v = torch.nn.functional.conv2d(x, weight, groups=groups)
-    return v.view(B, groups, -1, H, W).permute(0, 1, 3, 4, 2).contiguous()
 
 
 def _per_mode(x: torch.Tensor, weight: torch.Tensor, groups: int):
@@ -70,7 +66,7 @@ class _LocalAttend(torch.autograd.Function):
     @staticmethod
     def forward(ctx, attn: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, groups: int,
                 kernel_size: int, stride: int) -> torch.Tensor:
-        value = project_values(x, weight, groups)  # under autocast, in the autocast dtype
+        value = grouped_pointwise_channels_last(x, weight, groups)  # under autocast, in the autocast dtype
         rows = _window_regions(value.shape[2], attn.shape[3], kernel_size, stride)
         cols = _window_regions(value.shape[3], attn.shape[4], kernel_size, stride)
         ctx.attn_dtype = attn.dtype
@@ -85,9 +81,9 @@ class _LocalAttend(torch.autograd.Function):
         groups, kernel_size, stride, rows, cols = ctx.geometry
         B, _, H, W = x.shape
         dtype = attn.dtype  # the forward's compute dtype (autocast does not reach backward)
-        nodes, w = _per_mode(x.to(dtype), weight.to(dtype), groups)
-        # the projection again, as batched products that land in the per-mode layout directly
-        value = torch.matmul(nodes.transpose(-1, -2), w.transpose(-1, -2)).view(B, groups, H, W, -1)
+        x_c, weight_c = x.to(dtype), weight.to(dtype)
+        value = grouped_pointwise_channels_last(x_c, weight_c, groups)  # the projection again
+        nodes, w = _per_mode(x_c, weight_c, groups)
         grad_out = grad_out.to(dtype).contiguous()
         centre = (kernel_size * kernel_size) // 2
         if stride == 1:  # the centre term covers every position: it initialises the value gradient
@@ -123,7 +119,7 @@ def local_attend_autograd(
         attn: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, groups: int, kernel_size: int, stride: int,
 ) -> torch.Tensor:
     """Same as ``local_attend`` with plain differentiable ops (for TorchScript; slower, keeps more for backward)."""
-    value = project_values(x, weight, groups)
+    value = grouped_pointwise_channels_last(x, weight, groups)
     B, G, H, W, n = value.shape
     out_h, out_w = attn.shape[3], attn.shape[4]
     p = kernel_size // 2

@@ -8,6 +8,8 @@ groups (SPEC 1.1 step 1 and 1.2 step 1).
 import torch
 from torch import nn
 
+from .grouped_pointwise import GroupedPointwiseConv
+
 
 class ScoreBranch(nn.Module):
     """Grouped 1x1 conv -> BN -> tanh -> grouped 1x1 conv -> BN.
@@ -25,10 +27,10 @@ class ScoreBranch(nn.Module):
     def __init__(self, in_chs: int, hidden_chs: int, out_chs: int, groups: int, device=None, dtype=None):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
-        self.conv1 = nn.Conv2d(in_chs, hidden_chs, 1, groups=groups, bias=True, **dd)
+        self.conv1 = GroupedPointwiseConv(in_chs, hidden_chs, groups, **dd)
         self.bn1 = nn.BatchNorm2d(hidden_chs, **dd)
         self.act = nn.Tanh()
-        self.conv2 = nn.Conv2d(hidden_chs, out_chs, 1, groups=groups, bias=True, **dd)
+        self.conv2 = GroupedPointwiseConv(hidden_chs, out_chs, groups, **dd)
         self.bn2 = nn.BatchNorm2d(out_chs, **dd)
         nn.init.zeros_(self.conv1.bias)
         nn.init.zeros_(self.conv2.bias)

@@ -1,0 +1,64 @@
+"""Grouped 1x1 convolution as batched products: the same numbers as ``F.conv2d``, forward and backward."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from timm_stra.layers.grouped_pointwise import (GroupedPointwiseConv, grouped_pointwise,
+                                                grouped_pointwise_channels_last)
+
+
+@pytest.mark.parametrize('bias', [True, False])
+@pytest.mark.parametrize('channels_last', [False, True])
+def test_matches_conv2d_forward_and_backward(bias, channels_last):
+    conv = GroupedPointwiseConv(32, 24, groups=4, bias=bias)
+    x = torch.randn(3, 32, 5, 7)
+    if channels_last:  # the convolution path
+        x = x.to(memory_format=torch.channels_last)
+    x.requires_grad_()
+    x_ref = x.detach().clone().requires_grad_()
+    out = conv(x)
+    out_ref = F.conv2d(x_ref, conv.weight, conv.bias, groups=4)
+    torch.testing.assert_close(out, out_ref, rtol=1e-5, atol=1e-5)
+    grad = torch.randn_like(out)
+    (dx, *dparams) = torch.autograd.grad(out, [x, *conv.parameters()], grad)
+    (dx_ref, *dparams_ref) = torch.autograd.grad(out_ref, [x_ref, *conv.parameters()], grad)
+    torch.testing.assert_close(dx, dx_ref, rtol=1e-4, atol=1e-5)
+    for d, d_ref in zip(dparams, dparams_ref):
+        torch.testing.assert_close(d, d_ref, rtol=1e-4, atol=1e-4)
+
+
+def test_state_dict_is_a_conv2d_one():
+    conv = GroupedPointwiseConv(16, 8, groups=2)
+    plain = torch.nn.Conv2d(16, 8, 1, groups=2)
+    plain.load_state_dict(conv.state_dict())  # strict
+    x = torch.randn(2, 16, 3, 3)
+    torch.testing.assert_close(conv(x), plain(x), rtol=1e-5, atol=1e-5)
+
+
+def test_channels_last_per_group_layout():
+    x, weight = torch.randn(2, 16, 3, 5), torch.randn(8, 4, 1, 1)
+    v = grouped_pointwise_channels_last(x, weight, 4)
+    expected = F.conv2d(x, weight, groups=4).view(2, 4, 2, 3, 5).permute(0, 1, 3, 4, 2)
+    assert v.shape == (2, 4, 3, 5, 2) and v.is_contiguous()
+    torch.testing.assert_close(v, expected, rtol=1e-5, atol=1e-5)
+    # the convolution path (channels last input) gives the same layout
+    v_conv = grouped_pointwise_channels_last(x.to(memory_format=torch.channels_last), weight, 4)
+    torch.testing.assert_close(v_conv, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_autocast_bf16_keeps_the_autocast_dtype_like_conv2d():
+    conv = GroupedPointwiseConv(32, 16, groups=4)
+    x = torch.randn(2, 32, 4, 4)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = conv(x)
+        out_ref = F.conv2d(x, conv.weight, conv.bias, groups=4)
+    assert out.dtype == out_ref.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), out_ref.float(), rtol=2e-2, atol=2e-2)
+
+
+def test_scripts():
+    conv = GroupedPointwiseConv(16, 8, groups=2)
+    x = torch.randn(2, 16, 3, 3)
+    torch.testing.assert_close(torch.jit.script(conv)(x), conv(x))
+    torch.testing.assert_close(torch.jit.script(grouped_pointwise)(x, conv.weight, None, 2),
+                               F.conv2d(x, conv.weight, groups=2), rtol=1e-5, atol=1e-5)
