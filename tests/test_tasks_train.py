@@ -177,7 +177,13 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     with pytest.raises(OSError, match='disk full'):
         save_checkpoint(tmp_path, 2, model, {}, data_config, {'epoch': 2})
     latest = resolve_checkpoint(tmp_path)
-    assert latest.name == 'epoch-0001' and not (tmp_path / 'checkpoints' / 'epoch-0002').exists()
+    assert latest.name == 'epoch-0001'
+    assert sorted(p.name for p in latest.parent.iterdir()) == ['epoch-0001', 'latest']  # no partial folder
     monkeypatch.undo()
     assert load_training_state(latest) == {'epoch': 1}
     assert not torch.equal(load_file(str(latest / 'model.safetensors'))['fc.weight'], model.fc.weight)
+    # the same epoch written again (a run resumed from an older checkpoint) replaces the folder
+    save_checkpoint(tmp_path, 1, model, {}, data_config, {'epoch': 1, 'again': True})
+    assert load_training_state(latest) == {'epoch': 1, 'again': True}
+    assert torch.equal(load_file(str(latest / 'model.safetensors'))['fc.weight'], model.fc.weight)
+    assert sorted(p.name for p in latest.parent.iterdir()) == ['epoch-0001', 'latest']

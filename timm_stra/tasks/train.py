@@ -25,10 +25,10 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from timm.utils import dispatch_clip_grad
 
+from ..atomic import atomic_write_text
 from ..diversity import diversity_loss
 from .data import BadDataError, FaceBinError
-from .checkpoint import (atomic_write_text, data_config_for, load_training_state,
-                         resolve_checkpoint, save_checkpoint)
+from .checkpoint import data_config_for, load_training_state, resolve_checkpoint, save_checkpoint
 from .distributed import DistEnv, all_gather_objects, all_reduce_sum, broadcast_buffers, init_distributed, shutdown
 from .evaluate import evaluate, markdown_table
 from .freeze import set_trainable
