@@ -99,11 +99,12 @@ def parse_backbone_init(value: str, model_name: str) -> BackboneInit:
 
 @contextlib.contextmanager
 def _show_filter_line(enabled: bool) -> Iterator[None]:
-    """Print the ImageNet filter's one INFO line (tensors loaded, dropped, fresh) on stderr."""
-    if not enabled:
+    """Print the ImageNet filter's one INFO line (tensors loaded, dropped, fresh) on stderr, unless the
+    logging configuration shows it already."""
+    logger = logging.getLogger(imagenet_init.__name__)
+    if not enabled or (logger.isEnabledFor(logging.INFO) and logger.hasHandlers()):
         yield
         return
-    logger = logging.getLogger(imagenet_init.__name__)
     handler = logging.StreamHandler(sys.stderr)
     level = logger.level
     logger.addHandler(handler)
