@@ -9,9 +9,10 @@ snapshot symlinks exactly as it does for a real cache.
 import hashlib
 import os
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Sequence
 
 import pytest
+import timm
 import torch
 from safetensors.torch import save_file
 
@@ -38,6 +39,22 @@ def add_repo(cache: Path, repo_id: str, files: Dict[str, bytes], revision: str =
             link.unlink()
         link.symlink_to(Path('..', '..', 'blobs', digest))
     return snapshot
+
+
+def imagenet_resnet50(seed: int, layers: Sequence[int] = (3, 4, 6, 3)) -> Dict[str, torch.Tensor]:
+    """Stand-in for timm's ``resnet50.*`` ImageNet weights, as a timm ResNet-50 state dict of depth ``layers``.
+
+    timm's own initialisation plus seeded noise, so every tensor differs from a freshly built
+    model's yet the network still trains (positive running variances); no ``num_batches_tracked``,
+    like timm's hub files.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for key, value in timm.create_model('resnet50', layers=list(layers)).state_dict().items():
+        if not key.endswith('num_batches_tracked'):
+            noise = 0.1 * torch.randn(value.shape, generator=gen)
+            out[key] = value + (noise.abs() if key.endswith('running_var') else noise)
+    return out
 
 
 def safetensors_bytes(state_dict: Dict[str, torch.Tensor], path: Path) -> bytes:

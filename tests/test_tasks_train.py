@@ -11,6 +11,7 @@ import timm
 import torch
 from safetensors.torch import load_file, save_file
 
+from hub_cache import imagenet_resnet50
 from synthetic import one_thread_fixture, face_bin_bytes, make_face_folders, make_fer2013, make_market1501
 from timm_stra.tasks import checkpoint as ckpt_mod
 from timm_stra.tasks.checkpoint import load_training_state, resolve_checkpoint, save_checkpoint
@@ -82,17 +83,22 @@ def test_fer_amp_and_gradient_clipping(tmp_path, fer_csv):
 
 def test_reid_warm_up_trains_only_the_last_stage_and_head(tmp_path, capsys):
     data = make_market1501(tmp_path / 'market')
-    # ImageNet initialisation from a local ResNet-50 state dict (the recipe's default downloads timm's tv_in1k)
-    source = {k: v.contiguous() for k, v in timm.create_model('resnet50').state_dict().items()}
+    # ImageNet initialisation from a local timm ResNet-50 state dict of the model's depth (the recipe's
+    # default, tv_in1k, downloads timm's resnet50.tv_in1k)
+    source = imagenet_resnet50(seed=3, layers=(1, 1, 1, 1))
     save_file(source, str(tmp_path / 'resnet50.safetensors'))
     run = tmp_path / 'run'
     assert train_main(['reid', '--data', str(data), '--output', str(run), '--epochs', '2', '--freeze-epochs', '1',
                        '--input-size', '64', '32', '--backbone-init', str(tmp_path / 'resnet50.safetensors'),
                        '--eval-interval', '1', '--keep', '3', *FAST]) == 0
+    err = capsys.readouterr().err
+    assert 'stra_resnet50_reid: loaded 84 ImageNet ResNet-50 tensors' in err  # the strict filter's count line
+    assert f'from {tmp_path / "resnet50.safetensors"}' in err
     seed_all(42)  # the run's initial weights of the layers ResNet-50 does not have
     init = timm.create_model('stra_resnet50_reid', num_classes=4, layers=[1, 1, 1, 1]).state_dict()
     e1, e2 = _weights(run, 1), _weights(run, 2)
     for key in ('conv1.weight', 'layer1.0.conv1.weight', 'layer3.0.bn1.running_mean'):
+        assert not torch.equal(init[key], source[key]), key
         assert torch.equal(e1[key], source[key]), key  # initialised, then frozen: weights and BN statistics
         assert not torch.equal(e2[key], e1[key]), key  # open from epoch 2 on
     for key in ('layer4.0.conv2.local.value.weight', 'layer4.0.conv2.mode.mask.conv1.weight', 'neck.fc.weight',
@@ -109,6 +115,20 @@ def test_reid_warm_up_trains_only_the_last_stage_and_head(tmp_path, capsys):
     assert '| mAP |' in printed and '| rank1 |' in printed
     metrics = json.loads(out_json.read_text())['metrics']
     assert metrics['mAP'] == pytest.approx(log[-1]['mAP']) and metrics['rank1'] == pytest.approx(log[-1]['rank1'])
+
+
+def test_backbone_init_of_another_architecture_stops_before_training(tmp_path, capsys):
+    data = make_market1501(tmp_path / 'market')
+    weights = tmp_path / 'resnet50.safetensors'
+    save_file(imagenet_resnet50(seed=3), str(weights))  # full depth, for a model of one block per stage
+    run = tmp_path / 'run'
+    assert train_main(['reid', '--data', str(data), '--output', str(run), '--input-size', '64', '32',
+                       '--backbone-init', str(weights), *FAST]) == 1
+    err = capsys.readouterr().err
+    for text in (f"--backbone-init '{weights}'", f'Cannot initialise stra_resnet50_reid from {weights}',
+                 'keys the model does not have: layer1.1.', "or '' to start from random weights"):
+        assert text in err, (text, err)
+    assert not run.exists()
 
 
 def test_face_trains_and_verifies_on_a_bin(tmp_path):
@@ -177,7 +197,13 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     with pytest.raises(OSError, match='disk full'):
         save_checkpoint(tmp_path, 2, model, {}, data_config, {'epoch': 2})
     latest = resolve_checkpoint(tmp_path)
-    assert latest.name == 'epoch-0001' and not (tmp_path / 'checkpoints' / 'epoch-0002').exists()
+    assert latest.name == 'epoch-0001'
+    assert sorted(p.name for p in latest.parent.iterdir()) == ['epoch-0001', 'latest']  # no partial folder
     monkeypatch.undo()
     assert load_training_state(latest) == {'epoch': 1}
     assert not torch.equal(load_file(str(latest / 'model.safetensors'))['fc.weight'], model.fc.weight)
+    # the same epoch written again (a run resumed from an older checkpoint) replaces the folder
+    save_checkpoint(tmp_path, 1, model, {}, data_config, {'epoch': 1, 'again': True})
+    assert load_training_state(latest) == {'epoch': 1, 'again': True}
+    assert torch.equal(load_file(str(latest / 'model.safetensors'))['fc.weight'], model.fc.weight)
+    assert sorted(p.name for p in latest.parent.iterdir()) == ['epoch-0001', 'latest']

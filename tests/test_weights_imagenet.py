@@ -8,20 +8,14 @@ import os
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 import timm
 import timm_stra  # noqa: F401
 from timm_stra.models.pretrained_errors import PretrainedWeightsError
-from hub_cache import add_repo, safetensors_bytes, use_offline_cache
+from hub_cache import add_repo, imagenet_resnet50, safetensors_bytes, use_offline_cache
 
 BACKBONE = ('conv1.', 'bn1.', 'layer1.', 'layer2.', 'layer3.')
-
-
-def _random_resnet50(seed: int):
-    """timm's resnet50 state dict with random values (no num_batches_tracked, like timm's hub files)."""
-    gen = torch.Generator().manual_seed(seed)
-    sd = timm.create_model('resnet50').state_dict()
-    return {k: torch.randn(v.shape, generator=gen) for k, v in sd.items() if not k.endswith('num_batches_tracked')}
 
 
 @pytest.fixture(scope='module')
@@ -29,7 +23,7 @@ def imagenet_files(tmp_path_factory):
     """(cache folder, tv_in1k stand-in, a1_in1k stand-in)."""
     root = tmp_path_factory.mktemp('hf')
     cache = root / 'hub'
-    tv, a1 = _random_resnet50(1), _random_resnet50(2)
+    tv, a1 = imagenet_resnet50(1), imagenet_resnet50(2)
     add_repo(cache, 'timm/resnet50.tv_in1k', {'model.safetensors': safetensors_bytes(tv, root / 'tv.safetensors')})
     add_repo(cache, 'timm/resnet50.a1_in1k', {'model.safetensors': safetensors_bytes(a1, root / 'a1.safetensors')})
     return cache, tv, a1
@@ -192,3 +186,13 @@ def test_pickle_that_runs_code_is_refused(monkeypatch, tmp_path):
         timm.create_model('stra_resnet50_reid', pretrained=True)
     assert str(snapshot / 'pytorch_model.bin') in str(info.value)
     assert not marker.exists()
+
+
+def test_file_overlay_is_the_file_named_in_errors(hub, tmp_path):
+    missing = tmp_path / 'nowhere.safetensors'
+    with pytest.raises(PretrainedWeightsError, match=f'{missing} is missing. Check the path of the weights file.'):
+        timm.create_model('stra_resnet50_reid', pretrained=True, pretrained_cfg_overlay=dict(file=str(missing)))
+    small = tmp_path / 'small.safetensors'
+    save_file(imagenet_resnet50(3, layers=(1, 1, 1, 1)), str(small))  # the hub file (full depth) is not read
+    with pytest.raises(PretrainedWeightsError, match=f'Cannot initialise stra_resnet50_reid from {small}: .*lacks'):
+        timm.create_model('stra_resnet50_reid', pretrained=True, pretrained_cfg_overlay=dict(file=str(small)))

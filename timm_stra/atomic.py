@@ -1,10 +1,19 @@
-"""Write an output folder atomically: it appears, complete, or not at all."""
+"""Atomic writes: an output folder or a text file appears complete, or not at all.
+
+Both writers work beside the target under a temporary name, flush what they wrote to disk
+(``fsync`` of every file and folder), then rename it into place and flush the containing
+folder, so that neither a crash nor a power cut can leave a half-written target. Used for
+``save_for_hf`` / ``timm-stra convert`` output folders (new folders only) and for training
+checkpoints and their ``latest`` pointer (which replace older ones).
+"""
 import contextlib
 import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator, List, Union
+
+PathLike = Union[str, Path]
 
 
 def _umask() -> int:
@@ -13,39 +22,114 @@ def _umask() -> int:
     return mask
 
 
-@contextlib.contextmanager
-def atomic_output_dir(target: Union[str, Path]) -> Iterator[Path]:
-    """Yield a temporary folder beside ``target``; rename it to ``target`` when the block succeeds.
+def _fsync(path: Path) -> None:
+    """Flush a file, or a folder's entries, to disk (folders: POSIX only; Windows cannot open them)."""
+    if os.name == 'nt' and path.is_dir():
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
-    On any error the temporary folder (and any parent folder created for it) is
-    removed, so a failed write leaves nothing behind. ``target`` must not exist, or
-    be an empty folder.
 
-    Raises:
-        FileExistsError: ``target`` exists and is a file or a non-empty folder.
+def refuse_existing(target: PathLike) -> None:
+    """Raise ``FileExistsError`` unless ``target`` is free: absent, or an empty folder.
+
+    ``atomic_output_dir`` checks this itself; call it to fail early, before expensive work.
     """
     target = Path(target)
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise FileExistsError(f'{target} already exists and is not an empty folder: choose a new output folder, '
                               'or delete this one first.')
+
+
+def _publish(tmp: Path) -> None:
+    """Give ``tmp``'s contents the usual permissions and flush them to disk, innermost first."""
+    mask = _umask()  # mkdtemp (and some writers) make files private: give them the usual permissions
+    paths = sorted(tmp.rglob('*'), key=lambda p: len(p.parts), reverse=True) + [tmp]
+    for path in paths:
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
+        _fsync(path)
+
+
+def _swap_in(tmp: Path, target: Path) -> None:
+    """Rename ``tmp`` to ``target``; an existing ``target`` folder is renamed aside first, then deleted.
+
+    If the final rename fails the old folder is put back. Between the two renames (an instant)
+    ``target`` is absent and the old folder is ``.<name>.<random>.old`` beside it.
+    """
+    if not target.is_dir():
+        os.rename(tmp, target)
+        return
+    if not any(target.iterdir()):
+        target.rmdir()
+        os.rename(tmp, target)
+        return
+    old = tmp.with_name(tmp.name[:-len('.partial')] + '.old')  # unique: tmp's name is
+    os.rename(target, old)
+    try:
+        os.rename(tmp, target)
+    except BaseException:
+        os.rename(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_output_dir(target: PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder beside ``target``; rename it to ``target`` when the block succeeds.
+
+    The files are flushed to disk before the rename, and the rename after it. On any error
+    the temporary folder (and any parent folder created for it) is removed, so a failed
+    write leaves nothing behind and an existing ``target`` untouched.
+
+    Args:
+        target: the folder to write.
+        overwrite: replace an existing ``target`` folder (it stays as it was until the new one
+            is complete). Without it ``target`` must be absent or an empty folder.
+
+    Raises:
+        FileExistsError: ``target`` is a file, or (without ``overwrite``) a non-empty folder.
+    """
+    target = Path(target)
+    if not overwrite:
+        refuse_existing(target)
+    elif target.exists() and not target.is_dir():
+        raise FileExistsError(f'{target} is a file, not a folder: remove it, or choose another output folder.')
     created: List[Path] = []
     for parent in reversed(target.absolute().parents):
         if not parent.exists():
             parent.mkdir()
             created.append(parent)
-    tmp = Path(tempfile.mkdtemp(prefix=f'.{target.name}.', suffix='.partial', dir=target.absolute().parent))
+    parent = target.absolute().parent
+    tmp = Path(tempfile.mkdtemp(prefix=f'.{target.name}.', suffix='.partial', dir=parent))
     try:
         yield tmp
-        mask = _umask()  # mkdtemp (and some writers) make files private: give them the usual permissions
-        os.chmod(tmp, 0o777 & ~mask)
-        for path in tmp.rglob('*'):
-            os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
-        if target.is_dir():
-            target.rmdir()  # empty (checked above)
-        os.rename(tmp, target)
+        _publish(tmp)
+        _swap_in(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
-        for parent in reversed(created):
+        for folder in reversed(created):
             with contextlib.suppress(OSError):
-                parent.rmdir()
+                folder.rmdir()
         raise
+    _fsync(parent)
+
+
+def atomic_write_text(path: PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` (replacing it) via a flushed temporary file in the same folder.
+
+    On error the temporary file is removed and ``path`` keeps its old content.
+    """
+    path = Path(path)
+    tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
+    try:
+        tmp.write_text(text)
+        _fsync(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    _fsync(path.absolute().parent)

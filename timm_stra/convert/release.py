@@ -15,6 +15,7 @@ import timm
 import torch
 from torch import nn
 
+from ..atomic import refuse_existing
 from ..checkpoint import CheckpointError, read_state_dict
 from ..hub import save_for_hf
 from .official import convert_official_state_dict
@@ -66,8 +67,7 @@ def convert_checkpoint(checkpoint: PathLike, out_dir: PathLike, keep_classifier:
         CheckpointError: refused, unreadable, or not the authors' model; nothing is written.
     """
     out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise FileExistsError(f'{out_dir} already exists and is not an empty folder: choose a new output folder.')
+    refuse_existing(out_dir)  # before reading the checkpoint; save_for_hf checks again as it writes
     state_dict = read_state_dict(checkpoint)
     try:
         converted = convert_official_state_dict(state_dict)

@@ -48,6 +48,8 @@ def _describe_source(cfg: Dict[str, Any], cache_dir: Optional[str]) -> str:
         folder = Path(cfg['file'])
         files = [folder / n for n in ('model.safetensors', 'pytorch_model.bin') if (folder / n).exists()]
         return str(files[0]) if files else f'the folder {folder}'
+    if cfg.get('file'):  # a file overlay takes precedence over the hub in timm's load_pretrained
+        return str(cfg['file'])
     hub_id = cfg.get('hf_hub_id')
     if hub_id:
         from huggingface_hub import try_to_load_from_cache
@@ -99,9 +101,13 @@ def pretrained_read_errors(
             f'arguments): {str(e)[:600]}') from e
     except (LocalEntryNotFoundError, OfflineModeIsEnabled, FileNotFoundError) as e:
         cfg = _resolve(variant, pretrained_cfg, overlay)
-        todo = ('Check the folder: it needs model.safetensors beside config.json.' if cfg.get('source') == 'local-dir'
-                else 'Connect to the Hugging Face Hub once to download them, or set HF_HUB_CACHE to a cache that '
-                     'has them.')
+        if cfg.get('source') == 'local-dir':
+            todo = 'Check the folder: it needs model.safetensors beside config.json.'
+        elif cfg.get('file'):
+            todo = 'Check the path of the weights file.'
+        else:
+            todo = ('Connect to the Hugging Face Hub once to download them, or set HF_HUB_CACHE to a cache that '
+                    'has them.')
         raise PretrainedWeightsError(
-            f'The pretrained weights of {variant} are not available: {_describe_source(cfg, cache_dir)} is missing '
-            f'({e}). {todo}') from e
+            f'The pretrained weights of {variant} are not available: {_describe_source(cfg, cache_dir)} is missing'
+            f'{f" ({e})" if str(e) else ""}. {todo}') from e

@@ -8,8 +8,9 @@
 ``timm-stra eval reid|face|fer`` scores a checkpoint with the paper's metrics.
 
 Modules: ``data`` (readers), ``metrics``, ``recipes`` (the paper's defaults), ``transforms``,
-``task_data`` (which files each task reads), ``train``, ``evaluate``, ``checkpoint``,
-``distributed``, ``freeze`` (the ReID warm-up), ``rng``.
+``task_data`` (which files each task reads), ``train``, ``backbone_init`` (``--backbone-init``),
+``evaluate``, ``checkpoint``, ``distributed``, ``freeze`` (the ReID warm-up), ``rng``, ``usage``
+(``UsageError``).
 """
 from .checkpoint import load_model, resolve_checkpoint
 from .data import BadDataError, FaceBinError, FacePairs, Fer2013, Market1501, load_face_bin, read_fer2013

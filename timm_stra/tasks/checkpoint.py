@@ -9,12 +9,12 @@ Each checkpoint is a folder ``OUTPUT/checkpoints/epoch-NNNN/`` with
 * ``state.pt``: optimizer, scheduler, AMP scaler, epoch, RNG states; tensors, dicts, lists and
   numbers only, read back with ``torch.load(weights_only=True)``.
 
-Writing is atomic: the folder is written under a temporary name and renamed into place, then
-the one-line pointer ``OUTPUT/checkpoints/latest`` is replaced (``os.replace``). A crash at any
-moment leaves ``latest`` naming a complete checkpoint.
+Writing is atomic (``timm_stra.atomic``): the folder is written under a temporary name, flushed
+to disk and renamed into place (replacing the same epoch's folder of an earlier run), then the
+one-line pointer ``OUTPUT/checkpoints/latest`` is replaced. A crash at any moment leaves
+``latest`` naming a complete checkpoint.
 """
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
@@ -25,24 +25,12 @@ from safetensors.torch import save_file
 from timm.data import resolve_model_data_config
 from timm.models._hub import save_config_for_hf  # the config writer of save_for_hf (not re-exported)
 
+from ..atomic import atomic_output_dir, atomic_write_text
+
 MODEL_FILE = 'model.safetensors'
 CONFIG_FILE = 'config.json'
 STATE_FILE = 'state.pt'
 LATEST = 'latest'
-
-
-def _fsync(path: Path) -> None:
-    with open(path, 'rb') as f:
-        os.fsync(f.fileno())
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
-    tmp.write_text(text)
-    _fsync(tmp)
-    os.replace(tmp, path)
 
 
 def write_model_config(model: torch.nn.Module, path: Path, model_args: Dict[str, Any],
@@ -67,22 +55,13 @@ def save_checkpoint(output_dir, epoch: int, model: torch.nn.Module, model_args: 
     root = Path(output_dir) / 'checkpoints'
     root.mkdir(parents=True, exist_ok=True)
     name = f'epoch-{epoch:04d}'
-    tmp = root / f'.{name}.tmp{os.getpid()}'
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    architecture = model.pretrained_cfg['architecture']
-    save_file(weights, str(tmp / MODEL_FILE), metadata={'epoch': str(epoch), 'architecture': architecture})
-    write_model_config(model, tmp / CONFIG_FILE, model_args, data_config)
-    torch.save(state, tmp / STATE_FILE)
-    for f in (MODEL_FILE, CONFIG_FILE, STATE_FILE):
-        _fsync(tmp / f)
-    final = root / name
-    if final.exists():  # the same epoch written again (a run resumed from an older checkpoint)
-        old = root / f'.{name}.old{os.getpid()}'
-        os.replace(final, old)
-        shutil.rmtree(old)
-    os.replace(tmp, final)
+    final = root / name  # replaced if it exists: the same epoch written again (a run resumed from an older one)
+    with atomic_output_dir(final, overwrite=True) as tmp:
+        weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        architecture = model.pretrained_cfg['architecture']
+        save_file(weights, str(tmp / MODEL_FILE), metadata={'epoch': str(epoch), 'architecture': architecture})
+        write_model_config(model, tmp / CONFIG_FILE, model_args, data_config)
+        torch.save(state, tmp / STATE_FILE)
     atomic_write_text(root / LATEST, name + '\n')
     done = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith('epoch-'))
     for old in done[:-keep] if keep > 0 else []:

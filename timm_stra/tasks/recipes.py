@@ -1,7 +1,7 @@
 """The paper's training recipes (SPEC 4, supplementary B) as defaults; every field is a CLI option.
 
-ReID starts from torchvision's ImageNet ResNet-50 weights (timm's ``resnet50.tv_in1k``), as the
-paper did; face and FER train from scratch.
+ReID starts from torchvision's ImageNet ResNet-50 weights (the models' pretrained tag ``tv_in1k``:
+timm's ``resnet50.tv_in1k``), as the paper did; face and FER train from scratch.
 
 Learning-rate schedules are timm's, stepped once per epoch:
 
@@ -40,7 +40,7 @@ class Recipe:
     re_prob: float = 0.              # random erasing probability
     crop_padding: int = 0            # random crop after zero padding (0: no random crop)
     eval_interval: int = 10
-    backbone_init: str = ''          # timm model whose pretrained weights initialise matching layers
+    backbone_init: str = ''          # pretrained tag or weights file (tasks/backbone_init.py); '': none
     eval_batch_size: int = 128
 
     def to_dict(self) -> Dict[str, object]:
@@ -51,7 +51,7 @@ RECIPES: Dict[str, Recipe] = {
     'reid': Recipe(
         task='reid', model='stra_resnet50_reid', epochs=100, batch_size=32, opt='adam', lr=3e-4,
         weight_decay=5e-4, sched='step', decay_epochs=20, decay_rate=0.2, smoothing=0.1, div_weight=1.0,
-        freeze_epochs=8, re_prob=0.5, crop_padding=10, eval_interval=10, backbone_init='resnet50.tv_in1k'),
+        freeze_epochs=8, re_prob=0.5, crop_padding=10, eval_interval=10, backbone_init='tv_in1k'),
     'face': Recipe(
         task='face', model='stra_resnet50_face', epochs=20, batch_size=512, opt='momentum', lr=0.1,
         weight_decay=5e-4, sched='multistep', decay_milestones=(8, 12), decay_rate=0.1, div_weight=0.1,

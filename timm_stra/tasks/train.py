@@ -25,10 +25,11 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from timm.utils import dispatch_clip_grad
 
+from ..atomic import atomic_write_text
 from ..diversity import diversity_loss
+from .backbone_init import create_model, parse_backbone_init
 from .data import BadDataError, FaceBinError
-from .checkpoint import (atomic_write_text, data_config_for, load_training_state,
-                         resolve_checkpoint, save_checkpoint)
+from .checkpoint import data_config_for, load_training_state, resolve_checkpoint, save_checkpoint
 from .distributed import DistEnv, all_gather_objects, all_reduce_sum, broadcast_buffers, init_distributed, shutdown
 from .evaluate import evaluate, markdown_table
 from .freeze import set_trainable
@@ -36,10 +37,7 @@ from .recipes import TASKS, get_recipe
 from .rng import rng_state, seed_all, set_rng_state
 from .task_data import load_eval_sets, load_train_set
 from .transforms import eval_transform, train_transform
-
-
-class UsageError(ValueError):
-    """Options that cannot work together or with this data (reported without a traceback)."""
+from .usage import UsageError
 
 
 def _kv(text: str):
@@ -70,8 +68,10 @@ def build_parser(task: str) -> argparse.ArgumentParser:
                    help="extra timm.create_model arguments, e.g. mode=no_interaction 'layers=[3,4,6,3]'")
     g.add_argument('--input-size', type=int, nargs=2, default=None, metavar=('H', 'W'),
                    help='input height and width (default: the model\'s pretrained_cfg); face models are built for it')
-    g.add_argument('--backbone-init', default=r.backbone_init,
-                   help="timm model whose pretrained weights initialise matching layers ('' for none)")
+    g.add_argument('--backbone-init', default=r.backbone_init, metavar='TAG|FILE',
+                   help="initial weights, loaded strictly by timm's pretrained machinery: a pretrained tag of "
+                        "--model (tv_in1k: torchvision's ImageNet ResNet-50, downloaded once; a1_in1k), a weights "
+                        "file of the model's architecture, or '' for random weights")
     g.add_argument('--sync-bn', action='store_true', help='SyncBatchNorm under DDP')
     g = p.add_argument_group('optimisation')
     g.add_argument('--epochs', type=int, default=r.epochs, help='epochs in total')
@@ -115,33 +115,6 @@ def build_parser(task: str) -> argparse.ArgumentParser:
     return p
 
 
-def init_from_backbone(model: nn.Module, source: str) -> int:
-    """Copy pretrained weights into every layer of ``model`` with the same name and shape.
-
-    Args:
-        source: a timm model name with pretrained weights (e.g. 'resnet50.tv_in1k', downloaded once), or a
-            local ``.safetensors`` / ``.pth`` state dict file.
-
-    Returns:
-        The number of tensors copied.
-    """
-    try:
-        if Path(source).is_file():
-            weights = load_file(source) if source.endswith('.safetensors') else \
-                torch.load(source, map_location='cpu', weights_only=True)
-        else:
-            weights = timm.create_model(source, pretrained=True).state_dict()
-    except Exception as e:
-        raise UsageError(f'--backbone-init {source!r}: cannot load its weights ({type(e).__name__}: {e}). '
-                         "Give a local weights file, or --backbone-init '' to start from random weights.") from e
-    own = model.state_dict()
-    matched = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
-    if not matched:
-        raise UsageError(f'--backbone-init {source!r}: no tensor matches the model by name and shape.')
-    model.load_state_dict(matched, strict=False)
-    return len(matched)
-
-
 def create_optimization(model: nn.Module, args: argparse.Namespace):
     """timm's optimizer and per-epoch learning-rate scheduler for the options in ``args``."""
     optimizer = create_optimizer_v2(model, args.opt, lr=args.lr, weight_decay=args.weight_decay,
@@ -174,6 +147,8 @@ class Trainer:
         #    size, mean and std come from the architecture's pretrained_cfg
         model = timm.create_model(args.model, **_model_kwargs(args, 1))
         self.data_config = data_config_for(model, args.input_size)
+        # a resumed run reads its weights from the checkpoint: no initialisation to load
+        backbone = parse_backbone_init('' if args.resume else args.backbone_init, args.model)
         tf_train = train_transform(args.task, self.data_config, args.re_prob, args.crop_padding, args.hflip)
         tf_eval = eval_transform(args.task, self.data_config)
         check = not args.no_check
@@ -184,12 +159,7 @@ class Trainer:
         # 2. the model with the training set's classes
         self.model_kwargs = _model_kwargs(args, self.train_set.num_classes)
         seed_all(args.seed)  # identical initial weights on every rank
-        model = timm.create_model(args.model, **self.model_kwargs)
-        if args.backbone_init:
-            copied = init_from_backbone(model, args.backbone_init)
-            if env.is_main:
-                print(f'initialised {copied} of {len(model.state_dict())} tensors from {args.backbone_init}',
-                      file=sys.stderr)
+        model = create_model(args.model, backbone, verbose=env.is_main, **self.model_kwargs)
         if args.sync_bn and env.distributed:
             if env.device.type != 'cuda':
                 raise UsageError('--sync-bn needs CUDA devices (PyTorch\'s SyncBatchNorm does not run on CPU).')

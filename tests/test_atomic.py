@@ -1,0 +1,85 @@
+"""timm_stra.atomic: folders and text files appear complete or not at all, on a real file system."""
+import os
+
+import pytest
+
+from timm_stra.atomic import atomic_output_dir, atomic_write_text
+
+
+def _tree(folder):
+    return {str(p.relative_to(folder)): p.read_text() for p in sorted(folder.rglob('*')) if p.is_file()}
+
+
+def _old_folder(tmp_path):
+    target = tmp_path / 'out'
+    (target / 'sub').mkdir(parents=True)
+    (target / 'a.txt').write_text('old a')
+    (target / 'sub' / 'b.txt').write_text('old b')
+    return target
+
+
+def test_new_folder_appears_complete_with_usual_permissions(tmp_path):
+    target = tmp_path / 'new' / 'out'
+    with atomic_output_dir(target) as tmp:
+        assert tmp.parent == target.parent and tmp.name.startswith('.out.') and not target.exists()
+        (tmp / 'a.txt').write_text('a')
+    assert _tree(target) == {'a.txt': 'a'}
+    mask = os.umask(0)
+    os.umask(mask)
+    assert target.stat().st_mode & 0o777 == 0o777 & ~mask
+    assert (target / 'a.txt').stat().st_mode & 0o777 == 0o666 & ~mask
+    assert [p.name for p in target.parent.iterdir()] == ['out']
+
+
+def test_existing_folder_is_refused_without_overwrite(tmp_path):
+    target = _old_folder(tmp_path)
+    with pytest.raises(FileExistsError, match='already exists'):
+        with atomic_output_dir(target):
+            pass
+    assert _tree(target) == {'a.txt': 'old a', 'sub/b.txt': 'old b'}
+
+
+def test_overwrite_replaces_an_existing_folder(tmp_path):
+    target = _old_folder(tmp_path)
+    with atomic_output_dir(target, overwrite=True) as tmp:
+        (tmp / 'c.txt').write_text('new c')
+        assert _tree(target) == {'a.txt': 'old a', 'sub/b.txt': 'old b'}  # untouched until the block ends
+    assert _tree(target) == {'c.txt': 'new c'}  # replaced, not merged
+    assert [p.name for p in tmp_path.iterdir()] == ['out']  # neither the new folder's temp name nor the old one
+
+
+def test_failure_mid_write_keeps_the_old_folder_and_leaves_no_litter(tmp_path):
+    target = _old_folder(tmp_path)
+    with pytest.raises(OSError, match='disk full'):
+        with atomic_output_dir(target, overwrite=True) as tmp:
+            (tmp / 'a.txt').write_text('half')
+            raise OSError('disk full')
+    assert _tree(target) == {'a.txt': 'old a', 'sub/b.txt': 'old b'}
+    assert [p.name for p in tmp_path.iterdir()] == ['out']
+
+
+def test_failed_new_folder_removes_the_parents_it_made(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_output_dir(tmp_path / 'a' / 'b' / 'out', overwrite=True):
+            raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_overwrite_refuses_a_file(tmp_path):
+    target = tmp_path / 'out'
+    target.write_text('a file')
+    with pytest.raises(FileExistsError, match='is a file'):
+        with atomic_output_dir(target, overwrite=True):
+            pass
+    assert target.read_text() == 'a file'
+
+
+def test_write_text_replaces_and_a_failed_write_keeps_the_old_text(tmp_path):
+    path = tmp_path / 'latest'
+    atomic_write_text(path, 'epoch-0001\n')
+    atomic_write_text(path, 'epoch-0002\n')
+    assert path.read_text() == 'epoch-0002\n'
+    with pytest.raises(UnicodeEncodeError):  # fails while writing the temporary file
+        atomic_write_text(path, 'a lone surrogate \udc80')
+    assert path.read_text() == 'epoch-0002\n'
+    assert [p.name for p in tmp_path.iterdir()] == ['latest']
