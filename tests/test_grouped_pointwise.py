@@ -48,12 +48,18 @@ def test_channels_last_per_group_layout():
 
 def test_autocast_bf16_keeps_the_autocast_dtype_like_conv2d():
     conv = GroupedPointwiseConv(32, 16, groups=4)
-    x = torch.randn(2, 32, 4, 4)
+    x = torch.randn(2, 32, 4, 4, requires_grad=True)
     with torch.autocast('cpu', dtype=torch.bfloat16):
         out = conv(x)
         out_ref = F.conv2d(x, conv.weight, conv.bias, groups=4)
     assert out.dtype == out_ref.dtype == torch.bfloat16
     torch.testing.assert_close(out.float(), out_ref.float(), rtol=2e-2, atol=2e-2)
+    grad = torch.randn_like(out)
+    grads = torch.autograd.grad(out, [x, *conv.parameters()], grad)
+    grads_ref = torch.autograd.grad(out_ref, [x, *conv.parameters()], grad)
+    for g, g_ref in zip(grads, grads_ref):  # in the inputs' dtypes, finite, close to conv2d's
+        assert g.dtype == g_ref.dtype == torch.float32 and torch.isfinite(g).all()
+        torch.testing.assert_close(g, g_ref, rtol=5e-2, atol=5e-2)
 
 
 def test_scripts():

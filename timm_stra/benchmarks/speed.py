@@ -2,7 +2,8 @@
 
 Cases (see ``cases.py``): the twin, StRA, the *limit* (the twin with its
 last-stage 3x3 convs replaced by identities: StRA's cost if its attention were
-free), StRA with the unfold reference of the local attention, and SASA + Mode.
+free), StRA built from the reference operators (unfold local attention, mode
+attention in the paper's order: the authors' design), and SASA + Mode.
 
 For each mode (inference; training step = forward, backward, SGD step) and batch
 size, at the task's resolution, every case is measured in a fresh process

@@ -1,0 +1,50 @@
+"""The operator benchmark's machinery: shapes read from the models, exact saved memory, table structure."""
+import pytest
+import torch
+
+from timm_stra.benchmarks.operator import build_ops, main, measure, saved_mib, stage_shapes
+
+
+@pytest.mark.parametrize('task,shapes', [
+    ('reid', [(512, 16, 8, 1)] * 3),                                     # last stride 1: 16x8 map
+    ('face', [(512, 7, 7, 2), (512, 4, 4, 1), (512, 4, 4, 1)]),         # 112 / 16 = 7, then 4x4
+    ('fer', [(512, 11, 11, 2), (512, 6, 6, 1), (512, 6, 6, 1)]),        # small stem: 44 / 4 = 11
+])
+def test_stage_shapes_are_those_of_the_network(task, shapes):
+    assert stage_shapes(task) == shapes
+
+
+def test_saved_memory_is_exact_for_a_conv():
+    """A 3x3 conv saves its input (excluded: the caller holds it) and nothing else; a ReLU after it saves its
+    output, one (B, C, H, W) map."""
+    x = torch.randn(2, 8, 5, 5, requires_grad=True)
+    conv = build_ops('conv3x3', [(8, 5, 5, 1)])
+    assert saved_mib(conv, [x]) == 0
+    relu = torch.nn.ModuleList([torch.nn.Sequential(conv[0], torch.nn.ReLU())])
+    assert saved_mib(relu, [x]) == pytest.approx(2 * 8 * 5 * 5 * 4 / 2 ** 20)
+
+
+def test_reference_keeps_more_for_backward_than_ours():
+    """The unfold reference keeps k*k copies of the values; ours recomputes them."""
+    shapes = [(64, 8, 6, 1)]
+    x = [torch.randn(2, 64, 8, 6, requires_grad=True)]
+    ours, ref = saved_mib(build_ops('stra', shapes), x), saved_mib(build_ops('reference', shapes), x)
+    assert ref > ours + 9 * 2 * 64 * 8 * 6 * 4 / 2 ** 20 * 0.9
+
+
+def test_tiny_run_prints_a_table(capsys):
+    rows = measure('fer', 2, repeats=1, iters=1, warmup=0, progress=False)
+    assert [(r['mode'], r['operators']) for r in rows] == [
+        (m, i) for m in ('infer', 'train') for i in ('stra', 'reference', 'conv3x3')]
+    assert all(r['ms per stage (median)'] > 0 for r in rows)
+    assert [r['vs stra'] for r in rows if r['operators'] == 'stra'] == ['1.00x', '1.00x']
+    assert main(['--task', 'fer', '--batch-size', '2', '--repeats', '1', '--iters', '1', '--modes', 'infer',
+                 '--impls', 'stra,conv3x3', '--no-progress']) == 0
+    out = capsys.readouterr().out
+    assert '| infer | conv3x3 |' in out and '(512, 11, 11, 2)' in out
+
+
+@pytest.mark.parametrize('argv', [['--impls', 'fast'], ['--modes', 'train', '--batch-size', '1']])
+def test_bad_arguments_exit(argv):
+    with pytest.raises(SystemExit):
+        main(argv + ['--no-progress'])

@@ -1,0 +1,154 @@
+"""``python -m timm_stra.benchmarks.operator``: the last stage's operators on their own.
+
+``timm-stra bench`` times whole networks, where StRA's operators are a small share
+of a ResNet-50 step. This times only the operators that replace the last stage's
+3x3 convolutions, at the shapes they see in the task's network (read from a
+forward pass of the model on the ``meta`` device), one step being every operator
+of the stage once:
+
+* ``stra``: ``StRAttention`` as the models build it;
+* ``reference``: ``StRAttention(reference=True)``, the unfold local attention and the
+  mode attention in the paper's order (the authors' design);
+* ``conv3x3``: the twin's 3x3 convolution.
+
+Inference (``torch.inference_mode``) and training (forward and backward of the sum)
+steps; repeats are interleaved (each round times every case, in an order rotated by
+the round) and the table gives the median step time over all timed steps and its
+ratio to ``stra``. "saved MiB" is what the step's forward keeps for backward beyond
+its inputs and parameters (every distinct storage autograd saves, counted once):
+exact, not timed.
+"""
+import argparse
+import statistics
+import time
+from typing import Dict, List, Optional, Tuple
+
+import timm
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from ..layers import StRAttention
+from ..tools.summary import markdown_table
+from .cases import TASKS
+
+OpShape = Tuple[int, int, int, int]  # channels, height, width (of the input), stride
+IMPLEMENTATIONS = ('stra', 'reference', 'conv3x3')
+MODES = ('infer', 'train')
+
+
+def stage_shapes(task: str) -> List[OpShape]:
+    """(C, H, W, stride) of the input of every StRA operator of ``task``'s StRA model, in order."""
+    model = timm.create_model(TASKS[task].stra, device='meta').eval()
+    shapes: List[OpShape] = []
+    hooks = [m.register_forward_pre_hook(lambda m, args: shapes.append((*args[0].shape[1:], m.local.stride)))
+             for m in model.modules() if isinstance(m, StRAttention)]
+    with torch.no_grad():
+        model(torch.empty(1, *TASKS[task].input_size, device='meta'))
+    for hook in hooks:
+        hook.remove()
+    return shapes
+
+
+def build_ops(impl: str, shapes: List[OpShape]) -> nn.ModuleList:
+    """One operator of kind ``impl`` per shape."""
+    if impl == 'conv3x3':
+        return nn.ModuleList(nn.Conv2d(c, c, 3, stride=s, padding=1, bias=False) for c, _, _, s in shapes)
+    return nn.ModuleList(StRAttention(c, stride=s, reference=impl == 'reference') for c, _, _, s in shapes)
+
+
+def _step(ops: nn.ModuleList, inputs: List[torch.Tensor], mode: str) -> None:
+    if mode == 'infer':
+        with torch.inference_mode():
+            for op, x in zip(ops, inputs):
+                op(x)
+    else:
+        loss = sum(op(x).sum() for op, x in zip(ops, inputs))
+        loss.backward()
+
+
+def saved_mib(ops: nn.ModuleList, inputs: List[torch.Tensor]) -> float:
+    """MiB of the distinct storages a training forward of ``ops`` saves for backward, beyond its inputs and
+    parameters (which the network holds anyway)."""
+    held = {t.untyped_storage().data_ptr() for t in (*ops.parameters(), *inputs)}
+    saved: Dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in held:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = sum(op(x).sum() for op, x in zip(ops, inputs))
+    del loss
+    return sum(saved.values()) / 2 ** 20
+
+
+def measure(task: str, batch: int, impls=IMPLEMENTATIONS, modes=MODES, repeats: int = 5, iters: int = 5,
+            warmup: int = 2, progress: bool = True) -> List[Dict[str, object]]:
+    """Median step milliseconds of every (mode, implementation), ratios to ``stra``, saved MiB (training)."""
+    shapes = stage_shapes(task)
+    torch.manual_seed(0)
+    ops = {impl: build_ops(impl, shapes) for impl in impls}
+    inputs = [torch.randn(batch, c, h, w) for c, h, w, _ in shapes]
+    grad_inputs = [x.clone().requires_grad_() for x in inputs]
+    times: Dict[Tuple[str, str], List[float]] = {(m, i): [] for m in modes for i in impls}
+    bar = tqdm(total=len(modes) * repeats * len(impls), desc=f'{task} operators', disable=not progress, leave=False)
+    for mode in modes:
+        for impl in impls:
+            ops[impl].train(mode == 'train')
+            for _ in range(warmup):
+                _step(ops[impl], grad_inputs if mode == 'train' else inputs, mode)
+        for r in range(repeats):
+            for k in range(len(impls)):
+                impl = impls[(k + r) % len(impls)]
+                for _ in range(iters):
+                    start = time.perf_counter()
+                    _step(ops[impl], grad_inputs if mode == 'train' else inputs, mode)
+                    times[mode, impl].append((time.perf_counter() - start) * 1e3)
+                bar.update()
+    bar.close()
+    rows = []
+    for mode in modes:
+        base = statistics.median(times[mode, 'stra']) if 'stra' in impls else None
+        for impl in impls:
+            ms = statistics.median(times[mode, impl])
+            rows.append({
+                'mode': mode, 'operators': impl, 'ms per stage (median)': ms,
+                'vs stra': f'{ms / base:.2f}x' if base else '-',
+                'saved MiB': saved_mib(ops[impl], grad_inputs) if mode == 'train' else '-',
+            })
+    return rows
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog='python -m timm_stra.benchmarks.operator', description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--task', default='reid', choices=sorted(TASKS))
+    parser.add_argument('--batch-size', type=int, default=16)
+    parser.add_argument('--impls', default=','.join(IMPLEMENTATIONS), help=f'comma-separated, from {IMPLEMENTATIONS}')
+    parser.add_argument('--modes', default=','.join(MODES), help=f'comma-separated, from {MODES}')
+    parser.add_argument('--repeats', type=int, default=5, help='interleaved rounds')
+    parser.add_argument('--iters', type=int, default=5, help='timed steps per case and round')
+    parser.add_argument('--threads', type=int, default=None, help="CPU threads (default: torch's default)")
+    parser.add_argument('--no-progress', action='store_true')
+    args = parser.parse_args(argv)
+    impls, modes = args.impls.split(','), args.modes.split(',')
+    bad = [i for i in impls if i not in IMPLEMENTATIONS] + [m for m in modes if m not in MODES]
+    if bad:
+        parser.error(f'unknown implementations or modes: {bad}')
+    if 'train' in modes and args.batch_size < 2:
+        parser.error('a training step needs a batch of 2 or more (BatchNorm)')
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    shapes = stage_shapes(args.task)
+    rows = measure(args.task, args.batch_size, impls, modes, args.repeats, args.iters, progress=not args.no_progress)
+    print(f'Last-stage operators of {TASKS[args.task].stra}, batch {args.batch_size}, '
+          f'{torch.get_num_threads()} threads; inputs (C, H, W, stride): {shapes}\n')
+    print(markdown_table(rows))
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())
