@@ -4,6 +4,7 @@ import torch
 
 from timm_stra import StRAttention, diversity_per_sample
 from timm_stra.layers import ModeAttention, ModeAttentionReference
+from timm_stra.layers.grouped_pointwise import GroupedPointwiseConv
 
 
 def _pair(dim, groups, interaction, dtype=torch.float32):
@@ -47,6 +48,11 @@ def test_reference_operator_is_a_drop_in_for_the_fast_one():
     ref = StRAttention(64, stride=2, groups=8, reference=True)
     assert type(ref.local).__name__ == 'LocalAttentionReference'
     assert type(ref.mode).__name__ == 'ModeAttentionReference'
+    # the authors' grouped 1x1 convolutions: plain nn.Conv2d in the reference, batched products in ours
+    for branch in (ref.local.score, ref.mode.mask):
+        assert type(branch.conv1) is torch.nn.Conv2d and type(branch.conv2) is torch.nn.Conv2d
+    for branch in (fast.local.score, fast.mode.mask):
+        assert type(branch.conv1) is GroupedPointwiseConv and type(branch.conv2) is GroupedPointwiseConv
     ref.load_state_dict(fast.state_dict())  # strict: same parameters and buffers
     x = torch.randn(2, 64, 9, 7)
     torch.testing.assert_close(ref(x), fast(x), rtol=1e-5, atol=1e-5)

@@ -62,9 +62,13 @@ class LocalAttention(nn.Module):
         stride: 1, or 2 to downsample (queries at every other position; SPEC 1.1 step 4).
         reduction: reduction r of the logit branch width.
 
+    Subclasses set ``fast_convs = False`` to keep the logit branch's grouped 1x1 convolutions
+    plain ``nn.Conv2d`` layers (see ``ScoreBranch``).
+
     Shapes:
         (B, C, H, W) -> (B, C, ceil(H / stride), ceil(W / stride))
     """
+    fast_convs = True
 
     def __init__(
             self,
@@ -89,7 +93,8 @@ class LocalAttention(nn.Module):
         self.stride = stride
         kk = kernel_size * kernel_size
         # output channels: G neighbour scores nu, then G * k*k query scores omega (official layout)
-        self.score = ScoreBranch(dim, score_hidden_chs(dim, reduction, groups), groups * (1 + kk), groups, **dd)
+        self.score = ScoreBranch(
+            dim, score_hidden_chs(dim, reduction, groups), groups * (1 + kk), groups, fast=self.fast_convs, **dd)
         self.value = nn.Conv2d(dim, dim, 1, groups=groups, bias=False, **dd)
 
     def attention(self, scores: torch.Tensor, out_h: int, out_w: int) -> torch.Tensor:

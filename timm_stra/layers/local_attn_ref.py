@@ -1,8 +1,8 @@
 """Unfold-based reference of StRA local attention: the test oracle and benchmark anchor.
 
-It follows the authors' release step for step (unfold the neighbour scores and
-the values into k*k copies, add, softmax, multiply, sum), generalised to stride 2
-as SPEC 1.1 step 4 defines it. Plain and slow on purpose: ``LocalAttention`` must
+It follows the authors' release step for step (grouped 1x1 convolutions as
+``nn.Conv2d`` layers; unfold the neighbour scores and the values into k*k copies,
+add, softmax, multiply, sum), generalised to stride 2 as SPEC 1.1 step 4 defines it. Plain and slow on purpose: ``LocalAttention`` must
 agree with it.
 """
 import torch
@@ -39,11 +39,13 @@ def local_attention_reference(
 
 
 class LocalAttentionReference(LocalAttention):
-    """``LocalAttention`` with the unfold-based computation; same parameters, same state dict.
+    """``LocalAttention`` with the unfold-based computation and plain grouped convolutions; same
+    parameters, same state dict.
 
     Shapes:
         (B, C, H, W) -> (B, C, ceil(H / stride), ceil(W / stride))
     """
+    fast_convs = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return local_attention_reference(self.score(x), self.value(x), self.groups, self.kernel_size, self.stride)

@@ -26,9 +26,13 @@ class ModeAttention(nn.Module):
         interaction: apply the mode interaction unit (``False`` is the paper's
             "without interaction" ablation, which stops after the mode vector unit).
 
+    Subclasses set ``fast_convs = False`` to keep the mask branch's grouped 1x1 convolutions
+    plain ``nn.Conv2d`` layers (see ``ScoreBranch``).
+
     Shapes:
         (B, C, H, W) -> (B, C, H, W)
     """
+    fast_convs = True
 
     def __init__(self, dim: int, groups: int = 8, interaction: bool = True, device=None, dtype=None):
         super().__init__()
@@ -37,7 +41,7 @@ class ModeAttention(nn.Module):
         self.dim = dim
         self.groups = groups
         self.interaction = interaction
-        self.mask = ScoreBranch(dim, 8 * groups, groups, groups, **dd)
+        self.mask = ScoreBranch(dim, 8 * groups, groups, groups, fast=self.fast_convs, **dd)
         self.diversity = DiversityRecorder()
         self.gate_norm = nn.BatchNorm2d(groups, **dd)
         self.interact_norm = nn.BatchNorm2d(groups, **dd) if interaction else nn.Identity()

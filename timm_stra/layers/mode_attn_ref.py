@@ -3,7 +3,8 @@
 It computes SPEC 1.2 in the order the paper writes it, like the authors' release:
 the node-to-mode gates ``alpha`` and ``alpha'`` are expanded to all C channels
 (each mode's gate repeated over its C/G channels), ``Y`` is materialised, and the
-interaction gate reads ``Y`` in a second pass. Plain and slow on purpose:
+interaction gate reads ``Y`` in a second pass; the mask branch's grouped 1x1
+convolutions are plain ``nn.Conv2d`` layers. Plain and slow on purpose:
 ``ModeAttention`` (one pass over S for both gates) must agree with it.
 """
 import math
@@ -26,6 +27,7 @@ class ModeAttentionReference(ModeAttention):
     Shapes:
         (B, C, H, W) -> (B, C, H, W)
     """
+    fast_convs = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape

@@ -5,6 +5,8 @@ to produce the spatial mask logits: ``GC(C -> hidden, bias) -> BN -> tanh ->
 GC(hidden -> out, bias) -> BN``, where ``GC`` is a 1x1 convolution with ``groups``
 groups (SPEC 1.1 step 1 and 1.2 step 1).
 """
+from functools import partial
+
 import torch
 from torch import nn
 
@@ -19,18 +21,23 @@ class ScoreBranch(nn.Module):
         hidden_chs: bottleneck width, divisible by ``groups``.
         out_chs: output channels, divisible by ``groups``.
         groups: number of groups G of both convolutions.
+        fast: compute the grouped convolutions as batched products where that is faster
+            (``GroupedPointwiseConv``); ``False`` keeps plain ``nn.Conv2d`` layers, as the
+            authors' release has them (the reference operators). Same state dict either way.
 
     Shapes:
         (B, in_chs, H, W) -> (B, out_chs, H, W)
     """
 
-    def __init__(self, in_chs: int, hidden_chs: int, out_chs: int, groups: int, device=None, dtype=None):
+    def __init__(
+            self, in_chs: int, hidden_chs: int, out_chs: int, groups: int, fast: bool = True, device=None, dtype=None):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
-        self.conv1 = GroupedPointwiseConv(in_chs, hidden_chs, groups, **dd)
+        conv_layer = GroupedPointwiseConv if fast else partial(nn.Conv2d, kernel_size=1)
+        self.conv1 = conv_layer(in_chs, hidden_chs, groups=groups, **dd)
         self.bn1 = nn.BatchNorm2d(hidden_chs, **dd)
         self.act = nn.Tanh()
-        self.conv2 = GroupedPointwiseConv(hidden_chs, out_chs, groups, **dd)
+        self.conv2 = conv_layer(hidden_chs, out_chs, groups=groups, **dd)
         self.bn2 = nn.BatchNorm2d(out_chs, **dd)
         nn.init.zeros_(self.conv1.bias)
         nn.init.zeros_(self.conv2.bias)
