@@ -68,3 +68,26 @@ def test_scripts():
     torch.testing.assert_close(torch.jit.script(conv)(x), conv(x))
     torch.testing.assert_close(torch.jit.script(grouped_pointwise)(x, conv.weight, None, 2),
                                F.conv2d(x, conv.weight, groups=2), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('bias', [True, False])
+def test_nodes_of_any_layout_match_conv2d_and_grads_keep_the_layout(bias):
+    """Per-group nodes read through their strides: a transposed view of positions x channels (as mode attention
+    reads the local attention's per-mode channels-last output) gives conv2d's numbers, and the input gradient
+    comes back in the input's memory layout."""
+    conv = GroupedPointwiseConv(16, 8, groups=4, bias=bias).double()
+    B, G, H, W = 2, 4, 3, 5
+    channels_last = torch.randn(B, G, H * W, 16 // G, dtype=torch.float64)   # B, G, N, C/G
+    nodes = channels_last.transpose(2, 3).requires_grad_()                      # B, G, C/G, N: a view
+    x_ref = nodes.detach().reshape(B, 16, H, W).clone().requires_grad_()
+    out = conv.forward_nodes(nodes)
+    out_ref = F.conv2d(x_ref, conv.weight, conv.bias, groups=4)
+    assert out.shape == (B, 8, H * W)
+    torch.testing.assert_close(out.view(B, 8, H, W), out_ref)
+    grad = torch.randn_like(out_ref)
+    (dx, *dparams) = torch.autograd.grad(out, [nodes, *conv.parameters()], grad.view(B, 8, H * W))
+    (dx_ref, *dparams_ref) = torch.autograd.grad(out_ref, [x_ref, *conv.parameters()], grad)
+    torch.testing.assert_close(dx.reshape(B, 16, H, W), dx_ref)
+    assert dx.stride(2) == 1  # like the nodes: channels unit-strided, a transposed view
+    for d, d_ref in zip(dparams, dparams_ref):
+        torch.testing.assert_close(d, d_ref)

@@ -132,3 +132,39 @@ def test_autocast_bfloat16_forward_and_backward():
     ref = LocalAttentionReference(32, groups=4, stride=2)
     ref.load_state_dict(op.state_dict())
     torch.testing.assert_close(out.float(), ref(x).float(), rtol=5e-2, atol=5e-2)
+
+
+@pytest.mark.parametrize('stride', [1, 2])
+@pytest.mark.parametrize('cls', [LocalAttention, LocalAttentionReference])
+def test_per_mode_layout_is_the_channels_first_output_permuted(cls, stride):
+    op = cls(32, groups=4, stride=stride).eval()
+    x = torch.randn(2, 32, 7, 6)
+    out, per_mode = op(x), op(x, per_mode=True)
+    h, w = out.shape[2:]
+    assert per_mode.shape == (2, 4, h, w, 8)
+    torch.testing.assert_close(per_mode, out.view(2, 4, 8, h, w).permute(0, 1, 3, 4, 2))
+
+
+def test_per_mode_output_is_compact_when_it_will_be_kept_for_backward():
+    """With gradients the output is contiguous, so what follows keeps exactly its size for backward; without,
+    it is a view into the row-window products (no copy)."""
+    op = LocalAttention(32, groups=4)
+    x = torch.randn(2, 32, 6, 5, requires_grad=True)
+    assert op(x, per_mode=True).is_contiguous()
+    with torch.no_grad():
+        view = op(x, per_mode=True)
+    assert not view.is_contiguous()
+    torch.testing.assert_close(view, op(x, per_mode=True).detach())
+
+
+def test_row_windows_do_not_mix_samples():
+    """A non-finite value in one sample stays in that sample: the row windows of a slab read its own zero
+    padding, never its neighbour's rows."""
+    op = LocalAttention(16, groups=4).eval()
+    x = torch.randn(3, 16, 5, 4)
+    clean = op(x)
+    x[1, :, 0] = float('inf')   # the top row of the middle sample
+    x[1, :, -1] = float('nan')  # and its bottom row
+    dirty = op(x)
+    torch.testing.assert_close(dirty[0], clean[0])
+    torch.testing.assert_close(dirty[2], clean[2])

@@ -57,3 +57,26 @@ def test_reference_operator_is_a_drop_in_for_the_fast_one():
     x = torch.randn(2, 64, 9, 7)
     torch.testing.assert_close(ref(x), fast(x), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(diversity_per_sample(ref), diversity_per_sample(fast))
+
+
+@pytest.mark.parametrize('cls', [ModeAttention, ModeAttentionReference])
+@pytest.mark.parametrize('interaction', [True, False])
+def test_per_mode_input_is_the_same_attention(cls, interaction):
+    """Input laid out channels last within each mode (as the local attention hands it over) gives the output,
+    the gradients and the BN statistics of the channels-first input."""
+    torch.manual_seed(0)
+    a = cls(32, 4, interaction, dtype=torch.float64).train()
+    b = cls(32, 4, interaction, dtype=torch.float64).train()
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(3, 32, 5, 6, dtype=torch.float64, requires_grad=True)
+    per_mode = x.detach().view(3, 4, 8, 5, 6).permute(0, 1, 3, 4, 2).contiguous().requires_grad_()
+    out, out_pm = a(x), b(per_mode, per_mode=True)
+    torch.testing.assert_close(out_pm, out, rtol=1e-10, atol=1e-10)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    out_pm.backward(grad)
+    torch.testing.assert_close(per_mode.grad, x.grad.view(3, 4, 8, 5, 6).permute(0, 1, 3, 4, 2))
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, msg=name)
+    for key, value in a.state_dict().items():
+        torch.testing.assert_close(b.state_dict()[key], value, msg=key)

@@ -98,3 +98,24 @@ def test_bad_input():
         op(torch.randn(32, 4, 4))
     with pytest.raises(ValueError, match='built for 32 input channels, got a feature map with 16 channels'):
         op(torch.randn(1, 16, 4, 4))
+
+
+@pytest.mark.parametrize('stride', [1, 2])
+@pytest.mark.parametrize('mode', ['full', 'no_interaction'])
+def test_fused_layout_hand_over_is_the_plain_composition(mode, stride):
+    """The fast local attention hands its per-mode channels-last output to the mode attention as it is; the
+    result, gradients included, is that of mode(local(x)) through the channels-first layout."""
+    op = StRAttention(32, stride=stride, groups=4, mode=mode).double()
+    assert op.per_mode
+    assert not StRAttention(32, reference=True).per_mode
+    assert not StRAttention(32, local_op='conv').per_mode and not StRAttention(32, mode='none').per_mode
+    x = torch.randn(2, 32, 7, 6, dtype=torch.float64, requires_grad=True)
+    x_plain = x.detach().clone().requires_grad_()
+    out = op(x)
+    plain = op.mode(op.local(x_plain))
+    torch.testing.assert_close(out, plain, rtol=1e-10, atol=1e-10)
+    grad = torch.randn_like(out)
+    fused_grads = torch.autograd.grad(out, [x, *op.parameters()], grad)
+    plain_grads = torch.autograd.grad(plain, [x_plain, *op.parameters()], grad)
+    for g, g_plain in zip(fused_grads, plain_grads):
+        torch.testing.assert_close(g, g_plain, rtol=1e-9, atol=1e-10)

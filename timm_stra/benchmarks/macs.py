@@ -5,21 +5,23 @@ torch's ``FlopCounterMode`` counts the matrix products of every op it knows
 kernels) as FLOPs = 2 x MACs. The paper counts the MACs of convolutions and
 linear layers only; the batched products of attention are not in its numbers.
 
-One product is not seen by torch's counter at all: the aggregation of StRA's
-local attention (``LocalAttention.aggregate``, and its unfold reference) is a
-sum of k*k elementwise multiply-adds over a (C, H', W') map, i.e. k*k*C*H'*W'
-MACs per operator. It is counted analytically here, from the operators' output
-shapes during the same forward pass, and reported in its own column.
+StRA's own operators are counted by what they compute, not by the kernels that compute
+it, so the split does not depend on the implementation or the device:
 
-On CPU the grouped 1x1 convolutions of StRA run as batched matrix products
-(``layers/grouped_pointwise.py``). Products inside ``GroupedPointwiseConv`` and
-``LocalAttention`` modules are therefore counted as convolutions whatever kernel
-computes them, so the split does not depend on the device; only the products of
-mode attention and SASA land in ``matmul``.
+* the grouped 1x1 convolutions of its logit and mask branches (``ScoreBranch``) count as
+  convolutions, whatever products compute them (``layers/grouped_pointwise.py``);
+* the local attention's value projection counts as the grouped 1x1 convolution it is,
+  ``C_out * C/G`` MACs per input position, and its aggregation, the k*k weighted
+  neighbours summed per output channel and position (k*k*C*H'*W' MACs per operator),
+  in its own column; both analytically, from the operators' shapes during the same
+  forward pass. The products that implement them (row windows times banded weights on
+  CPU, an unfold in the reference) are left out.
+
+Everything else torch's counter sees (the mode attention's pooling, gating and mixing
+products, SASA's attention) lands in ``matmul``.
 
 Elementwise work that is not a product of two feature maps (BatchNorm, ReLU,
-softmax, sigmoid, the scale-and-add of the mode gates, the logit sums) is counted
-by neither the paper nor torch nor this module.
+softmax, sigmoid, logit sums) is counted by neither the paper nor torch nor this module.
 """
 from dataclasses import dataclass
 from typing import Dict, List, Sequence
@@ -28,8 +30,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..layers.grouped_pointwise import GroupedPointwiseConv
 from ..layers.local_attn import LocalAttention
+from ..layers.score_branch import ScoreBranch
 
 # aten ops whose products are convolutions or linear layers (the paper's convention)
 CONV_LINEAR_OPS = frozenset({'convolution', '_convolution', 'cudnn_convolution', 'mm', 'addmm'})
@@ -64,15 +66,19 @@ def _op_name(op) -> str:
     return parts[1] if len(parts) > 1 else parts[0]
 
 
-def _conv_scopes(model: nn.Module) -> List[str]:
-    """FlopCounterMode's names of the outermost modules whose products are all convolutions."""
-    scopes: List[str] = []
-    for name, module in model.named_modules():
-        if isinstance(module, (GroupedPointwiseConv, LocalAttention)):
-            if not any(name.startswith(scope + '.') for scope in scopes):
-                scopes.append(name)
+def _scope_names(model: nn.Module, kind: type) -> Dict[str, nn.Module]:
+    """FlopCounterMode's names of the modules of ``kind`` (outermost only) -> the modules."""
     root = type(model).__name__
-    return [f'{root}.{name}' if name else root for name in scopes]
+    scopes: Dict[str, nn.Module] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, kind) and not any(name.startswith(s + '.') for s in scopes):
+            scopes[name] = module
+    return {f'{root}.{name}' if name else root: module for name, module in scopes.items()}
+
+
+def _products(counts: Dict[str, Dict[object, float]], scope: str, conv: bool) -> float:
+    """MACs of the convolution/linear ops (``conv``) or of the other ops the counter saw in ``scope``."""
+    return sum(flops / 2 for op, flops in counts.get(scope, {}).items() if (_op_name(op) in CONV_LINEAR_OPS) == conv)
 
 
 def count_macs(model: nn.Module, input_size: Sequence[int]) -> MacCount:
@@ -83,10 +89,12 @@ def count_macs(model: nn.Module, input_size: Sequence[int]) -> MacCount:
     """
     if len(input_size) != 3:
         raise ValueError(f'input_size must be (C, H, W), got {tuple(input_size)}.')
-    local_macs = []
+    value_macs, local_macs = [], []
 
-    def record(module: LocalAttention, _inputs, output: torch.Tensor) -> None:
-        local_macs.append(module.kernel_size ** 2 * output[0].numel())
+    def record(module: LocalAttention, inputs, output: torch.Tensor) -> None:
+        x = inputs[0]
+        value_macs.append(module.value.weight.numel() * x.shape[2] * x.shape[3])  # grouped 1x1 conv, all positions
+        local_macs.append(module.kernel_size ** 2 * output[0].numel())            # k*k per output element
 
     handles = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, LocalAttention)]
     counter = FlopCounterMode(display=False)
@@ -101,12 +109,18 @@ def count_macs(model: nn.Module, input_size: Sequence[int]) -> MacCount:
     counts = counter.get_flop_counts()
     by_op = {_op_name(op): flops / 2 for op, flops in counts['Global'].items()}
     conv_linear = sum(v for op, v in by_op.items() if op in CONV_LINEAR_OPS)
-    for scope in _conv_scopes(model):  # grouped 1x1 convs computed as batched products
-        conv_linear += sum(flops / 2 for op, flops in counts.get(scope, {}).items()
-                           if _op_name(op) not in CONV_LINEAR_OPS)
+    other = sum(by_op.values()) - conv_linear
+    for scope in _scope_names(model, ScoreBranch):  # grouped 1x1 convs, whatever products compute them
+        conv_part = _products(counts, scope, conv=False)
+        conv_linear, other = conv_linear + conv_part, other - conv_part
+    for scope, module in _scope_names(model, LocalAttention).items():
+        # value projection and aggregation: counted analytically (below); whatever computed them is left out
+        score = f'{scope}.score'
+        conv_linear -= _products(counts, scope, conv=True) - _products(counts, score, conv=True)
+        other -= _products(counts, scope, conv=False) - _products(counts, score, conv=False)
     return MacCount(
-        conv_linear=conv_linear,
-        matmul=sum(by_op.values()) - conv_linear,
+        conv_linear=conv_linear + sum(value_macs),
+        matmul=other,
         local_aggregation=float(sum(local_macs)),
         by_op=by_op,
     )

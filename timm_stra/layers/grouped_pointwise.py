@@ -1,12 +1,16 @@
-"""Grouped 1x1 convolution as a batched matrix product, where that is the faster kernel.
+"""Grouped 1x1 convolution as batched matrix products, where that is the faster kernel.
 
 On CPU, oneDNN's grouped 1x1 convolution is slow for StRA's shapes (a few hundred
 channels in 8 groups over a small map): measured single-threaded at batch 16 on a
 16x8 map, the 512 -> 128 logit-branch conv takes 0.75 ms forward and 10.9 ms forward
-and backward as a convolution, 0.55 ms and 3.7 ms as one broadcast ``matmul`` of the
+and backward as a convolution, 0.55 ms and 3.7 ms as batched products of the
 (G, out/G, in/G) weights with the (B, G, in/G, H*W) input. Elsewhere (CUDA, channels
-last, other layouts) the convolution is kept: it is the kernel we have not measured
-to lose.
+last, other layouts) ``grouped_pointwise`` keeps the convolution: it is the kernel we
+have not measured to lose.
+
+``grouped_pointwise_nodes`` takes the input as per-group nodes (B, G, in/G, N) of any
+strides, so mode attention can read the local attention's per-mode channels-last output
+without a layout copy; it always computes products.
 """
 from typing import Optional
 
@@ -21,38 +25,58 @@ def _use_matmul(x: torch.Tensor) -> bool:
 
 
 class _GroupedPointwise(torch.autograd.Function):
-    """The product with its backward written out: autograd's own ``matmul`` backward keeps more at
-    once (+2.4 MiB of peak in a ReID training step at batch 16, measured with ``tensor_memory``)."""
+    """Per-group products with the backward written out: autograd's own ``matmul`` backward keeps more at
+    once (+2.4 MiB of peak in a ReID training step at batch 16, measured with ``tensor_memory``).
+
+    ``matmul`` broadcasts the weights over the batch by a copy: they are few (a logit or mask branch).
+    """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], groups: int):
-        B, C, H, W = x.shape
+    def forward(ctx, nodes: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]):
+        G = nodes.shape[1]
         out = weight.shape[0]
-        y = torch.matmul(weight.view(groups, out // groups, C // groups), x.view(B, groups, C // groups, H * W))
+        y = torch.matmul(weight.view(G, out // G, -1), nodes)
         if bias is not None:  # in place: the product is not needed for backward
-            y.add_(bias.to(y.dtype).view(groups, out // groups, 1))
-        ctx.save_for_backward(x, weight)
-        ctx.groups, ctx.dtype = groups, y.dtype  # y.dtype: autocast's choice
+            y.add_(bias.to(y.dtype).view(G, out // G, 1))
+        ctx.save_for_backward(nodes, weight)
+        ctx.dtype = y.dtype  # autocast's choice
         ctx.bias_dtype = bias.dtype if bias is not None else None
-        return y.view(B, out, H, W)
+        return y
 
     @staticmethod
     def backward(ctx, grad_y: torch.Tensor):
-        x, weight = ctx.saved_tensors
-        groups, dtype = ctx.groups, ctx.dtype  # autocast does not reach backward: compute in the forward's dtype
-        B, C, H, W = x.shape
-        out = weight.shape[0]
-        nodes = x.to(dtype).view(B, groups, C // groups, H * W)
-        w = weight.to(dtype).view(groups, out // groups, C // groups)
-        grad = grad_y.to(dtype).contiguous().view(B, groups, out // groups, H * W)
+        nodes, weight = ctx.saved_tensors
+        dtype = ctx.dtype  # autocast does not reach backward: compute in the forward's dtype
+        G = nodes.shape[1]
+        w = weight.to(dtype).view(G, weight.shape[0] // G, -1)
+        grad = grad_y.to(dtype)
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_x = torch.matmul(w.transpose(1, 2), grad).view(x.shape).to(x.dtype)
+            if nodes.stride(2) == 1:  # nodes are a transposed view of positions x channels: match that layout
+                grad_x = torch.matmul(grad.transpose(2, 3), w).transpose(2, 3)
+            else:
+                grad_x = torch.matmul(w.transpose(1, 2), grad)
+            grad_x = grad_x.to(nodes.dtype)
         if ctx.needs_input_grad[1]:
-            grad_w = torch.matmul(grad, nodes.transpose(2, 3)).sum(0).view(weight.shape).to(weight.dtype)
+            grad_w = torch.matmul(grad, nodes.to(dtype).transpose(2, 3)).sum(0).view(weight.shape).to(weight.dtype)
         if ctx.bias_dtype is not None and ctx.needs_input_grad[2]:
-            grad_b = grad.sum((0, 3)).view(-1).to(ctx.bias_dtype)
-        return grad_x, grad_w, grad_b, None
+            grad_b = grad.sum((0, 3)).reshape(-1).to(ctx.bias_dtype)
+        return grad_x, grad_w, grad_b
+
+
+@register_notrace_function
+def grouped_pointwise_nodes(nodes: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """Grouped 1x1 convolution of per-group nodes, G = ``nodes.shape[1]``.
+
+    Shapes:
+        nodes: (B, G, in / G, N), any strides with one unit stride per group's matrix;
+        weight: (out, in / G, 1, 1) -> (B, G, out / G, N), contiguous.
+    """
+    if torch.jit.is_scripting():
+        G = nodes.shape[1]
+        y = torch.matmul(weight.view(G, weight.shape[0] // G, -1), nodes)
+        return y if bias is None else y + bias.view(G, -1, 1)
+    return _GroupedPointwise.apply(nodes, weight, bias)
 
 
 @register_notrace_function
@@ -64,7 +88,8 @@ def grouped_pointwise(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
     """
     if torch.jit.is_scripting() or not _use_matmul(x):
         return F.conv2d(x, weight, bias, groups=groups)
-    return _GroupedPointwise.apply(x, weight, bias, groups)
+    B, C, H, W = x.shape
+    return _GroupedPointwise.apply(x.view(B, groups, C // groups, H * W), weight, bias).view(B, -1, H, W)
 
 
 @register_notrace_function
@@ -91,7 +116,7 @@ class GroupedPointwiseConv(nn.Conv2d):
     Same parameters and state dict as the convolution it replaces.
 
     Shapes:
-        (B, in_chs, H, W) -> (B, out_chs, H, W)
+        (B, in_chs, H, W) -> (B, out_chs, H, W); ``forward_nodes``: (B, G, in_chs / G, N) -> (B, out_chs, N)
     """
 
     def __init__(self, in_chs: int, out_chs: int, groups: int, bias: bool = True, device=None, dtype=None):
@@ -99,3 +124,7 @@ class GroupedPointwiseConv(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return grouped_pointwise(x, self.weight, self.bias, self.groups)
+
+    def forward_nodes(self, nodes: torch.Tensor) -> torch.Tensor:
+        B, N = nodes.shape[0], nodes.shape[3]
+        return grouped_pointwise_nodes(nodes, self.weight, self.bias).view(B, -1, N)

@@ -1,118 +1,192 @@
-"""The value projection and weighted neighbourhood sum of local attention, fast and lean.
+"""The value projection and weighted neighbourhood sum of local attention, as batched matrix products.
 
 ``out[b, g, i, :] = sum_j attn[b, g, i, j] * value[b, g, s*i + offset_j, :]`` over the
-k*k offsets of a window, with values outside the map taken as zero, where
-``value`` is the grouped 1x1 projection of the input.
+k*k offsets of a window, with values outside the map taken as zero, where ``value``
+is the grouped 1x1 projection of the input.
 
-Values are laid out "per mode, channels last": (B, G, H, W, n) with the n channels
-of a mode contiguous, so each offset is one in-place ``addcmul_`` over a contiguous
-run of channels, restricted to the rectangle of queries whose neighbour lies inside
-the map (no padded copy). The backward pass is written out the same way instead of
-leaving autograd to pile up k*k padded gradients, and recomputes the projected
-values from the input (which the logit branch keeps anyway) rather than holding them.
+Layout. The projected values of each (sample, mode) *slab* are written channels last
+into a buffer of rows: k // 2 zero rows, the slab's H map rows of (W, n), zero rows
+below. The k x k windows of every query in one query row lie in k consecutive buffer
+rows, a (k*W, n) matrix: the query row's *row window*. Consecutive row windows start
+``stride`` rows apart across the whole buffer (slabs included, see ``slab_rows``), so
+a single batched product over all of them computes every output::
+
+    out[row window t] (w, n) = band[t] (w, k*W) @ window[t] (k*W, n)
+
+where ``band[t]`` holds each query's k*k weights at its neighbours' columns (a
+neighbour outside the map has no column: it contributes nothing). Windows that start
+in a slab's padding rows are computed and dropped (their band rows are zero; the last
+slab's are not computed, they would run past the buffer). The backward pass is the
+same products transposed: ``grad band = grad out @ window^T`` (the weight gradients
+are its band entries) and ``grad value`` gathers ``band^T @ grad out`` into the row
+buffer, one window row offset at a time. The projected values are recomputed in
+backward from the input (which the logit branch keeps anyway) rather than held.
+
+This replaces k*k passes of elementwise multiply-adds over the values (memory bound)
+by products that read them once; the band costs k*W / k*k times the multiply-adds
+of the sum, cheap for the last-stage maps StRA runs on (W of 3 to 16).
 """
-from typing import List, Tuple
+from typing import Tuple
 
 import torch
+import torch.nn.functional as F
 from timm.layers import register_notrace_function
 
 from .grouped_pointwise import grouped_pointwise_channels_last
 
 
-def _window_regions(
-        in_size: int, out_size: int, kernel_size: int, stride: int) -> List[Tuple[int, int, int, int]]:
-    """Along one axis, for each window offset: (first query, last query + 1, first input, last input + 1).
+def slab_rows(height: int, kernel_size: int, stride: int) -> int:
+    """Buffer rows of one slab: the map and k // 2 zero rows on either side, rounded up to a multiple of ``stride``.
 
-    Query q reads input ``stride * q + offset``; only queries whose input lies in
-    [0, in_size) are kept. Offsets with no such query give an empty range.
+    With R rows per slab (a multiple of s), row window t starts at buffer row s*t in every
+    slab, R / s windows per slab, the first ``ceil(H / s)`` of them the slab's query rows.
     """
-    regions = []
-    for d in range(-(kernel_size // 2), kernel_size // 2 + 1):
-        q0 = max(0, (stride - 1 - d) // stride)
-        q1 = min(out_size - 1, (in_size - 1 - d) // stride) if in_size - 1 - d >= 0 else -1
-        regions.append((q0, q1 + 1, stride * q0 + d, stride * q1 + d + 1))
-    return regions
+    rows = height + 2 * (kernel_size // 2)
+    return -(-rows // stride) * stride
 
 
+def _column_range(dx: int, kernel_size: int, stride: int, in_w: int, out_w: int) -> Tuple[int, int]:
+    """Queries q whose neighbour at column offset ``dx`` (0..k-1) lies inside the map: [q0, q1)."""
+    p = kernel_size // 2
+    q0 = max(0, -(-(p - dx) // stride))
+    q1 = min(out_w, (in_w - 1 - dx + p) // stride + 1)
+    return q0, max(q0, q1)
 
-def _per_mode(x: torch.Tensor, weight: torch.Tensor, groups: int):
-    """Views for the projection as batched matrix products: x (B, G, C/G, H*W), weight (G, C_out/G, C/G)."""
+
+def _band_entries(band: torch.Tensor, dx: int, out_h: int, kernel_size: int, stride: int) -> Tuple[torch.Tensor, int]:
+    """View of the band entries at column offset ``dx`` for every slab, query row, valid query and row offset.
+
+    Args:
+        band: (B*G, R/s, w, k, W), contiguous and at the start of its storage (as ``as_strided`` addresses it).
+
+    Returns:
+        ((B*G, out_h, q1 - q0, k) view, q0): entry [.., r, q - q0, dy] weighs neighbour (s*r + dy - p,
+        s*q + dx - p) of query (r, q).
+    """
+    slabs, _, out_w, k, in_w = band.shape
+    q0, q1 = _column_range(dx, kernel_size, stride, in_w, out_w)
+    st = band.stride()
+    offset = q0 * st[2] + (stride * q0 + dx - kernel_size // 2) * st[4]
+    return band.as_strided((slabs, out_h, q1 - q0, k), (st[0], st[1], st[2] + stride * st[4], st[3]), offset), q0
+
+
+def _build_band(attn: torch.Tensor, windows_per_slab: int, in_w: int, kernel_size: int, stride: int) -> torch.Tensor:
+    """(B, G, k*k, h, w) weights -> (B*G, R/s, w, k, W) band; rows of dropped windows and outside columns are zero."""
+    B, G, _, h, w = attn.shape
+    k = kernel_size
+    band = attn.new_zeros(B * G, windows_per_slab, w, k, in_w)
+    weights = attn.reshape(B * G, k, k, h, w)  # dy, dx
+    for dx in range(k):
+        entries, q0 = _band_entries(band, dx, h, k, stride)
+        if entries.shape[2]:
+            entries.copy_(weights[:, :, dx, :, q0:q0 + entries.shape[2]].permute(0, 2, 3, 1))
+    return band
+
+
+def _band_weights(grad_band: torch.Tensor, out_h: int, kernel_size: int, stride: int) -> torch.Tensor:
+    """Inverse of ``_build_band`` on a gradient: (B*G, R/s, w, k, W) -> (B*G, k*k, h, w); outside neighbours get 0."""
+    slabs, _, w, k, _ = grad_band.shape
+    grad = grad_band.new_zeros(slabs, k, k, out_h, w)
+    for dx in range(k):
+        entries, q0 = _band_entries(grad_band, dx, out_h, k, stride)
+        if entries.shape[2]:
+            grad[:, :, dx, :, q0:q0 + entries.shape[2]] = entries.permute(0, 3, 1, 2)
+    return grad.view(slabs, k * k, out_h, w)
+
+
+def _project_into_rows(x: torch.Tensor, weight: torch.Tensor, groups: int, kernel_size: int, stride: int) -> torch.Tensor:
+    """Grouped 1x1 projection of ``x`` (B, C, H, W) laid out as a row buffer (B*G*R, W, n).
+
+    Each slab: k // 2 zero rows, its H rows of projected values (channels last), zero rows up to R.
+    """
     B, C, H, W = x.shape
-    return x.view(B, groups, C // groups, H * W), weight.view(groups, -1, C // groups)
+    n, p, rows = weight.shape[0] // groups, kernel_size // 2, slab_rows(H, kernel_size, stride)
+    # (B, G, H*W, C/G) @ (G, C/G, n): both operands views, the product lands channels last
+    value = torch.matmul(x.view(B, groups, C // groups, H * W).transpose(2, 3),
+                         weight.view(groups, n, C // groups).transpose(1, 2))
+    buffer = value.new_empty(B * groups, rows, W, n)
+    buffer[:, :p].zero_()
+    buffer[:, p + H:].zero_()
+    buffer[:, p:p + H] = value.view(B * groups, H, W, n)
+    return buffer.view(-1, W, n)
 
 
-def _aggregate(attn: torch.Tensor, value: torch.Tensor, rows, cols, kernel_size: int, stride: int) -> torch.Tensor:
-    """attn (B, G, k*k, h, w), value (B, G, H, W, n) -> (B, G, h, w, n)."""
-    centre = (kernel_size * kernel_size) // 2
-    # the centre neighbour of every query is inside the map: it initialises the output
-    out = attn[:, :, centre].unsqueeze(-1) * value[:, :, ::stride, ::stride]
-    j = 0
-    for q0, q1, i0, i1 in rows:
-        for p0, p1, k0, k1 in cols:
-            if j != centre and q1 > q0 and p1 > p0:
-                out[:, :, q0:q1, p0:p1].addcmul_(
-                    attn[:, :, j, q0:q1, p0:p1].unsqueeze(-1), value[:, :, i0:i1:stride, k0:k1:stride])
-            j += 1
-    return out
+def _window_count(slabs: int, height: int, kernel_size: int, stride: int) -> int:
+    """Row windows up to the last query row of the last slab (the later ones would run past the buffer)."""
+    return (slabs - 1) * (slab_rows(height, kernel_size, stride) // stride) + (height - 1) // stride + 1
+
+
+def _row_windows(buffer: torch.Tensor, count: int, kernel_size: int, stride: int) -> torch.Tensor:
+    """(count, k*W, n) overlapping view of a row buffer (at the start of its storage): window t is the k rows
+    from row s*t."""
+    _, W, n = buffer.shape
+    return buffer.as_strided((count, kernel_size * W, n), (stride * W * n, n, 1))
 
 
 class _LocalAttend(torch.autograd.Function):
-    """Value projection and neighbourhood sum in one autograd node.
+    """Value projection and neighbourhood sum in one autograd node (see the module docstring).
 
-    Only the (already saved) input and the weights are kept for backward: the
-    projected values, as large as the input, are recomputed there instead of held.
+    Only the input, the weights and the attention weights are kept for backward.
     """
 
     @staticmethod
     def forward(ctx, attn: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, groups: int,
-                kernel_size: int, stride: int) -> torch.Tensor:
-        value = grouped_pointwise_channels_last(x, weight, groups)  # under autocast, in the autocast dtype
-        rows = _window_regions(value.shape[2], attn.shape[3], kernel_size, stride)
-        cols = _window_regions(value.shape[3], attn.shape[4], kernel_size, stride)
+                kernel_size: int, stride: int, compact: bool) -> torch.Tensor:
+        B, _, h, w = attn.shape[:2] + attn.shape[3:]
+        H, W = x.shape[2:]
+        buffer = _project_into_rows(x, weight, groups, kernel_size, stride)  # under autocast, in the autocast dtype
+        dtype = buffer.dtype
+        windows_per_slab = slab_rows(H, kernel_size, stride) // stride
+        count = _window_count(B * groups, H, kernel_size, stride)
         ctx.attn_dtype = attn.dtype
-        attn = attn.to(value.dtype)
+        attn = attn.to(dtype)
         ctx.save_for_backward(attn, x, weight)
-        ctx.geometry = (groups, kernel_size, stride, rows, cols)
-        return _aggregate(attn, value, rows, cols, kernel_size, stride)
-
+        ctx.geometry = (groups, kernel_size, stride)
+        band = _build_band(attn, windows_per_slab, W, kernel_size, stride).view(-1, w, kernel_size * W)[:count]
+        out = buffer.new_empty(B * groups * windows_per_slab, w, buffer.shape[-1])
+        torch.bmm(band, _row_windows(buffer, count, kernel_size, stride), out=out[:count])
+        out = out.view(B, groups, windows_per_slab, w, -1)[:, :, :h]  # each slab's query rows
+        return out.contiguous() if compact else out
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         attn, x, weight = ctx.saved_tensors
-        groups, kernel_size, stride, rows, cols = ctx.geometry
-        B, _, H, W = x.shape
+        groups, k, s = ctx.geometry
+        B, C, H, W = x.shape
+        h, w, n = grad_out.shape[2:]
         dtype = attn.dtype  # the forward's compute dtype (autocast does not reach backward)
         x_c, weight_c = x.to(dtype), weight.to(dtype)
-        value = grouped_pointwise_channels_last(x_c, weight_c, groups)  # the projection again
-        nodes, w = _per_mode(x_c, weight_c, groups)
-        grad_out = grad_out.to(dtype).contiguous()
-        centre = (kernel_size * kernel_size) // 2
-        if stride == 1:  # the centre term covers every position: it initialises the value gradient
-            grad_value = attn[:, :, centre].unsqueeze(-1) * grad_out
-        else:
-            grad_value = torch.zeros_like(value)
-        grad_attn = torch.zeros_like(attn)
-        scratch = grad_out.new_empty(grad_out.numel())  # one buffer for every offset's products: no allocator churn
-        j = 0
-        for q0, q1, i0, i1 in rows:
-            for p0, p1, k0, k1 in cols:
-                if q1 > q0 and p1 > p0:
-                    g = grad_out[:, :, q0:q1, p0:p1]
-                    if stride != 1 or j != centre:
-                        grad_value[:, :, i0:i1:stride, k0:k1:stride].addcmul_(
-                            g, attn[:, :, j, q0:q1, p0:p1].unsqueeze(-1))
-                    product = scratch[:g.numel()].view(g.shape)  # contiguous, as out= under torch.compile needs
-                    torch.mul(g, value[:, :, i0:i1:stride, k0:k1:stride], out=product)
-                    grad_attn[:, :, j, q0:q1, p0:p1] = product.sum(-1)
-                j += 1
-        del value, scratch
-        grad_value = grad_value.view(B, groups, H * W, -1)                    # B, G, N, n_out
+        buffer = _project_into_rows(x_c, weight_c, groups, k, s)  # the values again
+        rows = slab_rows(H, k, s)
+        count = _window_count(B * groups, H, k, s)
+        band = _build_band(attn, rows // s, W, k, s).view(-1, w, k * W)[:count]
+        # the output gradient laid out by row window, zero at the dropped windows (their band rows are zero too,
+        # but 0 * an uninitialised NaN would not be)
+        grad = grad_out.new_empty(B * groups, rows // s, w, n, dtype=dtype)
+        grad[:, h:].zero_()
+        grad[:, :h] = grad_out.reshape(B * groups, h, w, n)
+        grad = grad.view(-1, w, n)[:count]
+        grad_band = grad.new_empty(B * groups * (rows // s), w, k * W)  # rows from count on are never read
+        torch.bmm(grad, _row_windows(buffer, count, k, s).transpose(1, 2), out=grad_band[:count])
+        grad_attn = _band_weights(grad_band.view(B * groups, rows // s, w, k, W), h, k, s)
+        del grad_band
+        # grad value: window row dy of window t is buffer row s*t + dy; reuse the values' buffer
+        grad_value = buffer.zero_()
+        product = grad.new_empty(count, W, n)
+        for dy in range(k):
+            torch.bmm(band[:, :, dy * W:(dy + 1) * W].transpose(1, 2), grad, out=product)
+            grad_value[dy:dy + s * (count - 1) + 1:s].add_(product)
+        del product
+        grad_value = grad_value.view(B, groups, rows, W, n)[:, :, k // 2:k // 2 + H]
+        grad_value = grad_value.reshape(B, groups, H * W, n)  # a view: each slab's map rows are contiguous
         grad_x = grad_weight = None
         if ctx.needs_input_grad[1]:
-            grad_x = torch.matmul(w.transpose(-1, -2), grad_value.transpose(-1, -2)).view(x.shape).to(x.dtype)
+            grad_x = torch.matmul(weight_c.view(groups, n, C // groups).transpose(1, 2), grad_value.transpose(2, 3))
+            grad_x = grad_x.view(x.shape).to(x.dtype)
         if ctx.needs_input_grad[2]:
-            grad_weight = torch.matmul(grad_value.transpose(-1, -2), nodes.transpose(-1, -2)).sum(0)
+            nodes = x_c.view(B, groups, C // groups, H * W)
+            grad_weight = torch.matmul(grad_value.transpose(2, 3), nodes.transpose(2, 3)).sum(0)
             grad_weight = grad_weight.view(weight.shape).to(weight.dtype)
-        return grad_attn.to(ctx.attn_dtype), grad_x, grad_weight, None, None, None
+        return grad_attn.view(attn.shape).to(ctx.attn_dtype), grad_x, grad_weight, None, None, None, None
 
 
 def local_attend_autograd(
@@ -123,7 +197,7 @@ def local_attend_autograd(
     B, G, H, W, n = value.shape
     out_h, out_w = attn.shape[3], attn.shape[4]
     p = kernel_size // 2
-    padded = torch.nn.functional.pad(value, (0, 0, p, p, p, p))
+    padded = F.pad(value, (0, 0, p, p, p, p))
     span_h, span_w = stride * (out_h - 1) + 1, stride * (out_w - 1) + 1
     out = torch.zeros(B, G, out_h, out_w, n, device=value.device, dtype=value.dtype)
     for dy in range(kernel_size):
@@ -147,10 +221,13 @@ def local_attend(
         stride: query stride s: query (i, j) sits at input position (s*i, s*j).
 
     Returns:
-        (B, G, out_h, out_w, n), out_h = ceil(H / s) and out_w = ceil(W / s).
+        (B, G, out_h, out_w, n), out_h = ceil(H / s) and out_w = ceil(W / s): channels last within
+        each mode; each slab's (out_h * out_w, n) block is contiguous. Without gradients the slabs
+        are not (a view into the row-window outputs); with them the result is contiguous, since
+        whatever follows keeps it for backward.
     """
     if torch.jit.is_scripting():
-        out = local_attend_autograd(attn, x, weight, groups, kernel_size, stride)
-    else:
-        out = _LocalAttend.apply(attn, x.contiguous(), weight, groups, kernel_size, stride)
-    return out
+        return local_attend_autograd(attn, x, weight, groups, kernel_size, stride)
+    # what follows keeps the output for backward when there is one: then it should hold no dropped windows
+    compact = torch.is_grad_enabled() and (attn.requires_grad or x.requires_grad or weight.requires_grad)
+    return _LocalAttend.apply(attn, x.contiguous(), weight, groups, kernel_size, stride, compact)

@@ -7,9 +7,9 @@ values are zero (border neighbours still take part in the softmax), as in the
 authors' release.
 
 This implementation lays the values out channels last within each mode and sums
-the neighbours in place (``local_attend.py``), so it never materialises the
-k*k copies of the values that the unfold-based reference (``local_attn_ref.py``)
-builds.
+the neighbours of a whole row of queries with one matrix product (``local_attend.py``),
+so it never materialises the k*k copies of the values that the unfold-based
+reference (``local_attn_ref.py``) builds.
 """
 from typing import List
 
@@ -66,7 +66,8 @@ class LocalAttention(nn.Module):
     plain ``nn.Conv2d`` layers (see ``ScoreBranch``).
 
     Shapes:
-        (B, C, H, W) -> (B, C, ceil(H / stride), ceil(W / stride))
+        (B, C, H, W) -> (B, C, ceil(H / stride), ceil(W / stride)); ``per_mode=True``:
+        (B, G, ceil(H / stride), ceil(W / stride), C / G)
     """
     fast_convs = True
 
@@ -113,10 +114,15 @@ class LocalAttention(nn.Module):
         logits = omega + torch.stack(neighbour_views(nu, k, s, out_h, out_w), dim=2)
         return torch.softmax(logits, dim=2, dtype=torch.float32).to(scores.dtype)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, per_mode: bool = False) -> torch.Tensor:
+        """(B, C, H, W) -> (B, C, h, w), h = ceil(H / stride), w = ceil(W / stride); with ``per_mode``, the layout
+        ``ModeAttention(per_mode=True)`` takes, channels last within each mode: (B, G, h, w, C / G) (see
+        ``local_attend``)."""
         B, C, H, W = x.shape
         out_h = (H - 1) // self.stride + 1
         out_w = (W - 1) // self.stride + 1
         attn = self.attention(self.score(x), out_h, out_w)
-        out = local_attend(attn, x, self.value.weight, self.groups, self.kernel_size, self.stride)  # B, G, h, w, n
+        out = local_attend(attn, x, self.value.weight, self.groups, self.kernel_size, self.stride)
+        if per_mode:
+            return out
         return out.permute(0, 1, 4, 2, 3).reshape(B, C, out_h, out_w)

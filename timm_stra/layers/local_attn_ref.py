@@ -47,5 +47,9 @@ class LocalAttentionReference(LocalAttention):
     """
     fast_convs = False
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return local_attention_reference(self.score(x), self.value(x), self.groups, self.kernel_size, self.stride)
+    def forward(self, x: torch.Tensor, per_mode: bool = False) -> torch.Tensor:
+        out = local_attention_reference(self.score(x), self.value(x), self.groups, self.kernel_size, self.stride)
+        if per_mode:  # B, G, h, w, C / G, as LocalAttention lays it out
+            B, C, h, w = out.shape
+            return out.view(B, self.groups, C // self.groups, h, w).permute(0, 1, 3, 4, 2)
+        return out

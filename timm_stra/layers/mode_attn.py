@@ -30,7 +30,7 @@ class ModeAttention(nn.Module):
     plain ``nn.Conv2d`` layers (see ``ScoreBranch``).
 
     Shapes:
-        (B, C, H, W) -> (B, C, H, W)
+        (B, C, H, W) -> (B, C, H, W); ``per_mode=True``: (B, G, H, W, C / G) -> (B, C, H, W)
     """
     fast_convs = True
 
@@ -55,30 +55,65 @@ class ModeAttention(nn.Module):
         Returns:
             (B, G, H, W) masks (float32 softmax statistics, cast back to the input dtype).
         """
-        logits = self.mask(x)
-        masks = torch.softmax(logits.flatten(2), dim=-1, dtype=torch.float32).to(x.dtype)
-        return masks.view_as(logits)
+        return _normalize_masks(self.mask(x), x.dtype)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, per_mode: bool = False) -> torch.Tensor:
+        """(B, C, H, W) -> (B, C, H, W); ``per_mode``: the input is laid out channels last within each mode,
+        (B, G, H, W, C / G), as ``LocalAttention(per_mode=True)`` returns it (the output is not)."""
+        if per_mode:
+            B, G, H, W, n = x.shape
+            return self._attend(x.reshape(B, G, H * W, n), H, W)
         B, C, H, W = x.shape
-        G, N = self.groups, H * W
-        masks = self.diversity(self.spatial_masks(x)).view(B, G, N, 1)
-        nodes = x.reshape(B, G, C // G, N)                              # S: B, G, n, N
-        m = torch.matmul(nodes, masks).squeeze(-1)                      # modal vectors: B, G, n
+        return self._attend(x.reshape(B, self.groups, C // self.groups, H * W).transpose(2, 3), H, W)
+
+    def _attend(self, nodes: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """Mode attention of per-mode nodes: S_g[:, i] is ``nodes[b, g, i]``.
+
+        Every product reads ``nodes`` through its strides, so channels-first input (a transposed
+        view) and per-mode channels-last input take the same path; the gating product writes the
+        output channels first either way.
+
+        Args:
+            nodes: (B, G, H*W, C / G), any strides with the channels or the positions unit-strided.
+
+        Returns:
+            (B, C, H, W), contiguous.
+        """
+        B, G, N, n = nodes.shape
+        logits = self.mask(nodes.transpose(2, 3), (height, width))
+        masks = self.diversity(_normalize_masks(logits, nodes.dtype)).view(B, G, 1, N)
+        m = torch.matmul(masks, nodes).squeeze(2)                       # modal vectors: B, G, n
         if not self.interaction:
-            # Y_g = S_g + alpha[g] * m_g, alpha = sigmoid(BN(<m_g, S_g[:, i]>))
-            affinity = torch.matmul(m.unsqueeze(2), nodes).view(B, G, H, W)
-            alpha = torch.sigmoid(self.gate_norm(affinity)).view(B, G, 1, N)
-            return torch.addcmul(nodes, m.unsqueeze(-1), alpha).view(B, C, H, W)
+            # e[g, i] = <m_g, S_g[:, i]>, alpha = sigmoid(BN(e)), Y_g = S_g + alpha m_g
+            affinity = torch.matmul(nodes, m.unsqueeze(-1))             # B, G, N, 1
+            alpha = torch.sigmoid(self.gate_norm(affinity.reshape(B, G, height, width)))
+            return _add_gated(nodes, m, alpha).view(B, G * n, height, width)
         # mode interaction: P = softmax(sqrt(G) * l2normalize_rows(m m^T)), m' = P m
         paths = F.normalize(m @ m.transpose(1, 2), dim=-1)
         mixed = torch.softmax(paths * math.sqrt(G), dim=-1) @ m        # m': B, G, n
-        # one pass over S gives <m_g, S_g[:, i]> and <m'_g, S_g[:, i]>; since Y_g = S_g + alpha m_g,
-        # <m'_g, Y_g[:, i]> = <m'_g, S_g[:, i]> + alpha[g, i] <m'_g, m_g>
-        affinity = torch.matmul(torch.stack([m, mixed], dim=2), nodes)  # B, G, 2, N
-        alpha = torch.sigmoid(self.gate_norm(affinity[:, :, 0].reshape(B, G, H, W))).view(B, G, 1, N)
-        second = affinity[:, :, 1:] + alpha * (mixed * m).sum(-1, keepdim=True).unsqueeze(-1)
-        alpha2 = torch.sigmoid(self.interact_norm(second.reshape(B, G, H, W))).view(B, G, 1, N)
-        # Z_g = Y_g + alpha' m'_g = S_g + alpha m_g + alpha' m'_g
-        z = torch.addcmul(nodes, m.unsqueeze(-1), alpha)
-        return torch.addcmul(z, mixed.unsqueeze(-1), alpha2).view(B, C, H, W)
+        # one pass over S gives e[g, i] = <m_g, S_g[:, i]> and <m'_g, S_g[:, i]>
+        affinity = torch.matmul(nodes, torch.stack([m, mixed], dim=-1))  # B, G, N, 2
+        alpha = torch.sigmoid(self.gate_norm(affinity[..., 0].reshape(B, G, height, width)))
+        # Y_g = S_g + alpha m_g, so <m'_g, Y_g[:, i]> = <m'_g, S_g[:, i]> + alpha[g, i] <m'_g, m_g>
+        second = affinity[..., 1] + alpha.view(B, G, N) * (mixed * m).sum(-1, keepdim=True)
+        alpha2 = torch.sigmoid(self.interact_norm(second.reshape(B, G, height, width)))
+        # Z_g = Y_g + alpha' m'_g
+        out = _add_gated(nodes, m, alpha).baddbmm_(mixed.reshape(B * G, n, 1), alpha2.reshape(B * G, 1, N))
+        return out.view(B, G * n, height, width)
+
+
+def _add_gated(nodes: torch.Tensor, vectors: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
+    """``S_g + gate_g (x) m_g`` as one product, which also lays the result out channels first.
+
+    Shapes:
+        nodes (B, G, N, n), vectors (B, G, n), gates (B, G, H, W) with H*W = N -> (B*G, n, N)
+    """
+    B, G, N, n = nodes.shape
+    return torch.baddbmm(nodes.transpose(2, 3).reshape(B * G, n, N), vectors.reshape(B * G, n, 1),
+                         gates.reshape(B * G, 1, N))
+
+
+def _normalize_masks(logits: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, G, H, W) mask logits -> masks summing to 1 over the positions (float32 softmax, cast to ``dtype``)."""
+    masks = torch.softmax(logits.flatten(2), dim=-1, dtype=torch.float32).to(dtype)
+    return masks.view_as(logits)

@@ -29,7 +29,10 @@ class ModeAttentionReference(ModeAttention):
     """
     fast_convs = False
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, per_mode: bool = False) -> torch.Tensor:
+        if per_mode:  # B, G, H, W, C / G -> B, C, H, W
+            B, G, H, W, n = x.shape
+            x = x.permute(0, 1, 4, 2, 3).reshape(B, G * n, H, W)
         B, C, H, W = x.shape
         G = self.groups
         masks = self.diversity(self.spatial_masks(x))                   # M: B, G, H, W

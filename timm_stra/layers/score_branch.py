@@ -6,6 +6,7 @@ GC(hidden -> out, bias) -> BN``, where ``GC`` is a 1x1 convolution with ``groups
 groups (SPEC 1.1 step 1 and 1.2 step 1).
 """
 from functools import partial
+from typing import Final, Optional, Tuple
 
 import torch
 from torch import nn
@@ -26,13 +27,16 @@ class ScoreBranch(nn.Module):
             authors' release has them (the reference operators). Same state dict either way.
 
     Shapes:
-        (B, in_chs, H, W) -> (B, out_chs, H, W)
+        (B, in_chs, H, W) -> (B, out_chs, H, W), or, ``fast`` branches only, per-group nodes
+        (B, G, in_chs / G, H*W) of any strides with ``size=(H, W)`` given -> (B, out_chs, H, W)
     """
+    fast: Final[bool]
 
     def __init__(
             self, in_chs: int, hidden_chs: int, out_chs: int, groups: int, fast: bool = True, device=None, dtype=None):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
+        self.fast = fast
         conv_layer = GroupedPointwiseConv if fast else partial(nn.Conv2d, kernel_size=1)
         self.conv1 = conv_layer(in_chs, hidden_chs, groups=groups, **dd)
         self.bn1 = nn.BatchNorm2d(hidden_chs, **dd)
@@ -42,5 +46,13 @@ class ScoreBranch(nn.Module):
         nn.init.zeros_(self.conv1.bias)
         nn.init.zeros_(self.conv2.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.bn2(self.conv2(self.act(self.bn1(self.conv1(x)))))
+    def forward(self, x: torch.Tensor, size: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+        # nested on the constant ``fast``: TorchScript then never compiles forward_nodes for a plain nn.Conv2d
+        if self.fast:
+            if size is not None:  # per-group nodes
+                x = self.conv1.forward_nodes(x).view(x.shape[0], -1, size[0], size[1])
+            else:
+                x = self.conv1(x)
+        else:
+            x = self.conv1(x)
+        return self.bn2(self.conv2(self.act(self.bn1(x))))

@@ -13,6 +13,8 @@ own operators instead (unfold-based local attention, mode attention computed in
 the paper's order): same parameters and state dict, slower; the test oracle and
 the benchmark's stand-in for the authors' release.
 """
+from typing import Final
+
 import torch
 from torch import nn
 
@@ -72,6 +74,7 @@ class StRAttention(nn.Module):
     Shapes:
         (B, C, H, W) -> (B, C, ceil(H / stride), ceil(W / stride))
     """
+    per_mode: Final[bool]
 
     def __init__(
             self,
@@ -100,7 +103,11 @@ class StRAttention(nn.Module):
         else:
             mode_cls = ModeAttentionReference if reference else ModeAttention
             self.mode = mode_cls(dim, groups, interaction=mode == 'full', **dd)
+        # the fast local attention hands its per-mode channels-last output to the fast mode attention as it is
+        self.per_mode = local_op == 'local' and mode != 'none' and not reference
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_feature_map(x, self.dim, 'StRAttention')
+        if self.per_mode:
+            return self.mode(self.local(x, per_mode=True), per_mode=True)
         return self.mode(self.local(x))
