@@ -76,6 +76,10 @@ def test_tiny_run(tmp_path, capsys):
         assert r['peak_mb'] > 0 and r['step_mb'] >= 0
         if case == 'twin':
             assert r['speed_vs_twin'] == 1.0 and r['peak_vs_twin'] == 1.0
+        assert r['time_vs_stra'] is None  # no StRA case in this run
+        assert r['time_vs_limit'] == pytest.approx(r['seconds'] / rows['limit', tuple(r['img_size'])]['seconds'])
+    assert rows['limit', (44, 44)]['time_vs_limit'] == 1.0
+    assert '| time vs limit | time vs StRA |' in out
 
 
 def test_tensor_memory_counts_a_step_exactly():

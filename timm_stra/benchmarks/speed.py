@@ -117,6 +117,10 @@ def summarize(raw: List[Dict[str, object]], twin: str = 'twin') -> List[Dict[str
         }
     for key, row in rows.items():
         ref = rows.get(key[:3] + (twin,))
+        limit, stra = rows.get(key[:3] + ('limit',)), rows.get(key[:3] + ('stra',))
+        # the issue's yardsticks: time per step over the limit's (attention for free) and over StRA's
+        row['time_vs_limit'] = row['seconds'] / limit['seconds'] if limit else None
+        row['time_vs_stra'] = row['seconds'] / stra['seconds'] if stra else None
         row['speed_vs_twin'] = row['images_per_s'] / ref['images_per_s'] if ref else None
         row['cpu_vs_twin'] = ref['cpu_ms_per_image'] / row['cpu_ms_per_image'] if ref else None
         row['best_vs_twin'] = row['best_images_per_s'] / ref['best_images_per_s'] if ref else None
@@ -133,12 +137,14 @@ def main_table(rows: List[Dict[str, object]], size: Tuple[int, int], cpu: bool =
     """Throughput and memory at the task resolution, one line per (mode, batch, case).
 
     Throughput: the median over repeats, and the best step of all repeats (the run least
-    disturbed by other load on a shared machine). ``cpu`` adds the process CPU time
+    disturbed by other load on a shared machine). "time vs limit" / "time vs StRA": the median
+    step time over that of the limit / of StRA in the same setting (below 1 is faster). ``cpu`` adds the process CPU time
     columns (meaningless for a GPU run; on a virtual machine it includes steal time).
     """
     lines = [{
         'mode': r['mode'], 'batch': r['batch'], 'case': CASES[r['case']].label,
         'images/s (median)': f"{r['images_per_s']:.2f}", 'vs twin': _x(r['speed_vs_twin']),
+        'time vs limit': _x(r['time_vs_limit']), 'time vs StRA': _x(r['time_vs_stra']),
         'images/s (best)': f"{r['best_images_per_s']:.2f}", 'best vs twin': _x(r['best_vs_twin']),
         'CPU-ms/image': f"{r['cpu_ms_per_image']:.0f}", 'CPU time vs twin': _x(r['cpu_vs_twin']),
         'peak MiB': f"{r['peak_mb']:.0f}", 'peak vs twin': _x(r['peak_vs_twin']),
