@@ -77,7 +77,7 @@ def test_tiny_run(tmp_path, capsys):
         if case == 'twin':
             assert r['speed_vs_twin'] == 1.0 and r['peak_vs_twin'] == 1.0
         assert r['time_vs_stra'] is None  # no StRA case in this run
-        assert r['time_vs_limit'] == pytest.approx(r['seconds'] / rows['limit', tuple(r['img_size'])]['seconds'])
+        assert r['time_vs_limit'] == pytest.approx(r['seconds'] / rows['limit', tuple(r['img_size'])]['seconds'])  # 1 round
     assert rows['limit', (44, 44)]['time_vs_limit'] == 1.0
     assert '| time vs limit | time vs StRA |' in out
 
@@ -90,3 +90,12 @@ def test_tensor_memory_counts_a_step_exactly():
     x = torch.randn(4, 1, 64, 64)
     extra_map = 4 * 8 * 60 * 60 * 4 / 2 ** 20  # the second conv's (4, 8, 60, 60) output, kept for ReLU's backward
     assert 0.8 * extra_map < step_peak_mib(big, x) - step_peak_mib(small, x) < 4 * extra_map
+
+
+def test_paired_ratios_are_taken_within_each_round():
+    """A slow round slows every case in it: the per-round ratio ignores it, the ratio of medians would not."""
+    from timm_stra.benchmarks.speed import paired_ratio
+    runs = [{'repeat': r, 'seconds': s} for r, s in enumerate([1.0, 2.2, 1.1])]
+    base = [{'repeat': r, 'seconds': s} for r, s in enumerate([1.0, 2.0, 1.0])]
+    assert paired_ratio(runs, base) == pytest.approx(1.1)
+    assert paired_ratio(runs, base[:1]) == 1.0 and paired_ratio(runs, []) is None

@@ -95,6 +95,17 @@ def run_all(
     return results
 
 
+def paired_ratio(runs: List[Dict[str, object]], base_runs: List[Dict[str, object]]) -> Optional[float]:
+    """Median over the repeat rounds both ran in of (step seconds / base's step seconds in that round).
+
+    Runs of one round are minutes apart at most, so a ratio within a round is spared the machine's
+    slower drifts (load from other tenants, memory warming up) that move whole rounds.
+    """
+    base = {r['repeat']: r['seconds'] for r in base_runs}
+    ratios = [r['seconds'] / base[r['repeat']] for r in runs if r['repeat'] in base]
+    return statistics.median(ratios) if ratios else None
+
+
 def summarize(raw: List[Dict[str, object]], twin: str = 'twin') -> List[Dict[str, object]]:
     """Medians over repeats per (mode, batch, size, case), with ratios to ``twin`` in the same setting."""
     groups: Dict[tuple, List[Dict[str, object]]] = {}
@@ -117,10 +128,10 @@ def summarize(raw: List[Dict[str, object]], twin: str = 'twin') -> List[Dict[str
         }
     for key, row in rows.items():
         ref = rows.get(key[:3] + (twin,))
-        limit, stra = rows.get(key[:3] + ('limit',)), rows.get(key[:3] + ('stra',))
         # the issue's yardsticks: time per step over the limit's (attention for free) and over StRA's
-        row['time_vs_limit'] = row['seconds'] / limit['seconds'] if limit else None
-        row['time_vs_stra'] = row['seconds'] / stra['seconds'] if stra else None
+        for name, base in (('limit', 'time_vs_limit'), ('stra', 'time_vs_stra')):
+            base_runs = groups.get(key[:3] + (name,))
+            row[base] = paired_ratio(groups[key], base_runs) if base_runs else None
         row['speed_vs_twin'] = row['images_per_s'] / ref['images_per_s'] if ref else None
         row['cpu_vs_twin'] = ref['cpu_ms_per_image'] / row['cpu_ms_per_image'] if ref else None
         row['best_vs_twin'] = row['best_images_per_s'] / ref['best_images_per_s'] if ref else None
@@ -137,8 +148,9 @@ def main_table(rows: List[Dict[str, object]], size: Tuple[int, int], cpu: bool =
     """Throughput and memory at the task resolution, one line per (mode, batch, case).
 
     Throughput: the median over repeats, and the best step of all repeats (the run least
-    disturbed by other load on a shared machine). "time vs limit" / "time vs StRA": the median
-    step time over that of the limit / of StRA in the same setting (below 1 is faster). ``cpu`` adds the process CPU time
+    disturbed by other load on a shared machine). "time vs limit" / "time vs StRA": the step
+    time over that of the limit / of StRA in the same setting and repeat round, median over the
+    rounds (``paired_ratio``; below 1 is faster). ``cpu`` adds the process CPU time
     columns (meaningless for a GPU run; on a virtual machine it includes steal time).
     """
     lines = [{
