@@ -44,6 +44,9 @@ def test_known_counts(results):
     assert stra['gmacs_local_aggregation'] * 1e9 == 3 * 9 * 512 * 16 * 8
     # SASA: q.k and attn.v over a 7x7 window, C = 512, 16x8 queries, three operators
     assert by_label['SASA']['gmacs_matmul'] * 1e9 == 3 * 2 * 49 * 512 * 16 * 8
+    # mode attention: pooling and both affinities (C*N each), m m^T and P m (G*G*n each); the gates'
+    # scale-and-add is elementwise work, not counted whatever computes it
+    assert stra['gmacs_matmul'] * 1e9 == 3 * (3 * 512 * 16 * 8 + 2 * 8 * 8 * 64)
 
 
 def test_meta_counts_equal_cpu_counts():

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from timm_stra.layers import LocalAttention, LocalAttentionReference
+from timm_stra.layers import LocalAttention, LocalAttentionReference, StRAttention
 
 
 def _pair(dim, groups, kernel_size, stride, dtype=torch.float32):
@@ -138,28 +138,39 @@ def test_autocast_bfloat16_forward_and_backward():
 @pytest.mark.parametrize('cls', [LocalAttention, LocalAttentionReference])
 def test_per_mode_layout_is_the_channels_first_output_permuted(cls, stride):
     op = cls(32, groups=4, stride=stride).eval()
+    per_mode_op = cls(32, groups=4, stride=stride, per_mode=True).eval()
+    per_mode_op.load_state_dict(op.state_dict())
     x = torch.randn(2, 32, 7, 6)
-    out, per_mode = op(x), op(x, per_mode=True)
+    out, per_mode = op(x), per_mode_op(x)
     h, w = out.shape[2:]
     assert per_mode.shape == (2, 4, h, w, 8)
     torch.testing.assert_close(per_mode, out.view(2, 4, 8, h, w).permute(0, 1, 3, 4, 2))
 
 
-def test_per_mode_output_is_compact_when_it_will_be_kept_for_backward():
-    """With gradients the output is contiguous, so what follows keeps exactly its size for backward; without,
-    it is a view into the row-window products (no copy)."""
-    op = LocalAttention(32, groups=4)
+@pytest.mark.parametrize('kernel_size', [1, 3])
+def test_per_mode_output_is_compact_when_it_will_be_kept_for_backward(kernel_size):
+    """With gradients the output is contiguous, a tensor of its own (in-place ops work), so what follows keeps
+    exactly its size for backward; without, it may be a view into the row-window products (no copy)."""
+    op = LocalAttention(32, groups=4, kernel_size=kernel_size, per_mode=True)
     x = torch.randn(2, 32, 6, 5, requires_grad=True)
-    assert op(x, per_mode=True).is_contiguous()
+    out = op(x)
+    assert out.is_contiguous()
+    out.mul_(2).sum().backward()  # a view made inside a custom Function could not be modified in place
     with torch.no_grad():
-        view = op(x, per_mode=True)
-    assert not view.is_contiguous()
-    torch.testing.assert_close(view, op(x, per_mode=True).detach())
+        view = op(x)
+    assert view.is_contiguous() == (kernel_size == 1)  # k = 1 drops no windows
+    torch.testing.assert_close(view, op(x).detach())
+
+
+def test_empty_batch():
+    op = StRAttention(16, groups=4, stride=2).eval()
+    assert op(torch.randn(0, 16, 5, 4)).shape == (0, 16, 3, 2)
 
 
 def test_row_windows_do_not_mix_samples():
-    """A non-finite value in one sample stays in that sample: the row windows of a slab read its own zero
-    padding, never its neighbour's rows."""
+    """A non-finite value in one sample stays in that sample: every query's row window reads its own slab's
+    rows and zero padding (the dropped windows that reach into the next slab have zero weights and are
+    thrown away)."""
     op = LocalAttention(16, groups=4).eval()
     x = torch.randn(3, 16, 5, 4)
     clean = op(x)

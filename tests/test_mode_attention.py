@@ -66,11 +66,11 @@ def test_per_mode_input_is_the_same_attention(cls, interaction):
     the gradients and the BN statistics of the channels-first input."""
     torch.manual_seed(0)
     a = cls(32, 4, interaction, dtype=torch.float64).train()
-    b = cls(32, 4, interaction, dtype=torch.float64).train()
+    b = cls(32, 4, interaction, per_mode=True, dtype=torch.float64).train()
     b.load_state_dict(a.state_dict())
     x = torch.randn(3, 32, 5, 6, dtype=torch.float64, requires_grad=True)
     per_mode = x.detach().view(3, 4, 8, 5, 6).permute(0, 1, 3, 4, 2).contiguous().requires_grad_()
-    out, out_pm = a(x), b(per_mode, per_mode=True)
+    out, out_pm = a(x), b(per_mode)
     torch.testing.assert_close(out_pm, out, rtol=1e-10, atol=1e-10)
     grad = torch.randn_like(out)
     out.backward(grad)
@@ -80,3 +80,18 @@ def test_per_mode_input_is_the_same_attention(cls, interaction):
         torch.testing.assert_close(q.grad, p.grad, msg=name)
     for key, value in a.state_dict().items():
         torch.testing.assert_close(b.state_dict()[key], value, msg=key)
+
+
+def test_plain_mask_convolutions_take_the_same_path():
+    """A mode attention whose mask branch keeps plain nn.Conv2d layers (fast_convs = False) runs the fast
+    attention all the same, per-mode input included (the branch lays the nodes out as a map for the conv)."""
+    class PlainConvs(ModeAttention):
+        fast_convs = False
+
+    torch.manual_seed(0)
+    fast = ModeAttention(32, 4, per_mode=True, dtype=torch.float64).eval()
+    plain = PlainConvs(32, 4, per_mode=True, dtype=torch.float64).eval()
+    assert type(plain.mask.conv1) is torch.nn.Conv2d
+    plain.load_state_dict(fast.state_dict())
+    x = torch.randn(2, 4, 5, 6, 8, dtype=torch.float64)
+    torch.testing.assert_close(plain(x), fast(x))

@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from timm_stra.layers import LOCAL_OPS, MODES, ModeAttention, SelfAttention2d, StRAttention, mask_diversity
+from timm_stra.layers import (LOCAL_OPS, MODES, LocalAttention, ModeAttention, SelfAttention2d, StRAttention,
+                              mask_diversity)
 
 
 @pytest.mark.parametrize('local_op', LOCAL_OPS)
@@ -104,18 +105,36 @@ def test_bad_input():
 @pytest.mark.parametrize('mode', ['full', 'no_interaction'])
 def test_fused_layout_hand_over_is_the_plain_composition(mode, stride):
     """The fast local attention hands its per-mode channels-last output to the mode attention as it is; the
-    result, gradients included, is that of mode(local(x)) through the channels-first layout."""
+    result, gradients included, is that of the two halves through the channels-first layout."""
     op = StRAttention(32, stride=stride, groups=4, mode=mode).double()
-    assert op.per_mode
+    assert op.per_mode and op.local.per_mode and op.mode.per_mode
     assert not StRAttention(32, reference=True).per_mode
-    assert not StRAttention(32, local_op='conv').per_mode and not StRAttention(32, mode='none').per_mode
+    assert not StRAttention(32, local_op='conv').per_mode and not StRAttention(32, mode='none').local.per_mode
+    local = LocalAttention(32, groups=4, stride=stride).double()
+    mode_attn = ModeAttention(32, groups=4, interaction=mode == 'full').double()
+    local.load_state_dict(op.local.state_dict())
+    mode_attn.load_state_dict(op.mode.state_dict())
     x = torch.randn(2, 32, 7, 6, dtype=torch.float64, requires_grad=True)
     x_plain = x.detach().clone().requires_grad_()
     out = op(x)
-    plain = op.mode(op.local(x_plain))
+    plain = mode_attn(local(x_plain))
     torch.testing.assert_close(out, plain, rtol=1e-10, atol=1e-10)
     grad = torch.randn_like(out)
     fused_grads = torch.autograd.grad(out, [x, *op.parameters()], grad)
-    plain_grads = torch.autograd.grad(plain, [x_plain, *op.parameters()], grad)
+    plain_grads = torch.autograd.grad(plain, [x_plain, *local.parameters(), *mode_attn.parameters()], grad)
     for g, g_plain in zip(fused_grads, plain_grads):
         torch.testing.assert_close(g, g_plain, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.filterwarnings('ignore:NOTE. The nodes obtained by tracing')
+def test_halves_trace_with_torch_fx_on_their_own():
+    """The layout is a constructor choice, not a forward argument, so each half traces by itself (with timm's
+    fx feature extraction, which keeps the registered kernels as leaves) and the trace computes the same."""
+    from timm.models._features_fx import create_feature_extractor, get_graph_node_names
+    for module, x in ((LocalAttention(16, groups=4, per_mode=True), torch.randn(2, 16, 5, 4)),
+                      (ModeAttention(16, groups=4, per_mode=True), torch.randn(2, 4, 5, 4, 4)),
+                      (StRAttention(16, groups=4), torch.randn(2, 16, 5, 4))):
+        module.eval()
+        last = get_graph_node_names(module)[1][-1]
+        extractor = create_feature_extractor(module, return_nodes={last: 'out'})
+        torch.testing.assert_close(extractor(x)['out'], module(x))

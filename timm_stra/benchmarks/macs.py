@@ -17,11 +17,13 @@ it, so the split does not depend on the implementation or the device:
   forward pass. The products that implement them (row windows times banded weights on
   CPU, an unfold in the reference) are left out.
 
-Everything else torch's counter sees (the mode attention's pooling, gating and mixing
-products, SASA's attention) lands in ``matmul``.
+Everything else torch's counter sees (the mode attention's pooling, affinity and mixing
+products, SASA's attention) lands in ``matmul``: these do depend on the kernels (the
+reference mode attention pools by elementwise sums the counter does not see).
 
-Elementwise work that is not a product of two feature maps (BatchNorm, ReLU,
-softmax, sigmoid, logit sums) is counted by neither the paper nor torch nor this module.
+Elementwise work that is not a product of two feature maps (BatchNorm, ReLU, softmax,
+sigmoid, logit sums, the mode gates' scale-and-add, even where a product computes it)
+is counted by neither the paper nor torch nor this module.
 """
 from dataclasses import dataclass
 from typing import Dict, List, Sequence
@@ -31,6 +33,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..layers.local_attn import LocalAttention
+from ..layers.mode_attn import ModeAttention
 from ..layers.score_branch import ScoreBranch
 
 # aten ops whose products are convolutions or linear layers (the paper's convention)
@@ -66,19 +69,24 @@ def _op_name(op) -> str:
     return parts[1] if len(parts) > 1 else parts[0]
 
 
-def _scope_names(model: nn.Module, kind: type) -> Dict[str, nn.Module]:
-    """FlopCounterMode's names of the modules of ``kind`` (outermost only) -> the modules."""
+def _scope_names(model: nn.Module, kind: type) -> List[str]:
+    """FlopCounterMode's names of the modules of ``kind`` (outermost only)."""
     root = type(model).__name__
-    scopes: Dict[str, nn.Module] = {}
+    scopes: List[str] = []
     for name, module in model.named_modules():
         if isinstance(module, kind) and not any(name.startswith(s + '.') for s in scopes):
-            scopes[name] = module
-    return {f'{root}.{name}' if name else root: module for name, module in scopes.items()}
+            scopes.append(name)
+    return [f'{root}.{name}' if name else root for name in scopes]
 
 
 def _products(counts: Dict[str, Dict[object, float]], scope: str, conv: bool) -> float:
     """MACs of the convolution/linear ops (``conv``) or of the other ops the counter saw in ``scope``."""
     return sum(flops / 2 for op, flops in counts.get(scope, {}).items() if (_op_name(op) in CONV_LINEAR_OPS) == conv)
+
+
+def _op_products(counts: Dict[str, Dict[object, float]], scope: str, name: str) -> float:
+    """MACs of the ops called ``name`` (``baddbmm``, ...) the counter saw in ``scope``."""
+    return sum(flops / 2 for op, flops in counts.get(scope, {}).items() if _op_name(op) == name)
 
 
 def count_macs(model: nn.Module, input_size: Sequence[int]) -> MacCount:
@@ -113,7 +121,11 @@ def count_macs(model: nn.Module, input_size: Sequence[int]) -> MacCount:
     for scope in _scope_names(model, ScoreBranch):  # grouped 1x1 convs, whatever products compute them
         conv_part = _products(counts, scope, conv=False)
         conv_linear, other = conv_linear + conv_part, other - conv_part
-    for scope, module in _scope_names(model, LocalAttention).items():
+    for scope in _scope_names(model, ModeAttention):
+        # the gates' scale-and-add is elementwise work; computed as rank-1 products (baddbmm, and baddbmm_, which
+        # the counter does not see) it would count one of the two gates
+        other -= _op_products(counts, scope, 'baddbmm')
+    for scope in _scope_names(model, LocalAttention):
         # value projection and aggregation: counted analytically (below); whatever computed them is left out
         score = f'{scope}.score'
         conv_linear -= _products(counts, scope, conv=True) - _products(counts, score, conv=True)

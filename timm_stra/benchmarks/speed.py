@@ -129,9 +129,9 @@ def summarize(raw: List[Dict[str, object]], twin: str = 'twin') -> List[Dict[str
     for key, row in rows.items():
         ref = rows.get(key[:3] + (twin,))
         # the yardsticks: time per step over the limit's (attention for free) and over StRA's
-        for name, base in (('limit', 'time_vs_limit'), ('stra', 'time_vs_stra')):
-            base_runs = groups.get(key[:3] + (name,))
-            row[base] = paired_ratio(groups[key], base_runs) if base_runs else None
+        for case, column in (('limit', 'time_vs_limit'), ('stra', 'time_vs_stra')):
+            case_runs = groups.get(key[:3] + (case,))
+            row[column] = paired_ratio(groups[key], case_runs) if case_runs else None
         row['speed_vs_twin'] = row['images_per_s'] / ref['images_per_s'] if ref else None
         row['cpu_vs_twin'] = ref['cpu_ms_per_image'] / row['cpu_ms_per_image'] if ref else None
         row['best_vs_twin'] = row['best_images_per_s'] / ref['best_images_per_s'] if ref else None

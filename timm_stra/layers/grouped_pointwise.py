@@ -75,7 +75,7 @@ def grouped_pointwise_nodes(nodes: torch.Tensor, weight: torch.Tensor, bias: Opt
     if torch.jit.is_scripting():
         G = nodes.shape[1]
         y = torch.matmul(weight.view(G, weight.shape[0] // G, -1), nodes)
-        return y if bias is None else y + bias.view(G, -1, 1)
+        return y if bias is None else y + bias.view(G, weight.shape[0] // G, 1)
     return _GroupedPointwise.apply(nodes, weight, bias)
 
 
@@ -89,7 +89,7 @@ def grouped_pointwise(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
     if torch.jit.is_scripting() or not _use_matmul(x):
         return F.conv2d(x, weight, bias, groups=groups)
     B, C, H, W = x.shape
-    return _GroupedPointwise.apply(x.view(B, groups, C // groups, H * W), weight, bias).view(B, -1, H, W)
+    return _GroupedPointwise.apply(x.view(B, groups, C // groups, H * W), weight, bias).view(B, weight.shape[0], H, W)
 
 
 @register_notrace_function
@@ -127,4 +127,4 @@ class GroupedPointwiseConv(nn.Conv2d):
 
     def forward_nodes(self, nodes: torch.Tensor) -> torch.Tensor:
         B, N = nodes.shape[0], nodes.shape[3]
-        return grouped_pointwise_nodes(nodes, self.weight, self.bias).view(B, -1, N)
+        return grouped_pointwise_nodes(nodes, self.weight, self.bias).view(B, self.out_channels, N)

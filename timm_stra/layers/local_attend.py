@@ -13,18 +13,23 @@ a single batched product over all of them computes every output::
 
     out[row window t] (w, n) = band[t] (w, k*W) @ window[t] (k*W, n)
 
-where ``band[t]`` holds each query's k*k weights at its neighbours' columns (a
-neighbour outside the map has no column: it contributes nothing). Windows that start
-in a slab's padding rows are computed and dropped (their band rows are zero; the last
-slab's are not computed, they would run past the buffer). The backward pass is the
-same products transposed: ``grad band = grad out @ window^T`` (the weight gradients
-are its band entries) and ``grad value`` gathers ``band^T @ grad out`` into the row
-buffer, one window row offset at a time. The projected values are recomputed in
-backward from the input (which the logit branch keeps anyway) rather than held.
+where ``band[t]`` holds each query's k*k weights at its neighbours' columns and zeros
+elsewhere (a neighbour outside the map has no weight: its row is a zero row, its column
+is not in the band). Each slab has R / s windows; those after its last query row reach
+into the next slab, have zero band rows and are dropped (the last slab's are not
+computed at all: they would run past the buffer). The backward pass is the same
+products transposed: ``grad band = grad out @ window^T`` (the weight gradients are its
+band entries) and ``grad value`` gathers ``band^T @ grad out`` into the row buffer, one
+window row offset at a time. The projected values are recomputed in backward from the
+input (which the logit branch keeps anyway) rather than held.
 
 This replaces k*k passes of elementwise multiply-adds over the values (memory bound)
 by products that read them once; the band costs k*W / k*k times the multiply-adds
-of the sum, cheap for the last-stage maps StRA runs on (W of 3 to 16).
+of the sum, cheap for the last-stage maps StRA runs on (W of 3 to 16). The zeros of
+the band take part in the products, so a non-finite value (inf, NaN) spreads NaN over
+the k query rows whose windows hold it, not only over its k x k neighbourhood; other
+samples stay untouched, and in StRA the mode attention's pooling spreads it over its
+sample anyway. Finite values give exactly the sum above.
 """
 from typing import Tuple
 
@@ -53,7 +58,7 @@ def _column_range(dx: int, kernel_size: int, stride: int, in_w: int, out_w: int)
     return q0, max(q0, q1)
 
 
-def _band_entries(band: torch.Tensor, dx: int, out_h: int, kernel_size: int, stride: int) -> Tuple[torch.Tensor, int]:
+def _band_entries(band: torch.Tensor, dx: int, out_h: int, stride: int) -> Tuple[torch.Tensor, int]:
     """View of the band entries at column offset ``dx`` for every slab, query row, valid query and row offset.
 
     Args:
@@ -64,9 +69,9 @@ def _band_entries(band: torch.Tensor, dx: int, out_h: int, kernel_size: int, str
         s*q + dx - p) of query (r, q).
     """
     slabs, _, out_w, k, in_w = band.shape
-    q0, q1 = _column_range(dx, kernel_size, stride, in_w, out_w)
+    q0, q1 = _column_range(dx, k, stride, in_w, out_w)
     st = band.stride()
-    offset = q0 * st[2] + (stride * q0 + dx - kernel_size // 2) * st[4]
+    offset = q0 * st[2] + (stride * q0 + dx - k // 2) * st[4]
     return band.as_strided((slabs, out_h, q1 - q0, k), (st[0], st[1], st[2] + stride * st[4], st[3]), offset), q0
 
 
@@ -77,7 +82,7 @@ def _build_band(attn: torch.Tensor, windows_per_slab: int, in_w: int, kernel_siz
     band = attn.new_zeros(B * G, windows_per_slab, w, k, in_w)
     weights = attn.reshape(B * G, k, k, h, w)  # dy, dx
     for dx in range(k):
-        entries, q0 = _band_entries(band, dx, h, k, stride)
+        entries, q0 = _band_entries(band, dx, h, stride)
         if entries.shape[2]:
             entries.copy_(weights[:, :, dx, :, q0:q0 + entries.shape[2]].permute(0, 2, 3, 1))
     return band
@@ -88,7 +93,7 @@ def _band_weights(grad_band: torch.Tensor, out_h: int, kernel_size: int, stride:
     slabs, _, w, k, _ = grad_band.shape
     grad = grad_band.new_zeros(slabs, k, k, out_h, w)
     for dx in range(k):
-        entries, q0 = _band_entries(grad_band, dx, out_h, k, stride)
+        entries, q0 = _band_entries(grad_band, dx, out_h, stride)
         if entries.shape[2]:
             grad[:, :, dx, :, q0:q0 + entries.shape[2]] = entries.permute(0, 3, 1, 2)
     return grad.view(slabs, k * k, out_h, w)
@@ -99,16 +104,14 @@ def _project_into_rows(x: torch.Tensor, weight: torch.Tensor, groups: int, kerne
 
     Each slab: k // 2 zero rows, its H rows of projected values (channels last), zero rows up to R.
     """
-    B, C, H, W = x.shape
-    n, p, rows = weight.shape[0] // groups, kernel_size // 2, slab_rows(H, kernel_size, stride)
-    # (B, G, H*W, C/G) @ (G, C/G, n): both operands views, the product lands channels last
-    value = torch.matmul(x.view(B, groups, C // groups, H * W).transpose(2, 3),
-                         weight.view(groups, n, C // groups).transpose(1, 2))
-    buffer = value.new_empty(B * groups, rows, W, n)
+    B, _, H, W = x.shape
+    p, rows = kernel_size // 2, slab_rows(H, kernel_size, stride)
+    value = grouped_pointwise_channels_last(x, weight, groups)  # B, G, H, W, n
+    buffer = value.new_empty(B * groups, rows, W, value.shape[-1])
     buffer[:, :p].zero_()
     buffer[:, p + H:].zero_()
-    buffer[:, p:p + H] = value.view(B * groups, H, W, n)
-    return buffer.view(-1, W, n)
+    buffer[:, p:p + H] = value.view(B * groups, H, W, -1)
+    return buffer.view(B * groups * rows, W, -1)
 
 
 def _window_count(slabs: int, height: int, kernel_size: int, stride: int) -> int:
@@ -135,58 +138,64 @@ class _LocalAttend(torch.autograd.Function):
         B, _, h, w = attn.shape[:2] + attn.shape[3:]
         H, W = x.shape[2:]
         buffer = _project_into_rows(x, weight, groups, kernel_size, stride)  # under autocast, in the autocast dtype
-        dtype = buffer.dtype
-        windows_per_slab = slab_rows(H, kernel_size, stride) // stride
+        windows = slab_rows(H, kernel_size, stride) // stride  # per slab
         count = _window_count(B * groups, H, kernel_size, stride)
         ctx.attn_dtype = attn.dtype
-        attn = attn.to(dtype)
+        attn = attn.to(buffer.dtype)
         ctx.save_for_backward(attn, x, weight)
         ctx.geometry = (groups, kernel_size, stride)
-        band = _build_band(attn, windows_per_slab, W, kernel_size, stride).view(-1, w, kernel_size * W)[:count]
-        out = buffer.new_empty(B * groups * windows_per_slab, w, buffer.shape[-1])
-        torch.bmm(band, _row_windows(buffer, count, kernel_size, stride), out=out[:count])
-        out = out.view(B, groups, windows_per_slab, w, -1)[:, :, :h]  # each slab's query rows
+        band = _build_band(attn, windows, W, kernel_size, stride).view(-1, w, kernel_size * W)[:count]
+        out = buffer.new_empty(B, groups, windows, w, buffer.shape[-1])
+        torch.bmm(band, _row_windows(buffer, count, kernel_size, stride), out=out.view(-1, w, out.shape[-1])[:count])
+        if windows == h:  # no dropped windows (k = 1): the tensor itself, not a view of it
+            return out
+        out = out[:, :, :h]  # each slab's query rows
         return out.contiguous() if compact else out
+
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         attn, x, weight = ctx.saved_tensors
         groups, k, s = ctx.geometry
         B, C, H, W = x.shape
         h, w, n = grad_out.shape[2:]
+        need_attn, need_value = ctx.needs_input_grad[0], ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
         dtype = attn.dtype  # the forward's compute dtype (autocast does not reach backward)
         x_c, weight_c = x.to(dtype), weight.to(dtype)
-        buffer = _project_into_rows(x_c, weight_c, groups, k, s)  # the values again
-        rows = slab_rows(H, k, s)
+        windows = slab_rows(H, k, s) // s  # per slab
         count = _window_count(B * groups, H, k, s)
-        band = _build_band(attn, rows // s, W, k, s).view(-1, w, k * W)[:count]
         # the output gradient laid out by row window, zero at the dropped windows (their band rows are zero too,
         # but 0 * an uninitialised NaN would not be)
-        grad = grad_out.new_empty(B * groups, rows // s, w, n, dtype=dtype)
+        grad = grad_out.new_empty(B * groups, windows, w, n, dtype=dtype)
         grad[:, h:].zero_()
         grad[:, :h] = grad_out.reshape(B * groups, h, w, n)
         grad = grad.view(-1, w, n)[:count]
-        grad_band = grad.new_empty(B * groups * (rows // s), w, k * W)  # rows from count on are never read
-        torch.bmm(grad, _row_windows(buffer, count, k, s).transpose(1, 2), out=grad_band[:count])
-        grad_attn = _band_weights(grad_band.view(B * groups, rows // s, w, k, W), h, k, s)
-        del grad_band
-        # grad value: window row dy of window t is buffer row s*t + dy; reuse the values' buffer
-        grad_value = buffer.zero_()
-        product = grad.new_empty(count, W, n)
-        for dy in range(k):
-            torch.bmm(band[:, :, dy * W:(dy + 1) * W].transpose(1, 2), grad, out=product)
-            grad_value[dy:dy + s * (count - 1) + 1:s].add_(product)
-        del product
-        grad_value = grad_value.view(B, groups, rows, W, n)[:, :, k // 2:k // 2 + H]
-        grad_value = grad_value.reshape(B, groups, H * W, n)  # a view: each slab's map rows are contiguous
-        grad_x = grad_weight = None
-        if ctx.needs_input_grad[1]:
-            grad_x = torch.matmul(weight_c.view(groups, n, C // groups).transpose(1, 2), grad_value.transpose(2, 3))
-            grad_x = grad_x.view(x.shape).to(x.dtype)
-        if ctx.needs_input_grad[2]:
-            nodes = x_c.view(B, groups, C // groups, H * W)
-            grad_weight = torch.matmul(grad_value.transpose(2, 3), nodes.transpose(2, 3)).sum(0)
-            grad_weight = grad_weight.view(weight.shape).to(weight.dtype)
-        return grad_attn.view(attn.shape).to(ctx.attn_dtype), grad_x, grad_weight, None, None, None, None
+        buffer = _project_into_rows(x_c, weight_c, groups, k, s)  # the values again
+        grad_attn = grad_x = grad_weight = None
+        if need_attn:
+            grad_band = grad.new_empty(B * groups * windows, w, k * W)  # rows from count on are never read
+            torch.bmm(grad, _row_windows(buffer, count, k, s).transpose(1, 2), out=grad_band[:count])
+            grad_attn = _band_weights(grad_band.view(B * groups, windows, w, k, W), h, k, s)
+            grad_attn = grad_attn.view(attn.shape).to(ctx.attn_dtype)
+            del grad_band
+        if need_value:
+            band = _build_band(attn, windows, W, k, s).view(-1, w, k * W)[:count]
+            # window row dy of window t is buffer row s*t + dy; the values' buffer is reused
+            grad_value = buffer.zero_()
+            product = grad.new_empty(count, W, n)
+            for dy in range(k):
+                torch.bmm(band[:, :, dy * W:(dy + 1) * W].transpose(1, 2), grad, out=product)
+                grad_value[dy:dy + s * (count - 1) + 1:s].add_(product)
+            del product
+            grad_value = grad_value.view(B, groups, -1, W, n)[:, :, k // 2:k // 2 + H]
+            grad_value = grad_value.reshape(B, groups, H * W, n)  # a view: each slab's map rows are contiguous
+            if ctx.needs_input_grad[1]:
+                grad_x = torch.matmul(weight_c.view(groups, n, C // groups).transpose(1, 2), grad_value.transpose(2, 3))
+                grad_x = grad_x.view(x.shape).to(x.dtype)
+            if ctx.needs_input_grad[2]:
+                nodes = x_c.view(B, groups, C // groups, H * W)
+                grad_weight = torch.matmul(grad_value.transpose(2, 3), nodes.transpose(2, 3)).sum(0)
+                grad_weight = grad_weight.view(weight.shape).to(weight.dtype)
+        return grad_attn, grad_x, grad_weight, None, None, None, None
 
 
 def local_attend_autograd(
@@ -226,7 +235,7 @@ def local_attend(
         are not (a view into the row-window outputs); with them the result is contiguous, since
         whatever follows keeps it for backward.
     """
-    if torch.jit.is_scripting():
+    if torch.jit.is_scripting() or x.shape[0] == 0:  # an empty batch has no row buffer to window
         return local_attend_autograd(attn, x, weight, groups, kernel_size, stride)
     # what follows keeps the output for backward when there is one: then it should hold no dropped windows
     compact = torch.is_grad_enabled() and (attn.requires_grad or x.requires_grad or weight.requires_grad)

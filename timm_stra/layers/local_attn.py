@@ -11,7 +11,7 @@ the neighbours of a whole row of queries with one matrix product (``local_attend
 so it never materialises the k*k copies of the values that the unfold-based
 reference (``local_attn_ref.py``) builds.
 """
-from typing import List
+from typing import Final, List
 
 import torch
 import torch.nn.functional as F
@@ -61,15 +61,18 @@ class LocalAttention(nn.Module):
         kernel_size: neighbourhood size k (odd).
         stride: 1, or 2 to downsample (queries at every other position; SPEC 1.1 step 4).
         reduction: reduction r of the logit branch width.
+        per_mode: return the output laid out channels last within each mode, as
+            ``ModeAttention(per_mode=True)`` takes it (no layout copy between the two).
 
     Subclasses set ``fast_convs = False`` to keep the logit branch's grouped 1x1 convolutions
     plain ``nn.Conv2d`` layers (see ``ScoreBranch``).
 
     Shapes:
-        (B, C, H, W) -> (B, C, ceil(H / stride), ceil(W / stride)); ``per_mode=True``:
-        (B, G, ceil(H / stride), ceil(W / stride), C / G)
+        (B, C, H, W) -> (B, C, ceil(H / stride), ceil(W / stride)); ``per_mode``:
+        (B, C, H, W) -> (B, G, ceil(H / stride), ceil(W / stride), C / G) (see ``local_attend``)
     """
     fast_convs = True
+    per_mode: Final[bool]
 
     def __init__(
             self,
@@ -78,6 +81,7 @@ class LocalAttention(nn.Module):
             kernel_size: int = 3,
             stride: int = 1,
             reduction: int = 4,
+            per_mode: bool = False,
             device=None,
             dtype=None,
     ):
@@ -92,6 +96,7 @@ class LocalAttention(nn.Module):
         self.groups = groups
         self.kernel_size = kernel_size
         self.stride = stride
+        self.per_mode = per_mode
         kk = kernel_size * kernel_size
         # output channels: G neighbour scores nu, then G * k*k query scores omega (official layout)
         self.score = ScoreBranch(
@@ -114,15 +119,12 @@ class LocalAttention(nn.Module):
         logits = omega + torch.stack(neighbour_views(nu, k, s, out_h, out_w), dim=2)
         return torch.softmax(logits, dim=2, dtype=torch.float32).to(scores.dtype)
 
-    def forward(self, x: torch.Tensor, per_mode: bool = False) -> torch.Tensor:
-        """(B, C, H, W) -> (B, C, h, w), h = ceil(H / stride), w = ceil(W / stride); with ``per_mode``, the layout
-        ``ModeAttention(per_mode=True)`` takes, channels last within each mode: (B, G, h, w, C / G) (see
-        ``local_attend``)."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
         out_h = (H - 1) // self.stride + 1
         out_w = (W - 1) // self.stride + 1
         attn = self.attention(self.score(x), out_h, out_w)
-        out = local_attend(attn, x, self.value.weight, self.groups, self.kernel_size, self.stride)
-        if per_mode:
+        out = local_attend(attn, x, self.value.weight, self.groups, self.kernel_size, self.stride)  # B, G, h, w, n
+        if self.per_mode:
             return out
         return out.permute(0, 1, 4, 2, 3).reshape(B, C, out_h, out_w)

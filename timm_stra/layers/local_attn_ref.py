@@ -2,8 +2,8 @@
 
 It follows the authors' release step for step (grouped 1x1 convolutions as
 ``nn.Conv2d`` layers; unfold the neighbour scores and the values into k*k copies,
-add, softmax, multiply, sum), generalised to stride 2 as SPEC 1.1 step 4 defines it. Plain and slow on purpose: ``LocalAttention`` must
-agree with it.
+add, softmax, multiply, sum), generalised to stride 2 as SPEC 1.1 step 4 defines
+it. Plain and slow on purpose: ``LocalAttention`` must agree with it.
 """
 import torch
 import torch.nn.functional as F
@@ -47,9 +47,9 @@ class LocalAttentionReference(LocalAttention):
     """
     fast_convs = False
 
-    def forward(self, x: torch.Tensor, per_mode: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = local_attention_reference(self.score(x), self.value(x), self.groups, self.kernel_size, self.stride)
-        if per_mode:  # B, G, h, w, C / G, as LocalAttention lays it out
+        if self.per_mode:  # B, G, h, w, C / G, as LocalAttention lays it out
             B, C, h, w = out.shape
             return out.view(B, self.groups, C // self.groups, h, w).permute(0, 1, 3, 4, 2)
         return out

@@ -7,6 +7,7 @@ exchange information and every position is gated towards the mixed modal vector
 mode c // (C / G).
 """
 import math
+from typing import Final, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -25,22 +26,27 @@ class ModeAttention(nn.Module):
         groups: number of modes G.
         interaction: apply the mode interaction unit (``False`` is the paper's
             "without interaction" ablation, which stops after the mode vector unit).
+        per_mode: take the input laid out channels last within each mode, as
+            ``LocalAttention(per_mode=True)`` returns it (the output is not).
 
     Subclasses set ``fast_convs = False`` to keep the mask branch's grouped 1x1 convolutions
     plain ``nn.Conv2d`` layers (see ``ScoreBranch``).
 
     Shapes:
-        (B, C, H, W) -> (B, C, H, W); ``per_mode=True``: (B, G, H, W, C / G) -> (B, C, H, W)
+        (B, C, H, W) -> (B, C, H, W); ``per_mode``: (B, G, H, W, C / G) -> (B, C, H, W)
     """
     fast_convs = True
+    per_mode: Final[bool]
 
-    def __init__(self, dim: int, groups: int = 8, interaction: bool = True, device=None, dtype=None):
+    def __init__(
+            self, dim: int, groups: int = 8, interaction: bool = True, per_mode: bool = False, device=None, dtype=None):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
         check_divisible(dim, groups, 'ModeAttention')
         self.dim = dim
         self.groups = groups
         self.interaction = interaction
+        self.per_mode = per_mode
         self.mask = ScoreBranch(dim, 8 * groups, groups, groups, fast=self.fast_convs, **dd)
         self.diversity = DiversityRecorder()
         self.gate_norm = nn.BatchNorm2d(groups, **dd)
@@ -50,21 +56,29 @@ class ModeAttention(nn.Module):
         """Soft spatial masks M, one per mode, each summing to 1 over the H*W positions.
 
         Args:
-            x: (B, C, H, W).
+            x: the module's input as ``forward`` takes it: (B, C, H, W), or (B, G, H, W, C / G) if ``per_mode``.
 
         Returns:
             (B, G, H, W) masks (float32 softmax statistics, cast back to the input dtype).
         """
-        return _normalize_masks(self.mask(x), x.dtype)
+        nodes, height, width = self._nodes(x)
+        return self._masks(nodes, height, width)
 
-    def forward(self, x: torch.Tensor, per_mode: bool = False) -> torch.Tensor:
-        """(B, C, H, W) -> (B, C, H, W); ``per_mode``: the input is laid out channels last within each mode,
-        (B, G, H, W, C / G), as ``LocalAttention(per_mode=True)`` returns it (the output is not)."""
-        if per_mode:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        nodes, height, width = self._nodes(x)
+        return self._attend(nodes, height, width)
+
+    def _nodes(self, x: torch.Tensor) -> Tuple[torch.Tensor, int, int]:
+        """The input as per-mode nodes (B, G, H*W, C / G), a view, with H and W."""
+        if self.per_mode:
             B, G, H, W, n = x.shape
-            return self._attend(x.reshape(B, G, H * W, n), H, W)
+            return x.reshape(B, G, H * W, n), H, W
         B, C, H, W = x.shape
-        return self._attend(x.reshape(B, self.groups, C // self.groups, H * W).transpose(2, 3), H, W)
+        return x.reshape(B, self.groups, C // self.groups, H * W).transpose(2, 3), H, W
+
+    def _masks(self, nodes: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        logits = self.mask(nodes.transpose(2, 3), (height, width))
+        return _normalize_masks(logits, nodes.dtype)
 
     def _attend(self, nodes: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """Mode attention of per-mode nodes: S_g[:, i] is ``nodes[b, g, i]``.
@@ -80,8 +94,7 @@ class ModeAttention(nn.Module):
             (B, C, H, W), contiguous.
         """
         B, G, N, n = nodes.shape
-        logits = self.mask(nodes.transpose(2, 3), (height, width))
-        masks = self.diversity(_normalize_masks(logits, nodes.dtype)).view(B, G, 1, N)
+        masks = self.diversity(self._masks(nodes, height, width)).view(B, G, 1, N)
         m = torch.matmul(masks, nodes).squeeze(2)                       # modal vectors: B, G, n
         if not self.interaction:
             # e[g, i] = <m_g, S_g[:, i]>, alpha = sigmoid(BN(e)), Y_g = S_g + alpha m_g

@@ -12,7 +12,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .mode_attn import ModeAttention
+from .mode_attn import ModeAttention, _normalize_masks
 
 
 def _expand_gate(gate: torch.Tensor, channels: int) -> torch.Tensor:
@@ -29,13 +29,13 @@ class ModeAttentionReference(ModeAttention):
     """
     fast_convs = False
 
-    def forward(self, x: torch.Tensor, per_mode: bool = False) -> torch.Tensor:
-        if per_mode:  # B, G, H, W, C / G -> B, C, H, W
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.per_mode:  # B, G, H, W, C / G -> B, C, H, W
             B, G, H, W, n = x.shape
             x = x.permute(0, 1, 4, 2, 3).reshape(B, G * n, H, W)
         B, C, H, W = x.shape
         G = self.groups
-        masks = self.diversity(self.spatial_masks(x))                   # M: B, G, H, W
+        masks = self.diversity(_normalize_masks(self.mask(x), x.dtype))  # M: B, G, H, W
         weighted = x * _expand_gate(masks, C)                           # M[g, i] * S_g[:, i]
         m = weighted.sum(dim=(2, 3)).view(B, G, C // G)                 # modal vectors: B, G, n
         m_map = m.reshape(B, C, 1, 1)

@@ -27,8 +27,8 @@ class ScoreBranch(nn.Module):
             authors' release has them (the reference operators). Same state dict either way.
 
     Shapes:
-        (B, in_chs, H, W) -> (B, out_chs, H, W), or, ``fast`` branches only, per-group nodes
-        (B, G, in_chs / G, H*W) of any strides with ``size=(H, W)`` given -> (B, out_chs, H, W)
+        (B, in_chs, H, W) -> (B, out_chs, H, W), or per-group nodes (B, G, in_chs / G, H*W) of any
+        strides with ``size=(H, W)`` given -> (B, out_chs, H, W) (``fast`` branches read them in place)
     """
     fast: Final[bool]
 
@@ -47,12 +47,13 @@ class ScoreBranch(nn.Module):
         nn.init.zeros_(self.conv2.bias)
 
     def forward(self, x: torch.Tensor, size: Optional[Tuple[int, int]] = None) -> torch.Tensor:
-        # nested on the constant ``fast``: TorchScript then never compiles forward_nodes for a plain nn.Conv2d
-        if self.fast:
-            if size is not None:  # per-group nodes
-                x = self.conv1.forward_nodes(x).view(x.shape[0], -1, size[0], size[1])
+        if size is not None:  # per-group nodes (B, G, in_chs / G, H*W)
+            B, hidden = x.shape[0], self.conv1.out_channels
+            # nested on the constant ``fast``: TorchScript then never compiles forward_nodes for a plain nn.Conv2d
+            if self.fast:
+                x = self.conv1.forward_nodes(x).view(B, hidden, size[0], size[1])
             else:
-                x = self.conv1(x)
+                x = self.conv1(x.reshape(B, self.conv1.in_channels, size[0], size[1]))
         else:
             x = self.conv1(x)
         return self.bn2(self.conv2(self.act(self.bn1(x))))

@@ -13,8 +13,6 @@ own operators instead (unfold-based local attention, mode attention computed in
 the paper's order): same parameters and state dict, slower; the test oracle and
 the benchmark's stand-in for the authors' release.
 """
-from typing import Final
-
 import torch
 from torch import nn
 
@@ -37,6 +35,7 @@ def create_local_op(
         kernel_size: int = 3,
         reduction: int = 4,
         reference: bool = False,
+        per_mode: bool = False,
         device=None,
         dtype=None,
 ) -> nn.Module:
@@ -44,13 +43,14 @@ def create_local_op(
 
     ``kernel_size`` is the window of ``local`` and the kernel of ``conv``/``group_conv``;
     SASA always uses the paper's 8 heads and 7x7 window. ``reference`` picks the unfold-based
-    ``LocalAttentionReference`` for ``local``.
+    ``LocalAttentionReference`` for ``local``; ``per_mode`` has ``local`` return its output laid
+    out channels last within each mode (``LocalAttention``).
     """
     dd = {'device': device, 'dtype': dtype}
     check_choice(local_op, LOCAL_OPS, 'local_op')
     if local_op == 'local':
         local_cls = LocalAttentionReference if reference else LocalAttention
-        return local_cls(dim, groups, kernel_size, stride, reduction, **dd)
+        return local_cls(dim, groups, kernel_size, stride, reduction, per_mode=per_mode, **dd)
     if local_op == 'sasa':
         return SelfAttention2d(dim, heads=8, kernel_size=7, stride=stride, qkv_groups=groups, **dd)
     conv_groups = groups if local_op == 'group_conv' else 1
@@ -74,7 +74,6 @@ class StRAttention(nn.Module):
     Shapes:
         (B, C, H, W) -> (B, C, ceil(H / stride), ceil(W / stride))
     """
-    per_mode: Final[bool]
 
     def __init__(
             self,
@@ -97,17 +96,16 @@ class StRAttention(nn.Module):
         self.dim = dim
         self.local_op = local_op
         self.mode_type = mode
-        self.local = create_local_op(local_op, dim, stride, groups, kernel_size, reduction, reference, **dd)
+        # the fast local attention hands its per-mode channels-last output to the fast mode attention as it is
+        self.per_mode = local_op == 'local' and mode != 'none' and not reference
+        self.local = create_local_op(
+            local_op, dim, stride, groups, kernel_size, reduction, reference, per_mode=self.per_mode, **dd)
         if mode == 'none':
             self.mode = nn.Identity()
         else:
             mode_cls = ModeAttentionReference if reference else ModeAttention
-            self.mode = mode_cls(dim, groups, interaction=mode == 'full', **dd)
-        # the fast local attention hands its per-mode channels-last output to the fast mode attention as it is
-        self.per_mode = local_op == 'local' and mode != 'none' and not reference
+            self.mode = mode_cls(dim, groups, interaction=mode == 'full', per_mode=self.per_mode, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_feature_map(x, self.dim, 'StRAttention')
-        if self.per_mode:
-            return self.mode(self.local(x, per_mode=True), per_mode=True)
         return self.mode(self.local(x))
