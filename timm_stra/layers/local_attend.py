@@ -88,7 +88,7 @@ def _build_band(attn: torch.Tensor, windows_per_slab: int, in_w: int, kernel_siz
     return band
 
 
-def _band_weights(grad_band: torch.Tensor, out_h: int, kernel_size: int, stride: int) -> torch.Tensor:
+def _band_weights(grad_band: torch.Tensor, out_h: int, stride: int) -> torch.Tensor:
     """Inverse of ``_build_band`` on a gradient: (B*G, R/s, w, k, W) -> (B*G, k*k, h, w); outside neighbours get 0."""
     slabs, _, w, k, _ = grad_band.shape
     grad = grad_band.new_zeros(slabs, k, k, out_h, w)
@@ -174,7 +174,7 @@ class _LocalAttend(torch.autograd.Function):
         if need_attn:
             grad_band = grad.new_empty(B * groups * windows, w, k * W)  # rows from count on are never read
             torch.bmm(grad, _row_windows(buffer, count, k, s).transpose(1, 2), out=grad_band[:count])
-            grad_attn = _band_weights(grad_band.view(B * groups, windows, w, k, W), h, k, s)
+            grad_attn = _band_weights(grad_band.view(B * groups, windows, w, k, W), h, s)
             grad_attn = grad_attn.view(attn.shape).to(ctx.attn_dtype)
             del grad_band
         if need_value:
