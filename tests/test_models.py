@@ -88,7 +88,7 @@ def test_knobs_pass_through_create_model():
     op = model.layer4[1].conv2
     assert type(op.local).__name__ == 'SelfAttention2d' and op.mode.groups == 4 and not op.mode.interaction
     assert model.stra_args == dict(local_op='sasa', mode='no_interaction', groups=4, kernel_size=3, reduction=4,
-                                  reference=False)
+                                  reference=False, recompute=True)
     model = timm.create_model('stra_resnet50', kernel_size=5, mode='none')
     assert model.layer4[0].conv2.local.kernel_size == 5 and isinstance(model.layer4[0].conv2.mode, torch.nn.Identity)
 

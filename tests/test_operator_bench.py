@@ -35,7 +35,7 @@ def test_reference_keeps_more_for_backward_than_ours():
 def test_tiny_run_prints_a_table(capsys):
     rows = measure('fer', 2, repeats=1, iters=1, warmup=0, progress=False)
     assert [(r['mode'], r['operators']) for r in rows] == [
-        (m, i) for m in ('infer', 'train') for i in ('stra', 'reference', 'conv3x3')]
+        (m, i) for m in ('infer', 'train') for i in ('stra', 'stra-keep', 'reference', 'conv3x3')]
     assert all(r['ms per stage (median)'] > 0 for r in rows)
     assert [r['vs stra'] for r in rows if r['operators'] == 'stra'] == ['1.00x', '1.00x']
     assert main(['--task', 'fer', '--batch-size', '2', '--repeats', '1', '--iters', '1', '--modes', 'infer',

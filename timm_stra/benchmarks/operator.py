@@ -7,6 +7,8 @@ forward pass of the model on the ``meta`` device), one step being every operator
 of the stage once:
 
 * ``stra``: ``StRAttention`` as the models build it;
+* ``stra-keep``: ``StRAttention(recompute=False)``, which keeps for backward what ``stra``
+  recomputes there (its branches' hidden maps and the local output): the time that saves;
 * ``reference``: ``StRAttention(reference=True)``, the unfold local attention and the
   mode attention in the paper's order (the authors' design);
 * ``conv3x3``: the twin's 3x3 convolution.
@@ -14,9 +16,9 @@ of the stage once:
 Inference (``torch.inference_mode``) and training (forward and backward of the sum)
 steps; repeats are interleaved (each round times every case, in an order rotated by
 the round) and the table gives the median step time over all timed steps and its
-ratio to ``stra``. "saved MiB" is what the step's forward keeps for backward beyond
-its inputs and parameters (every distinct storage autograd saves, counted once):
-exact, not timed.
+ratio to ``stra``. "saved MiB" is what the step's forward allocates and keeps for
+backward (its inputs and parameters are not counted): exact, from the profiler's
+record of allocations, not timed.
 """
 import argparse
 import statistics
@@ -31,9 +33,10 @@ from tqdm import tqdm
 from ..layers import StRAttention
 from ..tools.summary import markdown_table
 from .cases import TASKS
+from .tensor_memory import live_tensor_bytes
 
 OpShape = Tuple[int, int, int, int]  # channels, height, width (of the input), stride
-IMPLEMENTATIONS = ('stra', 'reference', 'conv3x3')
+IMPLEMENTATIONS = ('stra', 'stra-keep', 'reference', 'conv3x3')
 MODES = ('infer', 'train')
 
 
@@ -54,7 +57,8 @@ def build_ops(impl: str, shapes: List[OpShape]) -> nn.ModuleList:
     """One operator of kind ``impl`` per shape."""
     if impl == 'conv3x3':
         return nn.ModuleList(nn.Conv2d(c, c, 3, stride=s, padding=1, bias=False) for c, _, _, s in shapes)
-    return nn.ModuleList(StRAttention(c, stride=s, reference=impl == 'reference') for c, _, _, s in shapes)
+    return nn.ModuleList(StRAttention(c, stride=s, reference=impl == 'reference', recompute=impl != 'stra-keep')
+                         for c, _, _, s in shapes)
 
 
 def _step(ops: nn.ModuleList, inputs: List[torch.Tensor], mode: str) -> None:
@@ -68,21 +72,10 @@ def _step(ops: nn.ModuleList, inputs: List[torch.Tensor], mode: str) -> None:
 
 
 def saved_mib(ops: nn.ModuleList, inputs: List[torch.Tensor]) -> float:
-    """MiB of the distinct storages a training forward of ``ops`` saves for backward, beyond its inputs and
-    parameters (which the network holds anyway)."""
-    held = {t.untyped_storage().data_ptr() for t in (*ops.parameters(), *inputs)}
-    saved: Dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in held:
-            saved[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = sum(op(x).sum() for op, x in zip(ops, inputs))
-    del loss
-    return sum(saved.values()) / 2 ** 20
+    """MiB of tensors a training forward of ``ops`` allocates and keeps for backward (its inputs and parameters,
+    which the network holds anyway, are not counted)."""
+    loss, _, live = live_tensor_bytes(lambda: sum(op(x).sum() for op, x in zip(ops, inputs)))
+    return (live - loss.numel() * loss.element_size()) / 2 ** 20
 
 
 def measure(task: str, batch: int, impls=IMPLEMENTATIONS, modes=MODES, repeats: int = 5, iters: int = 5,

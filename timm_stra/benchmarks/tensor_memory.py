@@ -10,13 +10,29 @@ allocates and frees inside itself is not seen). Deterministic, so one run is
 enough; no timing is taken.
 """
 import argparse
-from typing import Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 from ..diversity import diversity_loss
 from .cases import CASES, TASKS, build_case
+
+
+def live_tensor_bytes(fn: Callable[[], Any]) -> Tuple[Any, int, int]:
+    """Run ``fn`` and replay the allocations it makes: (its result, peak bytes, bytes still live at its end).
+
+    Counts the tensors ``fn`` allocates (what already existed is not counted), to the granularity
+    of operators.
+    """
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        result = fn()
+    events = sorted((e.time_range.start, e.self_cpu_memory_usage) for e in prof.events() if e.self_cpu_memory_usage)
+    live = peak = 0
+    for _, delta in events:
+        live += delta
+        peak = max(peak, live)
+    return result, peak, live
 
 
 def step_peak_mib(model: torch.nn.Module, x: torch.Tensor) -> float:
@@ -29,14 +45,8 @@ def step_peak_mib(model: torch.nn.Module, x: torch.Tensor) -> float:
         model.zero_grad(set_to_none=True)
 
     step()  # warm-up: lazy allocations (e.g. oneDNN primitives) happen outside the counted step
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        step()
-    events = sorted((e.time_range.start, e.self_cpu_memory_usage) for e in prof.events() if e.self_cpu_memory_usage)
+    _, peak, _ = live_tensor_bytes(step)
     resident = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
-    live = peak = 0
-    for _, delta in events:
-        live += delta
-        peak = max(peak, live)
     return (resident + peak) / 2 ** 20
 
 

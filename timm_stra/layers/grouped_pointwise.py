@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 from timm.layers import register_notrace_function
 
+from .autocast import without_autocast
+
 
 def _use_matmul(x: torch.Tensor) -> bool:
     return x.device.type == 'cpu' and x.is_contiguous()
@@ -44,6 +46,7 @@ class _GroupedPointwise(torch.autograd.Function):
         return y
 
     @staticmethod
+    @without_autocast
     def backward(ctx, grad_y: torch.Tensor):
         nodes, weight = ctx.saved_tensors
         dtype = ctx.dtype  # autocast does not reach backward: compute in the forward's dtype

@@ -31,12 +31,13 @@ the k query rows whose windows hold it, not only over its k x k neighbourhood; o
 samples stay untouched, and in StRA the mode attention's pooling spreads it over its
 sample anyway. Finite values give exactly the sum above.
 """
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from timm.layers import register_notrace_function
 
+from .autocast import without_autocast
 from .grouped_pointwise import grouped_pointwise_channels_last
 
 
@@ -153,6 +154,7 @@ class _LocalAttend(torch.autograd.Function):
         return out.contiguous() if compact else out
 
     @staticmethod
+    @without_autocast
     def backward(ctx, grad_out: torch.Tensor):
         attn, x, weight = ctx.saved_tensors
         groups, k, s = ctx.geometry
@@ -218,7 +220,13 @@ def local_attend_autograd(
 
 @register_notrace_function
 def local_attend(
-        attn: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, groups: int, kernel_size: int, stride: int,
+        attn: torch.Tensor,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        groups: int,
+        kernel_size: int,
+        stride: int,
+        compact: Optional[bool] = None,
 ) -> torch.Tensor:
     """Project the values (grouped 1x1 conv) and take each query's weighted sum of its k x k neighbours.
 
@@ -231,12 +239,13 @@ def local_attend(
 
     Returns:
         (B, G, out_h, out_w, n), out_h = ceil(H / s) and out_w = ceil(W / s): channels last within
-        each mode; each slab's (out_h * out_w, n) block is contiguous. Without gradients the slabs
-        are not (a view into the row-window outputs); with them the result is contiguous, since
-        whatever follows keeps it for backward.
+        each mode; each slab's (out_h * out_w, n) block is contiguous. A compact result is
+        contiguous; otherwise the slabs are not (a view into the row-window outputs, which hold
+        dropped windows too). ``compact=None`` makes it compact when it has gradients, since what
+        follows may keep it for backward.
     """
     if torch.jit.is_scripting() or x.shape[0] == 0:  # an empty batch has no row buffer to window
         return local_attend_autograd(attn, x, weight, groups, kernel_size, stride)
-    # what follows keeps the output for backward when there is one: then it should hold no dropped windows
-    compact = torch.is_grad_enabled() and (attn.requires_grad or x.requires_grad or weight.requires_grad)
+    if compact is None:
+        compact = torch.is_grad_enabled() and (attn.requires_grad or x.requires_grad or weight.requires_grad)
     return _LocalAttend.apply(attn, x.contiguous(), weight, groups, kernel_size, stride, compact)

@@ -11,7 +11,7 @@ the neighbours of a whole row of queries with one matrix product (``local_attend
 so it never materialises the k*k copies of the values that the unfold-based
 reference (``local_attn_ref.py``) builds.
 """
-from typing import Final, List
+from typing import Callable, Final, List, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -63,6 +63,7 @@ class LocalAttention(nn.Module):
         reduction: reduction r of the logit branch width.
         per_mode: return the output laid out channels last within each mode, as
             ``ModeAttention(per_mode=True)`` takes it (no layout copy between the two).
+        recompute: the logit branch recomputes its hidden maps in backward (``ScoreBranch``).
 
     Subclasses set ``fast_convs = False`` to keep the logit branch's grouped 1x1 convolutions
     plain ``nn.Conv2d`` layers (see ``ScoreBranch``).
@@ -82,6 +83,7 @@ class LocalAttention(nn.Module):
             stride: int = 1,
             reduction: int = 4,
             per_mode: bool = False,
+            recompute: bool = True,
             device=None,
             dtype=None,
     ):
@@ -100,7 +102,8 @@ class LocalAttention(nn.Module):
         kk = kernel_size * kernel_size
         # output channels: G neighbour scores nu, then G * k*k query scores omega (official layout)
         self.score = ScoreBranch(
-            dim, score_hidden_chs(dim, reduction, groups), groups * (1 + kk), groups, fast=self.fast_convs, **dd)
+            dim, score_hidden_chs(dim, reduction, groups), groups * (1 + kk), groups,
+            fast=self.fast_convs, recompute=recompute, **dd)
         self.value = nn.Conv2d(dim, dim, 1, groups=groups, bias=False, **dd)
 
     def attention(self, scores: torch.Tensor, out_h: int, out_w: int) -> torch.Tensor:
@@ -128,3 +131,23 @@ class LocalAttention(nn.Module):
         if self.per_mode:
             return out
         return out.permute(0, 1, 4, 2, 3).reshape(B, C, out_h, out_w)
+
+    @torch.jit.unused
+    def forward_recomputable(self, x: torch.Tensor) -> Tuple[torch.Tensor, Callable[[], torch.Tensor]]:
+        """``forward`` with ``per_mode``, and a function that computes the same output again without autograd.
+
+        The recomputation reads only what the output's autograd node keeps anyway (the input,
+        the attention weights and the value weight), so it costs one product and no memory; the
+        output itself is not made compact (whatever keeps it keeps a handle, see ``recompute_saved``).
+
+        Returns:
+            (B, G, ceil(H / stride), ceil(W / stride), C / G) output and its recomputation.
+        """
+        B, C, H, W = x.shape
+        out_h = (H - 1) // self.stride + 1
+        out_w = (W - 1) // self.stride + 1
+        attn = self.attention(self.score(x), out_h, out_w)
+        geometry = (self.groups, self.kernel_size, self.stride)
+        out = local_attend(attn, x, self.value.weight, *geometry, compact=False)
+        attn, x, weight = attn.detach(), x.detach(), self.value.weight.detach()
+        return out, lambda: local_attend(attn, x, weight, *geometry, compact=False)

@@ -28,6 +28,7 @@ class ModeAttention(nn.Module):
             "without interaction" ablation, which stops after the mode vector unit).
         per_mode: take the input laid out channels last within each mode, as
             ``LocalAttention(per_mode=True)`` returns it (the output is not).
+        recompute: the mask branch recomputes its hidden maps in backward (``ScoreBranch``).
 
     Subclasses set ``fast_convs = False`` to keep the mask branch's grouped 1x1 convolutions
     plain ``nn.Conv2d`` layers (see ``ScoreBranch``).
@@ -39,7 +40,15 @@ class ModeAttention(nn.Module):
     per_mode: Final[bool]
 
     def __init__(
-            self, dim: int, groups: int = 8, interaction: bool = True, per_mode: bool = False, device=None, dtype=None):
+            self,
+            dim: int,
+            groups: int = 8,
+            interaction: bool = True,
+            per_mode: bool = False,
+            recompute: bool = True,
+            device=None,
+            dtype=None,
+    ):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
         check_divisible(dim, groups, 'ModeAttention')
@@ -47,7 +56,7 @@ class ModeAttention(nn.Module):
         self.groups = groups
         self.interaction = interaction
         self.per_mode = per_mode
-        self.mask = ScoreBranch(dim, 8 * groups, groups, groups, fast=self.fast_convs, **dd)
+        self.mask = ScoreBranch(dim, 8 * groups, groups, groups, fast=self.fast_convs, recompute=recompute, **dd)
         self.diversity = DiversityRecorder()
         self.gate_norm = nn.BatchNorm2d(groups, **dd)
         self.interact_norm = nn.BatchNorm2d(groups, **dd) if interaction else nn.Identity()

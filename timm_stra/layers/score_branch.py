@@ -4,6 +4,10 @@ Local attention uses it to produce the neighbour and query logits, mode attentio
 to produce the spatial mask logits: ``GC(C -> hidden, bias) -> BN -> tanh ->
 GC(hidden -> out, bias) -> BN``, where ``GC`` is a 1x1 convolution with ``groups``
 groups (SPEC 1.1 step 1 and 1.2 step 1).
+
+In training the fast branch keeps only its input for backward and replays itself there
+(``replay.py``): its hidden maps are wider than its output and, per image, cost more
+memory than what they save in time to keep.
 """
 from functools import partial
 from typing import Final, Optional, Tuple
@@ -12,6 +16,7 @@ import torch
 from torch import nn
 
 from .grouped_pointwise import GroupedPointwiseConv
+from .replay import eager_autograd, replay_batch_norm, replayable_norm, replayed
 
 
 class ScoreBranch(nn.Module):
@@ -25,18 +30,32 @@ class ScoreBranch(nn.Module):
         fast: compute the grouped convolutions as batched products where that is faster
             (``GroupedPointwiseConv``); ``False`` keeps plain ``nn.Conv2d`` layers, as the
             authors' release has them (the reference operators). Same state dict either way.
+        recompute: with ``fast``, keep only the input for backward and recompute the rest there
+            (an eager autograd forward with plain ``nn.BatchNorm2d`` norms; otherwise the branch
+            runs as usual). Same values, gradients and running statistics.
 
     Shapes:
         (B, in_chs, H, W) -> (B, out_chs, H, W), or per-group nodes (B, G, in_chs / G, H*W) of any
         strides with ``size=(H, W)`` given -> (B, out_chs, H, W) (``fast`` branches read them in place)
     """
     fast: Final[bool]
+    recompute: Final[bool]
 
     def __init__(
-            self, in_chs: int, hidden_chs: int, out_chs: int, groups: int, fast: bool = True, device=None, dtype=None):
+            self,
+            in_chs: int,
+            hidden_chs: int,
+            out_chs: int,
+            groups: int,
+            fast: bool = True,
+            recompute: bool = True,
+            device=None,
+            dtype=None,
+    ):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
         self.fast = fast
+        self.recompute = fast and recompute
         conv_layer = GroupedPointwiseConv if fast else partial(nn.Conv2d, kernel_size=1)
         self.conv1 = conv_layer(in_chs, hidden_chs, groups=groups, **dd)
         self.bn1 = nn.BatchNorm2d(hidden_chs, **dd)
@@ -47,13 +66,30 @@ class ScoreBranch(nn.Module):
         nn.init.zeros_(self.conv2.bias)
 
     def forward(self, x: torch.Tensor, size: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+        if self.recompute and not torch.jit.is_scripting() and self._replays():
+            return self._forward_replayed(x, size)
+        return self.bn2(self.conv2(self.act(self.bn1(self._conv1(x, size)))))
+
+    def _conv1(self, x: torch.Tensor, size: Optional[Tuple[int, int]]) -> torch.Tensor:
         if size is not None:  # per-group nodes (B, G, in_chs / G, H*W)
             B, hidden = x.shape[0], self.conv1.out_channels
             # nested on the constant ``fast``: TorchScript then never compiles forward_nodes for a plain nn.Conv2d
             if self.fast:
-                x = self.conv1.forward_nodes(x).view(B, hidden, size[0], size[1])
-            else:
-                x = self.conv1(x.reshape(B, self.conv1.in_channels, size[0], size[1]))
-        else:
-            x = self.conv1(x)
-        return self.bn2(self.conv2(self.act(self.bn1(x))))
+                return self.conv1.forward_nodes(x).view(B, hidden, size[0], size[1])
+            return self.conv1(x.reshape(B, self.conv1.in_channels, size[0], size[1]))
+        return self.conv1(x)
+
+    @torch.jit.unused
+    def _replays(self) -> bool:
+        return eager_autograd() and replayable_norm(self.bn1) and replayable_norm(self.bn2)
+
+    @torch.jit.unused
+    def _forward_replayed(self, x: torch.Tensor, size: Optional[Tuple[int, int]]) -> torch.Tensor:
+        def run(t: torch.Tensor, replay: bool) -> torch.Tensor:
+            t = self._conv1(t, size)
+            if not replay:
+                return self.bn2(self.conv2(self.act(self.bn1(t))))
+            t = self.act(replay_batch_norm(self.bn1, t))
+            return replay_batch_norm(self.bn2, self.conv2(t))
+
+        return replayed(run, x, [p for p in self.parameters() if p.requires_grad])

@@ -25,7 +25,7 @@ class StRABottleneck(nn.Module):
         stride: stride of the operator (1 or 2).
         downsample: shortcut projection, or None for the identity.
         fuse: keep the last 1x1 conv and its BN. The FER variant omits them (SPEC 2).
-        local_op, mode, groups, kernel_size, reduction, reference: see ``StRAttention``.
+        local_op, mode, groups, kernel_size, reduction, reference, recompute: see ``StRAttention``.
 
     Shapes:
         (B, inplanes, H, W) -> (B, out_chs, ceil(H / stride), ceil(W / stride))
@@ -45,6 +45,7 @@ class StRABottleneck(nn.Module):
             kernel_size: int = 3,
             reduction: int = 4,
             reference: bool = False,
+            recompute: bool = True,
             act_layer: Type[nn.Module] = nn.ReLU,
             norm_layer: Type[nn.Module] = nn.BatchNorm2d,
             drop_block: Optional[Type[nn.Module]] = None,
@@ -58,7 +59,8 @@ class StRABottleneck(nn.Module):
         self.conv1 = nn.Conv2d(inplanes, planes, kernel_size=1, bias=False, **dd)
         self.bn1 = norm_layer(planes, **dd)
         self.act1 = act_layer(inplace=True)
-        self.conv2 = StRAttention(planes, stride, groups, kernel_size, reduction, local_op, mode, reference, **dd)
+        self.conv2 = StRAttention(
+            planes, stride, groups, kernel_size, reduction, local_op, mode, reference, recompute, **dd)
         self.bn2 = norm_layer(planes, **dd)
         self.drop_block = drop_block() if drop_block is not None else nn.Identity()
         self.act2 = act_layer(inplace=True)

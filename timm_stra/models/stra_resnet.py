@@ -20,7 +20,8 @@ from .heads import FaceNeck, ReIDNeck
 
 STEMS = ('default', 'small')
 HEADS = ('classifier', 'reid', 'face')
-STRA_DEFAULTS = dict(local_op='local', mode='full', groups=8, kernel_size=3, reduction=4, reference=False)
+STRA_DEFAULTS = dict(
+    local_op='local', mode='full', groups=8, kernel_size=3, reduction=4, reference=False, recompute=True)
 
 
 def _to_2tuple(size: Union[int, Tuple[int, int]]) -> Tuple[int, int]:
@@ -33,8 +34,8 @@ class StRAResNet(ResNet):
     Args:
         layers: blocks per stage.
         stra: StRA blocks in the last stage; False builds the plain ResNet twin.
-        local_op, mode, groups, kernel_size, reduction, reference: StRA knobs (see ``StRAttention``);
-            only for ``stra=True``. Defaults: 'local', 'full', 8, 3, 4, False.
+        local_op, mode, groups, kernel_size, reduction, reference, recompute: StRA knobs (see
+            ``StRAttention``); only for ``stra=True``. Defaults: 'local', 'full', 8, 3, 4, False, True.
         last_stride: stride of the last stage (1 keeps a 16x8 map at 256x128 for ReID).
         fuse_last: keep the last 1x1 conv of each StRA block (False for the FER variant).
         stem: 'default' (7x7/2 conv + max-pool) or 'small' (3x3/1 conv, no max-pool).
@@ -58,6 +59,7 @@ class StRAResNet(ResNet):
             kernel_size: Optional[int] = None,
             reduction: Optional[int] = None,
             reference: Optional[bool] = None,
+            recompute: Optional[bool] = None,
             last_stride: int = 2,
             fuse_last: bool = True,
             stem: str = 'default',
@@ -87,7 +89,7 @@ class StRAResNet(ResNet):
                 'StRA ResNets do not dilate: set the last stage stride with last_stride=1 '
                 f'(output stride 16) instead of output_stride={output_stride}.')
         knobs = dict(local_op=local_op, mode=mode, groups=groups, kernel_size=kernel_size, reduction=reduction,
-                     reference=reference)
+                     reference=reference, recompute=recompute)
         given = {k: v for k, v in knobs.items() if v is not None}
         if not stra and given:
             raise TypeError(f'{sorted(given)} only apply to StRA models; this is a plain ResNet twin.')

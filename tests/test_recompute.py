@@ -1,0 +1,185 @@
+"""Recomputing in backward (``recompute=True``, the default) gives what keeping gives, and keeps less."""
+import copy
+
+import pytest
+import torch
+from timm.layers import freeze_batch_norm_2d
+
+from timm_stra.benchmarks.tensor_memory import live_tensor_bytes
+from timm_stra.layers import StRAttention
+from timm_stra.layers.recompute_saved import recompute_saved
+from timm_stra.layers.score_branch import ScoreBranch
+
+
+def _pair(dim=32, **kwargs):
+    """The same operator twice: recomputing and keeping."""
+    torch.manual_seed(0)
+    recomputing = StRAttention(dim, **kwargs)
+    keeping = StRAttention(dim, recompute=False, **kwargs)
+    keeping.load_state_dict(recomputing.state_dict())
+    # non-trivial norms, so that a wrong replay of them would show
+    for bn in (m for m in recomputing.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        bn.weight.data.uniform_(0.5, 1.5)
+        bn.bias.data.uniform_(-0.5, 0.5)
+        bn.running_mean.uniform_(-0.1, 0.1)
+    keeping.load_state_dict(recomputing.state_dict())
+    return recomputing, keeping
+
+
+def _step(op, x, grad, backwards=1):
+    x = x.clone().requires_grad_()
+    y = op(x)
+    for i in range(backwards):
+        y.backward(grad, retain_graph=i + 1 < backwards)
+    return y.detach(), x.grad, {n: p.grad for n, p in op.named_parameters()}
+
+
+def _assert_same_step(recomputing, keeping, x, backwards=1):
+    grad = torch.randn_like(keeping(x)).mul_(1e-1)  # also a first, unchecked step for both
+    recomputing(x)
+    got, want = _step(recomputing, x, grad, backwards), _step(keeping, x, grad, backwards)
+    torch.testing.assert_close(got[0], want[0])
+    torch.testing.assert_close(got[1], want[1])
+    assert got[2].keys() == want[2].keys()
+    for name in want[2]:
+        torch.testing.assert_close(got[2][name], want[2][name], msg=name)
+    # the running statistics moved once per forward, as when keeping
+    for (name, a), b in zip(recomputing.named_buffers(), keeping.buffers()):
+        assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize('stride', [1, 2])
+@pytest.mark.parametrize('mode', ['full', 'no_interaction'])
+def test_same_values_gradients_and_running_stats(stride, mode):
+    recomputing, keeping = _pair(stride=stride, mode=mode)
+    _assert_same_step(recomputing, keeping, torch.randn(3, 32, 7, 6))
+
+
+@pytest.mark.parametrize('momentum', [None, 0.3])
+def test_cumulative_and_custom_momentum(momentum):
+    """``momentum=None`` averages with ``num_batches_tracked``: a second update would show in both."""
+    recomputing, keeping = _pair()
+    for op in (recomputing, keeping):
+        for bn in (m for m in op.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+            bn.momentum = momentum
+    _assert_same_step(recomputing, keeping, torch.randn(3, 32, 6, 5))
+
+
+def test_eval_mode_norms():
+    """Fine-tuning with frozen statistics (eval mode, gradients on): the replay uses the running statistics."""
+    recomputing, keeping = _pair()
+    _assert_same_step(recomputing.eval(), keeping.eval(), torch.randn(2, 32, 6, 5))
+
+
+def test_frozen_norms_are_not_replayed():
+    """timm's FrozenBatchNorm2d is not a plain BatchNorm2d: the branches then run as usual, still correct."""
+    recomputing, keeping = _pair()
+    recomputing, keeping = freeze_batch_norm_2d(recomputing), freeze_batch_norm_2d(keeping)
+    assert not recomputing.local.score._replays()
+    _assert_same_step(recomputing, keeping, torch.randn(2, 32, 6, 5))
+
+
+def test_retained_graph_backward_twice():
+    recomputing, keeping = _pair()
+    _assert_same_step(recomputing, keeping, torch.randn(2, 32, 6, 5), backwards=2)
+
+
+def test_bfloat16_autocast_replays_in_bfloat16():
+    recomputing, keeping = _pair()
+    x = torch.randn(2, 32, 6, 5)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        got = _step(recomputing, x, torch.ones(2, 32, 6, 5, dtype=torch.bfloat16))
+        want = _step(keeping, x, torch.ones(2, 32, 6, 5, dtype=torch.bfloat16))
+    assert got[0].dtype == torch.bfloat16
+    torch.testing.assert_close(got[0], want[0])
+    torch.testing.assert_close(got[1], want[1])
+    for name in want[2]:
+        torch.testing.assert_close(got[2][name], want[2][name], msg=name)
+
+
+def _kept_bytes(op, x):
+    x = x.clone().requires_grad_()
+    y, _, kept = live_tensor_bytes(lambda: op(x))
+    return kept - y.numel() * y.element_size()
+
+
+def test_keeps_neither_the_local_output_nor_the_hidden_maps():
+    B, C, H, W, G = 4, 64, 8, 8, 8
+    recomputing, keeping = _pair(C, groups=G)
+    x = torch.randn(B, C, H, W)
+    kept, kept_keeping = _kept_bytes(recomputing, x), _kept_bytes(keeping, x)
+    fp32_map = B * H * W * 4  # bytes of one channel over the batch
+    local_output = C * fp32_map
+    hidden = 2 * (C // 4) * fp32_map + 2 * 8 * G * fp32_map  # logit and mask branches: conv1 output and tanh
+    assert kept_keeping - kept >= local_output + hidden
+    # what is left: the attention weights (G * k*k channels) and the mode gates and masks (a few per mode)
+    assert kept <= (G * 9 + 8 * G) * fp32_map
+
+
+def test_without_gradients_nothing_changes():
+    recomputing, keeping = _pair()
+    x = torch.randn(2, 32, 6, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(recomputing(x), keeping(x))
+
+
+class _CountingRecompute:
+    def __init__(self, fn):
+        self.fn, self.calls = fn, 0
+
+    def __call__(self):
+        self.calls += 1
+        return self.fn()
+
+
+def test_recompute_saved_rebuilds_once_for_all_views():
+    """Two ops save views of the tensor: one recomputation serves both; other tensors are saved as they are."""
+    a = torch.randn(6, 4, requires_grad=True)
+    w = torch.randn(4, 3, requires_grad=True)
+    t = a.detach() * 2  # the cheap tensor
+    recompute = _CountingRecompute(lambda: a.detach() * 2)
+    t.requires_grad_()
+    with recompute_saved(t, recompute):
+        y = (t[1:] @ w).sum() + (t.t()[:, :3] * t.t()[:, 3:]).sum()
+    y.backward()
+    assert recompute.calls == 1
+    t_ = (a.detach() * 2).requires_grad_()
+    w_ = w.detach().requires_grad_()
+    ((t_[1:] @ w_).sum() + (t_.t()[:, :3] * t_.t()[:, 3:]).sum()).backward()
+    torch.testing.assert_close(t.grad, t_.grad)
+    torch.testing.assert_close(w.grad, w_.grad)
+
+
+def test_score_branch_on_its_own():
+    """The replayed branch also takes per-group nodes (the mask branch's input)."""
+    torch.manual_seed(0)
+    replaying = ScoreBranch(20, 8, 4, 4)
+    plain = copy.deepcopy(replaying)
+    plain.recompute = False
+    positions_first = torch.randn(3, 4, 6, 5)  # B, G, N = 2 * 3, in / G: read as nodes through a transpose
+    grads = []
+    for branch in (replaying, plain):
+        x = positions_first.clone().requires_grad_()
+        y = branch(x.transpose(2, 3), (2, 3))
+        y.square().sum().backward()
+        grads.append((y, x.grad, [p.grad for p in branch.parameters()]))
+    torch.testing.assert_close(grads[0][0], grads[1][0])
+    torch.testing.assert_close(grads[0][1], grads[1][1])
+    for a, b in zip(grads[0][2], grads[1][2]):
+        torch.testing.assert_close(a, b)
+
+
+def test_replay_follows_the_forwards_autocast_not_the_backwards():
+    """A float32 forward, then backward called inside an autocast region: the replay stays float32."""
+    recomputing, keeping = _pair()
+    x = torch.randn(2, 32, 6, 5)
+    grad = torch.randn(2, 32, 6, 5)
+    got, want = [], []
+    for op, out in ((recomputing, got), (keeping, want)):
+        x_ = x.clone().requires_grad_()
+        y = op(x_)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            y.backward(grad)
+        out.extend([x_.grad, *(p.grad for p in op.parameters())])
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)

@@ -1,0 +1,68 @@
+"""Keep a cheap tensor out of what autograd saves: recompute it when backward asks for it.
+
+``recompute_saved(tensor, recompute)`` is a context for the forward of the ops that read
+``tensor``. Whatever they save for backward that is ``tensor`` or a view of it is replaced by
+a small handle; the first handle backward unpacks calls ``recompute()`` (without autograd,
+under the forward's autocast setting), later ones reuse that result, and the last one lets
+it go. StRA uses it for the output of local attention, which every part of mode attention
+keeps (the mask branch, the pooling and the affinity products) and which one product
+rebuilds from what local attention keeps anyway.
+
+Like ``torch.utils.checkpoint``, these are saved-tensor hooks: inside the context they take
+the place of any hooks set outside it. Double backward is not supported.
+"""
+from typing import Callable, Optional
+
+import torch
+
+from .autocast import AutocastState
+
+
+class _Recomputed:
+    """The recomputed tensor, shared by the handles of one context, released after the last unpack."""
+
+    def __init__(self, recompute: Callable[[], torch.Tensor], device_type: str):
+        self.recompute = recompute
+        self.autocast = AutocastState(device_type)
+        self.handles = 0
+        self.value: Optional[torch.Tensor] = None
+
+    def unpack(self, size, stride, offset) -> torch.Tensor:
+        value = self.value
+        if value is None:
+            with torch.no_grad(), self.autocast():
+                value = self.recompute()
+        self.handles -= 1
+        self.value = value if self.handles > 0 else None
+        return value.as_strided(size, stride, offset)
+
+
+class recompute_saved(torch.autograd.graph.saved_tensors_hooks):
+    """Within the context, autograd saves a handle instead of ``tensor`` or any view of it.
+
+    Args:
+        tensor: alive for the whole context; every tensor sharing its storage counts as it.
+        recompute: returns a tensor of the same values, size, strides and storage offset, in a
+            storage of the same size. It runs in backward and should read only what is kept anyway.
+    """
+
+    def __init__(self, tensor: torch.Tensor, recompute: Callable[[], torch.Tensor]):
+        storage = tensor.untyped_storage()
+        # storage identity: the tensor is alive throughout, so no other tensor can share this address
+        key = (storage.data_ptr(), storage.nbytes(), tensor.device, tensor.dtype)
+        recomputed = _Recomputed(recompute, tensor.device.type)
+
+        def pack(t: torch.Tensor):
+            s = t.untyped_storage()
+            if (s.data_ptr(), s.nbytes(), t.device, t.dtype) != key:
+                return t
+            recomputed.handles += 1
+            return recomputed, t.size(), t.stride(), t.storage_offset()
+
+        def unpack(packed):
+            if isinstance(packed, torch.Tensor):
+                return packed
+            holder, size, stride, offset = packed
+            return holder.unpack(size, stride, offset)
+
+        super().__init__(pack, unpack)

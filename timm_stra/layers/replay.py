@@ -1,0 +1,94 @@
+"""Keep less for backward: replay a small sub-network in backward instead of keeping its insides.
+
+``replayed(run, x, params)`` computes ``run(x, False)`` without keeping anything but ``x``
+(and the parameters); backward runs ``run(x, True)`` again with autograd on and
+back-propagates through that. It is gradient checkpointing for one branch, with the two
+things StRA's branches need from it:
+
+* BatchNorm in training mode must normalise the replay with the same batch statistics but
+  must not update its running statistics a second time: with its ``replay`` flag set,
+  ``run`` calls ``replay_batch_norm`` below instead of the module, which leaves the
+  module's buffers alone.
+* ``x`` is saved with ``save_for_backward``, so saved-tensor hooks around the call see it
+  (``recompute_saved`` can then drop it too).
+
+Autocast is replayed as it was in forward. Double backward is not supported.
+"""
+from typing import Callable, List, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.fx import _symbolic_trace
+
+from .autocast import AutocastState
+
+# newer torch tells symbolic tracing from export; in older releases is_fx_tracing meant the former
+_is_fx_symbolic_tracing = getattr(_symbolic_trace, 'is_fx_symbolic_tracing', _symbolic_trace.is_fx_tracing)
+# torch.compiler.is_compiling arrived in torch 2.3
+_is_compiling = getattr(torch.compiler, 'is_compiling', None) or (lambda: torch._dynamo.is_compiling())
+
+
+@torch.jit.unused  # TorchScript never gets here (callers test torch.jit.is_scripting() first)
+def eager_autograd() -> bool:
+    """Whether a forward is building an eager autograd graph: the case where replaying saves memory.
+
+    Under ``torch.compile`` the compiler decides what to keep; under fx, TorchScript or jit tracing
+    the graph is being recorded, not run.
+    """
+    return (torch.is_grad_enabled() and not _is_compiling() and not torch.jit.is_tracing()
+            and not _is_fx_symbolic_tracing())
+
+
+def replayable_norm(norm: nn.Module) -> bool:
+    """``replay_batch_norm`` can replay ``norm`` exactly: a plain ``nn.BatchNorm2d`` (not synchronised, not frozen)."""
+    return type(norm) is nn.BatchNorm2d
+
+
+def replay_batch_norm(norm: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+    """``norm(x)`` again, as a replay: the same normalisation, without updating the running statistics.
+
+    In training mode (or without running statistics) it normalises with the batch's own
+    statistics, exactly as the first pass did; in eval mode with the running statistics.
+    """
+    batch_stats = norm.training or norm.running_mean is None
+    return F.batch_norm(
+        x,
+        None if batch_stats else norm.running_mean,
+        None if batch_stats else norm.running_var,
+        norm.weight, norm.bias, batch_stats, 0., norm.eps)
+
+
+class _Replay(torch.autograd.Function):
+    """Keeps ``x`` (saved) and the parameters (held: they live on in the module anyway)."""
+
+    @staticmethod
+    def forward(ctx, run: Callable[[torch.Tensor, bool], torch.Tensor], x: torch.Tensor, *params: torch.Tensor):
+        ctx.run = run
+        ctx.params = params
+        ctx.autocast = AutocastState(x.device.type)
+        ctx.save_for_backward(x)
+        return run(x, False)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        x, = ctx.saved_tensors
+        needs = ctx.needs_input_grad[1:]  # x, *params
+        with torch.enable_grad(), ctx.autocast():
+            x = x.detach().requires_grad_(needs[0])
+            out = ctx.run(x, True)
+        inputs: List[torch.Tensor] = [t for t, need in zip((x, *ctx.params), needs) if need]
+        grads = iter(torch.autograd.grad(out, inputs, grad_out, allow_unused=True))
+        return (None, *(next(grads) if need else None for need in needs))
+
+
+def replayed(run: Callable[[torch.Tensor, bool], torch.Tensor], x: torch.Tensor,
+             params: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``run(x, False)``, keeping only ``x`` for backward, which replays ``run(x, True)``.
+
+    Args:
+        run: the branch; its second argument is the replay flag (see ``replay_batch_norm``).
+        x: its input.
+        params: every tensor ``run`` uses that may need a gradient (its parameters).
+    """
+    return _Replay.apply(run, x, *params)
