@@ -183,3 +183,71 @@ def test_replay_follows_the_forwards_autocast_not_the_backwards():
         out.extend([x_.grad, *(p.grad for p in op.parameters())])
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b)
+
+
+def test_a_forward_without_backward_is_freed():
+    """Tensors the hooks pass through must not close a reference cycle (an op keeping its own output)."""
+    import gc
+    import weakref
+    a = torch.randn(4, 4, requires_grad=True)
+    t = a.detach() * 2
+    with recompute_saved(t, lambda: a.detach() * 2):
+        y = (a + 1).exp()  # exp keeps its output
+    ref = weakref.ref(y)
+    del y
+    gc.collect()
+    assert ref() is None
+
+
+def test_under_non_reentrant_checkpointing_the_checkpoint_decides():
+    """Inside torch.utils.checkpoint (timm's set_grad_checkpointing) our hooks would replace the checkpoint's."""
+    from torch.utils.checkpoint import checkpoint
+    recomputing, keeping = _pair()
+    x = torch.randn(2, 32, 6, 5)
+    kept = []
+    for op in (recomputing, keeping):
+        x_ = x.clone().requires_grad_()
+        y, _, live = live_tensor_bytes(lambda: checkpoint(op, x_, use_reentrant=False))
+        kept.append(live - y.numel() * y.element_size())
+        y.square().sum().backward()
+        kept.append(x_.grad)
+    assert kept[0] <= kept[2] + 1024  # the checkpoint keeps as little either way
+    torch.testing.assert_close(kept[1], kept[3])
+
+
+def test_functional_call_parameters_reach_the_replay():
+    """``torch.func.functional_call`` swaps parameters for the forward only: the replay must use the same ones."""
+    recomputing, keeping = _pair()
+    x = torch.randn(2, 32, 6, 5)
+    grads = []
+    for op in (recomputing, keeping):
+        params = {n: p.detach().clone().requires_grad_() for n, p in op.named_parameters()}
+        torch.func.functional_call(op, params, (x,)).square().sum().backward()
+        assert all(p.grad is None for p in op.parameters())
+        grads.append(params)
+    for name, p in grads[1].items():
+        torch.testing.assert_close(grads[0][name].grad, p.grad, msg=name)
+
+
+def test_eval_between_forward_and_backward():
+    """The replay normalises as the forward did (batch statistics), whatever mode the module is in by then."""
+    recomputing, keeping = _pair()
+    x = torch.randn(2, 32, 6, 5)
+    grads = []
+    for op in (recomputing, keeping):
+        x_ = x.clone().requires_grad_()
+        y = op(x_)
+        op.eval()
+        y.square().sum().backward()
+        grads.append(x_.grad)
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_input_modified_in_place_before_backward_is_an_error():
+    recomputing, _ = _pair()
+    recomputing.local.requires_grad_(False)  # nothing then keeps the input for the local output's own backward
+    x = torch.randn(2, 32, 6, 5)
+    y = recomputing(x)
+    x.mul_(3)
+    with pytest.raises(RuntimeError, match='modified in place'):
+        y.square().sum().backward()

@@ -136,9 +136,10 @@ class LocalAttention(nn.Module):
     def forward_recomputable(self, x: torch.Tensor) -> Tuple[torch.Tensor, Callable[[], torch.Tensor]]:
         """``forward`` with ``per_mode``, and a function that computes the same output again without autograd.
 
-        The recomputation reads only what the output's autograd node keeps anyway (the input,
-        the attention weights and the value weight), so it costs one product and no memory; the
-        output itself is not made compact (whatever keeps it keeps a handle, see ``recompute_saved``).
+        The recomputation reads the input, the attention weights and the value weight (which the
+        output's autograd node keeps anyway when it has one), so it costs one product and no memory,
+        and refuses to run if any of them was modified in place since. The output itself is not made
+        compact (whatever keeps it keeps a handle, see ``recompute_saved``).
 
         Returns:
             (B, G, ceil(H / stride), ceil(W / stride), C / G) output and its recomputation.
@@ -148,6 +149,17 @@ class LocalAttention(nn.Module):
         out_w = (W - 1) // self.stride + 1
         attn = self.attention(self.score(x), out_h, out_w)
         geometry = (self.groups, self.kernel_size, self.stride)
-        out = local_attend(attn, x, self.value.weight, *geometry, compact=False)
-        attn, x, weight = attn.detach(), x.detach(), self.value.weight.detach()
-        return out, lambda: local_attend(attn, x, weight, *geometry, compact=False)
+        weight = self.value.weight
+        out = local_attend(attn, x, weight, *geometry, compact=False)
+        inputs = (attn.detach(), x.detach(), weight.detach())
+        versions = [t._version for t in inputs]
+
+        def recompute() -> torch.Tensor:
+            if [t._version for t in inputs] != versions:
+                raise RuntimeError(
+                    'LocalAttention: its input, attention weights or value weight were modified in place between '
+                    'forward and backward, so its output cannot be recomputed; do not modify them in place, or '
+                    'build the model with recompute=False.')
+            return local_attend(*inputs, *geometry, compact=False)
+
+        return out, recompute

@@ -120,7 +120,10 @@ class ModeAttention(nn.Module):
         second = affinity[..., 1] + alpha.view(B, G, N) * (mixed * m).sum(-1, keepdim=True)
         alpha2 = torch.sigmoid(self.interact_norm(second.reshape(B, G, height, width)))
         # Z_g = Y_g + alpha' m'_g
-        out = _add_gated(nodes, m, alpha).baddbmm_(mixed.reshape(B * G, n, 1), alpha2.reshape(B * G, 1, N))
+        out = _add_gated(nodes, m, alpha)
+        # in place, so autocast does not cast: the operands take the output's dtype (CUDA autocast differs);
+        # its result is used, or fx would drop the call as dead code
+        out = out.baddbmm_(mixed.reshape(B * G, n, 1).to(out.dtype), alpha2.reshape(B * G, 1, N).to(out.dtype))
         return out.view(B, G * n, height, width)
 
 

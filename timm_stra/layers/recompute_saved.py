@@ -8,14 +8,21 @@ it go. StRA uses it for the output of local attention, which every part of mode 
 keeps (the mask branch, the pooling and the affinity products) and which one product
 rebuilds from what local attention keeps anyway.
 
-Like ``torch.utils.checkpoint``, these are saved-tensor hooks: inside the context they take
-the place of any hooks set outside it. Double backward is not supported.
+These are saved-tensor hooks, which would take the place of any set outside the context
+(``torch.utils.checkpoint``, ``save_on_cpu``): ``outer_hooks_active()`` tells callers to do
+without them then. Double backward is not supported.
 """
 from typing import Callable, Optional
 
 import torch
 
 from .autocast import AutocastState
+
+
+def outer_hooks_active() -> bool:
+    """Whether saved-tensor hooks are already set (non-reentrant checkpointing, ``save_on_cpu``, ...)."""
+    top = getattr(torch._C._autograd, '_top_saved_tensors_default_hooks', None)  # no public query exists
+    return top is not None and top(False) is not None
 
 
 class _Recomputed:
@@ -55,7 +62,9 @@ class recompute_saved(torch.autograd.graph.saved_tensors_hooks):
         def pack(t: torch.Tensor):
             s = t.untyped_storage()
             if (s.data_ptr(), s.nbytes(), t.device, t.dtype) != key:
-                return t
+                # detached: an op's own output, kept with its grad_fn, would close a cycle gc cannot see
+                # (a forward that never gets a backward would then never be freed)
+                return t.detach()
             recomputed.handles += 1
             return recomputed, t.size(), t.stride(), t.storage_offset()
 

@@ -1,14 +1,18 @@
 """Keep less for backward: replay a small sub-network in backward instead of keeping its insides.
 
 ``replayed(run, x, params)`` computes ``run(x, False)`` without keeping anything but ``x``
-(and the parameters); backward runs ``run(x, True)`` again with autograd on and
+(the parameters live on anyway); backward runs ``run(x, True)`` again with autograd on and
 back-propagates through that. It is gradient checkpointing for one branch, with the two
 things StRA's branches need from it:
 
 * BatchNorm in training mode must normalise the replay with the same batch statistics but
   must not update its running statistics a second time: with its ``replay`` flag set,
-  ``run`` calls ``replay_batch_norm`` below instead of the module, which leaves the
-  module's buffers alone.
+  ``run`` calls a ``NormReplay`` (below) instead of the module, which leaves the module's
+  buffers alone.
+* The replay must compute with the tensors the forward used, whatever happens to the
+  module in between (``torch.func.functional_call`` swaps parameters only for the
+  forward; ``eval()`` flips BatchNorm): ``run`` takes them when the forward runs, and
+  ``params`` lists them.
 * ``x`` is saved with ``save_for_backward``, so saved-tensor hooks around the call see it
   (``recompute_saved`` can then drop it too).
 
@@ -41,22 +45,30 @@ def eager_autograd() -> bool:
 
 
 def replayable_norm(norm: nn.Module) -> bool:
-    """``replay_batch_norm`` can replay ``norm`` exactly: a plain ``nn.BatchNorm2d`` (not synchronised, not frozen)."""
+    """``NormReplay`` can replay ``norm`` exactly: a plain ``nn.BatchNorm2d`` (not synchronised, not frozen)."""
     return type(norm) is nn.BatchNorm2d
 
 
-def replay_batch_norm(norm: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
-    """``norm(x)`` again, as a replay: the same normalisation, without updating the running statistics.
+class NormReplay:
+    """``norm`` as a replay needs it, taken before the forward runs: what a later change to the module
+    (``eval()``, swapped parameters) must not alter.
 
-    In training mode (or without running statistics) it normalises with the batch's own
-    statistics, exactly as the first pass did; in eval mode with the running statistics.
+    Called on the replay's input, it normalises as ``norm`` did (training mode or no running
+    statistics: the batch's own statistics; eval mode: the running statistics of that time) and
+    updates nothing.
     """
-    batch_stats = norm.training or norm.running_mean is None
-    return F.batch_norm(
-        x,
-        None if batch_stats else norm.running_mean,
-        None if batch_stats else norm.running_var,
-        norm.weight, norm.bias, batch_stats, 0., norm.eps)
+
+    def __init__(self, norm: nn.BatchNorm2d):
+        self.batch_stats = norm.training or norm.running_mean is None
+        self.running = None if self.batch_stats else (norm.running_mean.clone(), norm.running_var.clone())
+        self.weight, self.bias, self.eps = norm.weight, norm.bias, norm.eps
+
+    def params(self) -> List[torch.Tensor]:
+        return [t for t in (self.weight, self.bias) if t is not None]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        mean, var = self.running if self.running is not None else (None, None)
+        return F.batch_norm(x, mean, var, self.weight, self.bias, self.batch_stats, 0., self.eps)
 
 
 class _Replay(torch.autograd.Function):
@@ -87,8 +99,9 @@ def replayed(run: Callable[[torch.Tensor, bool], torch.Tensor], x: torch.Tensor,
     """``run(x, False)``, keeping only ``x`` for backward, which replays ``run(x, True)``.
 
     Args:
-        run: the branch; its second argument is the replay flag (see ``replay_batch_norm``).
+        run: the branch; its second argument is the replay flag (see ``NormReplay``).
         x: its input.
-        params: every tensor ``run`` uses that may need a gradient (its parameters).
+        params: every tensor ``run`` uses that may need a gradient: the parameter tensors of this
+            forward, which the replay must use too.
     """
     return _Replay.apply(run, x, *params)

@@ -15,8 +15,8 @@ from typing import Final, Optional, Tuple
 import torch
 from torch import nn
 
-from .grouped_pointwise import GroupedPointwiseConv
-from .replay import eager_autograd, replay_batch_norm, replayable_norm, replayed
+from .grouped_pointwise import GroupedPointwiseConv, grouped_pointwise, grouped_pointwise_nodes
+from .replay import NormReplay, eager_autograd, replayable_norm, replayed
 
 
 class ScoreBranch(nn.Module):
@@ -85,11 +85,19 @@ class ScoreBranch(nn.Module):
 
     @torch.jit.unused
     def _forward_replayed(self, x: torch.Tensor, size: Optional[Tuple[int, int]]) -> torch.Tensor:
-        def run(t: torch.Tensor, replay: bool) -> torch.Tensor:
-            t = self._conv1(t, size)
-            if not replay:
-                return self.bn2(self.conv2(self.act(self.bn1(t))))
-            t = self.act(replay_batch_norm(self.bn1, t))
-            return replay_batch_norm(self.bn2, self.conv2(t))
+        # the replay computes with the tensors of this forward, read now (see replay.py)
+        groups = self.conv1.groups
+        w1, b1, w2, b2 = self.conv1.weight, self.conv1.bias, self.conv2.weight, self.conv2.bias
+        norm1, norm2 = NormReplay(self.bn1), NormReplay(self.bn2)
 
-        return replayed(run, x, [p for p in self.parameters() if p.requires_grad])
+        def run(t: torch.Tensor, replay: bool) -> torch.Tensor:
+            if not replay:
+                return self.bn2(self.conv2(self.act(self.bn1(self._conv1(t, size)))))
+            if size is not None:
+                t = grouped_pointwise_nodes(t, w1, b1).view(t.shape[0], w1.shape[0], size[0], size[1])
+            else:
+                t = grouped_pointwise(t, w1, b1, groups)
+            return norm2(grouped_pointwise(torch.tanh(norm1(t)), w2, b2, groups))
+
+        params = [t for t in (w1, b1, *norm1.params(), w2, b2, *norm2.params()) if t is not None and t.requires_grad]
+        return replayed(run, x, params)

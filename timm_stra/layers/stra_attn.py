@@ -30,7 +30,7 @@ from .local_attn import LocalAttention
 from .local_attn_ref import LocalAttentionReference
 from .mode_attn import ModeAttention
 from .mode_attn_ref import ModeAttentionReference
-from .recompute_saved import recompute_saved
+from .recompute_saved import outer_hooks_active, recompute_saved
 from .replay import eager_autograd
 from .sasa import SelfAttention2d
 
@@ -129,13 +129,21 @@ class StRAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_feature_map(x, self.dim, 'StRAttention')
-        if self.per_mode and self.recompute and not torch.jit.is_scripting() and eager_autograd():
+        if self.per_mode and self.recompute and not torch.jit.is_scripting() and self._recomputes_local():
             return self._forward_recomputing_local(x)
         return self.mode(self.local(x))
 
     @torch.jit.unused
+    def _recomputes_local(self) -> bool:
+        # under other saved-tensor hooks (checkpointing, offloading) ours would override them: leave it to them
+        return eager_autograd() and not outer_hooks_active()
+
+    @torch.jit.unused
     def _forward_recomputing_local(self, x: torch.Tensor) -> torch.Tensor:
-        """``forward``, with what mode attention keeps of the local output recomputed in backward."""
+        """``forward``, with what mode attention keeps of the local output recomputed in backward.
+
+        ``local`` is run through ``forward_recomputable``, not called: its forward hooks do not fire here.
+        """
         local, recompute = self.local.forward_recomputable(x)
         with recompute_saved(local, recompute):
             return self.mode(local)
