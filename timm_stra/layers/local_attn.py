@@ -122,15 +122,19 @@ class LocalAttention(nn.Module):
         logits = omega + torch.stack(neighbour_views(nu, k, s, out_h, out_w), dim=2)
         return torch.softmax(logits, dim=2, dtype=torch.float32).to(scores.dtype)
 
+    def neighbour_weights(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) input -> (B, G, k*k, ceil(H / stride), ceil(W / stride)) weights (``attention`` of the
+        logit branch's output)."""
+        H, W = x.shape[2], x.shape[3]
+        return self.attention(self.score(x), (H - 1) // self.stride + 1, (W - 1) // self.stride + 1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, C, H, W = x.shape
-        out_h = (H - 1) // self.stride + 1
-        out_w = (W - 1) // self.stride + 1
-        attn = self.attention(self.score(x), out_h, out_w)
+        attn = self.neighbour_weights(x)
         out = local_attend(attn, x, self.value.weight, self.groups, self.kernel_size, self.stride)  # B, G, h, w, n
         if self.per_mode:
             return out
-        return out.permute(0, 1, 4, 2, 3).reshape(B, C, out_h, out_w)
+        B, G, h, w, n = out.shape
+        return out.permute(0, 1, 4, 2, 3).reshape(B, G * n, h, w)
 
     @torch.jit.unused
     def forward_recomputable(self, x: torch.Tensor) -> Tuple[torch.Tensor, Callable[[], torch.Tensor]]:
@@ -144,10 +148,7 @@ class LocalAttention(nn.Module):
         Returns:
             (B, G, ceil(H / stride), ceil(W / stride), C / G) output and its recomputation.
         """
-        B, C, H, W = x.shape
-        out_h = (H - 1) // self.stride + 1
-        out_w = (W - 1) // self.stride + 1
-        attn = self.attention(self.score(x), out_h, out_w)
+        attn = self.neighbour_weights(x)
         geometry = (self.groups, self.kernel_size, self.stride)
         weight = self.value.weight
         out = local_attend(attn, x, weight, *geometry, compact=False)

@@ -2,8 +2,8 @@
 
 ``replayed(run, x, params)`` computes ``run(x, False)`` without keeping anything but ``x``
 (the parameters live on anyway); backward runs ``run(x, True)`` again with autograd on and
-back-propagates through that. It is gradient checkpointing for one branch, with the two
-things StRA's branches need from it:
+back-propagates through that. It is gradient checkpointing for one branch, with what
+StRA's branches need from it:
 
 * BatchNorm in training mode must normalise the replay with the same batch statistics but
   must not update its running statistics a second time: with its ``replay`` flag set,

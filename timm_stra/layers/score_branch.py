@@ -68,6 +68,9 @@ class ScoreBranch(nn.Module):
     def forward(self, x: torch.Tensor, size: Optional[Tuple[int, int]] = None) -> torch.Tensor:
         if self.recompute and not torch.jit.is_scripting() and self._replays():
             return self._forward_replayed(x, size)
+        return self._branch(x, size)
+
+    def _branch(self, x: torch.Tensor, size: Optional[Tuple[int, int]]) -> torch.Tensor:
         return self.bn2(self.conv2(self.act(self.bn1(self._conv1(x, size)))))
 
     def _conv1(self, x: torch.Tensor, size: Optional[Tuple[int, int]]) -> torch.Tensor:
@@ -92,7 +95,7 @@ class ScoreBranch(nn.Module):
 
         def run(t: torch.Tensor, replay: bool) -> torch.Tensor:
             if not replay:
-                return self.bn2(self.conv2(self.act(self.bn1(self._conv1(t, size)))))
+                return self._branch(t, size)
             if size is not None:
                 t = grouped_pointwise_nodes(t, w1, b1).view(t.shape[0], w1.shape[0], size[0], size[1])
             else:
