@@ -48,3 +48,17 @@ def test_tiny_run_prints_a_table(capsys):
 def test_bad_arguments_exit(argv):
     with pytest.raises(SystemExit):
         main(argv + ['--no-progress'])
+
+
+def test_channels_last_bf16_run(capsys):
+    assert main(['--task', 'fer', '--batch-size', '2', '--repeats', '1', '--iters', '1', '--impls', 'stra,conv3x3',
+                 '--channels-last', '--bf16', '--no-progress']) == 0
+    out = capsys.readouterr().out
+    assert 'channels_last, bf16 autocast' in out and '| train | stra |' in out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='checks the error where there is no CUDA')
+def test_cuda_without_a_gpu_is_a_clear_error(capsys):
+    with pytest.raises(SystemExit):
+        main(['--device', 'cuda', '--no-progress'])
+    assert 'CUDA is not available' in capsys.readouterr().err

@@ -99,3 +99,13 @@ def test_paired_ratios_are_taken_within_each_round():
     base = [{'repeat': r, 'seconds': s} for r, s in enumerate([1.0, 2.0, 1.0])]
     assert paired_ratio(runs, base) == pytest.approx(1.1)
     assert paired_ratio(runs, base[:1]) == 1.0 and paired_ratio(runs, []) is None
+
+
+def test_in_process_run(capsys):
+    """``--in-process`` measures every case in this process: same rows as the isolated runs."""
+    argv = ['--task', 'fer', '--cases', 'twin,stra', '--modes', 'train', '--batch-sizes', '2', '--repeats', '1',
+            '--warmup', '0', '--iters', '1', '--no-sweep', '--no-progress', '--in-process', '--device', 'cpu']
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert 'each run in this one process' in out
+    assert '| train | 2 | StRA (local + mode) |' in out and '| train | 2 | ResNet-50 twin |' in out

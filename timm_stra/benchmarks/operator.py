@@ -17,8 +17,12 @@ Inference (``torch.inference_mode``) and training (forward and backward of the s
 steps; repeats are interleaved (each round times every case, in an order rotated by
 the round) and the table gives the median step time over all timed steps and its
 ratio to ``stra``. "saved MiB" is what the step's forward allocates and keeps for
-backward (its inputs and parameters are not counted): exact, from the profiler's
-record of allocations, not timed.
+backward (its inputs and parameters are not counted): exact, not timed; on CPU from
+the profiler's record of allocations, on CUDA from the allocator's count of live
+tensor bytes (``torch.cuda.memory_allocated``, blocks of 512 bytes).
+
+On CUDA every timed step ends with a synchronisation, and ``--channels-last`` and
+``--bf16`` (autocast) give the layouts and precision a GPU is usually run with.
 """
 import argparse
 import statistics
@@ -53,38 +57,57 @@ def stage_shapes(task: str) -> List[OpShape]:
     return shapes
 
 
-def build_ops(impl: str, shapes: List[OpShape]) -> nn.ModuleList:
+def build_ops(impl: str, shapes: List[OpShape], device=None) -> nn.ModuleList:
     """One operator of kind ``impl`` per shape."""
     if impl == 'conv3x3':
-        return nn.ModuleList(nn.Conv2d(c, c, 3, stride=s, padding=1, bias=False) for c, _, _, s in shapes)
-    return nn.ModuleList(StRAttention(c, stride=s, reference=impl == 'reference', recompute=impl != 'stra-keep')
-                         for c, _, _, s in shapes)
+        return nn.ModuleList(nn.Conv2d(c, c, 3, stride=s, padding=1, bias=False, device=device)
+                             for c, _, _, s in shapes)
+    return nn.ModuleList(StRAttention(c, stride=s, reference=impl == 'reference', recompute=impl != 'stra-keep',
+                                      device=device) for c, _, _, s in shapes)
 
 
-def _step(ops: nn.ModuleList, inputs: List[torch.Tensor], mode: str) -> None:
+def _train_forward(ops: nn.ModuleList, inputs: List[torch.Tensor], bf16: bool = False) -> torch.Tensor:
+    with torch.autocast(inputs[0].device.type, torch.bfloat16, enabled=bf16):
+        return sum(op(x).float().sum() for op, x in zip(ops, inputs))
+
+
+def _step(ops: nn.ModuleList, inputs: List[torch.Tensor], mode: str, bf16: bool = False) -> None:
     if mode == 'infer':
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast(inputs[0].device.type, torch.bfloat16, enabled=bf16):
             for op, x in zip(ops, inputs):
                 op(x)
     else:
-        loss = sum(op(x).sum() for op, x in zip(ops, inputs))
-        loss.backward()
+        _train_forward(ops, inputs, bf16).backward()
+    if inputs[0].is_cuda:
+        torch.cuda.synchronize(inputs[0].device)
 
 
-def saved_mib(ops: nn.ModuleList, inputs: List[torch.Tensor]) -> float:
+def saved_mib(ops: nn.ModuleList, inputs: List[torch.Tensor], bf16: bool = False) -> float:
     """MiB of tensors a training forward of ``ops`` allocates and keeps for backward (its inputs and parameters,
     which the network holds anyway, are not counted)."""
-    loss, _, live = live_tensor_bytes(lambda: sum(op(x).sum() for op, x in zip(ops, inputs)))
+    if inputs[0].is_cuda:
+        device = inputs[0].device
+        torch.cuda.synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        loss = _train_forward(ops, inputs, bf16)
+        torch.cuda.synchronize(device)
+        live = torch.cuda.memory_allocated(device) - before
+        del loss
+        return (live - 512) / 2 ** 20  # the loss takes one block of the allocator (512 bytes)
+    loss, _, live = live_tensor_bytes(lambda: _train_forward(ops, inputs, bf16))
     return (live - loss.numel() * loss.element_size()) / 2 ** 20
 
 
 def measure(task: str, batch: int, impls=IMPLEMENTATIONS, modes=MODES, repeats: int = 5, iters: int = 5,
-            warmup: int = 2, progress: bool = True) -> List[Dict[str, object]]:
+            warmup: int = 2, progress: bool = True, device='cpu', channels_last: bool = False,
+            bf16: bool = False) -> List[Dict[str, object]]:
     """Median step milliseconds of every (mode, implementation), ratios to ``stra``, saved MiB (training)."""
     shapes = stage_shapes(task)
     torch.manual_seed(0)
-    ops = {impl: build_ops(impl, shapes) for impl in impls}
-    inputs = [torch.randn(batch, c, h, w) for c, h, w, _ in shapes]
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    ops = {impl: build_ops(impl, shapes, device).to(memory_format=memory_format) for impl in impls}
+    inputs = [torch.randn(batch, c, h, w, device=device).contiguous(memory_format=memory_format)
+              for c, h, w, _ in shapes]
     grad_inputs = [x.clone().requires_grad_() for x in inputs]
     times: Dict[Tuple[str, str], List[float]] = {(m, i): [] for m in modes for i in impls}
     bar = tqdm(total=len(modes) * repeats * len(impls), desc=f'{task} operators', disable=not progress, leave=False)
@@ -92,13 +115,13 @@ def measure(task: str, batch: int, impls=IMPLEMENTATIONS, modes=MODES, repeats: 
         for impl in impls:
             ops[impl].train(mode == 'train')
             for _ in range(warmup):
-                _step(ops[impl], grad_inputs if mode == 'train' else inputs, mode)
+                _step(ops[impl], grad_inputs if mode == 'train' else inputs, mode, bf16)
         for r in range(repeats):
             for k in range(len(impls)):
                 impl = impls[(k + r) % len(impls)]
                 for _ in range(iters):
                     start = time.perf_counter()
-                    _step(ops[impl], grad_inputs if mode == 'train' else inputs, mode)
+                    _step(ops[impl], grad_inputs if mode == 'train' else inputs, mode, bf16)
                     times[mode, impl].append((time.perf_counter() - start) * 1e3)
                 bar.update()
     bar.close()
@@ -110,7 +133,7 @@ def measure(task: str, batch: int, impls=IMPLEMENTATIONS, modes=MODES, repeats: 
             rows.append({
                 'mode': mode, 'operators': impl, 'ms per stage (median)': ms,
                 'vs stra': f'{ms / base:.2f}x' if base else '-',
-                'saved MiB': saved_mib(ops[impl], grad_inputs) if mode == 'train' else '-',
+                'saved MiB': saved_mib(ops[impl], grad_inputs, bf16) if mode == 'train' else '-',
             })
     return rows
 
@@ -125,6 +148,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--repeats', type=int, default=5, help='interleaved rounds')
     parser.add_argument('--iters', type=int, default=5, help='timed steps per case and round')
     parser.add_argument('--threads', type=int, default=None, help="CPU threads (default: torch's default)")
+    parser.add_argument('--device', default='cpu', help='cpu or cuda[:N]')
+    parser.add_argument('--channels-last', action='store_true', help='channels_last operators and inputs')
+    parser.add_argument('--bf16', action='store_true', help='bf16 autocast')
     parser.add_argument('--no-progress', action='store_true')
     args = parser.parse_args(argv)
     impls, modes = args.impls.split(','), args.modes.split(',')
@@ -133,12 +159,18 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error(f'unknown implementations or modes: {bad}')
     if 'train' in modes and args.batch_size < 2:
         parser.error('a training step needs a batch of 2 or more (BatchNorm)')
+    device = torch.device(args.device)
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        parser.error(f'--device {args.device}: CUDA is not available')
     if args.threads:
         torch.set_num_threads(args.threads)
     shapes = stage_shapes(args.task)
-    rows = measure(args.task, args.batch_size, impls, modes, args.repeats, args.iters, progress=not args.no_progress)
-    print(f'Last-stage operators of {TASKS[args.task].stra}, batch {args.batch_size}, '
-          f'{torch.get_num_threads()} threads; inputs (C, H, W, stride): {shapes}\n')
+    rows = measure(args.task, args.batch_size, impls, modes, args.repeats, args.iters, progress=not args.no_progress,
+                   device=device, channels_last=args.channels_last, bf16=args.bf16)
+    flags = ''.join(f', {f}' for f, on in (('channels_last', args.channels_last), ('bf16 autocast', args.bf16)) if on)
+    where = torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} threads'
+    print(f'Last-stage operators of {TASKS[args.task].stra}, batch {args.batch_size}, {where}{flags}; '
+          f'inputs (C, H, W, stride): {shapes}\n')
     print(markdown_table(rows))
     return 0
 

@@ -11,10 +11,14 @@ size, at the task's resolution, every case is measured in a fresh process
 ``torch.cuda.max_memory_allocated``). Repeats are interleaved (round r runs
 every case once, in an order rotated by r) so that a change in machine load
 hits all cases alike; the tables give medians over the repeats and ratios to
-the twin of the same run. A resolution sweep (1x, 2x, 4x the pixels, inference)
+the twin of the same run. ``--in-process`` runs every measurement in this one
+process instead: much quicker on a GPU, where the peak is the allocator's count of
+live tensors and is reset for each run (on CPU the peak resident set would then
+include what earlier runs left in the allocator). A resolution sweep (1x, 2x, 4x the pixels, inference)
 shows how each operator's cost grows with the map.
 """
 import argparse
+import gc
 import json
 import math
 import statistics
@@ -28,7 +32,7 @@ from ..tools.summary import markdown_table
 from .cases import CASES, TASKS
 from .isolate import run_isolated
 from .machine import describe, load_average
-from .worker import MODES, Measurement
+from .worker import MODES, Measurement, run
 
 Setting = Tuple[str, int, Tuple[int, int]]  # mode, batch, (H, W)
 
@@ -69,9 +73,12 @@ def run_all(
         settings: Sequence[Setting],
         repeats: int,
         progress: bool = True,
+        isolate: bool = True,
+        timeout: float = 1800.,
         **measurement_kwargs,
 ) -> List[Dict[str, object]]:
-    """Every (setting, case) ``repeats`` times, interleaved; one fresh process per measurement."""
+    """Every (setting, case) ``repeats`` times, interleaved; one fresh process per measurement unless not
+    ``isolate``."""
     jobs = []
     for r in range(repeats):
         order = list(cases[r % len(cases):]) + list(cases[:r % len(cases)])
@@ -85,7 +92,8 @@ def run_all(
         for r, (mode, batch, size), case in jobs:
             if bar is not None:
                 bar.set_postfix_str(f'{case} {mode} b{batch} {size[0]}x{size[1]} #{r + 1}')
-            result = run_isolated(Measurement(case=case, mode=mode, batch=batch, img_size=size, **measurement_kwargs))
+            measurement = Measurement(case=case, mode=mode, batch=batch, img_size=size, **measurement_kwargs)
+            result = run_isolated(measurement, timeout) if isolate else _run_here(measurement)
             results.append(dict(result, repeat=r))
             if bar is not None:
                 bar.update()
@@ -93,6 +101,14 @@ def run_all(
         if bar is not None:
             bar.close()
     return results
+
+
+def _run_here(measurement: Measurement) -> Dict[str, object]:
+    """``worker.run`` in this process, after freeing what the previous run left (on CUDA, its cached blocks too)."""
+    gc.collect()
+    if torch.device(measurement.device).type == 'cuda':
+        torch.cuda.empty_cache()
+    return run(measurement)
 
 
 def paired_ratio(runs: List[Dict[str, object]], base_runs: List[Dict[str, object]]) -> Optional[float]:
@@ -249,6 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--sweep-batch', type=int, default=None, help='batch of the sweep (default 1 CPU, 16 CUDA)')
     parser.add_argument('--no-sweep', action='store_true', help='skip the resolution sweep')
     parser.add_argument('--timeout', type=float, default=1800., help='seconds before one run is abandoned')
+    parser.add_argument('--in-process', action='store_true',
+                        help='every run in this process, not a fresh one (quick on a GPU; see above)')
     parser.add_argument('--json', metavar='PATH', help='also write machine, settings, summary and raw runs here')
     parser.add_argument('--cpu-time', action='store_true',
                         help='add process CPU time columns (CPU runs; includes steal time on a virtual machine)')
@@ -283,7 +301,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error('nothing to measure (training needs --batch-sizes of 2 or more).')
     machine = describe(device)
     start = time.perf_counter()
-    raw = run_all(args.cases, settings, args.repeats, progress=not args.no_progress, task=args.task,
+    raw = run_all(args.cases, settings, args.repeats, progress=not args.no_progress, isolate=not args.in_process,
+                  timeout=args.timeout, task=args.task,
                   device=device, threads=args.threads, channels_last=args.channels_last, bf16=args.bf16,
                   warmup=args.warmup, iters=args.iters)
     wall = time.perf_counter() - start
@@ -301,8 +320,9 @@ def main(argv: Optional[List[str]] = None) -> int:
           + f"; load average (1/5/15 min) {machine['load_average']} before, {machine['load_average_after']} after; "
           f"torch {machine['torch']}, timm {machine['timm']}; device {device}"
           + (f" ({', '.join(flags)})" if flags else '') + '.')
+    where = 'this one process' if args.in_process else 'a fresh process'
     print(f'Runs: {args.repeats} interleaved repeats x {args.warmup} warm-up + {args.iters} timed steps, '
-          f'medians; each run in a fresh process; {len(raw)} runs in {wall / 60:.1f} min. '
+          f"medians; each run in {where}; {len(raw)} runs in {wall / 60:.1f} min. "
           f"Memory: {raw[0]['memory_kind'] if raw else '-'}; 'step' = peak minus memory after the model was built. "
           + ("'best': the fastest timed step over all repeats, the least disturbed by other load. "
              if len(raw) > 0 else '') + (cpu_note if args.cpu_time and on_cpu else '') + '\n')

@@ -1,0 +1,154 @@
+"""The StRA operator and models on every device this machine has (CPU, and CUDA where present).
+
+Each test runs on the CPU everywhere and on the GPU where one is found, against a
+float64 CPU oracle: the step-by-step reference operators (``reference=True``) or the
+float32 result. TF32 is switched off for the float32 comparisons, so that a
+difference is the operator's and not the tensor cores' reduced mantissa.
+"""
+import copy
+
+import pytest
+import timm
+import torch
+
+import timm_stra
+from timm_stra.layers import StRAttention
+
+DEVICES = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
+HALF = [torch.bfloat16, torch.float16]
+
+
+@pytest.fixture(autouse=True)
+def _no_tf32():
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+
+
+def _operator(stride=1, **kwargs) -> StRAttention:
+    """A small StRA operator with non-trivial norms (a wrong normalisation would show)."""
+    torch.manual_seed(0)
+    op = StRAttention(32, stride=stride, groups=4, **kwargs)
+    for bn in (m for m in op.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        bn.weight.data.uniform_(0.5, 1.5)
+        bn.bias.data.uniform_(-0.5, 0.5)
+    return op
+
+
+def _step(op, x, grad):
+    """Output, input gradient and parameter gradients of one forward and backward."""
+    op.zero_grad(set_to_none=True)
+    x = x.detach().clone().requires_grad_()
+    out = op(x)
+    out.backward(grad.to(out.dtype))
+    return out.detach(), x.grad, [p.grad for p in op.parameters()]
+
+
+def _oracle(stride, x, grad):
+    """The reference operators in float64 on the CPU, with the weights of ``_operator(stride)``."""
+    ref = StRAttention(32, stride=stride, groups=4, reference=True).double()
+    ref.load_state_dict(_operator(stride).state_dict())
+    return _step(ref, x.double().cpu(), grad.double().cpu())
+
+
+def _cpu64(step):
+    """A ``_step`` result in float64 on the CPU, to compare against."""
+    out, grad_x, grads = step
+    return out.double().cpu(), grad_x.double().cpu(), [g.double().cpu() for g in grads]
+
+
+def _assert_close(got, want, rtol, atol):
+    """Output and gradients close; ``atol`` is relative to the largest entry of the step's tensors (a gradient
+    that is zero in exact arithmetic, e.g. of a bias before a softmax, is the rounding noise of its summands)."""
+    pairs = [(got[0], want[0]), (got[1], want[1]), *zip(got[2], want[2])]
+    assert len(got[2]) == len(want[2])
+    scale = max(1.0, *(b.abs().max().item() for _, b in pairs if b.numel()))
+    for i, (a, b) in enumerate(pairs):
+        torch.testing.assert_close(a.double().cpu(), b, rtol=rtol, atol=atol * scale, msg=lambda m: f'#{i}: {m}')
+
+
+@pytest.mark.parametrize('device', DEVICES)
+@pytest.mark.parametrize('stride', [1, 2])
+@pytest.mark.parametrize('recompute', [True, False])
+def test_float32_matches_the_float64_reference(device, stride, recompute):
+    x = torch.randn(3, 32, 7, 6)
+    op = _operator(stride, recompute=recompute).to(device)
+    grad = torch.randn_like(op(x.to(device))).cpu()
+    got = _step(op, x.to(device), grad.to(device))
+    _assert_close(got, _oracle(stride, x, grad), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('device', DEVICES)
+@pytest.mark.parametrize('stride', [1, 2])
+def test_channels_last_gives_what_contiguous_gives(device, stride):
+    x = torch.randn(3, 32, 7, 6, device=device)
+    op = _operator(stride).to(device)
+    grad = torch.randn_like(op(x))
+    want = _step(op, x, grad)
+    got = _step(op.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last), grad)
+    _assert_close(got, _cpu64(want), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('device', DEVICES)
+@pytest.mark.parametrize('dtype', HALF)
+@pytest.mark.parametrize('stride', [1, 2])
+def test_half_autocast_is_finite_and_near_float64(device, dtype, stride):
+    """Under bf16/fp16 autocast: finite values and gradients (float32 softmax statistics), near the oracle
+    to the half type's precision; recomputing in backward gives what keeping gives."""
+    x = torch.randn(3, 32, 7, 6)
+    grad = torch.randn(3, 32, 7 // stride + 7 % stride, 6 // stride) * 0.1
+    steps = []
+    for recompute in (True, False):
+        op = _operator(stride, recompute=recompute).to(device)
+        with torch.autocast(device, dtype=dtype):
+            steps.append(_step(op, x.to(device), grad.to(device)))
+    got = steps[0]
+    assert got[0].dtype == dtype and got[1].dtype == torch.float32
+    for t in (got[0], got[1], *got[2]):
+        assert torch.isfinite(t).all()
+    _assert_close(got, _oracle(stride, x, grad), rtol=5e-2, atol=5e-2)
+    # same kernels, same order: recomputing reproduces what was kept
+    _assert_close(got, _cpu64(steps[1]), rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize('device', DEVICES)
+def test_model_training_step_channels_last_bf16(device):
+    """A whole StRA model (the FER variant: small input) trains on the device in channels_last and bf16 autocast:
+    finite loss, diversity term and gradients, every parameter reached."""
+    model = timm.create_model('stra_resnet50_fer', num_classes=7).to(device).to(memory_format=torch.channels_last)
+    model.train()
+    x = torch.randn(4, 1, 44, 44, device=device).contiguous(memory_format=torch.channels_last)
+    target = torch.tensor([0, 3, 6, 2], device=device)
+    with torch.autocast(device, dtype=torch.bfloat16):
+        logits = model(x)
+        diversity = timm_stra.diversity_loss(model)
+        loss = torch.nn.functional.cross_entropy(logits.float(), target) + diversity
+    loss.backward()
+    assert logits.shape == (4, 7) and torch.isfinite(loss) and torch.isfinite(diversity)
+    for name, p in model.named_parameters():
+        assert p.grad is not None, name
+        assert torch.isfinite(p.grad).all(), name
+
+
+@pytest.mark.parametrize('device', DEVICES)
+def test_model_eval_matches_cpu_float32(device):
+    """The StRA ReID model's embedding on the device equals the CPU's (float32, eval)."""
+    model = timm.create_model('stra_resnet50_reid').eval()
+    x = torch.randn(2, 3, 64, 32)
+    with torch.no_grad():
+        want = model(x)
+        got = copy.deepcopy(model).to(device)(x.to(device)).cpu()
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('device', DEVICES)
+def test_inductor_compile_matches_eager(device):
+    """``torch.compile`` (inductor: C++ on CPU, Triton on CUDA) of the operator: same values and gradients."""
+    op = _operator(2).to(device)
+    x = torch.randn(3, 32, 7, 6, device=device)
+    grad = torch.randn(3, 32, 4, 3, device=device)
+    want = _step(op, x, grad)
+    got = _step(torch.compile(op), x, grad)
+    _assert_close(got, _cpu64(want), rtol=1e-4, atol=1e-5)

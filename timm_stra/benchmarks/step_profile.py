@@ -1,0 +1,105 @@
+"""``python -m timm_stra.benchmarks.step_profile``: where a step's time goes, operator by operator.
+
+Profiles a few steps of the speed benchmark's cases (``cases.py``; the same model,
+input and step as ``worker.py``) with ``torch.profiler`` and prints, per case, the
+step time, the number of operator calls and GPU kernels per step, and the operators
+that take the most self time: device (kernel) time on CUDA, CPU time on the CPU.
+A profiled step runs slower than a timed one; the table is for finding where the
+time goes, ``timm-stra bench`` for how long a step takes.
+"""
+import argparse
+from typing import Dict, List, Optional
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from ..diversity import diversity_loss
+from ..tools.summary import markdown_table
+from .cases import CASES, TASKS, build_case
+from .worker import MODES
+
+
+def _step_fn(case: str, task: str, mode: str, batch: int, device: torch.device, channels_last: bool, bf16: bool):
+    """The benchmark's step for one case, as a closure (built, not yet run)."""
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = build_case(case, task, TASKS[task].input_size[1:], device=device).to(memory_format=memory_format)
+    x = torch.randn(batch, *TASKS[task].input_size, device=device).contiguous(memory_format=memory_format)
+    model.train(mode == 'train')
+
+    def step() -> None:
+        if mode == 'infer':
+            with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+                model(x)
+            return
+        with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+            loss = model(x).float().pow(2).mean()
+            if CASES[case].stra:
+                loss = loss + diversity_loss(model)
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+    return step
+
+
+def profile_case(case: str, task: str, mode: str, batch: int, device: torch.device, channels_last: bool = False,
+                 bf16: bool = False, steps: int = 3, top: int = 15) -> Dict[str, object]:
+    """Profile ``steps`` steps (after two unprofiled ones): per-step totals and the ``top`` operators."""
+    step = _step_fn(case, task, mode, batch, device, channels_last, bf16)
+    cuda = device.type == 'cuda'
+    for _ in range(2):
+        step()
+    if cuda:
+        torch.cuda.synchronize(device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        if cuda:
+            torch.cuda.synchronize(device)
+    events = prof.key_averages()
+    self_time = (lambda e: e.self_device_time_total) if cuda else (lambda e: e.self_cpu_time_total)
+    total_us = sum(self_time(e) for e in events)
+    kernels = sum(1 for e in prof.events() if getattr(e, 'device_type', None) == torch.autograd.DeviceType.CUDA)
+    ops = sum(e.count for e in events if not e.key.startswith(('cuda', 'Memcpy', 'Memset')) and e.cpu_time_total > 0)
+    rows = [{'operator': e.key[:60], 'calls/step': e.count / steps, 'ms/step': self_time(e) / steps / 1e3,
+             'share': f'{self_time(e) / total_us:.1%}' if total_us else '-'}
+            for e in sorted(events, key=self_time, reverse=True)[:top]]
+    return {'case': case, 'ms/step (self, total)': total_us / steps / 1e3, 'operator calls/step': ops / steps,
+            'kernels/step': kernels / steps if cuda else None, 'top': rows}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog='python -m timm_stra.benchmarks.step_profile', description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--task', default='reid', choices=sorted(TASKS))
+    parser.add_argument('--cases', default='stra,limit', help=f'comma-separated, from {sorted(CASES)}')
+    parser.add_argument('--mode', default='train', choices=MODES)
+    parser.add_argument('--batch-size', type=int, default=16)
+    parser.add_argument('--device', default='cpu', help='cpu or cuda[:N]')
+    parser.add_argument('--channels-last', action='store_true')
+    parser.add_argument('--bf16', action='store_true', help='bf16 autocast')
+    parser.add_argument('--steps', type=int, default=3, help='profiled steps (after two warm-up steps)')
+    parser.add_argument('--top', type=int, default=15, help='operators listed per case')
+    args = parser.parse_args(argv)
+    cases = args.cases.split(',')
+    unknown = [c for c in cases if c not in CASES]
+    if unknown:
+        parser.error(f'unknown cases {unknown}; choose from {sorted(CASES)}')
+    if args.mode == 'train' and args.batch_size < 2:
+        parser.error('a training step needs a batch of 2 or more (BatchNorm)')
+    device = torch.device(args.device)
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        parser.error(f'--device {args.device}: CUDA is not available')
+    flags = ''.join(f', {f}' for f, on in (('channels_last', args.channels_last), ('bf16 autocast', args.bf16)) if on)
+    print(f'Profile of a {args.mode} step, {args.task}, batch {args.batch_size}, {device}{flags}; '
+          f'self time per operator ({"kernel time" if device.type == "cuda" else "CPU time"}).\n')
+    results = [profile_case(c, args.task, args.mode, args.batch_size, device, args.channels_last, args.bf16,
+                            args.steps, args.top) for c in cases]
+    print(markdown_table([{k: v for k, v in r.items() if k != 'top' and v is not None} for r in results]))
+    for r in results:
+        print(f"\n{CASES[r['case']].label}:\n")
+        print(markdown_table(r['top']))
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())
