@@ -13,8 +13,8 @@ of the stage once:
   mode attention in the paper's order (the authors' design);
 * ``conv3x3``: the twin's 3x3 convolution.
 
-Inference (``torch.inference_mode``) and training (forward and backward of the sum)
-steps; repeats are interleaved (each round times every case, in an order rotated by
+Inference (``torch.inference_mode``) and training (forward, and backward of fixed dense
+output gradients, as the next layer would give them) steps; repeats are interleaved (each round times every case, in an order rotated by
 the round) and the table gives the median step time over all timed steps and its
 ratio to ``stra``. "saved MiB" is what the step's forward allocates and keeps for
 backward (its inputs and parameters are not counted): exact, not timed; on CPU from
@@ -66,36 +66,43 @@ def build_ops(impl: str, shapes: List[OpShape], device=None) -> nn.ModuleList:
                                       device=device) for c, _, _, s in shapes)
 
 
-def _train_forward(ops: nn.ModuleList, inputs: List[torch.Tensor], bf16: bool = False) -> torch.Tensor:
+def _forward(ops: nn.ModuleList, inputs: List[torch.Tensor], bf16: bool = False) -> List[torch.Tensor]:
     with torch.autocast(inputs[0].device.type, torch.bfloat16, enabled=bf16):
-        return sum(op(x).float().sum() for op, x in zip(ops, inputs))
+        return [op(x) for op, x in zip(ops, inputs)]
 
 
-def _step(ops: nn.ModuleList, inputs: List[torch.Tensor], mode: str, bf16: bool = False) -> None:
+def _step(ops: nn.ModuleList, inputs: List[torch.Tensor], mode: str, out_grads: List[torch.Tensor],
+          bf16: bool = False) -> None:
+    """One inference or training step; training back-propagates ``out_grads``, dense gradients as the layer after
+    the operator would give them (the gradient of a ``.sum()`` is a broadcast scalar, whose odd strides send some
+    products down slow paths that a network never takes)."""
     if mode == 'infer':
         with torch.inference_mode(), torch.autocast(inputs[0].device.type, torch.bfloat16, enabled=bf16):
             for op, x in zip(ops, inputs):
                 op(x)
     else:
-        _train_forward(ops, inputs, bf16).backward()
+        outputs = _forward(ops, inputs, bf16)
+        torch.autograd.backward(outputs, [g.to(out.dtype) for g, out in zip(out_grads, outputs)])
     if inputs[0].is_cuda:
         torch.cuda.synchronize(inputs[0].device)
 
 
 def saved_mib(ops: nn.ModuleList, inputs: List[torch.Tensor], bf16: bool = False) -> float:
     """MiB of tensors a training forward of ``ops`` allocates and keeps for backward (its inputs and parameters,
-    which the network holds anyway, are not counted)."""
+    which the network holds anyway, and its outputs, which the next layer holds, are not counted)."""
     if inputs[0].is_cuda:
         device = inputs[0].device
         torch.cuda.synchronize(device)
         before = torch.cuda.memory_allocated(device)
-        loss = _train_forward(ops, inputs, bf16)
+        outputs = _forward(ops, inputs, bf16)
         torch.cuda.synchronize(device)
         live = torch.cuda.memory_allocated(device) - before
-        del loss
-        return (live - 512) / 2 ** 20  # the loss takes one block of the allocator (512 bytes)
-    loss, _, live = live_tensor_bytes(lambda: _train_forward(ops, inputs, bf16))
-    return (live - loss.numel() * loss.element_size()) / 2 ** 20
+        # the allocator hands out blocks of 512 bytes
+        held = sum(-(-out.numel() * out.element_size() // 512) * 512 for out in outputs)
+        del outputs
+        return (live - held) / 2 ** 20
+    outputs, _, live = live_tensor_bytes(lambda: _forward(ops, inputs, bf16))
+    return (live - sum(out.numel() * out.element_size() for out in outputs)) / 2 ** 20
 
 
 def measure(task: str, batch: int, impls=IMPLEMENTATIONS, modes=MODES, repeats: int = 5, iters: int = 5,
@@ -109,19 +116,21 @@ def measure(task: str, batch: int, impls=IMPLEMENTATIONS, modes=MODES, repeats: 
     inputs = [torch.randn(batch, c, h, w, device=device).contiguous(memory_format=memory_format)
               for c, h, w, _ in shapes]
     grad_inputs = [x.clone().requires_grad_() for x in inputs]
+    with torch.no_grad():
+        out_grads = [torch.randn_like(out) for out in _forward(ops[impls[0]], inputs)]
     times: Dict[Tuple[str, str], List[float]] = {(m, i): [] for m in modes for i in impls}
     bar = tqdm(total=len(modes) * repeats * len(impls), desc=f'{task} operators', disable=not progress, leave=False)
     for mode in modes:
         for impl in impls:
             ops[impl].train(mode == 'train')
             for _ in range(warmup):
-                _step(ops[impl], grad_inputs if mode == 'train' else inputs, mode, bf16)
+                _step(ops[impl], grad_inputs if mode == 'train' else inputs, mode, out_grads, bf16)
         for r in range(repeats):
             for k in range(len(impls)):
                 impl = impls[(k + r) % len(impls)]
                 for _ in range(iters):
                     start = time.perf_counter()
-                    _step(ops[impl], grad_inputs if mode == 'train' else inputs, mode, bf16)
+                    _step(ops[impl], grad_inputs if mode == 'train' else inputs, mode, out_grads, bf16)
                     times[mode, impl].append((time.perf_counter() - start) * 1e3)
                 bar.update()
     bar.close()
