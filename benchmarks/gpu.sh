@@ -1,27 +1,43 @@
 #!/usr/bin/env bash
-# The GPU checks in one go, for a machine with CUDA (not yet run to the end anywhere; budget 10 minutes):
-#   1. tests/test_devices.py on CUDA (against the float64 CPU oracle; fp32, channels_last, bf16/fp16
-#      autocast, a whole model's training step, inductor compile);
-#   2. a profile of a ReID training step (StRA and the limit): where the kernel time goes;
-#   3. speed and memory of the ReID, face and FER models at batch 16 and 64, fp32 and then
+# The GPU checks, for a machine with CUDA. Never run to the end yet; all of it is more than one
+# 10-minute call: the speed part alone is 6 x 48 runs. Pick parts with PARTS and SPEED.
+#   1. tests: tests/test_devices.py on CUDA (against the float64 CPU oracle; fp32, channels_last,
+#      bf16/fp16 autocast, a whole model's training step, inductor compile) and the CUDA cases of the
+#      benchmark tests;
+#   2. profile: a profile of a ReID training step (StRA and the limit): where the kernel time goes;
+#   3. speed: speed and memory of the ReID, face and FER models at batch 16 and 64, fp32 and then
 #      channels_last + bf16 autocast (twin, StRA, limit, unfold reference; runs in one process);
-#   4. the last stage's operators alone (ReID shapes), fp32 and channels_last + bf16.
+#   4. operator: the last stage's operators alone (ReID shapes), fp32 and channels_last + bf16.
 # Usage: bash benchmarks/gpu.sh [OUTDIR]   (default: bench-gpu); each part's output goes to OUTDIR.
-# PARTS="tests profile speed operator" picks parts; SPEED="fp32:reid ... bf16:fer" picks the speed runs;
-# PART_TIMEOUT (seconds, default 600) stops a part that hangs so that the next one still runs.
+#   PARTS="tests profile speed operator"   the parts to run, in this order
+#   SPEED="fp32:reid fp32:face fp32:fer bf16:reid bf16:face bf16:fer"   the speed runs
+#   PREFLIGHT_TIMEOUT=120, CMD_TIMEOUT=300   seconds for the first import of torch and for each command
+# Exits non-zero if any command failed or timed out.
 set -uo pipefail
 out=${1:-bench-gpu}
 parts=" ${PARTS:-tests profile speed operator} "
 speed_runs=${SPEED:-fp32:reid fp32:face fp32:fer bf16:reid bf16:face bf16:fer}
-part_timeout=${PART_TIMEOUT:-600}
+cmd_timeout=${CMD_TIMEOUT:-300}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
-run() { echo "[$(date +%T)] $*" >&2; timeout "$part_timeout" "$@"; }
-run python -c 'import torch, timm; assert torch.cuda.is_available(), "no CUDA device"
-print(f"torch {torch.__version__}, timm {timm.__version__}, {torch.cuda.get_device_name()}")' || exit 1
+failures=$(mktemp)  # a file, not a variable: run() is called in pipelines, which run in subshells
+trap 'rm -f "$failures"' EXIT
+run() {  # run "$@" under the command timeout; note a failure
+    echo "[$(date +%T)] $*" >&2
+    timeout -k 10 "$cmd_timeout" "$@"
+    local status=$?
+    if ((status)); then echo "[$(date +%T)] failed (exit $status; 124 means timed out): $*" | tee -a "$failures" >&2; fi
+}
+
+echo "[$(date +%T)] importing torch" >&2
+timeout -k 10 "${PREFLIGHT_TIMEOUT:-120}" python -c 'import torch, timm
+assert torch.cuda.is_available(), "no CUDA device"
+print(f"torch {torch.__version__}, timm {timm.__version__}, {torch.cuda.get_device_name()}")' \
+    || { echo "[$(date +%T)] no usable torch with CUDA here (or import torch took too long): stopping" >&2; exit 1; }
 
 if [[ $parts == *" tests "* ]]; then
-    run python -m pytest -q -p no:cacheprovider tests/test_devices.py -k cuda 2>&1 | tee "$out/tests.txt"
+    run python -m pytest -q -p no:cacheprovider tests/test_devices.py tests/test_operator_bench.py \
+        tests/test_step_profile.py -k cuda 2>&1 | tee "$out/tests.txt"
 fi
 
 if [[ $parts == *" profile "* ]]; then
@@ -46,4 +62,9 @@ if [[ $parts == *" operator "* ]]; then
         run python benchmarks/operator.py --device cuda --task reid --repeats 3 --iters 10 --no-progress $flags
         echo
     done 2>&1 | tee "$out/operator.md"
+fi
+if [[ -s $failures ]]; then
+    echo "failed:" >&2
+    cat "$failures" >&2
+    exit 1
 fi

@@ -17,12 +17,15 @@ Inference (``torch.inference_mode``) and training (forward, and backward of fixe
 output gradients, as the next layer would give them) steps; repeats are interleaved (each round times every case, in an order rotated by
 the round) and the table gives the median step time over all timed steps and its
 ratio to ``stra``. "saved MiB" is what the step's forward allocates and keeps for
-backward (its inputs and parameters are not counted): exact, not timed; on CPU from
-the profiler's record of allocations, on CUDA from the allocator's count of live
-tensor bytes (``torch.cuda.memory_allocated``, blocks of 512 bytes).
+backward (its inputs, parameters and outputs are not counted; under ``--bf16`` the
+bf16 copies autocast makes of the weights are, as autocast keeps them for backward):
+exact, not timed; on CPU from the profiler's record of allocations, on CUDA from the
+allocator's count of live tensor bytes (``torch.cuda.memory_allocated``, blocks of
+512 bytes).
 
 On CUDA every timed step ends with a synchronisation, and ``--channels-last`` and
-``--bf16`` (autocast) give the layouts and precision a GPU is usually run with.
+``--bf16`` (autocast, with bf16 inputs as the layer before would give them) give the
+layouts and precision a GPU is usually run with.
 """
 import argparse
 import statistics
@@ -98,11 +101,11 @@ def saved_mib(ops: nn.ModuleList, inputs: List[torch.Tensor], bf16: bool = False
         torch.cuda.synchronize(device)
         live = torch.cuda.memory_allocated(device) - before
         # the allocator hands out blocks of 512 bytes
-        held = sum(-(-out.numel() * out.element_size() // 512) * 512 for out in outputs)
+        held = sum(-(-out.untyped_storage().nbytes() // 512) * 512 for out in outputs)
         del outputs
         return (live - held) / 2 ** 20
     outputs, _, live = live_tensor_bytes(lambda: _forward(ops, inputs, bf16))
-    return (live - sum(out.numel() * out.element_size() for out in outputs)) / 2 ** 20
+    return (live - sum(out.untyped_storage().nbytes() for out in outputs)) / 2 ** 20
 
 
 def measure(task: str, batch: int, impls=IMPLEMENTATIONS, modes=MODES, repeats: int = 5, iters: int = 5,
@@ -113,24 +116,30 @@ def measure(task: str, batch: int, impls=IMPLEMENTATIONS, modes=MODES, repeats: 
     torch.manual_seed(0)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     ops = {impl: build_ops(impl, shapes, device).to(memory_format=memory_format) for impl in impls}
-    inputs = [torch.randn(batch, c, h, w, device=device).contiguous(memory_format=memory_format)
+    # under autocast the layer before hands the operators its output in bf16
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    inputs = [torch.randn(batch, c, h, w, device=device).to(dtype).contiguous(memory_format=memory_format)
               for c, h, w, _ in shapes]
     grad_inputs = [x.clone().requires_grad_() for x in inputs]
+    out_grads = {}
     with torch.no_grad():
-        out_grads = [torch.randn_like(out) for out in _forward(ops[impls[0]], inputs)]
+        for impl in impls:  # the same values for every implementation, laid out as its outputs are
+            outputs = _forward(ops[impl], inputs, bf16)
+            grads = out_grads.get(impls[0]) or [torch.randn_like(out, dtype=torch.float32) for out in outputs]
+            out_grads[impl] = [torch.empty_like(out, dtype=torch.float32).copy_(g) for out, g in zip(outputs, grads)]
     times: Dict[Tuple[str, str], List[float]] = {(m, i): [] for m in modes for i in impls}
     bar = tqdm(total=len(modes) * repeats * len(impls), desc=f'{task} operators', disable=not progress, leave=False)
     for mode in modes:
         for impl in impls:
             ops[impl].train(mode == 'train')
             for _ in range(warmup):
-                _step(ops[impl], grad_inputs if mode == 'train' else inputs, mode, out_grads, bf16)
+                _step(ops[impl], grad_inputs if mode == 'train' else inputs, mode, out_grads[impl], bf16)
         for r in range(repeats):
             for k in range(len(impls)):
                 impl = impls[(k + r) % len(impls)]
                 for _ in range(iters):
                     start = time.perf_counter()
-                    _step(ops[impl], grad_inputs if mode == 'train' else inputs, mode, out_grads, bf16)
+                    _step(ops[impl], grad_inputs if mode == 'train' else inputs, mode, out_grads[impl], bf16)
                     times[mode, impl].append((time.perf_counter() - start) * 1e3)
                 bar.update()
     bar.close()

@@ -104,9 +104,15 @@ def run_all(
 
 
 def _run_here(measurement: Measurement) -> Dict[str, object]:
-    """``worker.run`` in this process, after freeing what the previous run left (on CUDA, its cached blocks too)."""
+    """``worker.run`` in this process, after freeing what the previous run left (on CUDA, its cached blocks and
+    cuBLAS workspaces too)."""
     gc.collect()
     if torch.device(measurement.device).type == 'cuda':
+        # cuBLAS keeps a workspace per stream in the caching allocator, made at its first use: without
+        # this the first run's memory would hold them and later runs' not
+        clear_workspaces = getattr(torch._C, '_cuda_clearCublasWorkspaces', None)
+        if clear_workspaces is not None:
+            clear_workspaces()
         torch.cuda.empty_cache()
     return run(measurement)
 
@@ -264,7 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help='pixel multiples of the resolution sweep (inference; default 1,2,4)')
     parser.add_argument('--sweep-batch', type=int, default=None, help='batch of the sweep (default 1 CPU, 16 CUDA)')
     parser.add_argument('--no-sweep', action='store_true', help='skip the resolution sweep')
-    parser.add_argument('--timeout', type=float, default=1800., help='seconds before one run is abandoned')
+    parser.add_argument('--timeout', type=float, default=1800.,
+                        help='seconds before one run is abandoned (runs in fresh processes, not --in-process)')
     parser.add_argument('--in-process', action='store_true',
                         help='every run in this process, not a fresh one (quick on a GPU; see above)')
     parser.add_argument('--json', metavar='PATH', help='also write machine, settings, summary and raw runs here')

@@ -2,8 +2,9 @@
 
 Profiles a few steps of the speed benchmark's cases (``cases.py``; the same model,
 input and step as ``worker.py``) with ``torch.profiler`` and prints, per case, the
-step time, the number of operator calls and GPU kernels per step, and the operators
-that take the most self time: device (kernel) time on CUDA, CPU time on the CPU.
+step's total self time (on CUDA: of its kernels), the number of ``aten`` operator
+calls and of GPU kernels per step, and the operators that take the most self time:
+on CUDA the time of the kernels each launched, on the CPU its own CPU time.
 A profiled step runs slower than a timed one; the table is for finding where the
 time goes, ``timm-stra bench`` for how long a step takes.
 """
@@ -11,6 +12,7 @@ import argparse
 from typing import Dict, List, Optional
 
 import torch
+from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 from ..diversity import diversity_loss
@@ -56,14 +58,22 @@ def profile_case(case: str, task: str, mode: str, batch: int, device: torch.devi
         if cuda:
             torch.cuda.synchronize(device)
     events = prof.key_averages()
-    self_time = (lambda e: e.self_device_time_total) if cuda else (lambda e: e.self_cpu_time_total)
-    total_us = sum(self_time(e) for e in events)
-    kernels = sum(1 for e in prof.events() if getattr(e, 'device_type', None) == torch.autograd.DeviceType.CUDA)
-    ops = sum(e.count for e in events if not e.key.startswith(('cuda', 'Memcpy', 'Memset')) and e.cpu_time_total > 0)
+    # the profiler lists every kernel as an event of its own and also adds its time to the operator that
+    # launched it: totals come from the kernels, the table from the operators
+    kernel_events = [e for e in events if e.device_type == DeviceType.CUDA and not e.is_user_annotation]
+    cpu_ops = [e for e in events if e.device_type == DeviceType.CPU and not e.is_user_annotation]
+    if cuda:
+        self_time = lambda e: e.self_device_time_total  # noqa: E731
+        total_us = sum(e.self_device_time_total for e in kernel_events)
+    else:
+        self_time = lambda e: e.self_cpu_time_total  # noqa: E731
+        total_us = sum(e.self_cpu_time_total for e in cpu_ops)
+    kernels = sum(e.count for e in kernel_events)
+    ops = sum(e.count for e in cpu_ops if e.key.startswith('aten::'))
     rows = [{'operator': e.key[:60], 'calls/step': e.count / steps, 'ms/step': self_time(e) / steps / 1e3,
              'share': f'{self_time(e) / total_us:.1%}' if total_us else '-'}
-            for e in sorted(events, key=self_time, reverse=True)[:top]]
-    return {'case': case, 'ms/step (self, total)': total_us / steps / 1e3, 'operator calls/step': ops / steps,
+            for e in sorted(cpu_ops, key=self_time, reverse=True)[:top]]
+    return {'case': case, 'ms/step (self, total)': total_us / steps / 1e3, 'aten calls/step': ops / steps,
             'kernels/step': kernels / steps if cuda else None, 'top': rows}
 
 
