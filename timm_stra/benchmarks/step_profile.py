@@ -1,8 +1,9 @@
 """``python -m timm_stra.benchmarks.step_profile``: where a step's time goes, operator by operator.
 
-Profiles a few steps of the speed benchmark's cases (``cases.py``; the same model,
-input and step as ``worker.py``) with ``torch.profiler`` and prints, per case, the
-step's total self time (on CUDA: of its kernels), the number of ``aten`` operator
+Profiles a few steps of the speed benchmark's cases (``cases.py``) with
+``torch.profiler``: the same model, input and step as ``worker.py`` times (for
+training: forward, backward and an SGD step). It prints, per case, the step's
+total self time (on CUDA: of its kernels), the number of ``aten`` operator
 calls and of GPU kernels per step, and the operators that take the most self time:
 on CUDA the time of the kernels each launched, on the CPU its own CPU time.
 A profiled step runs slower than a timed one; the table is for finding where the
@@ -15,37 +16,16 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-from ..diversity import diversity_loss
 from ..tools.summary import markdown_table
-from .cases import CASES, TASKS, build_case
-from .worker import MODES
-
-
-def _step_fn(case: str, task: str, mode: str, batch: int, device: torch.device, channels_last: bool, bf16: bool):
-    """The benchmark's step for one case, as a closure (built, not yet run)."""
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model = build_case(case, task, TASKS[task].input_size[1:], device=device).to(memory_format=memory_format)
-    x = torch.randn(batch, *TASKS[task].input_size, device=device).contiguous(memory_format=memory_format)
-    model.train(mode == 'train')
-
-    def step() -> None:
-        if mode == 'infer':
-            with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
-                model(x)
-            return
-        with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
-            loss = model(x).float().pow(2).mean()
-            if CASES[case].stra:
-                loss = loss + diversity_loss(model)
-        loss.backward()
-        model.zero_grad(set_to_none=True)
-    return step
+from .cases import CASES, TASKS
+from .worker import MODES, Measurement, build_step
 
 
 def profile_case(case: str, task: str, mode: str, batch: int, device: torch.device, channels_last: bool = False,
                  bf16: bool = False, steps: int = 3, top: int = 15) -> Dict[str, object]:
     """Profile ``steps`` steps (after two unprofiled ones): per-step totals and the ``top`` operators."""
-    step = _step_fn(case, task, mode, batch, device, channels_last, bf16)
+    step = build_step(Measurement(case=case, task=task, mode=mode, batch=batch, img_size=TASKS[task].input_size[1:],
+                                  device=str(device), channels_last=channels_last, bf16=bf16))
     cuda = device.type == 'cuda'
     for _ in range(2):
         step()

@@ -15,7 +15,7 @@ import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -50,18 +50,18 @@ class Measurement:
     iters: int = 1
 
 
-def run(m: Measurement) -> Dict[str, object]:
-    """Build, warm up, time; return seconds per step (median and all; wall and process CPU time) and memory (MiB)."""
+def build_step(m: Measurement) -> Callable[[], None]:
+    """The case's model and input for ``m``, built; returns one step of ``m.mode`` on them (not yet run).
+
+    Inference runs under ``torch.inference_mode``; a training step is forward, backward (with the
+    diversity term for StRA models) and an SGD-with-momentum step. The step does not synchronise.
+    """
     from timm_stra import diversity_loss
     from .cases import CASES, TASKS, build_case
-    from .memory import PeakMemory
 
     if m.mode not in MODES:
         raise ValueError(f'mode must be one of {MODES}, got {m.mode!r}.')
-    if m.threads:
-        torch.set_num_threads(m.threads)
     device = torch.device(m.device)
-    cuda = device.type == 'cuda'
     model = build_case(m.case, m.task, m.img_size, device=device)
     in_chans = TASKS[m.task].input_size[0]
     memory_format = torch.channels_last if m.channels_last else torch.contiguous_format
@@ -87,6 +87,18 @@ def run(m: Measurement) -> Dict[str, object]:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+    return step
+
+
+def run(m: Measurement) -> Dict[str, object]:
+    """Build, warm up, time; return seconds per step (median and all; wall and process CPU time) and memory (MiB)."""
+    from .memory import PeakMemory
+
+    if m.threads:
+        torch.set_num_threads(m.threads)
+    device = torch.device(m.device)
+    cuda = device.type == 'cuda'
+    step = build_step(m)
 
     def sync() -> None:
         if cuda:
