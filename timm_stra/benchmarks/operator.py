@@ -40,6 +40,7 @@ from tqdm import tqdm
 from ..layers import StRAttention
 from ..tools.summary import markdown_table
 from .cases import TASKS
+from .device_options import add_device_options, parse_device, precision_labels
 from .tensor_memory import live_tensor_bytes
 
 OpShape = Tuple[int, int, int, int]  # channels, height, width (of the input), stride
@@ -166,9 +167,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--repeats', type=int, default=5, help='interleaved rounds')
     parser.add_argument('--iters', type=int, default=5, help='timed steps per case and round')
     parser.add_argument('--threads', type=int, default=None, help="CPU threads (default: torch's default)")
-    parser.add_argument('--device', default='cpu', help='cpu or cuda[:N]')
-    parser.add_argument('--channels-last', action='store_true', help='channels_last operators and inputs')
-    parser.add_argument('--bf16', action='store_true', help='bf16 autocast')
+    add_device_options(parser)
     parser.add_argument('--no-progress', action='store_true')
     args = parser.parse_args(argv)
     impls, modes = args.impls.split(','), args.modes.split(',')
@@ -177,15 +176,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error(f'unknown implementations or modes: {bad}')
     if 'train' in modes and args.batch_size < 2:
         parser.error('a training step needs a batch of 2 or more (BatchNorm)')
-    device = torch.device(args.device)
-    if device.type == 'cuda' and not torch.cuda.is_available():
-        parser.error(f'--device {args.device}: CUDA is not available')
+    device = parse_device(parser, args)
     if args.threads:
         torch.set_num_threads(args.threads)
     shapes = stage_shapes(args.task)
     rows = measure(args.task, args.batch_size, impls, modes, args.repeats, args.iters, progress=not args.no_progress,
                    device=device, channels_last=args.channels_last, bf16=args.bf16)
-    flags = ''.join(f', {f}' for f, on in (('channels_last', args.channels_last), ('bf16 autocast', args.bf16)) if on)
+    flags = ''.join(f', {label}' for label in precision_labels(args))
     where = torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} threads'
     print(f'Last-stage operators of {TASKS[args.task].stra}, batch {args.batch_size}, {where}{flags}; '
           f'inputs (C, H, W, stride): {shapes}\n')

@@ -30,6 +30,7 @@ import torch
 
 from ..tools.summary import markdown_table
 from .cases import CASES, TASKS
+from .device_options import add_device_options, parse_device, precision_labels
 from .isolate import run_isolated
 from .machine import describe, load_average
 from .worker import MODES, Measurement, run
@@ -254,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='timm-stra bench', description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--task', default='reid', choices=tuple(TASKS), help='model family and input size')
-    parser.add_argument('--device', default=None, help='cpu or cuda[:N] (default: cuda if available)')
+    add_device_options(parser, default=None)
     parser.add_argument('--cases', type=_names(tuple(CASES)), default=list(CASES),
                         help='comma-separated, from: ' + ', '.join(CASES) + ' (twin is needed for ratios)')
     parser.add_argument('--modes', type=_names(MODES), default=list(MODES), help='infer, train or both')
@@ -264,8 +265,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--warmup', type=int, default=None, help='untimed steps per run (default 1 CPU, 5 CUDA)')
     parser.add_argument('--iters', type=int, default=None, help='timed steps per run (default 1 CPU, 20 CUDA)')
     parser.add_argument('--threads', type=int, default=0, help="CPU threads (default: torch's default)")
-    parser.add_argument('--channels-last', action='store_true', help='channels_last memory format')
-    parser.add_argument('--bf16', action='store_true', help='bf16 autocast')
     parser.add_argument('--sweep', type=_floats, default=[1, 2, 4],
                         help='pixel multiples of the resolution sweep (inference; default 1,2,4)')
     parser.add_argument('--sweep-batch', type=int, default=None, help='batch of the sweep (default 1 CPU, 16 CUDA)')
@@ -284,9 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    device = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
-    if torch.device(device).type == 'cuda' and not torch.cuda.is_available():
-        parser.error(f'--device {device}: CUDA is not available.')
+    device = str(parse_device(parser, args))
     defaults = CUDA_DEFAULTS if torch.device(device).type == 'cuda' else CPU_DEFAULTS
     for key, value in defaults.items():
         if getattr(args, key) is None:
@@ -320,7 +317,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     on_cpu = torch.device(device).type == 'cpu'
     cpu_note = ("'CPU-ms/image': process CPU time (all threads), less sensitive than wall time to other load; "
                 'its ratio is twin CPU time / case CPU time (like the speed ratio: above 1 is faster).')
-    flags = [f for f, on in (('channels_last', args.channels_last), ('bf16 autocast', args.bf16)) if on]
+    flags = precision_labels(args)
     print(f"## Speed and memory: `{task.stra}` vs `{task.twin}` ({args.task}, {size[0]}x{size[1]})\n")
     print(f"Machine: {machine['cpu']}, {machine['usable_cpus']} usable CPUs, {machine['threads_used']} torch threads"
           + (f", GPU {machine['gpu']}" if 'gpu' in machine else '')

@@ -18,6 +18,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from ..tools.summary import markdown_table
 from .cases import CASES, TASKS
+from .device_options import add_device_options, parse_device, precision_labels
 from .worker import MODES, Measurement, build_step
 
 
@@ -64,9 +65,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--cases', default='stra,limit', help=f'comma-separated, from {sorted(CASES)}')
     parser.add_argument('--mode', default='train', choices=MODES)
     parser.add_argument('--batch-size', type=int, default=16)
-    parser.add_argument('--device', default='cpu', help='cpu or cuda[:N]')
-    parser.add_argument('--channels-last', action='store_true')
-    parser.add_argument('--bf16', action='store_true', help='bf16 autocast')
+    add_device_options(parser)
     parser.add_argument('--steps', type=int, default=3, help='profiled steps (after two warm-up steps)')
     parser.add_argument('--top', type=int, default=15, help='operators listed per case')
     args = parser.parse_args(argv)
@@ -76,10 +75,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error(f'unknown cases {unknown}; choose from {sorted(CASES)}')
     if args.mode == 'train' and args.batch_size < 2:
         parser.error('a training step needs a batch of 2 or more (BatchNorm)')
-    device = torch.device(args.device)
-    if device.type == 'cuda' and not torch.cuda.is_available():
-        parser.error(f'--device {args.device}: CUDA is not available')
-    flags = ''.join(f', {f}' for f, on in (('channels_last', args.channels_last), ('bf16 autocast', args.bf16)) if on)
+    device = parse_device(parser, args)
+    flags = ''.join(f', {label}' for label in precision_labels(args))
     print(f'Profile of a {args.mode} step, {args.task}, batch {args.batch_size}, {device}{flags}; '
           f'self time per operator ({"kernel time" if device.type == "cuda" else "CPU time"}).\n')
     results = [profile_case(c, args.task, args.mode, args.batch_size, device, args.channels_last, args.bf16,
