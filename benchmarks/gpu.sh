@@ -7,7 +7,8 @@
 #   2. profile: a profile of a ReID training step (StRA and the limit): where the kernel time goes;
 #   3. speed: speed and memory of the ReID, face and FER models at batch 16 and 64, fp32 and then
 #      channels_last + bf16 autocast (twin, StRA, limit, unfold reference; runs in one process);
-#   4. operator: the last stage's operators alone (ReID shapes), fp32 and channels_last + bf16.
+#   4. operator: the last stage's operators alone (ReID shapes; with stra-triton, the experimental Triton
+#      kernel), fp32 and channels_last + bf16.
 # Usage: bash benchmarks/gpu.sh [OUTDIR]   (default: bench-gpu); each part's output goes to OUTDIR.
 #   PARTS="tests profile speed operator"   the parts to run, in this order
 #   SPEED="fp32:reid fp32:face fp32:fer bf16:reid bf16:face bf16:fer"   the speed runs

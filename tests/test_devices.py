@@ -153,3 +153,20 @@ def test_inductor_compile_matches_eager(device):
     want = _step(op, x, grad)
     got = _step(torch.compile(op), x, grad)
     _assert_close(got, _cpu64(want), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='the Triton kernel runs on CUDA (the interpreter test '
+                    'in test_local_attend_triton.py checks it on the CPU)')
+@pytest.mark.parametrize('stride', [1, 2])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+def test_triton_inference_on_cuda_matches_the_row_window_path(stride, dtype):
+    """``use_triton`` on CUDA: the compiled Triton kernel gives the row-window path's values, under autocast too."""
+    torch.manual_seed(0)
+    op = StRAttention(64, stride=stride, groups=8).cuda().eval()
+    x = torch.randn(4, 64, 11, 9, device='cuda')
+    with torch.no_grad(), torch.autocast('cuda', dtype=dtype, enabled=dtype != torch.float32):
+        want = op(x)
+        op.local.use_triton = True
+        got = op(x)
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(got.float(), want.float(), rtol=tol, atol=tol)

@@ -11,7 +11,10 @@ of the stage once:
   recomputes there (its branches' hidden maps and the local output): the time that saves;
 * ``reference``: ``StRAttention(reference=True)``, the unfold local attention and the
   mode attention in the paper's order (the authors' design);
-* ``conv3x3``: the twin's 3x3 convolution.
+* ``conv3x3``: the twin's 3x3 convolution;
+* ``stra-triton`` (CUDA, with triton; in the default list there): ``stra`` with
+  ``LocalAttention.use_triton``, the experimental Triton neighbourhood sum, which serves
+  inference only (its training step is ``stra``'s).
 
 Inference (``torch.inference_mode``) and training (forward, and backward of fixed dense
 output gradients, as the next layer would give them) steps; repeats are interleaved (each round times every case, in an order rotated by
@@ -38,13 +41,15 @@ from torch import nn
 from tqdm import tqdm
 
 from ..layers import StRAttention
+from ..layers.local_attend_triton import HAS_TRITON
 from ..tools.summary import markdown_table
 from .cases import TASKS
 from .device_options import add_device_options, parse_device, precision_labels
 from .tensor_memory import live_tensor_bytes
 
 OpShape = Tuple[int, int, int, int]  # channels, height, width (of the input), stride
-IMPLEMENTATIONS = ('stra', 'stra-keep', 'reference', 'conv3x3')
+IMPLEMENTATIONS = ('stra', 'stra-keep', 'reference', 'conv3x3', 'stra-triton')
+CPU_IMPLEMENTATIONS = IMPLEMENTATIONS[:4]  # stra-triton is stra where there is no CUDA
 MODES = ('infer', 'train')
 
 
@@ -66,8 +71,11 @@ def build_ops(impl: str, shapes: List[OpShape], device=None) -> nn.ModuleList:
     if impl == 'conv3x3':
         return nn.ModuleList(nn.Conv2d(c, c, 3, stride=s, padding=1, bias=False, device=device)
                              for c, _, _, s in shapes)
-    return nn.ModuleList(StRAttention(c, stride=s, reference=impl == 'reference', recompute=impl != 'stra-keep',
-                                      device=device) for c, _, _, s in shapes)
+    ops = nn.ModuleList(StRAttention(c, stride=s, reference=impl == 'reference', recompute=impl != 'stra-keep',
+                                     device=device) for c, _, _, s in shapes)
+    for op in ops:
+        op.local.use_triton = impl == 'stra-triton'
+    return ops
 
 
 def _forward(ops: nn.ModuleList, inputs: List[torch.Tensor], bf16: bool = False) -> List[torch.Tensor]:
@@ -109,7 +117,7 @@ def saved_mib(ops: nn.ModuleList, inputs: List[torch.Tensor], bf16: bool = False
     return (live - sum(out.untyped_storage().nbytes() for out in outputs)) / 2 ** 20
 
 
-def measure(task: str, batch: int, impls=IMPLEMENTATIONS, modes=MODES, repeats: int = 5, iters: int = 5,
+def measure(task: str, batch: int, impls=CPU_IMPLEMENTATIONS, modes=MODES, repeats: int = 5, iters: int = 5,
             warmup: int = 2, progress: bool = True, device='cpu', channels_last: bool = False,
             bf16: bool = False) -> List[Dict[str, object]]:
     """Median step milliseconds of every (mode, implementation), ratios to ``stra``, saved MiB (training)."""
@@ -162,7 +170,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--task', default='reid', choices=sorted(TASKS))
     parser.add_argument('--batch-size', type=int, default=16)
-    parser.add_argument('--impls', default=','.join(IMPLEMENTATIONS), help=f'comma-separated, from {IMPLEMENTATIONS}')
+    parser.add_argument('--impls', default=None,
+                        help=f'comma-separated, from {IMPLEMENTATIONS} (default: all; on the CPU all but stra-triton)')
     parser.add_argument('--modes', default=','.join(MODES), help=f'comma-separated, from {MODES}')
     parser.add_argument('--repeats', type=int, default=5, help='interleaved rounds')
     parser.add_argument('--iters', type=int, default=5, help='timed steps per case and round')
@@ -170,13 +179,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     add_device_options(parser)
     parser.add_argument('--no-progress', action='store_true')
     args = parser.parse_args(argv)
-    impls, modes = args.impls.split(','), args.modes.split(',')
+    device = parse_device(parser, args)
+    default_impls = IMPLEMENTATIONS if device.type == 'cuda' and HAS_TRITON else CPU_IMPLEMENTATIONS
+    impls = args.impls.split(',') if args.impls else list(default_impls)
+    modes = args.modes.split(',')
     bad = [i for i in impls if i not in IMPLEMENTATIONS] + [m for m in modes if m not in MODES]
     if bad:
         parser.error(f'unknown implementations or modes: {bad}')
     if 'train' in modes and args.batch_size < 2:
         parser.error('a training step needs a batch of 2 or more (BatchNorm)')
-    device = parse_device(parser, args)
     if args.threads:
         torch.set_num_threads(args.threads)
     shapes = stage_shapes(args.task)

@@ -39,6 +39,7 @@ from timm.layers import register_notrace_function
 
 from .autocast import without_autocast
 from .grouped_pointwise import grouped_pointwise_channels_last
+from .local_attend_triton import HAS_TRITON, neighbourhood_sum
 
 
 def slab_rows(height: int, kernel_size: int, stride: int) -> int:
@@ -227,6 +228,7 @@ def local_attend(
         kernel_size: int,
         stride: int,
         compact: Optional[bool] = None,
+        use_triton: bool = False,
 ) -> torch.Tensor:
     """Project the values (grouped 1x1 conv) and take each query's weighted sum of its k x k neighbours.
 
@@ -242,10 +244,15 @@ def local_attend(
         each mode; each slab's (out_h * out_w, n) block is contiguous. A compact result is
         contiguous; otherwise the slabs are not (a view into the row-window outputs, which hold
         dropped windows too). ``compact=None`` makes it compact when it has gradients, since what
-        follows may keep it for backward.
+        follows may keep it for backward. ``use_triton`` sums the neighbourhoods with one Triton
+        kernel instead (``local_attend_triton.py``; experimental) where it can: on CUDA, when
+        nothing needs a gradient; the result is then compact.
     """
     if torch.jit.is_scripting() or x.shape[0] == 0:  # an empty batch has no row buffer to window
         return local_attend_autograd(attn, x, weight, groups, kernel_size, stride)
+    needs_grad = torch.is_grad_enabled() and (attn.requires_grad or x.requires_grad or weight.requires_grad)
+    if use_triton and HAS_TRITON and x.is_cuda and not needs_grad:
+        return neighbourhood_sum(grouped_pointwise_channels_last(x, weight, groups), attn, kernel_size, stride)
     if compact is None:
-        compact = torch.is_grad_enabled() and (attn.requires_grad or x.requires_grad or weight.requires_grad)
+        compact = needs_grad
     return _LocalAttend.apply(attn, x.contiguous(), weight, groups, kernel_size, stride, compact)
