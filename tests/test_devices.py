@@ -159,14 +159,21 @@ def test_inductor_compile_matches_eager(device):
                     'in test_local_attend_triton.py checks it on the CPU)')
 @pytest.mark.parametrize('stride', [1, 2])
 @pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
-def test_triton_inference_on_cuda_matches_the_row_window_path(stride, dtype):
-    """``use_triton`` on CUDA: the compiled Triton kernel gives the row-window path's values, under autocast too."""
+def test_triton_inference_on_cuda_matches_the_row_window_path(stride, dtype, monkeypatch):
+    """``use_triton`` on CUDA: the compiled Triton kernel runs (counted) and gives the row-window path's values, in
+    ``inference_mode``, channels_last and under autocast too."""
+    pytest.importorskip('triton')
+    from timm_stra.layers import local_attend as local_attend_module
+    calls = []
+    kernel = local_attend_module.neighbourhood_sum
+    monkeypatch.setattr(local_attend_module, 'neighbourhood_sum', lambda *args: calls.append(1) or kernel(*args))
     torch.manual_seed(0)
-    op = StRAttention(64, stride=stride, groups=8).cuda().eval()
-    x = torch.randn(4, 64, 11, 9, device='cuda')
-    with torch.no_grad(), torch.autocast('cuda', dtype=dtype, enabled=dtype != torch.float32):
+    op = StRAttention(64, stride=stride, groups=8).cuda().eval().to(memory_format=torch.channels_last)
+    x = torch.randn(4, 64, 11, 9, device='cuda').contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), torch.autocast('cuda', dtype=dtype, enabled=dtype != torch.float32):
         want = op(x)
         op.local.use_triton = True
         got = op(x)
-    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    assert calls == [1]
+    tol = 1e-4 if dtype == torch.float32 else 3e-2
     torch.testing.assert_close(got.float(), want.float(), rtol=tol, atol=tol)

@@ -246,12 +246,15 @@ def local_attend(
         dropped windows too). ``compact=None`` makes it compact when it has gradients, since what
         follows may keep it for backward. ``use_triton`` sums the neighbourhoods with one Triton
         kernel instead (``local_attend_triton.py``; experimental) where it can: on CUDA, when
-        nothing needs a gradient; the result is then compact.
+        nothing needs a gradient, not for float64, not under jit tracing; the result is then
+        compact and equal up to rounding.
     """
     if torch.jit.is_scripting() or x.shape[0] == 0:  # an empty batch has no row buffer to window
         return local_attend_autograd(attn, x, weight, groups, kernel_size, stride)
     needs_grad = torch.is_grad_enabled() and (attn.requires_grad or x.requires_grad or weight.requires_grad)
-    if use_triton and HAS_TRITON and x.is_cuda and not needs_grad:
+    # not float64 (the kernel sums in float32); not under jit tracing, which cannot see a Triton launch
+    if (use_triton and HAS_TRITON and x.is_cuda and not needs_grad and x.dtype != torch.float64
+            and not torch.jit.is_tracing()):
         return neighbourhood_sum(grouped_pointwise_channels_last(x, weight, groups), attn, kernel_size, stride)
     if compact is None:
         compact = needs_grad

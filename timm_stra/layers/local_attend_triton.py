@@ -6,9 +6,13 @@ last within each mode. Each program sums the k*k neighbours of a block of querie
 one (sample, mode), all channels at once, in float32, and writes the output once: one
 kernel where the row-window path (``local_attend.py``) runs a zeroed row buffer, a
 band of weights and a batched product. Only the forward exists: ``local_attend`` uses
-it when nothing needs a gradient, on CUDA, and only when asked (``LocalAttention.use_triton``).
-``TRITON_INTERPRET=1`` runs it on the CPU (the tests do).
+it when nothing needs a gradient, on CUDA, for float32 and half types, in eager mode, and
+only when asked (``LocalAttention.use_triton``). Same values up to rounding (another
+summation order). ``TRITON_INTERPRET=1`` runs it on the CPU (the tests do); it has not yet
+been compiled or run on a GPU.
 """
+import contextlib
+
 import torch
 
 try:
@@ -57,7 +61,8 @@ def neighbourhood_sum(value: torch.Tensor, attn: torch.Tensor, kernel_size: int,
         attn: (B, G, k*k, h, w) weights, offsets row-major; h = ceil(H / stride), w = ceil(W / stride).
 
     Returns:
-        (B, G, h, w, n), contiguous, in ``value``'s dtype (the sum is taken in float32).
+        (B, G, h, w, n), contiguous, in ``value``'s dtype (the sum is taken in float32, so float64 values
+        lose precision: ``local_attend`` keeps them on the PyTorch path).
     """
     if not HAS_TRITON:
         raise RuntimeError('neighbourhood_sum needs triton (pip install triton), or use local_attend.')
@@ -72,7 +77,9 @@ def neighbourhood_sum(value: torch.Tensor, attn: torch.Tensor, kernel_size: int,
         return out
     block_q = 32
     grid = (B * G, triton.cdiv(h * w, block_q))
-    _neighbourhood_sum_kernel[grid](
-        value, attn, out, H, W, h, w, n,
-        KERNEL=kernel_size, STRIDE=stride, BLOCK_Q=block_q, BLOCK_N=triton.next_power_of_2(n))
+    # triton launches on the current device, not the tensors'
+    with torch.cuda.device(value.device) if value.is_cuda else contextlib.nullcontext():
+        _neighbourhood_sum_kernel[grid](
+            value, attn, out, H, W, h, w, n,
+            KERNEL=kernel_size, STRIDE=stride, BLOCK_Q=block_q, BLOCK_N=triton.next_power_of_2(n))
     return out
