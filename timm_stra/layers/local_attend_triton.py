@@ -1,4 +1,4 @@
-"""Local attention's neighbourhood sum as one Triton kernel (inference; experimental, not yet timed on a GPU).
+"""Local attention's neighbourhood sum as one Triton kernel (inference; experimental, not yet run on a GPU).
 
 ``out[b, g, i, j, :] = sum_(dy, dx) attn[b, g, dy * k + dx, i, j] * value[b, g, s*i + dy - p, s*j + dx - p, :]``
 with values outside the map taken as zero, for the projected values laid out channels
@@ -6,8 +6,8 @@ last within each mode. Each program sums the k*k neighbours of a block of querie
 one (sample, mode), all channels at once, in float32, and writes the output once: one
 kernel where the row-window path (``local_attend.py``) runs a zeroed row buffer, a
 band of weights and a batched product. Only the forward exists: ``local_attend`` uses
-it when nothing needs a gradient, on CUDA, for float32 and half types, in eager mode, and
-only when asked (``LocalAttention.use_triton``). Same values up to rounding (another
+it when nothing needs a gradient, on CUDA, for float32 and half types, not under TorchScript
+or jit tracing, and only when asked (``LocalAttention.use_triton``). Same values up to rounding (another
 summation order). ``TRITON_INTERPRET=1`` runs it on the CPU (the tests do); it has not yet
 been compiled or run on a GPU.
 """
