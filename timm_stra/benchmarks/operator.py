@@ -17,8 +17,8 @@ of the stage once:
   inference only (its training step is ``stra``'s).
 
 Inference (``torch.inference_mode``) and training (forward, and backward of fixed dense
-output gradients, as the next layer would give them) steps; repeats are interleaved (each round times every case, in an order rotated by
-the round) and the table gives the median step time over all timed steps and its
+output gradients, as the next layer would give them) steps; repeats are interleaved
+(each round times every case, in an order rotated by the round) and the table gives the median step time over all timed steps and its
 ratio to ``stra``. "saved MiB" is what the step's forward allocates and keeps for
 backward (its inputs, parameters and outputs are not counted; under ``--bf16`` the
 bf16 copies autocast makes of the weights are, as autocast keeps them for backward):
@@ -85,16 +85,15 @@ def _forward(ops: nn.ModuleList, inputs: List[torch.Tensor], bf16: bool = False)
 
 def _step(ops: nn.ModuleList, inputs: List[torch.Tensor], mode: str, out_grads: List[torch.Tensor],
           bf16: bool = False) -> None:
-    """One inference or training step; training back-propagates ``out_grads``, dense gradients as the layer after
-    the operator would give them (the gradient of a ``.sum()`` is a broadcast scalar, whose odd strides send some
-    products down slow paths that a network never takes)."""
+    """One inference or training step; training back-propagates ``out_grads`` (in the outputs' dtype and layout),
+    dense gradients as the layer after the operator would give them (the gradient of a ``.sum()`` is a broadcast
+    scalar, whose odd strides send some products down slow paths that a network never takes)."""
     if mode == 'infer':
         with torch.inference_mode(), torch.autocast(inputs[0].device.type, torch.bfloat16, enabled=bf16):
             for op, x in zip(ops, inputs):
                 op(x)
     else:
-        outputs = _forward(ops, inputs, bf16)
-        torch.autograd.backward(outputs, [g.to(out.dtype) for g, out in zip(out_grads, outputs)])
+        torch.autograd.backward(_forward(ops, inputs, bf16), out_grads)
     if inputs[0].is_cuda:
         torch.cuda.synchronize(inputs[0].device)
 
@@ -132,10 +131,11 @@ def measure(task: str, batch: int, impls=CPU_IMPLEMENTATIONS, modes=MODES, repea
     grad_inputs = [x.clone().requires_grad_() for x in inputs]
     out_grads = {}
     with torch.no_grad():
-        for impl in impls:  # the same values for every implementation, laid out as its outputs are
+        values = None
+        for impl in impls:  # the same values for every implementation, in its outputs' dtype and layout
             outputs = _forward(ops[impl], inputs, bf16)
-            grads = out_grads.get(impls[0]) or [torch.randn_like(out, dtype=torch.float32) for out in outputs]
-            out_grads[impl] = [torch.empty_like(out, dtype=torch.float32).copy_(g) for out, g in zip(outputs, grads)]
+            values = values or [torch.randn(out.shape, device=out.device) for out in outputs]
+            out_grads[impl] = [torch.empty_like(out).copy_(v) for out, v in zip(outputs, values)]
     times: Dict[Tuple[str, str], List[float]] = {(m, i): [] for m in modes for i in impls}
     bar = tqdm(total=len(modes) * repeats * len(impls), desc=f'{task} operators', disable=not progress, leave=False)
     for mode in modes:
