@@ -55,6 +55,25 @@ def test_same_values_gradients_and_running_stats(stride, mode):
     _assert_same_step(recomputing, keeping, torch.randn(3, 32, 7, 6))
 
 
+@pytest.mark.parametrize('stride', [1, 2])
+def test_backward_takes_the_projected_values_of_the_recomputation(stride, monkeypatch):
+    """Recomputing the local output projects the values; the local attention's backward then uses those
+    rather than projecting a third time: a training step projects twice, as when keeping."""
+    from timm_stra.layers import local_attend as local_attend_module
+    calls = []
+    project = local_attend_module._project_into_rows
+    monkeypatch.setattr(local_attend_module, '_project_into_rows', lambda *a: calls.append(1) or project(*a))
+    recomputing, keeping = _pair(stride=stride)
+    x = torch.randn(3, 32, 7, 6)
+    grad = torch.randn_like(keeping(x))
+    recomputing(x)  # running statistics moved alike
+    for op in (recomputing, keeping):
+        calls.clear()
+        _step(op, x, grad)
+        assert len(calls) == 2, op.recompute
+    _assert_same_step(recomputing, keeping, x)
+
+
 @pytest.mark.parametrize('momentum', [None, 0.3])
 def test_cumulative_and_custom_momentum(momentum):
     """``momentum=None`` averages with ``num_batches_tracked``: a second update would show in both."""

@@ -21,7 +21,8 @@ computed at all: they would run past the buffer). The backward pass is the same
 products transposed: ``grad band = grad out @ window^T`` (the weight gradients are its
 band entries) and ``grad value`` gathers ``band^T @ grad out`` into the row buffer, one
 window row offset at a time. The projected values are recomputed in backward from the
-input (which the logit branch keeps anyway) rather than held.
+input (which the logit branch keeps anyway) rather than held, or taken from a recomputation
+of the output that ran just before (``ValueRows``, as StRA's ``recompute_saved`` does).
 
 This replaces k*k passes of elementwise multiply-adds over the values (memory bound)
 by products that read them once; the band costs k*W / k*k times the multiply-adds
@@ -128,31 +129,66 @@ def _row_windows(buffer: torch.Tensor, count: int, kernel_size: int, stride: int
     return buffer.as_strided((count, kernel_size * W, n), (stride * W * n, n, 1))
 
 
+class ValueRows:
+    """The row buffer of projected values, handed from a recomputation of the output to the backward pass.
+
+    ``local_attend_recompute`` leaves its buffer here; the backward of the ``local_attend`` call given the
+    same holder takes it instead of projecting the values again (same input, same weight: the same
+    buffer). Whoever recomputes the output in backward (``recompute_saved``) therefore saves the
+    backward one projection, at the cost of holding the buffer from the recomputation to that backward.
+    """
+    __slots__ = ('buffer',)
+
+    def __init__(self):
+        self.buffer: Optional[torch.Tensor] = None
+
+    def take(self) -> Optional[torch.Tensor]:
+        buffer, self.buffer = self.buffer, None
+        return buffer
+
+
+def _attend(attn: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, groups: int, kernel_size: int,
+            stride: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The neighbourhood sums and the row buffer they read.
+
+    Returns:
+        ((B, G, R / s, w, n) outputs of every row window, dropped ones included, the first ``count`` computed;
+        (B*G*R, W, n) row buffer), in the buffer's dtype (autocast's, under autocast).
+    """
+    B, h, w, W = attn.shape[0], attn.shape[3], attn.shape[4], x.shape[3]
+    buffer = _project_into_rows(x, weight, groups, kernel_size, stride)
+    windows = slab_rows(x.shape[2], kernel_size, stride) // stride  # per slab
+    count = _window_count(B * groups, x.shape[2], kernel_size, stride)
+    band = _build_band(attn.to(buffer.dtype), windows, W, kernel_size, stride).view(-1, w, kernel_size * W)[:count]
+    out = buffer.new_empty(B, groups, windows, w, buffer.shape[-1])
+    torch.bmm(band, _row_windows(buffer, count, kernel_size, stride), out=out.view(-1, w, out.shape[-1])[:count])
+    return out, buffer
+
+
+def _query_rows(out: torch.Tensor, h: int, compact: bool) -> torch.Tensor:
+    """(B, G, R / s, w, n) row-window outputs -> (B, G, h, w, n) outputs of the query rows."""
+    if out.shape[2] == h:  # no dropped windows (k = 1): the tensor itself, not a view of it
+        return out
+    out = out[:, :, :h]
+    return out.contiguous() if compact else out
+
+
 class _LocalAttend(torch.autograd.Function):
     """Value projection and neighbourhood sum in one autograd node (see the module docstring).
 
-    Only the input, the weights and the attention weights are kept for backward.
+    Only the input, the weights and the attention weights are kept for backward (and ``rows``, where a
+    recomputation may leave the projected values: ``ValueRows``).
     """
 
     @staticmethod
     def forward(ctx, attn: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, groups: int,
-                kernel_size: int, stride: int, compact: bool) -> torch.Tensor:
-        B, _, h, w = attn.shape[:2] + attn.shape[3:]
-        H, W = x.shape[2:]
-        buffer = _project_into_rows(x, weight, groups, kernel_size, stride)  # under autocast, in the autocast dtype
-        windows = slab_rows(H, kernel_size, stride) // stride  # per slab
-        count = _window_count(B * groups, H, kernel_size, stride)
+                kernel_size: int, stride: int, compact: bool, rows: Optional[ValueRows]) -> torch.Tensor:
+        out, buffer = _attend(attn, x, weight, groups, kernel_size, stride)  # under autocast, in its dtype
         ctx.attn_dtype = attn.dtype
-        attn = attn.to(buffer.dtype)
-        ctx.save_for_backward(attn, x, weight)
+        ctx.save_for_backward(attn.to(buffer.dtype), x, weight)
         ctx.geometry = (groups, kernel_size, stride)
-        band = _build_band(attn, windows, W, kernel_size, stride).view(-1, w, kernel_size * W)[:count]
-        out = buffer.new_empty(B, groups, windows, w, buffer.shape[-1])
-        torch.bmm(band, _row_windows(buffer, count, kernel_size, stride), out=out.view(-1, w, out.shape[-1])[:count])
-        if windows == h:  # no dropped windows (k = 1): the tensor itself, not a view of it
-            return out
-        out = out[:, :, :h]  # each slab's query rows
-        return out.contiguous() if compact else out
+        ctx.rows = rows
+        return _query_rows(out, attn.shape[3], compact)
 
     @staticmethod
     @without_autocast
@@ -172,7 +208,10 @@ class _LocalAttend(torch.autograd.Function):
         grad[:, h:].zero_()
         grad[:, :h] = grad_out.reshape(B * groups, h, w, n)
         grad = grad.view(-1, w, n)[:count]
-        buffer = _project_into_rows(x_c, weight_c, groups, k, s)  # the values again
+        # the values again, unless a recomputation of the output left them
+        buffer = ctx.rows.take() if ctx.rows is not None else None
+        if buffer is None or buffer.dtype != dtype or buffer.shape != (B * groups * slab_rows(H, k, s), W, n):
+            buffer = _project_into_rows(x_c, weight_c, groups, k, s)
         grad_attn = grad_x = grad_weight = None
         if need_attn:
             grad_band = grad.new_empty(B * groups * windows, w, k * W)  # rows from count on are never read
@@ -198,7 +237,7 @@ class _LocalAttend(torch.autograd.Function):
                 nodes = x_c.view(B, groups, C // groups, H * W)
                 grad_weight = torch.matmul(grad_value.transpose(2, 3), nodes.transpose(2, 3)).sum(0)
                 grad_weight = grad_weight.view(weight.shape).to(weight.dtype)
-        return grad_attn, grad_x, grad_weight, None, None, None, None
+        return grad_attn, grad_x, grad_weight, None, None, None, None, None
 
 
 def local_attend_autograd(
@@ -258,4 +297,27 @@ def local_attend(
         return neighbourhood_sum(grouped_pointwise_channels_last(x, weight, groups), attn, kernel_size, stride)
     if compact is None:
         compact = needs_grad
-    return _LocalAttend.apply(attn, x.contiguous(), weight, groups, kernel_size, stride, compact)
+    return _LocalAttend.apply(attn, x.contiguous(), weight, groups, kernel_size, stride, compact, None)
+
+
+def local_attend_sharing_rows(
+        attn: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, groups: int, kernel_size: int, stride: int,
+        rows: ValueRows,
+) -> torch.Tensor:
+    """``local_attend(..., compact=False)`` whose backward takes the projected values from ``rows`` when
+    ``local_attend_recompute`` left them there (eager autograd; see ``ValueRows``)."""
+    if x.shape[0] == 0:
+        return local_attend_autograd(attn, x, weight, groups, kernel_size, stride)
+    return _LocalAttend.apply(attn, x.contiguous(), weight, groups, kernel_size, stride, False, rows)
+
+
+def local_attend_recompute(
+        attn: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, groups: int, kernel_size: int, stride: int,
+        rows: ValueRows,
+) -> torch.Tensor:
+    """The output of ``local_attend_sharing_rows`` again (same values, size, strides and storage size), without
+    autograd, leaving the projected values in ``rows`` for that call's backward."""
+    if x.shape[0] == 0:
+        return local_attend_autograd(attn, x, weight, groups, kernel_size, stride)
+    out, rows.buffer = _attend(attn, x.contiguous(), weight, groups, kernel_size, stride)
+    return _query_rows(out, attn.shape[3], compact=False)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checks import check_divisible
-from .local_attend import local_attend
+from .local_attend import ValueRows, local_attend, local_attend_recompute, local_attend_sharing_rows
 from .score_branch import ScoreBranch
 
 
@@ -149,8 +149,10 @@ class LocalAttention(nn.Module):
 
         The recomputation reads the input, the attention weights and the value weight (which the
         output's autograd node keeps anyway when it has one), so it costs one product and no memory,
-        and refuses to run if any of them was modified in place since. The output itself is not made
-        compact (whatever keeps it keeps a handle, see ``recompute_saved``).
+        and refuses to run if any of them was modified in place since. It leaves the projected values
+        it computes for the output's backward, which runs soon after and would project them again
+        (``ValueRows``). The output itself is not made compact (whatever keeps it keeps a handle, see
+        ``recompute_saved``).
 
         Returns:
             (B, G, ceil(H / stride), ceil(W / stride), C / G) output and its recomputation.
@@ -158,7 +160,8 @@ class LocalAttention(nn.Module):
         attn = self.neighbour_weights(x)
         geometry = (self.groups, self.kernel_size, self.stride)
         weight = self.value.weight
-        out = local_attend(attn, x, weight, *geometry, compact=False)
+        rows = ValueRows()
+        out = local_attend_sharing_rows(attn, x, weight, *geometry, rows)
         inputs = (attn.detach(), x.detach(), weight.detach())
         versions = [t._version for t in inputs]
 
@@ -168,6 +171,6 @@ class LocalAttention(nn.Module):
                     'LocalAttention: its input, attention weights or value weight were modified in place between '
                     'forward and backward, so its output cannot be recomputed; do not modify them in place, or '
                     'build the model with recompute=False.')
-            return local_attend(*inputs, *geometry, compact=False)
+            return local_attend_recompute(*inputs, *geometry, rows)
 
         return out, recompute
