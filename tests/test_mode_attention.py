@@ -1,6 +1,7 @@
 """Fused mode attention (one pass over S for both gates) against the step-by-step reference."""
 import pytest
 import torch
+from timm.layers import freeze_batch_norm_2d
 
 from timm_stra import StRAttention, diversity_per_sample
 from timm_stra.layers import ModeAttention, ModeAttentionReference
@@ -95,3 +96,96 @@ def test_plain_mask_convolutions_take_the_same_path():
     plain.load_state_dict(fast.state_dict())
     x = torch.randn(2, 4, 5, 6, 8, dtype=torch.float64)
     torch.testing.assert_close(plain(x), fast(x))
+
+
+def _autograd_nodes(t):
+    """Names of every autograd node behind ``t``."""
+    names, stack, seen = set(), [t.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.add(type(node).__name__)
+        stack.extend(n for n, _ in node.next_functions)
+    return names
+
+
+@pytest.mark.parametrize('interaction', [True, False])
+def test_pooling_and_gates_are_one_autograd_node_in_eager_training(interaction):
+    """With gradients the pooling, the gates and the output are one node (``mode_gating``); without, the plain
+    path runs; both give the same output."""
+    fused, _ = _pair(32, 4, interaction, dtype=torch.float64)
+    fused.eval()  # running statistics: the same output with and without gradients
+    x = torch.randn(2, 32, 5, 6, dtype=torch.float64, requires_grad=True)
+    out = fused(x)
+    assert '_ModeGatingBackward' in _autograd_nodes(out)
+    assert not {'SigmoidBackward0', 'NativeBatchNormBackward0'} & _autograd_nodes(out)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), out, rtol=1e-12, atol=1e-12)
+
+
+def _functional_call(op, x, grad):
+    params = {n: p.detach().clone().requires_grad_() for n, p in op.named_parameters()}
+    torch.func.functional_call(op, params, (x,)).backward(grad)
+    assert all(p.grad is None for p in op.parameters())
+    return {n: p.grad for n, p in params.items()}
+
+
+def _eval_before_backward(op, x, grad):
+    out = op(x)
+    op.eval()
+    out.backward(grad)
+    return {n: p.grad for n, p in op.named_parameters()}
+
+
+def _frozen_norms(op, x, grad):
+    op = freeze_batch_norm_2d(op)
+    op(x).backward(grad)
+    return {n: p.grad for n, p in op.named_parameters()}
+
+
+@pytest.mark.parametrize('interaction', [True, False])
+@pytest.mark.parametrize('case', [_functional_call, _eval_before_backward, _frozen_norms])
+def test_gating_node_differentiates_the_norms_of_the_forward(case, interaction):
+    """The node's backward differentiates the gate norms as its forward ran them (parameters swapped in by
+    ``functional_call``; training mode though the module is in eval mode by backward; timm's frozen norms):
+    gradients equal the reference's."""
+    fused, ref = _pair(32, 4, interaction, dtype=torch.float64)
+    x = torch.randn(3, 32, 5, 6, dtype=torch.float64)
+    grad = torch.randn(3, 32, 5, 6, dtype=torch.float64)
+    got, want = case(fused.train(), x, grad), case(ref.train(), x, grad)
+    assert got.keys() == want.keys()
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-9, atol=1e-10, msg=name)
+
+
+@pytest.mark.parametrize('retain_graph', [False, True])
+def test_backward_frees_the_gates_graph_unless_retained(retain_graph):
+    """After a backward, the output (whose graph lives on) holds no more than the reference's does, unless the
+    backward retained the graph: then a second backward gives the same gradients."""
+    from timm_stra.benchmarks.tensor_memory import live_tensor_bytes
+    fused, ref = _pair(32, 4, True)
+    x = torch.randn(3, 32, 5, 6, requires_grad=True)
+    grad = torch.randn(3, 32, 5, 6)
+
+    def live_after_backward(op):
+        def step():
+            out = op.train()(x)
+            out.backward(grad, retain_graph=retain_graph)
+            return out
+        x.grad = None
+        out, _, live = live_tensor_bytes(step)
+        return out, live
+
+    _, live_ref = live_after_backward(ref)
+    out, live = live_after_backward(fused)
+    if not retain_graph:
+        assert live == live_ref
+        return
+    first = [g.clone() for g in (x.grad, *(p.grad for p in fused.parameters()))]
+    fused.zero_grad()
+    x.grad = None
+    out.backward(grad)
+    for a, b in zip(first, [x.grad, *(p.grad for p in fused.parameters())]):
+        torch.testing.assert_close(b, a)

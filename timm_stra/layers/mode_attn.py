@@ -15,6 +15,8 @@ from torch import nn
 
 from .checks import check_divisible
 from .diversity import DiversityRecorder
+from .mode_gating import gated_output, mode_gates, mode_gating, stack_gates
+from .replay import eager_autograd
 from .score_branch import ScoreBranch
 
 
@@ -94,7 +96,10 @@ class ModeAttention(nn.Module):
 
         Every product reads ``nodes`` through its strides, so channels-first input (a transposed
         view) and per-mode channels-last input take the same path; the gating product writes the
-        output channels first either way.
+        output channels first either way. When an eager forward records gradients, pooling, gates
+        and output are one autograd node (``mode_gating.py``, whose ``mode_gates`` is the same
+        computation as below); this plain path serves the rest (inference, TorchScript, torch.fx,
+        torch.compile).
 
         Args:
             nodes: (B, G, H*W, C / G), any strides with the channels or the positions unit-strided.
@@ -104,38 +109,39 @@ class ModeAttention(nn.Module):
         """
         B, G, N, n = nodes.shape
         masks = self.diversity(self._masks(nodes, height, width)).view(B, G, 1, N)
+        if not torch.jit.is_scripting() and eager_autograd():
+            return self._gated_in_one_node(nodes, masks, height, width).view(B, G * n, height, width)
         m = torch.matmul(masks, nodes).squeeze(2)                       # modal vectors: B, G, n
         if not self.interaction:
             # e[g, i] = <m_g, S_g[:, i]>, alpha = sigmoid(BN(e)), Y_g = S_g + alpha m_g
             affinity = torch.matmul(nodes, m.unsqueeze(-1))             # B, G, N, 1
             alpha = torch.sigmoid(self.gate_norm(affinity.reshape(B, G, height, width)))
-            return _add_gated(nodes, m, alpha).view(B, G * n, height, width)
+            return gated_output(nodes, m.unsqueeze(-1), stack_gates([alpha])).view(B, G * n, height, width)
         # mode interaction: P = softmax(sqrt(G) * l2normalize_rows(m m^T)), m' = P m
         paths = F.normalize(m @ m.transpose(1, 2), dim=-1)
         mixed = torch.softmax(paths * math.sqrt(G), dim=-1) @ m        # m': B, G, n
         # one pass over S gives e[g, i] = <m_g, S_g[:, i]> and <m'_g, S_g[:, i]>
-        affinity = torch.matmul(nodes, torch.stack([m, mixed], dim=-1))  # B, G, N, 2
+        vectors = torch.stack([m, mixed], dim=-1)
+        affinity = torch.matmul(nodes, vectors)                          # B, G, N, 2
         alpha = torch.sigmoid(self.gate_norm(affinity[..., 0].reshape(B, G, height, width)))
         # Y_g = S_g + alpha m_g, so <m'_g, Y_g[:, i]> = <m'_g, S_g[:, i]> + alpha[g, i] <m'_g, m_g>
         second = affinity[..., 1] + alpha.view(B, G, N) * (mixed * m).sum(-1, keepdim=True)
         alpha2 = torch.sigmoid(self.interact_norm(second.reshape(B, G, height, width)))
-        # Z_g = Y_g + alpha' m'_g
-        out = _add_gated(nodes, m, alpha)
-        # in place, so autocast does not cast: the operands take the output's dtype (CUDA autocast differs);
-        # its result is used, or fx would drop the call as dead code
-        out = out.baddbmm_(mixed.reshape(B * G, n, 1).to(out.dtype), alpha2.reshape(B * G, 1, N).to(out.dtype))
-        return out.view(B, G * n, height, width)
+        # Z_g = Y_g + alpha' m'_g = S_g + alpha m_g + alpha' m'_g
+        return gated_output(nodes, vectors, stack_gates([alpha, alpha2])).view(B, G * n, height, width)
 
+    @torch.jit.unused
+    def _gated_in_one_node(self, nodes: torch.Tensor, masks: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """Pooling, gates and output as one autograd node (``mode_gating``): (B, G, N, n) -> (B*G, n, N)."""
+        size = (height, width)
+        interact_norm = self.interact_norm if self.interaction else None
 
-def _add_gated(nodes: torch.Tensor, vectors: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
-    """``S_g + gate_g (x) m_g`` as one product, which also lays the result out channels first.
+        def gates(s: torch.Tensor, m: torch.Tensor):
+            return mode_gates(s, m, size, self.gate_norm, interact_norm)
 
-    Shapes:
-        nodes (B, G, N, n), vectors (B, G, n), gates (B, G, H, W) with H*W = N -> (B*G, n, N)
-    """
-    B, G, N, n = nodes.shape
-    return torch.baddbmm(nodes.transpose(2, 3).reshape(B * G, n, N), vectors.reshape(B * G, n, 1),
-                         gates.reshape(B * G, 1, N))
+        norms = (self.gate_norm, interact_norm) if interact_norm is not None else (self.gate_norm,)
+        params = [p for norm in norms for p in norm.parameters() if p.requires_grad]
+        return mode_gating(gates, nodes, masks, params)
 
 
 def _normalize_masks(logits: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
