@@ -19,8 +19,12 @@ is not in the band). Each slab has R / s windows; those after its last query row
 into the next slab, have zero band rows and are dropped (the last slab's are not
 computed at all: they would run past the buffer). The backward pass is the same
 products transposed: ``grad band = grad out @ window^T`` (the weight gradients are its
-band entries) and ``grad value`` gathers ``band^T @ grad out`` into the row buffer, one
-window row offset at a time. The projected values are recomputed in backward from the
+band entries), and the gradient of the row buffer. At stride 1 that is the forward's
+product again with the roles swapped: row j of the buffer reads the output gradient of
+k consecutive query rows, one window of the gradient laid out by row, and a transposed band
+holds their weights (``_build_band_transposed``). At stride 2 a buffer row gets the
+gradient of one or two query rows depending on its parity, so ``band^T @ grad out`` is
+gathered into the buffer one window row offset at a time. The projected values are recomputed in backward from the
 input (which the logit branch keeps anyway) rather than held, or taken from a recomputation
 of the output that ran just before (``ValueRows``, as StRA's ``recompute_saved`` does).
 
@@ -102,6 +106,29 @@ def _band_weights(grad_band: torch.Tensor, out_h: int, stride: int) -> torch.Ten
     return grad.view(slabs, k * k, out_h, w)
 
 
+def _build_band_transposed(attn: torch.Tensor, rows: int, in_w: int, kernel_size: int) -> torch.Tensor:
+    """Stride 1: (B, G, k*k, H, W) weights -> (B*G, R, W, k, W) transposed band (zero elsewhere).
+
+    Row j of a slab is value row y = j - p (the rows of a row buffer) and reads the output gradient of
+    query rows y - p .. y + p: entry [b, j, x, k - 1 - dy, q] weighs query (j - dy, q), whose neighbour
+    at offset (dy, dx) is value (y, x). Rows outside the map get the weights of the neighbours outside
+    it, which no value has: their products are computed and not read.
+    """
+    B, G, _, h, w = attn.shape
+    k, p = kernel_size, kernel_size // 2
+    band = attn.new_zeros(B * G, rows, in_w, k, w)
+    weights = attn.reshape(B * G, k, k, h, w)  # dy, dx
+    st = band.stride()
+    for dx in range(k):
+        q0, q1 = _column_range(dx, k, 1, in_w, w)
+        if q1 > q0:
+            # [b, r, q, dy] -> band[b, r + dy, q + dx - p, k - 1 - dy, q]
+            offset = q0 * (st[2] + st[4]) + (dx - p) * st[2] + (k - 1) * st[3]
+            entries = band.as_strided((B * G, h, q1 - q0, k), (st[0], st[1], st[2] + st[4], st[1] - st[3]), offset)
+            entries.copy_(weights[:, :, dx, :, q0:q1].permute(0, 2, 3, 1))
+    return band.view(B * G * rows, in_w, k * w)
+
+
 def _project_into_rows(x: torch.Tensor, weight: torch.Tensor, groups: int, kernel_size: int, stride: int) -> torch.Tensor:
     """Grouped 1x1 projection of ``x`` (B, C, H, W) laid out as a row buffer (B*G*R, W, n).
 
@@ -127,6 +154,30 @@ def _row_windows(buffer: torch.Tensor, count: int, kernel_size: int, stride: int
     from row s*t."""
     _, W, n = buffer.shape
     return buffer.as_strided((count, kernel_size * W, n), (stride * W * n, n, 1))
+
+
+def _grad_rows(attn: torch.Tensor, grad_rows: torch.Tensor, grad: torch.Tensor, buffer: torch.Tensor, count: int,
+               kernel_size: int, stride: int) -> torch.Tensor:
+    """The gradient of the row buffer, written into ``buffer`` (B*G*R, W, n) (whose values are no longer needed).
+
+    Stride 1: one product of the transposed band by windows of k consecutive rows of the output gradient
+    (``grad_rows``: k - 1 zero rows, then the gradient by row window). Stride 2: row window t's product
+    with each band block dy, added to buffer row 2t + dy.
+    """
+    B, G, _, h, w = attn.shape
+    rows, W, n = buffer.shape[0] // (B * G), buffer.shape[1], buffer.shape[2]
+    k = kernel_size
+    if stride == 1:
+        band = _build_band_transposed(attn, rows, W, k)
+        windows = grad_rows.as_strided((B * G * rows, k * w, n), (w * n, n, 1))
+        return torch.bmm(band, windows, out=buffer)
+    band = _build_band(attn, rows // stride, W, k, stride).view(-1, w, k * W)[:count]
+    grad_value = buffer.zero_()
+    product = grad.new_empty(count, W, n)
+    for dy in range(k):
+        torch.bmm(band[:, :, dy * W:(dy + 1) * W].transpose(1, 2), grad, out=product)
+        grad_value[dy:dy + stride * (count - 1) + 1:stride].add_(product)
+    return grad_value
 
 
 class ValueRows:
@@ -203,8 +254,11 @@ class _LocalAttend(torch.autograd.Function):
         windows = slab_rows(H, k, s) // s  # per slab
         count = _window_count(B * groups, H, k, s)
         # the output gradient laid out by row window, zero at the dropped windows (their band rows are zero too,
-        # but 0 * an uninitialised NaN would not be)
-        grad = grad_out.new_empty(B * groups, windows, w, n, dtype=dtype)
+        # but 0 * an uninitialised NaN would not be), after k - 1 zero rows (the windows of grad_value, stride 1)
+        lead = k - 1 if s == 1 else 0
+        grad_rows = grad_out.new_empty(lead * w * n + B * groups * windows * w * n, dtype=dtype)
+        grad_rows[:lead * w * n].zero_()
+        grad = grad_rows[lead * w * n:].view(B * groups, windows, w, n)
         grad[:, h:].zero_()
         grad[:, :h] = grad_out.reshape(B * groups, h, w, n)
         grad = grad.view(-1, w, n)[:count]
@@ -220,14 +274,7 @@ class _LocalAttend(torch.autograd.Function):
             grad_attn = grad_attn.view(attn.shape).to(ctx.attn_dtype)
             del grad_band
         if need_value:
-            band = _build_band(attn, windows, W, k, s).view(-1, w, k * W)[:count]
-            # window row dy of window t is buffer row s*t + dy; the values' buffer is reused
-            grad_value = buffer.zero_()
-            product = grad.new_empty(count, W, n)
-            for dy in range(k):
-                torch.bmm(band[:, :, dy * W:(dy + 1) * W].transpose(1, 2), grad, out=product)
-                grad_value[dy:dy + s * (count - 1) + 1:s].add_(product)
-            del product
+            grad_value = _grad_rows(attn, grad_rows, grad, buffer, count, k, s)  # into the values' buffer
             grad_value = grad_value.view(B, groups, -1, W, n)[:, :, k // 2:k // 2 + H]
             grad_value = grad_value.reshape(B, groups, H * W, n)  # a view: each slab's map rows are contiguous
             if ctx.needs_input_grad[1]:
