@@ -141,16 +141,17 @@ def _eval_before_backward(op, x, grad):
 
 def _frozen_norms(op, x, grad):
     op = freeze_batch_norm_2d(op)
+    assert isinstance(op, ModeAttentionReference) or not op._gates_in_one_node()
     op(x).backward(grad)
     return {n: p.grad for n, p in op.named_parameters()}
 
 
 @pytest.mark.parametrize('interaction', [True, False])
 @pytest.mark.parametrize('case', [_functional_call, _eval_before_backward, _frozen_norms])
-def test_gating_node_differentiates_the_norms_of_the_forward(case, interaction):
-    """The node's backward differentiates the gate norms as its forward ran them (parameters swapped in by
-    ``functional_call``; training mode though the module is in eval mode by backward; timm's frozen norms):
-    gradients equal the reference's."""
+def test_gating_node_replays_the_norms_of_the_forward(case, interaction):
+    """The node's backward replays the gate norms as its forward ran them (parameters swapped in by
+    ``functional_call``; training mode though the module is in eval mode by backward), and timm's frozen norms,
+    which it cannot replay, take the plain path: gradients equal the reference's."""
     fused, ref = _pair(32, 4, interaction, dtype=torch.float64)
     x = torch.randn(3, 32, 5, 6, dtype=torch.float64)
     grad = torch.randn(3, 32, 5, 6, dtype=torch.float64)
@@ -161,9 +162,9 @@ def test_gating_node_differentiates_the_norms_of_the_forward(case, interaction):
 
 
 @pytest.mark.parametrize('retain_graph', [False, True])
-def test_backward_frees_the_gates_graph_unless_retained(retain_graph):
-    """After a backward, the output (whose graph lives on) holds no more than the reference's does, unless the
-    backward retained the graph: then a second backward gives the same gradients."""
+def test_backward_leaves_nothing_behind(retain_graph):
+    """After a backward, the output (whose graph lives on) holds no more than the reference's does; a retained
+    graph gives the same gradients a second time."""
     from timm_stra.benchmarks.tensor_memory import live_tensor_bytes
     fused, ref = _pair(32, 4, True)
     x = torch.randn(3, 32, 5, 6, requires_grad=True)
@@ -189,3 +190,29 @@ def test_backward_frees_the_gates_graph_unless_retained(retain_graph):
     out.backward(grad)
     for a, b in zip(first, [x.grad, *(p.grad for p in fused.parameters())]):
         torch.testing.assert_close(b, a)
+
+
+def test_double_backward_is_refused():
+    """Gradient penalties need the gradient's own graph, which the node does not build: an error, not a wrong
+    second derivative."""
+    fused = ModeAttention(16, 4, recompute=False, dtype=torch.float64)  # the mask branch is not replayed
+    x = torch.randn(2, 16, 4, 5, dtype=torch.float64, requires_grad=True)
+    (grad_x,) = torch.autograd.grad(fused.train()(x).square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match='once_differentiable'):
+        grad_x.square().sum().backward()
+
+
+def test_non_reentrant_checkpointing_recomputes_once():
+    """Under ``torch.utils.checkpoint`` the segment is recomputed once in backward, as for the reference: the
+    node's replay in backward saves nothing through the checkpoint's hooks."""
+    from torch.utils.checkpoint import checkpoint
+    fused, ref = _pair(16, 4, True)
+    counts = []
+    for op in (fused, ref):
+        op.train()
+        calls = []
+        op.mask.register_forward_hook(lambda *args: calls.append(1))
+        x = torch.randn(2, 16, 4, 5, requires_grad=True)
+        checkpoint(op, x, use_reentrant=False).square().sum().backward()
+        counts.append((len(calls), int(op.gate_norm.num_batches_tracked)))
+    assert counts[0] == counts[1] == (2, 2)

@@ -74,6 +74,26 @@ def test_backward_takes_the_projected_values_of_the_recomputation(stride, monkey
     _assert_same_step(recomputing, keeping, x)
 
 
+def test_a_partial_backward_keeps_no_projected_values():
+    """A backward that recomputes the local output for mode attention but never reaches the local attention
+    (gradients of mode attention's parameters only) leaves no projected values behind for it."""
+    recomputing, _ = _pair()
+    x = torch.randn(2, 32, 6, 5, requires_grad=True)
+    y = recomputing(x)
+    torch.autograd.grad(y.square().sum(), [recomputing.mode.gate_norm.weight], retain_graph=True)
+    stack, seen, holders = [y.grad_fn], set(), []
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if type(node).__name__ == '_LocalAttendBackward':
+            holders.append(node.rows)
+        stack.extend(n for n, _ in node.next_functions)
+    assert len(holders) == 1 and holders[0].buffer is None
+    y.square().sum().backward()  # and the full backward still works
+
+
 @pytest.mark.parametrize('momentum', [None, 0.3])
 def test_cumulative_and_custom_momentum(momentum):
     """``momentum=None`` averages with ``num_batches_tracked``: a second update would show in both."""
@@ -131,7 +151,7 @@ def test_keeps_neither_the_local_output_nor_the_hidden_maps():
     local_output = C * fp32_map
     hidden = 2 * (C // 4) * fp32_map + 2 * 8 * G * fp32_map  # logit and mask branches: conv1 output and tanh
     assert kept_keeping - kept >= local_output + hidden
-    # what is left: the attention weights (G * k*k channels) and the mode gates and masks (a few per mode)
+    # what is left: the attention weights (G * k*k channels), the masks and the modal vectors (a few per mode)
     assert kept <= (G * 9 + 8 * G) * fp32_map
 
 

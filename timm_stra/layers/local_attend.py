@@ -22,9 +22,9 @@ products transposed: ``grad band = grad out @ window^T`` (the weight gradients a
 band entries), and the gradient of the row buffer. At stride 1 that is the forward's
 product again with the roles swapped: row j of the buffer reads the output gradient of
 k consecutive query rows, one window of the gradient laid out by row, and a transposed band
-holds their weights (``_build_band_transposed``). At stride 2 a buffer row gets the
-gradient of one or two query rows depending on its parity, so ``band^T @ grad out`` is
-gathered into the buffer one window row offset at a time. The projected values are recomputed in backward from the
+holds their weights (``_build_band_transposed``). At stride 2 which query rows reach a
+buffer row depends on its parity, so ``band^T @ grad out`` is gathered into the buffer
+one window row offset at a time. The projected values are recomputed in backward from the
 input (which the logit branch keeps anyway) rather than held, or taken from a recomputation
 of the output that ran just before (``ValueRows``, as StRA's ``recompute_saved`` does).
 
@@ -107,7 +107,8 @@ def _band_weights(grad_band: torch.Tensor, out_h: int, stride: int) -> torch.Ten
 
 
 def _build_band_transposed(attn: torch.Tensor, rows: int, in_w: int, kernel_size: int) -> torch.Tensor:
-    """Stride 1: (B, G, k*k, H, W) weights -> (B*G, R, W, k, W) transposed band (zero elsewhere).
+    """Stride 1: (B, G, k*k, H, W) weights -> (B*G*R, W, k*W) transposed band, zero elsewhere (a view of
+    (B*G, R, W, k, W)).
 
     Row j of a slab is value row y = j - p (the rows of a row buffer) and reads the output gradient of
     query rows y - p .. y + p: entry [b, j, x, k - 1 - dy, q] weighs query (j - dy, q), whose neighbour
@@ -183,8 +184,8 @@ def _grad_rows(attn: torch.Tensor, grad_rows: torch.Tensor, grad: torch.Tensor, 
 class ValueRows:
     """The row buffer of projected values, handed from a recomputation of the output to the backward pass.
 
-    ``local_attend_recompute`` leaves its buffer here; the backward of the ``local_attend`` call given the
-    same holder takes it instead of projecting the values again (same input, same weight: the same
+    ``local_attend_recompute`` leaves its buffer here; the backward of the ``local_attend_sharing_rows`` call
+    given the same holder takes it instead of projecting the values again (same input, same weight: the same
     buffer). Whoever recomputes the output in backward (``recompute_saved``) therefore saves the
     backward one projection, at the cost of holding the buffer from the recomputation to that backward.
     """
@@ -199,21 +200,22 @@ class ValueRows:
 
 
 def _attend(attn: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, groups: int, kernel_size: int,
-            stride: int) -> Tuple[torch.Tensor, torch.Tensor]:
+            stride: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The neighbourhood sums and the row buffer they read.
 
     Returns:
         ((B, G, R / s, w, n) outputs of every row window, dropped ones included, the first ``count`` computed;
-        (B*G*R, W, n) row buffer), in the buffer's dtype (autocast's, under autocast).
+        (B*G*R, W, n) row buffer; the weights ``attn``), all in the buffer's dtype (autocast's, under autocast).
     """
     B, h, w, W = attn.shape[0], attn.shape[3], attn.shape[4], x.shape[3]
     buffer = _project_into_rows(x, weight, groups, kernel_size, stride)
     windows = slab_rows(x.shape[2], kernel_size, stride) // stride  # per slab
     count = _window_count(B * groups, x.shape[2], kernel_size, stride)
-    band = _build_band(attn.to(buffer.dtype), windows, W, kernel_size, stride).view(-1, w, kernel_size * W)[:count]
+    attn = attn.to(buffer.dtype)
+    band = _build_band(attn, windows, W, kernel_size, stride).view(-1, w, kernel_size * W)[:count]
     out = buffer.new_empty(B, groups, windows, w, buffer.shape[-1])
     torch.bmm(band, _row_windows(buffer, count, kernel_size, stride), out=out.view(-1, w, out.shape[-1])[:count])
-    return out, buffer
+    return out, buffer, attn
 
 
 def _query_rows(out: torch.Tensor, h: int, compact: bool) -> torch.Tensor:
@@ -234,9 +236,9 @@ class _LocalAttend(torch.autograd.Function):
     @staticmethod
     def forward(ctx, attn: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, groups: int,
                 kernel_size: int, stride: int, compact: bool, rows: Optional[ValueRows]) -> torch.Tensor:
-        out, buffer = _attend(attn, x, weight, groups, kernel_size, stride)  # under autocast, in its dtype
+        out, _, attn_c = _attend(attn, x, weight, groups, kernel_size, stride)  # under autocast, in its dtype
         ctx.attn_dtype = attn.dtype
-        ctx.save_for_backward(attn.to(buffer.dtype), x, weight)
+        ctx.save_for_backward(attn_c, x, weight)
         ctx.geometry = (groups, kernel_size, stride)
         ctx.rows = rows
         return _query_rows(out, attn.shape[3], compact)
@@ -360,11 +362,13 @@ def local_attend_sharing_rows(
 
 def local_attend_recompute(
         attn: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, groups: int, kernel_size: int, stride: int,
-        rows: ValueRows,
+        rows: Optional[ValueRows],
 ) -> torch.Tensor:
     """The output of ``local_attend_sharing_rows`` again (same values, size, strides and storage size), without
-    autograd, leaving the projected values in ``rows`` for that call's backward."""
+    autograd, leaving the projected values in ``rows`` (if given) for that call's backward."""
     if x.shape[0] == 0:
         return local_attend_autograd(attn, x, weight, groups, kernel_size, stride)
-    out, rows.buffer = _attend(attn, x.contiguous(), weight, groups, kernel_size, stride)
+    out, buffer, _ = _attend(attn, x.contiguous(), weight, groups, kernel_size, stride)
+    if rows is not None:
+        rows.buffer = buffer
     return _query_rows(out, attn.shape[3], compact=False)

@@ -22,6 +22,19 @@ from .local_attend import ValueRows, local_attend, local_attend_recompute, local
 from .score_branch import ScoreBranch
 
 
+def _will_run(node) -> bool:
+    """Whether the backward pass under way will run the autograd node ``node`` (yes, where torch cannot tell)."""
+    if node is None:
+        return False
+    will_execute = getattr(torch._C, '_will_engine_execute_node', None)  # no public query exists
+    if will_execute is None:
+        return True
+    try:
+        return will_execute(node)
+    except RuntimeError:  # not inside a backward pass
+        return True
+
+
 def score_hidden_chs(channels: int, reduction: int, groups: int) -> int:
     """Width of the logit branch: ``channels // reduction`` rounded down to a multiple of ``groups`` (>= groups).
 
@@ -148,11 +161,12 @@ class LocalAttention(nn.Module):
         """``forward`` with ``per_mode``, and a function that computes the same output again without autograd.
 
         The recomputation reads the input, the attention weights and the value weight (which the
-        output's autograd node keeps anyway when it has one), so it costs one product and no memory,
-        and refuses to run if any of them was modified in place since. It leaves the projected values
-        it computes for the output's backward, which runs soon after and would project them again
-        (``ValueRows``). The output itself is not made compact (whatever keeps it keeps a handle, see
-        ``recompute_saved``).
+        output's autograd node keeps anyway when it has one), so it keeps nothing from forward to
+        backward, and refuses to run if any of them was modified in place since. It projects the
+        values and takes one product; when the output's own backward is to run in the same pass, it
+        leaves it those projected values, which that backward would otherwise compute again
+        (``ValueRows``), and which live until then. The output itself is not made compact
+        (whatever keeps it keeps a handle, see ``recompute_saved``).
 
         Returns:
             (B, G, ceil(H / stride), ceil(W / stride), C / G) output and its recomputation.
@@ -164,6 +178,7 @@ class LocalAttention(nn.Module):
         out = local_attend_sharing_rows(attn, x, weight, *geometry, rows)
         inputs = (attn.detach(), x.detach(), weight.detach())
         versions = [t._version for t in inputs]
+        node = out.grad_fn  # upstream of whatever keeps ``recompute``: no reference cycle
 
         def recompute() -> torch.Tensor:
             if [t._version for t in inputs] != versions:
@@ -171,6 +186,6 @@ class LocalAttention(nn.Module):
                     'LocalAttention: its input, attention weights or value weight were modified in place between '
                     'forward and backward, so its output cannot be recomputed; do not modify them in place, or '
                     'build the model with recompute=False.')
-            return local_attend_recompute(*inputs, *geometry, rows)
+            return local_attend_recompute(*inputs, *geometry, rows if _will_run(node) else None)
 
         return out, recompute

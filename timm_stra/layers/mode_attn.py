@@ -16,7 +16,7 @@ from torch import nn
 from .checks import check_divisible
 from .diversity import DiversityRecorder
 from .mode_gating import gated_output, mode_gates, mode_gating, stack_gates
-from .replay import eager_autograd
+from .replay import NormReplay, eager_autograd, replayable_norm
 from .score_branch import ScoreBranch
 
 
@@ -96,10 +96,10 @@ class ModeAttention(nn.Module):
 
         Every product reads ``nodes`` through its strides, so channels-first input (a transposed
         view) and per-mode channels-last input take the same path; the gating product writes the
-        output channels first either way. When an eager forward records gradients, pooling, gates
-        and output are one autograd node (``mode_gating.py``, whose ``mode_gates`` is the same
-        computation as below); this plain path serves the rest (inference, TorchScript, torch.fx,
-        torch.compile).
+        output channels first either way. When an eager forward records gradients (and the gate
+        norms are plain ``BatchNorm2d``, which can be replayed), pooling, gates and output are one
+        autograd node (``mode_gating.py``, whose ``mode_gates`` is the same computation as below);
+        this plain path serves the rest (inference, TorchScript, torch.fx, torch.compile, frozen norms).
 
         Args:
             nodes: (B, G, H*W, C / G), any strides with the channels or the positions unit-strided.
@@ -109,7 +109,7 @@ class ModeAttention(nn.Module):
         """
         B, G, N, n = nodes.shape
         masks = self.diversity(self._masks(nodes, height, width)).view(B, G, 1, N)
-        if not torch.jit.is_scripting() and eager_autograd():
+        if not torch.jit.is_scripting() and self._gates_in_one_node():
             return self._gated_in_one_node(nodes, masks, height, width).view(B, G * n, height, width)
         m = torch.matmul(masks, nodes).squeeze(2)                       # modal vectors: B, G, n
         if not self.interaction:
@@ -131,17 +131,26 @@ class ModeAttention(nn.Module):
         return gated_output(nodes, vectors, stack_gates([alpha, alpha2])).view(B, G * n, height, width)
 
     @torch.jit.unused
+    def _gates_in_one_node(self) -> bool:
+        return eager_autograd() and replayable_norm(self.gate_norm) and (
+            not self.interaction or replayable_norm(self.interact_norm))
+
+    @torch.jit.unused
     def _gated_in_one_node(self, nodes: torch.Tensor, masks: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """Pooling, gates and output as one autograd node (``mode_gating``): (B, G, N, n) -> (B*G, n, N)."""
         size = (height, width)
         interact_norm = self.interact_norm if self.interaction else None
+        # the replay computes with the norms as this forward sees them, read now (see replay.py)
+        gate_replay = NormReplay(self.gate_norm)
+        interact_replay = NormReplay(self.interact_norm) if self.interaction else None
 
-        def gates(s: torch.Tensor, m: torch.Tensor):
+        def gates(s: torch.Tensor, m: torch.Tensor, replay: bool):
+            if replay:
+                return mode_gates(s, m, size, gate_replay, interact_replay)
             return mode_gates(s, m, size, self.gate_norm, interact_norm)
 
-        norms = (self.gate_norm, interact_norm) if interact_norm is not None else (self.gate_norm,)
-        params = [p for norm in norms for p in norm.parameters() if p.requires_grad]
-        return mode_gating(gates, nodes, masks, params)
+        params = gate_replay.params() + (interact_replay.params() if interact_replay is not None else [])
+        return mode_gating(gates, nodes, masks, [p for p in params if p.requires_grad])
 
 
 def _normalize_masks(logits: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

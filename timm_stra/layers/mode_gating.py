@@ -5,25 +5,26 @@ mask branch, the pooling ``m = M S``, the affinities ``S [m, m']`` and the gated
 ``Z = S + m alpha + m' alpha'``. Left to autograd, the last three each produce a full-size
 gradient of S, summed in three passes over memory. Here they are one node whose backward
 writes ``dS = dZ^T + [d affinity | M^T] [m, m', dm]^T`` with a single batched product (a
-rank-3 update of the transposed output gradient). The small gradients (of the modal
-vectors, the gates and the gate norms) come from the gates' own autograd graph, built in
-forward from the modal vectors and kept in the node.
+rank-3 update of the transposed output gradient), and finds the small gradients (of the
+modal vectors, the gates and the gate norms) by replaying the gates in backward, which
+reads S once more (``replay.py`` has the same pattern for the score branches; the gate
+norms are replayed with ``NormReplay``: the forward's statistics, no second update).
 
-Kept for backward: S (whatever saved-tensor hooks make of it: ``recompute_saved``), the
-masks and that small graph (the gates, the norms' inputs, the modal vectors), which the
-first backward frees unless told to retain the graph. Double backward is not supported.
+Kept for backward: S (whatever saved-tensor hooks make of it: ``recompute_saved``,
+checkpointing), the masks and the modal vectors. Double backward is refused.
 """
 import math
 from typing import Callable, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
-from .autocast import without_autocast
+from .autocast import AutocastState, without_autocast
 
-# (nodes (B, G, N, n), modal vectors m (B, G, n)) -> affinity (B, G, N, k), k gates (B, G, H, W),
+# (nodes (B, G, N, n), modal vectors m (B, G, n), replay) -> affinity (B, G, N, k), k gates (B, G, H, W),
 # vectors (B, G, n, k): k = 2 with the interaction unit (m, m'), 1 without (m)
-Gates = Callable[[torch.Tensor, torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor], torch.Tensor]]
+Gates = Callable[[torch.Tensor, torch.Tensor, bool], Tuple[torch.Tensor, List[torch.Tensor], torch.Tensor]]
 
 
 def mode_gates(nodes: torch.Tensor, m: torch.Tensor, size: Tuple[int, int], gate_norm: Callable,
@@ -72,54 +73,45 @@ def gated_output(nodes: torch.Tensor, vectors: torch.Tensor, gates: torch.Tensor
                          gates.reshape(B * G, k, N).to(vectors.dtype))
 
 
-def _keep_graph() -> bool:
-    """In a backward pass: whether it keeps the graph (``retain_graph``); True where torch cannot tell."""
-    keep_graph = getattr(torch._C._autograd, '_get_current_graph_task_keep_graph', None)  # no public query exists
-    return True if keep_graph is None else keep_graph()
-
-
 class _ModeGating(torch.autograd.Function):
-    """``m = M S``, the gates, and ``Z``; keeps S, M and the gates' own small autograd graph (see the module
-    docstring)."""
+    """``m = M S``, the gates, and ``Z``; keeps S, M and m (see the module docstring)."""
 
     @staticmethod
     def forward(ctx, gates: Gates, nodes: torch.Tensor, masks: torch.Tensor, *params: torch.Tensor):
         m = torch.matmul(masks, nodes).squeeze(2)                            # modal vectors: B, G, n
-        # the gates with their own graph, from m and the norms' parameters: backward differentiates it
-        with torch.enable_grad():
-            m_leaf = m.requires_grad_()
-            affinity, gate_maps, vectors = gates(nodes.detach(), m_leaf)
-            # what Z reads of the graph: the gates and m' = vectors[..., 1] (m = vectors[..., 0] is the leaf)
-            used = [*gate_maps, *vectors.unbind(-1)[1:]]
-        out = gated_output(nodes, vectors.detach(), stack_gates(gate_maps).detach())
-        ctx.graph = (m_leaf, affinity, vectors, used)
+        _, gate_maps, vectors = gates(nodes, m, False)
+        out = gated_output(nodes, vectors, stack_gates(gate_maps))
+        ctx.gates = gates
         ctx.params = params
-        ctx.save_for_backward(nodes, masks)
+        ctx.autocast = AutocastState(nodes.device.type)
+        ctx.save_for_backward(nodes, masks, m)
         return out
 
     @staticmethod
+    @once_differentiable
     @without_autocast
     def backward(ctx, grad_out: torch.Tensor):
-        nodes, masks = ctx.saved_tensors
-        m, affinity, vectors, used = ctx.graph
+        nodes, masks, m = ctx.saved_tensors
         B, G, N, n = nodes.shape
-        k = vectors.shape[-1]
         dtype = grad_out.dtype  # the forward's compute dtype (autocast does not reach backward)
+        with torch.enable_grad(), ctx.autocast():
+            m_leaf = m.detach().requires_grad_()
+            affinity, gate_maps, vectors = ctx.gates(nodes.detach(), m_leaf, True)
+            # what Z reads of the replay: the gates and m' = vectors[..., 1] (m = vectors[..., 0] is the leaf)
+            used = [*gate_maps, *vectors.unbind(-1)[1:]]
+        k = vectors.shape[-1]
         grad_z = grad_out.view(B * G, n, N)
         vectors_c = vectors.detach().to(dtype).view(B * G, n, k)
-        gates_c = stack_gates(used[:k]).detach().to(dtype).view(B * G, k, N)
+        gates_c = stack_gates(gate_maps).detach().to(dtype).view(B * G, k, N)
         # Z = S^T + vectors @ gates: the gradients of the gates and of the vectors as used there
         grad_gates = torch.bmm(vectors_c.transpose(1, 2), grad_z).view(B, G, k, N)
         grad_vectors = torch.bmm(grad_z, gates_c.transpose(1, 2)).view(vectors.shape)
-        # the gates and the interaction vector m' = vectors[..., 1] back to m, the affinities and the norms
+        # the gates and m' back to m, the affinities and the norms
         needs = ctx.needs_input_grad[3:]
         params = [p for p, need in zip(ctx.params, needs) if need]
-        grads = [*(g.view_as(gate) for g, gate in zip(grad_gates.to(used[0].dtype).unbind(2), used)),
+        grads = [*(g.view_as(gate) for g, gate in zip(grad_gates.to(gate_maps[0].dtype).unbind(2), gate_maps)),
                  *grad_vectors.to(vectors.dtype).unbind(-1)[1:]]
-        keep = _keep_graph()
-        found = torch.autograd.grad(used, [m, affinity, *params], grads, allow_unused=True, retain_graph=keep)
-        if not keep:  # the outer graph is being freed: so is the gates' own
-            ctx.graph = None
+        found = torch.autograd.grad(used, [m_leaf, affinity, *params], grads, allow_unused=True)
         grad_m = grad_vectors[..., 0] + found[0].to(dtype)
         grad_affinity = found[1].to(dtype)
         param_grads = iter(found[2:])
@@ -140,8 +132,9 @@ def mode_gating(gates: Gates, nodes: torch.Tensor, masks: torch.Tensor, params: 
     """Pool the modal vectors, gate and add them: the output of mode attention, as one autograd node.
 
     Args:
-        gates: ``gates(nodes, m)`` -> (affinity, gates, vectors) as ``mode_gates`` returns them, run once in
-            forward with autograd on (its norms update their running statistics as usual).
+        gates: ``gates(nodes, m, replay)`` -> (affinity, gates, vectors) as ``mode_gates`` returns them; with
+            ``replay`` (in backward, autograd on) it must compute with the norms as the forward saw them
+            (``NormReplay``) and update nothing.
         nodes: (B, G, N, n) per-mode nodes S, any strides with the channels or the positions unit-strided.
         masks: (B, G, 1, N) spatial masks M.
         params: every tensor ``gates`` uses that may need a gradient (the gate norms' affine parameters).

@@ -16,13 +16,14 @@ StRA's branches need from it:
 * ``x`` is saved with ``save_for_backward``, so saved-tensor hooks around the call see it
   (``recompute_saved`` can then drop it too).
 
-Autocast is replayed as it was in forward. Double backward is not supported.
+Autocast is replayed as it was in forward. Double backward is refused (an error).
 """
 from typing import Callable, List, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 from torch.fx import _symbolic_trace
 
 from .autocast import AutocastState
@@ -83,6 +84,7 @@ class _Replay(torch.autograd.Function):
         return run(x, False)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out: torch.Tensor):
         x, = ctx.saved_tensors
         needs = ctx.needs_input_grad[1:]  # x, *params
