@@ -19,20 +19,8 @@ from torch import nn
 
 from .checks import check_divisible
 from .local_attend import ValueRows, local_attend, local_attend_recompute, local_attend_sharing_rows
+from .recompute_saved import will_run
 from .score_branch import ScoreBranch
-
-
-def _will_run(node) -> bool:
-    """Whether the backward pass under way will run the autograd node ``node`` (yes, where torch cannot tell)."""
-    if node is None:
-        return False
-    will_execute = getattr(torch._C, '_will_engine_execute_node', None)  # no public query exists
-    if will_execute is None:
-        return True
-    try:
-        return will_execute(node)
-    except RuntimeError:  # not inside a backward pass
-        return True
 
 
 def score_hidden_chs(channels: int, reduction: int, groups: int) -> int:
@@ -186,6 +174,6 @@ class LocalAttention(nn.Module):
                     'LocalAttention: its input, attention weights or value weight were modified in place between '
                     'forward and backward, so its output cannot be recomputed; do not modify them in place, or '
                     'build the model with recompute=False.')
-            return local_attend_recompute(*inputs, *geometry, rows if _will_run(node) else None)
+            return local_attend_recompute(*inputs, *geometry, rows if will_run(node) else None)
 
         return out, recompute

@@ -25,6 +25,20 @@ def outer_hooks_active() -> bool:
     return top is not None and top(False) is not None
 
 
+def will_run(node) -> bool:
+    """Whether the backward pass under way will run the autograd node ``node`` (yes, where torch cannot tell;
+    no for ``None``)."""
+    if node is None:
+        return False
+    will_execute = getattr(torch._C, '_will_engine_execute_node', None)  # no public query exists
+    if will_execute is None:
+        return True
+    try:
+        return will_execute(node)
+    except RuntimeError:  # not inside a backward pass
+        return True
+
+
 class _Recomputed:
     """The recomputed tensor, shared by the handles of one context, released after the last unpack."""
 
