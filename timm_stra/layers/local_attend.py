@@ -157,21 +157,26 @@ def _row_windows(buffer: torch.Tensor, count: int, kernel_size: int, stride: int
     return buffer.as_strided((count, kernel_size * W, n), (stride * W * n, n, 1))
 
 
-def _grad_rows(attn: torch.Tensor, grad_rows: torch.Tensor, grad: torch.Tensor, buffer: torch.Tensor, count: int,
-               kernel_size: int, stride: int) -> torch.Tensor:
-    """The gradient of the row buffer, written into ``buffer`` (B*G*R, W, n) (whose values are no longer needed).
-
-    Stride 1: one product of the transposed band by windows of k consecutive rows of the output gradient
-    (``grad_rows``: k - 1 zero rows, then the gradient by row window). Stride 2: row window t's product
-    with each band block dy, added to buffer row 2t + dy.
-    """
-    B, G, _, h, w = attn.shape
+def _grad_rows_unstrided(attn: torch.Tensor, grad_rows: torch.Tensor, buffer: torch.Tensor,
+                         kernel_size: int) -> torch.Tensor:
+    """Stride 1: the gradient of the row buffer, written into ``buffer`` (B*G*R, W, n) (whose values are no
+    longer needed), as one product of the transposed band by windows of k consecutive rows of the output
+    gradient (``grad_rows``: k - 1 zero rows, then the gradient by row window, R rows per slab)."""
+    B, G, _, _, w = attn.shape
     rows, W, n = buffer.shape[0] // (B * G), buffer.shape[1], buffer.shape[2]
-    k = kernel_size
-    if stride == 1:
-        band = _build_band_transposed(attn, rows, W, k)
-        windows = grad_rows.as_strided((B * G * rows, k * w, n), (w * n, n, 1))
-        return torch.bmm(band, windows, out=buffer)
+    band = _build_band_transposed(attn, rows, W, kernel_size)
+    windows = grad_rows.as_strided((B * G * rows, kernel_size * w, n), (w * n, n, 1))
+    return torch.bmm(band, windows, out=buffer)
+
+
+def _grad_rows_strided(attn: torch.Tensor, grad: torch.Tensor, buffer: torch.Tensor, kernel_size: int,
+                       stride: int) -> torch.Tensor:
+    """Stride 2: the gradient of the row buffer, written into ``buffer`` (B*G*R, W, n): row window t's product
+    with each band block dy, added to buffer row s*t + dy. ``grad`` is the output gradient by row window
+    (count, w, n)."""
+    B, G, _, _, w = attn.shape
+    rows, W, n = buffer.shape[0] // (B * G), buffer.shape[1], buffer.shape[2]
+    count, k = grad.shape[0], kernel_size
     band = _build_band(attn, rows // stride, W, k, stride).view(-1, w, k * W)[:count]
     grad_value = buffer.zero_()
     product = grad.new_empty(count, W, n)
@@ -276,7 +281,11 @@ class _LocalAttend(torch.autograd.Function):
             grad_attn = grad_attn.view(attn.shape).to(ctx.attn_dtype)
             del grad_band
         if need_value:
-            grad_value = _grad_rows(attn, grad_rows, grad, buffer, count, k, s)  # into the values' buffer
+            # into the values' buffer
+            if s == 1:
+                grad_value = _grad_rows_unstrided(attn, grad_rows, buffer, k)
+            else:
+                grad_value = _grad_rows_strided(attn, grad, buffer, k, s)
             grad_value = grad_value.view(B, groups, -1, W, n)[:, :, k // 2:k // 2 + H]
             grad_value = grad_value.reshape(B, groups, H * W, n)  # a view: each slab's map rows are contiguous
             if ctx.needs_input_grad[1]:
