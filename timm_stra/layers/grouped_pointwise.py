@@ -20,6 +20,7 @@ from torch import nn
 from timm.layers import register_notrace_function
 
 from .autocast import without_autocast
+from .tracing import is_compiling
 
 
 def _use_matmul(x: torch.Tensor) -> bool:
@@ -38,8 +39,11 @@ class _GroupedPointwise(torch.autograd.Function):
         G = nodes.shape[1]
         out = weight.shape[0]
         y = torch.matmul(weight.view(G, out // G, -1), nodes)
-        if bias is not None:  # in place: the product is not needed for backward
-            y.add_(bias.to(y.dtype).view(G, out // G, 1))
+        if bias is not None:
+            bias = bias.to(y.dtype).view(G, out // G, 1)
+            # in place where it runs eagerly (the product is not needed for backward); torch.compile of
+            # torch 2.11 mis-traced that in-place write into this node's result: every gradient came out wrong
+            y = y + bias if is_compiling() else y.add_(bias)
         ctx.save_for_backward(nodes, weight)
         ctx.dtype = y.dtype  # autocast's choice
         ctx.bias_dtype = bias.dtype if bias is not None else None

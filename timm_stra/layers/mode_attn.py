@@ -16,8 +16,9 @@ from torch import nn
 from .checks import check_divisible
 from .diversity import DiversityRecorder
 from .mode_gating import gated_output, mode_gates, mode_gating, stack_gates
-from .replay import NormReplay, eager_autograd, replayable_norm
+from .replay import NormReplay, replayable_norm
 from .score_branch import ScoreBranch
+from .tracing import eager_autograd
 
 
 class ModeAttention(nn.Module):

@@ -31,7 +31,7 @@ from .local_attn_ref import LocalAttentionReference
 from .mode_attn import ModeAttention
 from .mode_attn_ref import ModeAttentionReference
 from .recompute_saved import outer_hooks_active, recompute_saved
-from .replay import eager_autograd
+from .tracing import eager_autograd
 from .sasa import SelfAttention2d
 
 LOCAL_OPS = ('local', 'conv', 'group_conv', 'sasa')

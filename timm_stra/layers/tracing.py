@@ -1,0 +1,30 @@
+"""Whether a forward runs eagerly or is being recorded (``torch.compile``, fx, TorchScript, jit tracing).
+
+StRA's eager training paths (replays, recomputation, in-place writes into results) pay off
+only when autograd records a graph eagerly; a compiler decides for itself what to keep and
+may mis-trace some of those tricks, so they ask here first.
+"""
+import torch
+from torch.fx import _symbolic_trace
+
+# newer torch tells symbolic tracing from export; in older releases is_fx_tracing meant the former
+_is_fx_symbolic_tracing = getattr(_symbolic_trace, 'is_fx_symbolic_tracing', _symbolic_trace.is_fx_tracing)
+# torch.compiler.is_compiling arrived in torch 2.3
+_is_compiling = getattr(torch.compiler, 'is_compiling', None) or (lambda: torch._dynamo.is_compiling())
+
+
+@torch.jit.unused  # TorchScript never gets here (callers test torch.jit.is_scripting() first)
+def is_compiling() -> bool:
+    """Whether ``torch.compile`` (dynamo) is tracing this code."""
+    return _is_compiling()
+
+
+@torch.jit.unused
+def eager_autograd() -> bool:
+    """Whether a forward is building an eager autograd graph: the case where replaying saves memory.
+
+    Under ``torch.compile`` the compiler decides what to keep; under fx, TorchScript or jit tracing
+    the graph is being recorded, not run.
+    """
+    return (torch.is_grad_enabled() and not _is_compiling() and not torch.jit.is_tracing()
+            and not _is_fx_symbolic_tracing())
