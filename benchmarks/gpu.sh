@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The GPU checks, for a machine with CUDA. Never run to the end yet; all of it is more than one
-# 10-minute call: the speed part alone is 6 x 48 runs. Pick parts with PARTS and SPEED.
+# The GPU checks, for a machine with CUDA. All of it is more than one 10-minute call (the speed part
+# alone is 6 x 48 runs, about 5 minutes on an H200): pick parts with PARTS and SPEED. Its commands ran
+# on an H200 on 2026-11-26: benchmarks/results/h200-2026-11-26/.
 #   1. tests: tests/test_devices.py on CUDA (against the float64 CPU oracle; fp32, channels_last,
 #      bf16/fp16 autocast, a whole model's training step, inductor compile) and the CUDA cases of the
 #      benchmark tests;
@@ -8,15 +9,17 @@
 #   3. speed: speed and memory of the ReID, face and FER models at batch 16 and 64, fp32 and then
 #      channels_last + bf16 autocast (twin, StRA, limit, unfold reference; runs in one process);
 #   4. operator: the last stage's operators alone (ReID shapes; with stra-triton, the experimental Triton
-#      kernel), fp32 and channels_last + bf16.
+#      kernel), fp32 and channels_last + bf16;
+#   5. compile: the ReID training step of the twin, StRA and the limit under torch.compile (about 3.5
+#      minutes on an H200, most of it compiling).
 # Usage: bash benchmarks/gpu.sh [OUTDIR]   (default: bench-gpu); each part's output goes to OUTDIR.
-#   PARTS="tests profile speed operator"   the parts to run, in this order
+#   PARTS="tests profile speed operator compile"   the parts to run, in this order
 #   SPEED="fp32:reid fp32:face fp32:fer bf16:reid bf16:face bf16:fer"   the speed runs
 #   PREFLIGHT_TIMEOUT=120, CMD_TIMEOUT=300   seconds for the first import of torch and for each command
 # Exits non-zero if any command failed or timed out.
 set -uo pipefail
 out=${1:-bench-gpu}
-parts=" ${PARTS:-tests profile speed operator} "
+parts=" ${PARTS:-tests profile speed operator compile} "
 speed_runs=${SPEED:-fp32:reid fp32:face fp32:fer bf16:reid bf16:face bf16:fer}
 cmd_timeout=${CMD_TIMEOUT:-300}
 mkdir -p "$out"
@@ -63,6 +66,10 @@ if [[ $parts == *" operator "* ]]; then
         run python benchmarks/operator.py --device cuda --task reid --repeats 3 --iters 10 --no-progress $flags
         echo
     done 2>&1 | tee "$out/operator.md"
+fi
+if [[ $parts == *" compile "* ]]; then
+    run python benchmarks/speed.py --device cuda --in-process --task reid --cases twin,stra,limit --modes train \
+        --batch-sizes 16 --repeats 2 --warmup 3 --iters 10 --no-sweep --no-progress --compile 2>&1 | tee "$out/compile.md"
 fi
 if [[ -s $failures ]]; then
     echo "failed:" >&2

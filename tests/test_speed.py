@@ -53,6 +53,7 @@ def test_peak_memory_sees_tensors():
 @pytest.mark.parametrize('argv', [
     ['--batch-sizes', '0'], ['--cases', 'fast'], ['--sweep', 'x'],
     ['--modes', 'train', '--batch-sizes', '1', '--no-sweep'],  # training needs 2 samples: nothing to measure
+    ['--compile', '--warmup', '0', '--no-sweep'],  # the first step compiles: it must not be timed
 ])
 def test_bad_arguments_exit(argv):
     with pytest.raises(SystemExit):
@@ -109,3 +110,24 @@ def test_in_process_run(capsys):
     out = capsys.readouterr().out
     assert 'each run in this one process' in out
     assert '| train | 2 | StRA (local + mode) |' in out and '| train | 2 | ResNet-50 twin |' in out
+
+
+def test_compile_run(capsys, monkeypatch):
+    """``--compile`` compiles each model in its first warm-up step and says so; the StRA training step (with the
+    diversity term, read from what the compiled forward recorded) runs. Dynamo traces for real; the eager backend
+    stands in for inductor's code generation, which takes minutes on 2 cores."""
+    compile_module = torch.nn.Module.compile
+    modes = []
+
+    def compile_eagerly(module, mode=None):
+        modes.append(mode)
+        compile_module(module, backend='eager')
+
+    monkeypatch.setattr(torch.nn.Module, 'compile', compile_eagerly)
+    argv = ['--task', 'fer', '--cases', 'twin,stra', '--modes', 'train', '--batch-sizes', '2', '--repeats', '1',
+            '--warmup', '1', '--iters', '1', '--no-sweep', '--no-progress', '--in-process', '--device', 'cpu',
+            '--compile', 'reduce-overhead']
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert modes == ['reduce-overhead'] * 2
+    assert '(torch.compile mode=reduce-overhead)' in out and '| train | 2 | StRA (local + mode) |' in out

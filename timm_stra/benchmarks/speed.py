@@ -276,6 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--json', metavar='PATH', help='also write machine, settings, summary and raw runs here')
     parser.add_argument('--cpu-time', action='store_true',
                         help='add process CPU time columns (CPU runs; includes steal time on a virtual machine)')
+    parser.add_argument('--compile', metavar='MODE', nargs='?', const='default', default='',
+                        help="torch.compile every model (MODE: default, reduce-overhead, ...); the first "
+                             'warm-up step compiles (use --warmup 2 or more, and --in-process to reuse the cache)')
     parser.add_argument('--no-progress', action='store_true', help='no progress bar')
     return parser
 
@@ -293,6 +296,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             parser.error(f'--{key.replace("_", "-")} must be >= 1.')
     if args.warmup < 0:
         parser.error('--warmup must be >= 0.')
+    if args.compile and args.warmup < 1:
+        parser.error('--compile needs --warmup 1 or more: the first step compiles.')
     if 'twin' not in args.cases:
         print('note: no twin among --cases, so no ratios.', file=sys.stderr)
     task = TASKS[args.task]
@@ -308,7 +313,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     raw = run_all(args.cases, settings, args.repeats, progress=not args.no_progress, isolate=not args.in_process,
                   timeout=args.timeout, task=args.task,
                   device=device, threads=args.threads, channels_last=args.channels_last, bf16=args.bf16,
-                  warmup=args.warmup, iters=args.iters)
+                  warmup=args.warmup, iters=args.iters, compile=args.compile)
     wall = time.perf_counter() - start
     machine['load_average_after'] = load_average()
     machine['threads_used'] = raw[0]['threads_used'] if raw else None
@@ -317,7 +322,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     on_cpu = torch.device(device).type == 'cpu'
     cpu_note = ("'CPU-ms/image': process CPU time (all threads), less sensitive than wall time to other load; "
                 'its ratio is twin CPU time / case CPU time (like the speed ratio: above 1 is faster).')
-    flags = precision_labels(args)
+    flags = precision_labels(args) + ([f'torch.compile mode={args.compile}'] if args.compile else [])
     print(f"## Speed and memory: `{task.stra}` vs `{task.twin}` ({args.task}, {size[0]}x{size[1]})\n")
     print(f"Machine: {machine['cpu']}, {machine['usable_cpus']} usable CPUs, {machine['threads_used']} torch threads"
           + (f", GPU {machine['gpu']}" if 'gpu' in machine else '')

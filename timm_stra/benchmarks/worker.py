@@ -36,6 +36,8 @@ class Measurement:
         threads: CPU threads (``torch.set_num_threads``); 0 keeps torch's default.
         channels_last, bf16: memory format and bf16 autocast.
         warmup, iters: untimed and timed steps.
+        compile: '' (eager), or a ``torch.compile`` mode for the model ('default', 'reduce-overhead',
+            'max-autotune', ...): compiled in the first warm-up step, so give it warm-up steps.
     """
     case: str
     task: str
@@ -48,6 +50,7 @@ class Measurement:
     bf16: bool = False
     warmup: int = 1
     iters: int = 1
+    compile: str = ''
 
 
 def build_step(m: Measurement) -> Callable[[], None]:
@@ -66,6 +69,9 @@ def build_step(m: Measurement) -> Callable[[], None]:
     in_chans = TASKS[m.task].input_size[0]
     memory_format = torch.channels_last if m.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
+    if m.compile:
+        # the module compiled in place: the diversity term reads the masks its StRA modules recorded
+        model.compile(mode=m.compile)
     x = torch.randn(m.batch, in_chans, *m.img_size, device=device).to(memory_format=memory_format)
     stra = CASES[m.case].stra
     if m.mode == 'train':
