@@ -11,7 +11,7 @@ the neighbours of a whole row of queries with one matrix product (``local_attend
 so it never materialises the k*k copies of the values that the unfold-based
 reference (``local_attn_ref.py``) builds.
 """
-from typing import Callable, Final, List, Tuple
+from typing import Callable, Final, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -29,28 +29,6 @@ def score_hidden_chs(channels: int, reduction: int, groups: int) -> int:
     For the paper's operator (C=512, r=4, G=8) this is exactly C / r = 128.
     """
     return max(groups, (channels // reduction) // groups * groups)
-
-
-def neighbour_views(x: torch.Tensor, kernel_size: int, stride: int, out_h: int, out_w: int) -> List[torch.Tensor]:
-    """Views of a zero-padded map at each of the k*k neighbour offsets (row-major) of every query.
-
-    Args:
-        x: (..., H + 2p, W + 2p) map already padded by p = kernel_size // 2.
-        kernel_size: k.
-        stride: query stride s; queries sit at input positions s*i.
-        out_h, out_w: number of query rows and columns, ceil(H / s) and ceil(W / s).
-
-    Returns:
-        k*k tensors of shape (..., out_h, out_w); view number ``dy * k + dx`` holds the
-        neighbour at offset (dy - p, dx - p) of each query.
-    """
-    span_h = stride * (out_h - 1) + 1
-    span_w = stride * (out_w - 1) + 1
-    views: List[torch.Tensor] = []
-    for dy in range(kernel_size):
-        for dx in range(kernel_size):
-            views.append(x[..., dy:dy + span_h:stride, dx:dx + span_w:stride])
-    return views
 
 
 class LocalAttention(nn.Module):
@@ -124,9 +102,12 @@ class LocalAttention(nn.Module):
         """
         B, _, H, W = scores.shape
         G, k, s, p = self.groups, self.kernel_size, self.stride, self.kernel_size // 2
-        nu = F.pad(scores[:, :G], (p, p, p, p))
-        omega = scores[:, G:].reshape(B, G, k * k, H, W)[..., ::s, ::s]
-        logits = omega + torch.stack(neighbour_views(nu, k, s, out_h, out_w), dim=2)
+        nu, omega = torch.split(scores, [G, G * k * k], dim=1)
+        # (B, G, out_h, out_w, k, k) view: entry [.., i, j, dy, dx] is nu at the neighbour (dy - p, dx - p) of query
+        # (i, j); unfolding the padded map reads them all in one view (one gradient kernel per unfold in backward)
+        nu = F.pad(nu, (p, p, p, p)).unfold(2, k, s).unfold(3, k, s)
+        omega = omega.reshape(B, G, k, k, H, W)[..., ::s, ::s]
+        logits = (omega + nu.permute(0, 1, 4, 5, 2, 3)).reshape(B, G, k * k, out_h, out_w)
         return torch.softmax(logits, dim=2, dtype=torch.float32).to(scores.dtype)
 
     def neighbour_weights(self, x: torch.Tensor) -> torch.Tensor:
