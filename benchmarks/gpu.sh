@@ -16,19 +16,24 @@
 #   PARTS="tests profile speed operator compile"   the parts to run, in this order
 #   SPEED="fp32:reid fp32:face fp32:fer bf16:reid bf16:face bf16:fer"   the speed runs
 #   PREFLIGHT_TIMEOUT=120, CMD_TIMEOUT=300   seconds for the first import of torch and for each command
-# Exits non-zero if any command failed or timed out.
+#   DEADLINE   seconds from the start after which no command runs (unset: none; 540 ends inside a
+#              10-minute call): each command is cut to what is left, and skipped when under 30 s are left
+# Exits non-zero if any command failed, timed out or was skipped.
 set -uo pipefail
 out=${1:-bench-gpu}
 parts=" ${PARTS:-tests profile speed operator compile} "
 speed_runs=${SPEED:-fp32:reid fp32:face fp32:fer bf16:reid bf16:face bf16:fer}
 cmd_timeout=${CMD_TIMEOUT:-300}
+deadline=$((SECONDS + ${DEADLINE:-100000}))
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 failures=$(mktemp)  # a file, not a variable: run() is called in pipelines, which run in subshells
 trap 'rm -f "$failures"' EXIT
-run() {  # run "$@" under the command timeout; note a failure
+run() {  # run "$@" under the command timeout, cut to the deadline; note a failure or a skip
+    local left=$((deadline - SECONDS))
+    if ((left < 30)); then echo "[$(date +%T)] skipped (${left}s left before DEADLINE): $*" | tee -a "$failures" >&2; return; fi
     echo "[$(date +%T)] $*" >&2
-    timeout -k 10 "$cmd_timeout" "$@"
+    timeout -k 10 "$((left < cmd_timeout ? left : cmd_timeout))" "$@"
     local status=$?
     if ((status)); then echo "[$(date +%T)] failed (exit $status; 124 means timed out): $*" | tee -a "$failures" >&2; fi
 }
