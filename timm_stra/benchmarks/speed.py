@@ -277,8 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--cpu-time', action='store_true',
                         help='add process CPU time columns (CPU runs; includes steal time on a virtual machine)')
     parser.add_argument('--compile', metavar='MODE', nargs='?', const='default', default='',
-                        help="torch.compile every model (MODE: default, reduce-overhead, ...); the first "
-                             'warm-up step compiles (use --warmup 2 or more, and --in-process to reuse the cache)')
+                        help="torch.compile every model (MODE: default, reduce-overhead, ...): the first warm-up "
+                             'step compiles (reduce-overhead records its CUDA graphs in the next ones); '
+                             '--in-process lets later runs reuse the compiled code')
     parser.add_argument('--no-progress', action='store_true', help='no progress bar')
     return parser
 

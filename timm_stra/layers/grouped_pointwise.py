@@ -40,10 +40,10 @@ class _GroupedPointwise(torch.autograd.Function):
         out = weight.shape[0]
         y = torch.matmul(weight.view(G, out // G, -1), nodes)
         if bias is not None:
-            bias = bias.to(y.dtype).view(G, out // G, 1)
+            b = bias.to(y.dtype).view(G, out // G, 1)
             # in place where it runs eagerly (the product is not needed for backward); torch.compile of
             # torch 2.11 mis-traced that in-place write into this node's result: every gradient came out wrong
-            y = y + bias if is_compiling() else y.add_(bias)
+            y = y + b if is_compiling() else y.add_(b)
         ctx.save_for_backward(nodes, weight)
         ctx.dtype = y.dtype  # autocast's choice
         ctx.bias_dtype = bias.dtype if bias is not None else None

@@ -9,22 +9,16 @@ from torch.fx import _symbolic_trace
 
 # newer torch tells symbolic tracing from export; in older releases is_fx_tracing meant the former
 _is_fx_symbolic_tracing = getattr(_symbolic_trace, 'is_fx_symbolic_tracing', _symbolic_trace.is_fx_tracing)
-# torch.compiler.is_compiling arrived in torch 2.3
-_is_compiling = getattr(torch.compiler, 'is_compiling', None) or (lambda: torch._dynamo.is_compiling())
+# whether torch.compile (dynamo) is tracing this code; torch.compiler.is_compiling arrived in torch 2.3
+is_compiling = getattr(torch.compiler, 'is_compiling', None) or (lambda: torch._dynamo.is_compiling())
 
 
 @torch.jit.unused  # TorchScript never gets here (callers test torch.jit.is_scripting() first)
-def is_compiling() -> bool:
-    """Whether ``torch.compile`` (dynamo) is tracing this code."""
-    return _is_compiling()
-
-
-@torch.jit.unused
 def eager_autograd() -> bool:
     """Whether a forward is building an eager autograd graph: the case where replaying saves memory.
 
     Under ``torch.compile`` the compiler decides what to keep; under fx, TorchScript or jit tracing
     the graph is being recorded, not run.
     """
-    return (torch.is_grad_enabled() and not _is_compiling() and not torch.jit.is_tracing()
+    return (torch.is_grad_enabled() and not is_compiling() and not torch.jit.is_tracing()
             and not _is_fx_symbolic_tracing())
