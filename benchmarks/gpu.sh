@@ -16,6 +16,7 @@
 #   PARTS="tests profile speed operator compile"   the parts to run, in this order
 #   SPEED="fp32:reid fp32:face fp32:fer bf16:reid bf16:face bf16:fer"   the speed runs
 #   PREFLIGHT_TIMEOUT=120, CMD_TIMEOUT=300   seconds for the first import of torch and for each command
+#   PYTHON=python3   the interpreter (the lent GPU machines name python3 as the one with PyTorch)
 #   DEADLINE   seconds from the start after which no command runs (unset: none; 540 ends inside a
 #              10-minute call): each command is cut to what is left, and skipped when under 30 s are left
 # Exits non-zero if any command failed, timed out or was skipped.
@@ -24,6 +25,7 @@ out=${1:-bench-gpu}
 parts=" ${PARTS:-tests profile speed operator compile} "
 speed_runs=${SPEED:-fp32:reid fp32:face fp32:fer bf16:reid bf16:face bf16:fer}
 cmd_timeout=${CMD_TIMEOUT:-300}
+py=${PYTHON:-python3}
 deadline=$((SECONDS + ${DEADLINE:-100000}))
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
@@ -39,18 +41,18 @@ run() {  # run "$@" under the command timeout, cut to the deadline; note a failu
 }
 
 echo "[$(date +%T)] importing torch" >&2
-timeout -k 10 "${PREFLIGHT_TIMEOUT:-120}" python -c 'import torch, timm
+timeout -k 10 "${PREFLIGHT_TIMEOUT:-120}" "$py" -c 'import torch, timm
 assert torch.cuda.is_available(), "no CUDA device"
 print(f"torch {torch.__version__}, timm {timm.__version__}, {torch.cuda.get_device_name()}")' \
     || { echo "[$(date +%T)] no usable torch with CUDA here (or import torch took too long): stopping" >&2; exit 1; }
 
 if [[ $parts == *" tests "* ]]; then
-    run python -m pytest -q -p no:cacheprovider tests/test_devices.py tests/test_operator_bench.py \
+    run "$py" -m pytest -q -p no:cacheprovider tests/test_devices.py tests/test_operator_bench.py \
         tests/test_step_profile.py -k cuda 2>&1 | tee "$out/tests.txt"
 fi
 
 if [[ $parts == *" profile "* ]]; then
-    run python -m timm_stra.benchmarks.step_profile --device cuda --task reid --cases stra,limit --top 20 \
+    run "$py" -m timm_stra.benchmarks.step_profile --device cuda --task reid --cases stra,limit --top 20 \
         2>&1 | tee "$out/profile.md"
 fi
 
@@ -59,7 +61,7 @@ if [[ $parts == *" speed "* ]]; then
         flags=""
         [[ ${spec%%:*} == bf16 ]] && flags="--channels-last --bf16"
         # shellcheck disable=SC2086  # $flags is a list of options
-        run python benchmarks/speed.py --device cuda --in-process --task "${spec#*:}" --cases twin,stra,limit,reference \
+        run "$py" benchmarks/speed.py --device cuda --in-process --task "${spec#*:}" --cases twin,stra,limit,reference \
             --batch-sizes 16,64 --repeats 3 --warmup 3 --iters 8 --no-sweep --no-progress $flags
         echo
     done 2>&1 | tee "$out/speed.md"
@@ -68,12 +70,12 @@ fi
 if [[ $parts == *" operator "* ]]; then
     for flags in "" "--channels-last --bf16"; do
         # shellcheck disable=SC2086
-        run python benchmarks/operator.py --device cuda --task reid --repeats 3 --iters 10 --no-progress $flags
+        run "$py" benchmarks/operator.py --device cuda --task reid --repeats 3 --iters 10 --no-progress $flags
         echo
     done 2>&1 | tee "$out/operator.md"
 fi
 if [[ $parts == *" compile "* ]]; then
-    run python benchmarks/speed.py --device cuda --in-process --task reid --cases twin,stra,limit --modes train \
+    run "$py" benchmarks/speed.py --device cuda --in-process --task reid --cases twin,stra,limit --modes train \
         --batch-sizes 16 --repeats 2 --warmup 3 --iters 10 --no-sweep --no-progress --compile 2>&1 | tee "$out/compile.md"
 fi
 if [[ -s $failures ]]; then
