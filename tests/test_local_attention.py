@@ -179,3 +179,27 @@ def test_row_windows_do_not_mix_samples():
     dirty = op(x)
     torch.testing.assert_close(dirty[0], clean[0])
     torch.testing.assert_close(dirty[2], clean[2])
+
+
+def test_torch_compile_traces_the_plain_ops():
+    """Under ``torch.compile`` the neighbourhood sum is the plain shifted multiply-adds, which the compiler fuses,
+    not the row-window autograd.Function; same values and gradients."""
+    from timm_stra.layers.local_attend import local_attend
+    graphs = []
+
+    def record(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    attn = torch.rand(2, 3, 9, 5, 4, requires_grad=True)
+    x = torch.randn(2, 12, 5, 4, requires_grad=True)
+    weight = torch.randn(18, 4, 1, 1, requires_grad=True)
+    compiled = torch.compile(lambda *args: local_attend(*args, 3, 3, 1), backend=record, fullgraph=True)
+    got = compiled(attn, x, weight)
+    targets = [str(node.target) for gm in graphs for node in gm.graph.nodes if node.op == 'call_function']
+    assert targets and not any('autograd_function' in t for t in targets), targets
+    want = local_attend(attn, x, weight, 3, 3, 1)
+    torch.testing.assert_close(got, want)
+    grad = torch.randn_like(want)
+    torch.testing.assert_close(torch.autograd.grad(got, (attn, x, weight), grad),
+                               torch.autograd.grad(want, (attn, x, weight), grad))

@@ -46,10 +46,9 @@ class LocalAttention(nn.Module):
 
     Subclasses set ``fast_convs = False`` to keep the logit branch's grouped 1x1 convolutions
     plain ``nn.Conv2d`` layers (see ``ScoreBranch``). Setting ``use_triton = True`` on an instance
-    sums the neighbourhoods with a Triton kernel in CUDA inference (experimental, not yet run on
-    a GPU: see ``local_attend``); the values are equal up to rounding. It is read at each eager
-    forward; torch.fx records the value it had when traced; TorchScript and ``torch.jit.trace``
-    keep the PyTorch path.
+    sums the neighbourhoods with a Triton kernel in CUDA inference (experimental: see ``local_attend``);
+    the values are equal up to rounding. It is read at each eager forward; torch.fx records the value
+    it had when traced; TorchScript, ``torch.jit.trace`` and ``torch.compile`` keep the PyTorch path.
 
     Shapes:
         (B, C, H, W) -> (B, C, ceil(H / stride), ceil(W / stride)); ``per_mode``:
