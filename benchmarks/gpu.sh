@@ -10,8 +10,9 @@
 #      channels_last + bf16 autocast (twin, StRA, limit, unfold reference; runs in one process);
 #   4. operator: the last stage's operators alone (ReID shapes; with stra-triton, the experimental Triton
 #      kernel), fp32 and channels_last + bf16;
-#   5. compile: the ReID training step of the twin, StRA and the limit under torch.compile (about 3.5
-#      minutes on an H200, most of it compiling).
+#   5. compile: with CUDA graphs (torch.compile mode=reduce-overhead), the ReID operators alone (StRA
+#      and the 3x3 conv; not yet run on a GPU), then the ReID training step of the limit and StRA (3.3
+#      minutes on an H200 on 2026-11-27, most of it compiling: benchmarks/results/h200-2026-11-27/).
 # Usage: bash benchmarks/gpu.sh [OUTDIR]   (default: bench-gpu); each part's output goes to OUTDIR.
 #   PARTS="tests profile speed operator compile"   the parts to run, in this order
 #   SPEED="fp32:reid fp32:face fp32:fer bf16:reid bf16:face bf16:fer"   the speed runs
@@ -75,8 +76,13 @@ if [[ $parts == *" operator "* ]]; then
     done 2>&1 | tee "$out/operator.md"
 fi
 if [[ $parts == *" compile "* ]]; then
-    run "$py" benchmarks/speed.py --device cuda --in-process --task reid --cases twin,stra,limit --modes train \
-        --batch-sizes 16 --repeats 2 --warmup 3 --iters 10 --no-sweep --no-progress --compile 2>&1 | tee "$out/compile.md"
+    {
+        run "$py" benchmarks/operator.py --device cuda --task reid --impls stra,conv3x3 --repeats 3 --iters 10 \
+            --warmup 4 --no-progress --compile reduce-overhead
+        echo
+        run "$py" benchmarks/speed.py --device cuda --in-process --task reid --cases limit,stra --modes train \
+            --batch-sizes 16 --repeats 2 --warmup 4 --iters 10 --no-sweep --no-progress --compile reduce-overhead
+    } 2>&1 | tee "$out/compile.md"
 fi
 if [[ -s $failures ]]; then
     echo "failed:" >&2

@@ -69,3 +69,26 @@ def test_cuda_without_a_gpu_is_a_clear_error(capsys):
     with pytest.raises(SystemExit):
         main(['--device', 'cuda', '--no-progress'])
     assert 'CUDA is not available' in capsys.readouterr().err
+
+
+def test_compile_run(capsys, monkeypatch):
+    """``--compile`` compiles every operator of every implementation in place, in the first warm-up step, and says
+    so; training steps run with gradients cleared first. Dynamo traces for real; the eager backend stands in for
+    inductor's code generation (minutes on 2 cores)."""
+    compile_module = torch.nn.Module.compile
+    compiled = []
+
+    def compile_eagerly(module, mode=None):
+        compiled.append((type(module).__name__, mode))
+        compile_module(module, backend='eager')
+
+    monkeypatch.setattr(torch.nn.Module, 'compile', compile_eagerly)
+    argv = ['--task', 'fer', '--batch-size', '2', '--repeats', '1', '--iters', '1', '--warmup', '1', '--impls',
+            'stra,conv3x3', '--compile', 'reduce-overhead', '--no-progress']
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert compiled == [('StRAttention', 'reduce-overhead')] * 3 + [('Conv2d', 'reduce-overhead')] * 3
+    assert 'torch.compile mode=reduce-overhead' in out and '| train | stra |' in out
+    with pytest.raises(SystemExit):
+        main(['--task', 'fer', '--warmup', '0', '--compile', '--no-progress'])  # the compiling step would be timed
+    assert '--warmup 1 or more' in capsys.readouterr().err

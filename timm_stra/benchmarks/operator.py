@@ -28,7 +28,12 @@ allocator's count of live tensor bytes (``torch.cuda.memory_allocated``, blocks 
 
 On CUDA every timed step ends with a synchronisation, and ``--channels-last`` and
 ``--bf16`` (autocast, with bf16 inputs as the layer before would give them) give the
-layouts and precision a GPU is usually run with.
+layouts and precision a GPU is usually run with. ``--compile [MODE]`` compiles every
+operator (``torch.compile``, in place) in its first warm-up step; ``reduce-overhead``
+records CUDA graphs in the next ones, and its forwards allocate from the graphs' own
+memory pool, so "saved MiB" is not given for it. A training step clears the gradients
+first, as an optimizer's ``zero_grad(set_to_none=True)`` would (gradients left in CUDA
+graphs' memory must not be accumulated into).
 """
 import argparse
 import statistics
@@ -85,14 +90,17 @@ def _forward(ops: nn.ModuleList, inputs: List[torch.Tensor], bf16: bool = False)
 
 def _step(ops: nn.ModuleList, inputs: List[torch.Tensor], mode: str, out_grads: List[torch.Tensor],
           bf16: bool = False) -> None:
-    """One inference or training step; training back-propagates ``out_grads`` (in the outputs' dtype and layout),
-    dense gradients as the layer after the operator would give them (the gradient of a ``.sum()`` is a broadcast
-    scalar, whose odd strides send some products down slow paths that a network never takes)."""
+    """One inference or training step; training clears the gradients of ``inputs`` and of the parameters, then
+    back-propagates ``out_grads`` (in the outputs' dtype and layout), dense gradients as the layer after the
+    operator would give them (the gradient of a ``.sum()`` is a broadcast scalar, whose odd strides send some
+    products down slow paths that a network never takes)."""
     if mode == 'infer':
         with torch.inference_mode(), torch.autocast(inputs[0].device.type, torch.bfloat16, enabled=bf16):
             for op, x in zip(ops, inputs):
                 op(x)
     else:
+        for t in (*inputs, *ops.parameters()):
+            t.grad = None
         torch.autograd.backward(_forward(ops, inputs, bf16), out_grads)
     if inputs[0].is_cuda:
         torch.cuda.synchronize(inputs[0].device)
@@ -118,12 +126,20 @@ def saved_mib(ops: nn.ModuleList, inputs: List[torch.Tensor], bf16: bool = False
 
 def measure(task: str, batch: int, impls=CPU_IMPLEMENTATIONS, modes=MODES, repeats: int = 5, iters: int = 5,
             warmup: int = 2, progress: bool = True, device='cpu', channels_last: bool = False,
-            bf16: bool = False) -> List[Dict[str, object]]:
-    """Median step milliseconds of every (mode, implementation), ratios to ``stra``, saved MiB (training)."""
+            bf16: bool = False, compile: str = '') -> List[Dict[str, object]]:
+    """Median step milliseconds of every (mode, implementation), ratios to ``stra``, saved MiB (training).
+
+    ``compile``: '' (eager) or a ``torch.compile`` mode; every operator is compiled in place.
+    """
     shapes = stage_shapes(task)
     torch.manual_seed(0)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     ops = {impl: build_ops(impl, shapes, device).to(memory_format=memory_format) for impl in impls}
+    if compile:
+        for op in (op for stage in ops.values() for op in stage):
+            op.compile(mode=compile)
+    # CUDA graphs' forwards allocate nothing: they write into the graphs' memory pool
+    count_saved = not (compile in ('reduce-overhead', 'max-autotune') and torch.device(device).type == 'cuda')
     # under autocast the layer before hands the operators its output in bf16
     dtype = torch.bfloat16 if bf16 else torch.float32
     inputs = [torch.randn(batch, c, h, w, device=device).to(dtype).contiguous(memory_format=memory_format)
@@ -160,7 +176,7 @@ def measure(task: str, batch: int, impls=CPU_IMPLEMENTATIONS, modes=MODES, repea
             rows.append({
                 'mode': mode, 'operators': impl, 'ms per stage (median)': ms,
                 'vs stra': f'{ms / base:.2f}x' if base else '-',
-                'saved MiB': saved_mib(ops[impl], grad_inputs, bf16) if mode == 'train' else '-',
+                'saved MiB': saved_mib(ops[impl], grad_inputs, bf16) if mode == 'train' and count_saved else '-',
             })
     return rows
 
@@ -175,8 +191,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--modes', default=','.join(MODES), help=f'comma-separated, from {MODES}')
     parser.add_argument('--repeats', type=int, default=5, help='interleaved rounds')
     parser.add_argument('--iters', type=int, default=5, help='timed steps per case and round')
+    parser.add_argument('--warmup', type=int, default=2, help='untimed steps per case and mode, before the rounds')
     parser.add_argument('--threads', type=int, default=None, help="CPU threads (default: torch's default)")
     add_device_options(parser)
+    parser.add_argument('--compile', metavar='MODE', nargs='?', const='default', default='',
+                        help="torch.compile every operator (MODE: default, reduce-overhead, ...): the first warm-up "
+                             'step compiles (reduce-overhead records its CUDA graphs in the next ones)')
     parser.add_argument('--no-progress', action='store_true')
     args = parser.parse_args(argv)
     device = parse_device(parser, args)
@@ -188,12 +208,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error(f'unknown implementations or modes: {bad}')
     if 'train' in modes and args.batch_size < 2:
         parser.error('a training step needs a batch of 2 or more (BatchNorm)')
+    if args.compile and args.warmup < 1:
+        parser.error('--compile needs --warmup 1 or more: the first step compiles.')
     if args.threads:
         torch.set_num_threads(args.threads)
     shapes = stage_shapes(args.task)
-    rows = measure(args.task, args.batch_size, impls, modes, args.repeats, args.iters, progress=not args.no_progress,
-                   device=device, channels_last=args.channels_last, bf16=args.bf16)
-    flags = ''.join(f', {label}' for label in precision_labels(args))
+    rows = measure(args.task, args.batch_size, impls, modes, args.repeats, args.iters, args.warmup,
+                   progress=not args.no_progress, device=device, channels_last=args.channels_last, bf16=args.bf16,
+                   compile=args.compile)
+    labels = precision_labels(args) + ([f'torch.compile mode={args.compile}'] if args.compile else [])
+    flags = ''.join(f', {label}' for label in labels)
     where = torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} threads'
     print(f'Last-stage operators of {TASKS[args.task].stra}, batch {args.batch_size}, {where}{flags}; '
           f'inputs (C, H, W, stride): {shapes}\n')
