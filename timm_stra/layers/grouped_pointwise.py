@@ -4,9 +4,17 @@ On CPU, oneDNN's grouped 1x1 convolution is slow for StRA's shapes (a few hundre
 channels in 8 groups over a small map): measured single-threaded at batch 16 on a
 16x8 map, the 512 -> 128 logit-branch conv takes 0.75 ms forward and 10.9 ms forward
 and backward as a convolution, 0.55 ms and 3.7 ms as batched products of the
-(G, out/G, in/G) weights with the (B, G, in/G, H*W) input. Elsewhere (CUDA, channels
-last, other layouts) ``grouped_pointwise`` keeps the convolution: it is the kernel we
-have not measured to lose.
+(G, out/G, in/G) weights with the (B, G, in/G, H*W) input. Eager on CUDA (and for
+channels-last or other layouts) ``grouped_pointwise`` keeps the convolution: one launch
+where the products take several, and eager GPU steps wait on launches. Under
+``torch.compile`` every device takes the products, through the autograd.Function below (with
+autograd's own backward of the broadcast product instead, the ReID stage's compiled training
+step took 2.2x the time on the CPU). On a GPU it keeps cuDNN's grouped convolution out of the
+compiled step: in an eager profile of a ReID training step on an H200 (batch 16,
+``benchmarks/results/h200-2026-11-26/profile.md``) the 59 convolution backward calls took
+4.62 ms against the limit's 50 in 2.90 ms, so StRA's 12 grouped 1x1 convolutions, in place of
+three 3x3 ones, took at least 140 us each; a batched product took 6.4 us on average. (The
+compiled step with products is not measured yet.)
 
 ``grouped_pointwise_nodes`` takes the input as per-group nodes (B, G, in/G, N) of any
 strides, so mode attention can read the local attention's per-mode channels-last output
@@ -24,7 +32,7 @@ from .tracing import is_compiling
 
 
 def _use_matmul(x: torch.Tensor) -> bool:
-    return x.device.type == 'cpu' and x.is_contiguous()
+    return is_compiling() or (x.device.type == 'cpu' and x.is_contiguous())
 
 
 class _GroupedPointwise(torch.autograd.Function):
@@ -96,7 +104,8 @@ def grouped_pointwise(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
     if torch.jit.is_scripting() or not _use_matmul(x):
         return F.conv2d(x, weight, bias, groups=groups)
     B, C, H, W = x.shape
-    return _GroupedPointwise.apply(x.view(B, groups, C // groups, H * W), weight, bias).view(B, weight.shape[0], H, W)
+    nodes = x.reshape(B, groups, C // groups, H * W)  # a view, but for channels-last input under torch.compile
+    return grouped_pointwise_nodes(nodes, weight, bias).view(B, weight.shape[0], H, W)
 
 
 @register_notrace_function
@@ -113,7 +122,7 @@ def grouped_pointwise_channels_last(x: torch.Tensor, weight: torch.Tensor, group
         return v.view(B, groups, out // groups, H, W).permute(0, 1, 3, 4, 2).contiguous()
     # (B, G, H*W, in/G) @ (G, in/G, out/G): both operands transposed views, the product lands channels last
     w = weight.view(groups, out // groups, C // groups).transpose(1, 2)
-    v = torch.matmul(x.view(B, groups, C // groups, H * W).transpose(2, 3), w)
+    v = torch.matmul(x.reshape(B, groups, C // groups, H * W).transpose(2, 3), w)
     return v.view(B, groups, H, W, out // groups)
 
 
