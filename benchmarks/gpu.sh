@@ -12,9 +12,11 @@
 #      kernel), fp32 and channels_last + bf16;
 #   5. compile: with CUDA graphs (torch.compile mode=reduce-overhead), the ReID operators alone (StRA
 #      and the 3x3 conv; not yet run on a GPU), then the ReID training step of the limit and StRA (3.3
-#      minutes on an H200 on 2026-11-27, most of it compiling: benchmarks/results/h200-2026-11-27/).
+#      minutes on an H200 on 2026-11-27, most of it compiling: benchmarks/results/h200-2026-11-27/);
+#   6. compile-profile: a profile of that compiled training step (StRA and the limit), with its top
+#      kernels (not yet run on a GPU).
 # Usage: bash benchmarks/gpu.sh [OUTDIR]   (default: bench-gpu); each part's output goes to OUTDIR.
-#   PARTS="tests profile speed operator compile"   the parts to run, in this order
+#   PARTS="tests profile speed operator compile compile-profile"   the parts to run, in this order
 #   SPEED="fp32:reid fp32:face fp32:fer bf16:reid bf16:face bf16:fer"   the speed runs
 #   PREFLIGHT_TIMEOUT=120, CMD_TIMEOUT=300   seconds for the first import of torch and for each command
 #   PYTHON=python3   the interpreter (the lent GPU machines name python3 as the one with PyTorch)
@@ -23,7 +25,7 @@
 # Exits non-zero if any command failed, timed out or was skipped.
 set -uo pipefail
 out=${1:-bench-gpu}
-parts=" ${PARTS:-tests profile speed operator compile} "
+parts=" ${PARTS:-tests profile speed operator compile compile-profile} "
 speed_runs=${SPEED:-fp32:reid fp32:face fp32:fer bf16:reid bf16:face bf16:fer}
 cmd_timeout=${CMD_TIMEOUT:-300}
 py=${PYTHON:-python3}
@@ -83,6 +85,10 @@ if [[ $parts == *" compile "* ]]; then
         run "$py" benchmarks/speed.py --device cuda --in-process --task reid --cases limit,stra --modes train \
             --batch-sizes 16 --repeats 2 --warmup 4 --iters 10 --no-sweep --no-progress --compile reduce-overhead
     } 2>&1 | tee "$out/compile.md"
+fi
+if [[ $parts == *" compile-profile "* ]]; then
+    run "$py" -m timm_stra.benchmarks.step_profile --device cuda --task reid --cases stra,limit --top 20 \
+        --compile reduce-overhead 2>&1 | tee "$out/compile-profile.md"
 fi
 if [[ -s $failures ]]; then
     echo "failed:" >&2

@@ -1,4 +1,4 @@
-"""The step profiler: one table of totals, one of top operators per case."""
+"""The step profiler: one table of totals, one of top operators per case (and of top kernels on CUDA)."""
 import pytest
 import torch
 
@@ -13,6 +13,7 @@ def test_profile_finds_the_operators_of_stra_and_not_of_the_limit():
     assert 'aten::bmm' not in {r['operator'] for r in limit['top']}  # the limit's last stage has no attention
     assert stra['aten calls/step'] > limit['aten calls/step'] > 0
     assert stra['ms/step (self, total)'] > 0 and stra['kernels/step'] is None  # no kernels on the CPU
+    assert stra['top kernels'] == []
 
 
 def test_main_prints_tables(capsys):
@@ -35,3 +36,22 @@ def test_cuda_kernel_time_is_counted_once():
     rows_ms = sum(r['ms/step'] for r in result['top'])
     assert result['kernels/step'] > 0
     assert rows_ms == pytest.approx(result['ms/step (self, total)'], rel=0.05)
+    kernels_ms = sum(r['ms/step'] for r in result['top kernels'])
+    assert kernels_ms == pytest.approx(result['ms/step (self, total)'], rel=1e-6)
+
+
+def test_compiled_profile(capsys, monkeypatch):
+    """``--compile`` profiles the compiled model and says so. Dynamo traces for real; the eager backend stands in
+    for inductor's code generation (minutes on 2 cores)."""
+    compile_module = torch.nn.Module.compile
+    modes = []
+
+    def compile_eagerly(module, mode=None):
+        modes.append(mode)
+        compile_module(module, backend='eager')
+
+    monkeypatch.setattr(torch.nn.Module, 'compile', compile_eagerly)
+    assert main(['--task', 'fer', '--batch-size', '2', '--steps', '1', '--top', '3', '--cases', 'stra',
+                 '--compile', 'reduce-overhead']) == 0
+    out = capsys.readouterr().out
+    assert modes == ['reduce-overhead'] and 'torch.compile mode=reduce-overhead' in out and 'StRA (local + mode):' in out

@@ -5,7 +5,11 @@ Profiles a few steps of the speed benchmark's cases (``cases.py``) with
 training: forward, backward and an SGD step). It prints, per case, the step's
 total self time (on CUDA: of its kernels), the number of ``aten`` operator
 calls and of GPU kernels per step, and the operators that take the most self time:
-on CUDA the time of the kernels each launched, on the CPU its own CPU time.
+on CUDA the time of the kernels each launched, on the CPU its own CPU time; on CUDA
+also the kernels that take the most time. ``--compile [MODE]`` profiles the compiled
+model (``torch.compile``; two more warm-up steps, for compiling and for recording CUDA
+graphs): its generated kernels are launched from the compiled code, not from ``aten``
+operators, so the kernel table is where they show.
 A profiled step runs slower than a timed one; the table is for finding where the
 time goes, ``timm-stra bench`` for how long a step takes.
 """
@@ -23,12 +27,13 @@ from .worker import MODES, Measurement, build_step
 
 
 def profile_case(case: str, task: str, mode: str, batch: int, device: torch.device, channels_last: bool = False,
-                 bf16: bool = False, steps: int = 3, top: int = 15) -> Dict[str, object]:
-    """Profile ``steps`` steps (after two unprofiled ones): per-step totals and the ``top`` operators."""
+                 bf16: bool = False, steps: int = 3, top: int = 15, compile: str = '') -> Dict[str, object]:
+    """Profile ``steps`` steps (after two unprofiled ones, four when compiled): per-step totals, the ``top``
+    operators and (CUDA) the ``top`` kernels. ``compile``: '' (eager) or a ``torch.compile`` mode."""
     step = build_step(Measurement(case=case, task=task, mode=mode, batch=batch, img_size=TASKS[task].input_size[1:],
-                                  device=str(device), channels_last=channels_last, bf16=bf16))
+                                  device=str(device), channels_last=channels_last, bf16=bf16, compile=compile))
     cuda = device.type == 'cuda'
-    for _ in range(2):
+    for _ in range(4 if compile else 2):
         step()
     if cuda:
         torch.cuda.synchronize(device)
@@ -54,8 +59,12 @@ def profile_case(case: str, task: str, mode: str, batch: int, device: torch.devi
     rows = [{'operator': e.key[:60], 'calls/step': e.count / steps, 'ms/step': self_time(e) / steps / 1e3,
              'share': f'{self_time(e) / total_us:.1%}' if total_us else '-'}
             for e in sorted(cpu_ops, key=self_time, reverse=True)[:top]]
+    kernel_rows = [{'kernel': e.key[:60], 'calls/step': e.count / steps,
+                    'ms/step': e.self_device_time_total / steps / 1e3,
+                    'share': f'{e.self_device_time_total / total_us:.1%}' if total_us else '-'}
+                   for e in sorted(kernel_events, key=lambda e: e.self_device_time_total, reverse=True)[:top]]
     return {'case': case, 'ms/step (self, total)': total_us / steps / 1e3, 'aten calls/step': ops / steps,
-            'kernels/step': kernels / steps if cuda else None, 'top': rows}
+            'kernels/step': kernels / steps if cuda else None, 'top': rows, 'top kernels': kernel_rows}
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -67,7 +76,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--batch-size', type=int, default=16)
     add_device_options(parser)
     parser.add_argument('--steps', type=int, default=3, help='profiled steps (after two warm-up steps)')
-    parser.add_argument('--top', type=int, default=15, help='operators listed per case')
+    parser.add_argument('--top', type=int, default=15, help='operators (and CUDA kernels) listed per case')
+    parser.add_argument('--compile', metavar='MODE', nargs='?', const='default', default='',
+                        help='profile the model compiled with torch.compile (MODE: default, reduce-overhead, ...)')
     args = parser.parse_args(argv)
     cases = args.cases.split(',')
     unknown = [c for c in cases if c not in CASES]
@@ -76,15 +87,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.mode == 'train' and args.batch_size < 2:
         parser.error('a training step needs a batch of 2 or more (BatchNorm)')
     device = parse_device(parser, args)
-    flags = ''.join(f', {label}' for label in precision_labels(args))
+    labels = precision_labels(args) + ([f'torch.compile mode={args.compile}'] if args.compile else [])
+    flags = ''.join(f', {label}' for label in labels)
     print(f'Profile of a {args.mode} step, {args.task}, batch {args.batch_size}, {device}{flags}; '
           f'self time per operator ({"kernel time" if device.type == "cuda" else "CPU time"}).\n')
     results = [profile_case(c, args.task, args.mode, args.batch_size, device, args.channels_last, args.bf16,
-                            args.steps, args.top) for c in cases]
-    print(markdown_table([{k: v for k, v in r.items() if k != 'top' and v is not None} for r in results]))
+                            args.steps, args.top, args.compile) for c in cases]
+    print(markdown_table([{k: v for k, v in r.items() if not k.startswith('top') and v is not None} for r in results]))
     for r in results:
         print(f"\n{CASES[r['case']].label}:\n")
         print(markdown_table(r['top']))
+        if r['top kernels']:
+            print(f"\n{CASES[r['case']].label}, kernels:\n")
+            print(markdown_table(r['top kernels']))
     return 0
 
 
