@@ -94,23 +94,17 @@ def test_nodes_of_any_layout_match_conv2d_and_grads_keep_the_layout(bias):
 
 
 @pytest.mark.parametrize('channels_last', [False, True])
-def test_torch_compile_traces_products_on_any_layout(channels_last):
+def test_torch_compile_traces_products_on_any_layout(channels_last, graph_recorder):
     """Under ``torch.compile`` the grouped 1x1 conv is batched products on every device and layout, not a
     convolution, with conv2d's values, gradients and, under autocast, dtype."""
-    graphs = []
-
-    def record(gm, example_inputs):
-        graphs.append(gm)
-        return gm.forward
-
     conv = GroupedPointwiseConv(16, 8, groups=4)
     x = torch.randn(2, 16, 5, 3)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     x.requires_grad_()
-    compiled = torch.compile(conv, backend=record, fullgraph=True)
+    compiled = torch.compile(conv, backend=graph_recorder, fullgraph=True)
     got = compiled(x)
-    names = [str(node.target) for gm in graphs for node in gm.graph.nodes if node.op == 'call_function']
+    names = graph_recorder.targets()
     assert names and not any('conv' in n for n in names), names
     want = F.conv2d(x, conv.weight, conv.bias, groups=4)
     torch.testing.assert_close(got, want)

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from timm_stra.benchmarks.operator import build_ops, main, measure, saved_mib, stage_shapes
+from timm_stra.benchmarks.operator import _step, build_ops, main, measure, saved_mib, stage_shapes
 
 
 @pytest.mark.parametrize('task,shapes', [
@@ -71,24 +71,28 @@ def test_cuda_without_a_gpu_is_a_clear_error(capsys):
     assert 'CUDA is not available' in capsys.readouterr().err
 
 
-def test_compile_run(capsys, monkeypatch):
+def test_compile_run(capsys, compiled_eagerly):
     """``--compile`` compiles every operator of every implementation in place, in the first warm-up step, and says
-    so; training steps run with gradients cleared first. Dynamo traces for real; the eager backend stands in for
-    inductor's code generation (minutes on 2 cores)."""
-    compile_module = torch.nn.Module.compile
-    compiled = []
-
-    def compile_eagerly(module, mode=None):
-        compiled.append((type(module).__name__, mode))
-        compile_module(module, backend='eager')
-
-    monkeypatch.setattr(torch.nn.Module, 'compile', compile_eagerly)
+    so (``compiled_eagerly``: dynamo traces, no code generation)."""
     argv = ['--task', 'fer', '--batch-size', '2', '--repeats', '1', '--iters', '1', '--warmup', '1', '--impls',
             'stra,conv3x3', '--compile', 'reduce-overhead', '--no-progress']
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert compiled == [('StRAttention', 'reduce-overhead')] * 3 + [('Conv2d', 'reduce-overhead')] * 3
+    assert compiled_eagerly == [('StRAttention', 'reduce-overhead')] * 3 + [('Conv2d', 'reduce-overhead')] * 3
     assert 'torch.compile mode=reduce-overhead' in out and '| train | stra |' in out
     with pytest.raises(SystemExit):
         main(['--task', 'fer', '--warmup', '0', '--compile', '--no-progress'])  # the compiling step would be timed
     assert '--warmup 1 or more' in capsys.readouterr().err
+
+
+def test_training_step_clears_the_gradients_first():
+    """Each training step starts from no gradients, as after ``zero_grad(set_to_none=True)``: a gradient left in a
+    CUDA graph's memory must not be accumulated into."""
+    ops = build_ops('stra', [(16, 5, 4, 1)])
+    x = torch.randn(2, 16, 5, 4, requires_grad=True)
+    grads = [torch.randn(2, 16, 5, 4)]
+    _step(ops, [x], 'train', grads)
+    once = (x.grad.clone(), [p.grad.clone() for p in ops.parameters()])
+    _step(ops, [x], 'train', grads)
+    torch.testing.assert_close(x.grad, once[0])
+    torch.testing.assert_close([p.grad for p in ops.parameters()], once[1])

@@ -112,22 +112,14 @@ def test_in_process_run(capsys):
     assert '| train | 2 | StRA (local + mode) |' in out and '| train | 2 | ResNet-50 twin |' in out
 
 
-def test_compile_run(capsys, monkeypatch):
+def test_compile_run(capsys, compiled_eagerly):
     """``--compile`` compiles each model in its first warm-up step and says so; the StRA training step (with the
     diversity term, read from what the compiled forward recorded) runs. Dynamo traces for real; the eager backend
     stands in for inductor's code generation, which takes minutes on 2 cores."""
-    compile_module = torch.nn.Module.compile
-    modes = []
-
-    def compile_eagerly(module, mode=None):
-        modes.append(mode)
-        compile_module(module, backend='eager')
-
-    monkeypatch.setattr(torch.nn.Module, 'compile', compile_eagerly)
     argv = ['--task', 'fer', '--cases', 'twin,stra', '--modes', 'train', '--batch-sizes', '2', '--repeats', '1',
             '--warmup', '1', '--iters', '1', '--no-sweep', '--no-progress', '--in-process', '--device', 'cpu',
             '--compile', 'reduce-overhead']
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert modes == ['reduce-overhead'] * 2
+    assert [mode for _, mode in compiled_eagerly] == ['reduce-overhead'] * 2
     assert '(torch.compile mode=reduce-overhead)' in out and '| train | 2 | StRA (local + mode) |' in out

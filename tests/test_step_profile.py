@@ -40,18 +40,10 @@ def test_cuda_kernel_time_is_counted_once():
     assert kernels_ms == pytest.approx(result['ms/step (self, total)'], rel=1e-6)
 
 
-def test_compiled_profile(capsys, monkeypatch):
+def test_compiled_profile(capsys, compiled_eagerly):
     """``--compile`` profiles the compiled model and says so. Dynamo traces for real; the eager backend stands in
     for inductor's code generation (minutes on 2 cores)."""
-    compile_module = torch.nn.Module.compile
-    modes = []
-
-    def compile_eagerly(module, mode=None):
-        modes.append(mode)
-        compile_module(module, backend='eager')
-
-    monkeypatch.setattr(torch.nn.Module, 'compile', compile_eagerly)
     assert main(['--task', 'fer', '--batch-size', '2', '--steps', '1', '--top', '3', '--cases', 'stra',
                  '--compile', 'reduce-overhead']) == 0
     out = capsys.readouterr().out
-    assert modes == ['reduce-overhead'] and 'torch.compile mode=reduce-overhead' in out and 'StRA (local + mode):' in out
+    assert [mode for _, mode in compiled_eagerly] == ['reduce-overhead'] and 'torch.compile mode=reduce-overhead' in out and 'StRA (local + mode):' in out
