@@ -1,5 +1,8 @@
 """The composite StRA operator and its ablation knobs."""
 import math
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -138,3 +141,40 @@ def test_halves_trace_with_torch_fx_on_their_own():
         last = get_graph_node_names(module)[1][-1]
         extractor = create_feature_extractor(module, return_nodes={last: 'out'})
         torch.testing.assert_close(extractor(x)['out'], module(x))
+
+
+@pytest.mark.parametrize('training', [True, False])
+def test_compiled_under_autocast_with_an_input_that_needs_no_gradient(training):
+    """``torch.compile`` of the operator in a bf16 autocast region, its input needing no gradient (its parameters
+    do): the compiled products cast as autocast would (torch.compile traces an autograd.Function's forward without
+    autocast's casts, which once made the second grouped product multiply a float32 weight by bf16 values: an
+    error). Values as eager's, bf16 like them."""
+    op = StRAttention(32, groups=4).train(training)
+    x = torch.randn(2, 32, 7, 6)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        want = op(x)
+        got = torch.compile(op, backend='aot_eager', fullgraph=True)(x)
+    assert got.dtype == want.dtype == torch.bfloat16
+    torch.testing.assert_close(got, want, rtol=0.05, atol=0.05)
+
+
+def test_scripts_and_compiles_where_torch_has_no_compiler_is_compiling():
+    """torch < 2.3 (which pyproject allows) has no ``torch.compiler.is_compiling``: ``tracing.is_compiling`` falls back
+    on ``torch._dynamo``'s, and TorchScript, which compiles the code that calls it, must still script the operator.
+    Run in a fresh interpreter, with the attribute taken away before timm_stra is imported."""
+    script = textwrap.dedent('''
+        import torch, torch._dynamo
+        torch_is_compiling = torch.compiler.is_compiling
+        torch.compiler.is_compiling = None
+        torch._dynamo.is_compiling = torch_is_compiling  # what the fallback calls (torch < 2.3 has its own)
+        from timm_stra.layers import StRAttention
+        from timm_stra.layers.tracing import is_compiling
+        assert is_compiling is not torch_is_compiling
+        op = StRAttention(16, stride=2, groups=4).eval()
+        x = torch.randn(2, 16, 7, 6)
+        torch.testing.assert_close(torch.jit.script(op)(x), op(x))
+        assert not is_compiling()
+        torch.compiler.is_compiling = torch_is_compiling  # dynamo itself needs it
+        assert torch.compile(lambda: is_compiling(), backend='eager', fullgraph=True)()
+    ''')
+    subprocess.run([sys.executable, '-c', script], check=True, timeout=300)

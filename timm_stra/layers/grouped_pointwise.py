@@ -27,12 +27,25 @@ import torch.nn.functional as F
 from torch import nn
 from timm.layers import register_notrace_function
 
-from .autocast import without_autocast
+from .autocast import AutocastState, without_autocast
 from .tracing import is_compiling
 
 
 def _use_matmul(x: torch.Tensor) -> bool:
-    return is_compiling() or (x.device.type == 'cpu' and x.is_contiguous())
+    eager_cpu = x.device.type == 'cpu' and x.is_contiguous()
+    if torch.jit.is_scripting():  # where is_compiling may be an unused stub (torch < 2.3)
+        return eager_cpu
+    return eager_cpu or is_compiling()
+
+
+def _product_dtype(nodes: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
+    """The dtype of the products: autocast's where it is on (``matmul`` is on its lower-precision list; float64 is
+    left alone), else the operands' common one. Cast by hand: torch.compile traces an autograd.Function's forward
+    without autocast's casts."""
+    autocast = AutocastState(nodes.device.type)
+    if autocast.enabled and torch.float64 not in (nodes.dtype, weight.dtype):
+        return autocast.dtype
+    return torch.promote_types(nodes.dtype, weight.dtype)
 
 
 class _GroupedPointwise(torch.autograd.Function):
@@ -46,7 +59,8 @@ class _GroupedPointwise(torch.autograd.Function):
     def forward(ctx, nodes: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]):
         G = nodes.shape[1]
         out = weight.shape[0]
-        y = torch.matmul(weight.view(G, out // G, -1), nodes)
+        dtype = _product_dtype(nodes, weight)
+        y = torch.matmul(weight.to(dtype).view(G, out // G, -1), nodes.to(dtype))
         if bias is not None:
             b = bias.to(y.dtype).view(G, out // G, 1)
             # in place where it runs eagerly (the product is not needed for backward); torch.compile of
