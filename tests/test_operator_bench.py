@@ -74,7 +74,7 @@ def test_cuda_without_a_gpu_is_a_clear_error(capsys):
 def test_compile_run(capsys, compiled_eagerly):
     """``--compile`` compiles every operator of every implementation in place, in the first warm-up step, and says
     so (``compiled_eagerly``: dynamo traces, no code generation)."""
-    argv = ['--task', 'fer', '--batch-size', '2', '--repeats', '1', '--iters', '1', '--warmup', '1', '--impls',
+    argv = ['--task', 'fer', '--batch-size', '2', '--repeats', '1', '--iters', '1', '--warmup', '2', '--impls',
             'stra,conv3x3', '--compile', 'reduce-overhead', '--no-progress']
     assert main(argv) == 0
     out = capsys.readouterr().out
@@ -83,6 +83,9 @@ def test_compile_run(capsys, compiled_eagerly):
     with pytest.raises(SystemExit):
         main(['--task', 'fer', '--warmup', '0', '--compile', '--no-progress'])  # the compiling step would be timed
     assert '--warmup 1 or more' in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # and with CUDA graphs, the step that records them
+        main(['--task', 'fer', '--warmup', '1', '--compile', 'reduce-overhead', '--no-progress'])
+    assert '--warmup 2 or more' in capsys.readouterr().err
 
 
 def test_training_step_clears_the_gradients_first():

@@ -54,6 +54,7 @@ def test_peak_memory_sees_tensors():
     ['--batch-sizes', '0'], ['--cases', 'fast'], ['--sweep', 'x'],
     ['--modes', 'train', '--batch-sizes', '1', '--no-sweep'],  # training needs 2 samples: nothing to measure
     ['--compile', '--warmup', '0', '--no-sweep'],  # the first step compiles: it must not be timed
+    ['--compile', 'reduce-overhead', '--warmup', '1', '--no-sweep'],  # the second records CUDA graphs
 ])
 def test_bad_arguments_exit(argv):
     with pytest.raises(SystemExit):
@@ -117,7 +118,7 @@ def test_compile_run(capsys, compiled_eagerly):
     diversity term, read from what the compiled forward recorded) runs. Dynamo traces for real; the eager backend
     stands in for inductor's code generation, which takes minutes on 2 cores."""
     argv = ['--task', 'fer', '--cases', 'twin,stra', '--modes', 'train', '--batch-sizes', '2', '--repeats', '1',
-            '--warmup', '1', '--iters', '1', '--no-sweep', '--no-progress', '--in-process', '--device', 'cpu',
+            '--warmup', '2', '--iters', '1', '--no-sweep', '--no-progress', '--in-process', '--device', 'cpu',
             '--compile', 'reduce-overhead']
     assert main(argv) == 0
     out = capsys.readouterr().out

@@ -1,4 +1,5 @@
-"""The options every benchmark takes for where and how it runs: ``--device``, ``--channels-last``, ``--bf16``."""
+"""The options every benchmark takes for where and how it runs: ``--device``, ``--channels-last``, ``--bf16``,
+``--compile``."""
 import argparse
 from typing import List, Optional
 
@@ -22,5 +23,32 @@ def parse_device(parser: argparse.ArgumentParser, args: argparse.Namespace) -> t
 
 
 def precision_labels(args: argparse.Namespace) -> List[str]:
-    """What a table's caption says of the layout and precision: ``['channels_last', 'bf16 autocast']`` or part."""
-    return [label for label, on in (('channels_last', args.channels_last), ('bf16 autocast', args.bf16)) if on]
+    """What a table's caption says of the layout and precision: ``['channels_last', 'bf16 autocast']`` or part,
+    and of ``--compile`` where the benchmark has it."""
+    labels = [label for label, on in (('channels_last', args.channels_last), ('bf16 autocast', args.bf16)) if on]
+    compile_mode = getattr(args, 'compile', '')
+    return labels + ([f'torch.compile mode={compile_mode}'] if compile_mode else [])
+
+
+# torch.compile modes that record CUDA graphs: the first step runs the compiled code, the second records the graphs
+CUDA_GRAPH_MODES = ('reduce-overhead', 'max-autotune')
+
+
+def add_compile_option(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--compile [MODE]``: ``torch.compile`` ``what`` (the caller's model or operators); '' when not given."""
+    parser.add_argument('--compile', metavar='MODE', nargs='?', const='default', default='',
+                        help=f'torch.compile {what} (MODE: default, reduce-overhead, ...): the first warm-up step '
+                             f'compiles; with CUDA graphs ({", ".join(CUDA_GRAPH_MODES)}) the next records them')
+
+
+def compile_warmup(compile_mode: str) -> int:
+    """The warm-up steps ``compile_mode`` needs before a step runs the way all later ones will."""
+    return 2 if compile_mode in CUDA_GRAPH_MODES else 1 if compile_mode else 0
+
+
+def check_compile_warmup(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """A parser error where ``--warmup`` would time a step that compiles or records CUDA graphs."""
+    need = compile_warmup(args.compile)
+    if args.warmup < need:
+        parser.error(f'--compile {args.compile} needs --warmup {need} or more: the first step compiles'
+                     f'{", the second records CUDA graphs" if need > 1 else ""}.')

@@ -30,8 +30,9 @@ On CUDA every timed step ends with a synchronisation, and ``--channels-last`` an
 ``--bf16`` (autocast, with bf16 inputs as the layer before would give them) give the
 layouts and precision a GPU is usually run with. ``--compile [MODE]`` compiles every
 operator (``torch.compile``, in place) in its first warm-up step; ``reduce-overhead``
-records CUDA graphs in the next ones, and its forwards allocate from the graphs' own
-memory pool, so "saved MiB" is not given for it. A training step clears the gradients
+records CUDA graphs in the next one, and its forwards allocate from the graphs' own
+memory pool, so "saved MiB" is not given for it. Compiled, ``stra-triton`` is ``stra``
+(compiled code takes the PyTorch path). A training step clears the gradients
 first, as an optimizer's ``zero_grad(set_to_none=True)`` would (gradients left in CUDA
 graphs' memory must not be accumulated into).
 """
@@ -49,7 +50,8 @@ from ..layers import StRAttention
 from ..layers.local_attend_triton import HAS_TRITON
 from ..tools.summary import markdown_table
 from .cases import TASKS
-from .device_options import add_device_options, parse_device, precision_labels
+from .device_options import (CUDA_GRAPH_MODES, add_compile_option, add_device_options, check_compile_warmup,
+                             parse_device, precision_labels)
 from .tensor_memory import live_tensor_bytes
 
 OpShape = Tuple[int, int, int, int]  # channels, height, width (of the input), stride
@@ -135,11 +137,8 @@ def measure(task: str, batch: int, impls=CPU_IMPLEMENTATIONS, modes=MODES, repea
     torch.manual_seed(0)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     ops = {impl: build_ops(impl, shapes, device).to(memory_format=memory_format) for impl in impls}
-    if compile:
-        for op in (op for stage in ops.values() for op in stage):
-            op.compile(mode=compile)
     # CUDA graphs' forwards allocate nothing: they write into the graphs' memory pool
-    count_saved = not (compile in ('reduce-overhead', 'max-autotune') and torch.device(device).type == 'cuda')
+    count_saved = not (compile in CUDA_GRAPH_MODES and torch.device(device).type == 'cuda')
     # under autocast the layer before hands the operators its output in bf16
     dtype = torch.bfloat16 if bf16 else torch.float32
     inputs = [torch.randn(batch, c, h, w, device=device).to(dtype).contiguous(memory_format=memory_format)
@@ -152,6 +151,9 @@ def measure(task: str, batch: int, impls=CPU_IMPLEMENTATIONS, modes=MODES, repea
             outputs = _forward(ops[impl], inputs, bf16)
             values = values or [torch.randn(out.shape, device=out.device) for out in outputs]
             out_grads[impl] = [torch.empty_like(out).copy_(v) for out, v in zip(outputs, values)]
+    if compile:  # after that eager pass: the first warm-up step compiles
+        for op in (op for stage in ops.values() for op in stage):
+            op.compile(mode=compile)
     times: Dict[Tuple[str, str], List[float]] = {(m, i): [] for m in modes for i in impls}
     bar = tqdm(total=len(modes) * repeats * len(impls), desc=f'{task} operators', disable=not progress, leave=False)
     for mode in modes:
@@ -194,9 +196,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--warmup', type=int, default=2, help='untimed steps per case and mode, before the rounds')
     parser.add_argument('--threads', type=int, default=None, help="CPU threads (default: torch's default)")
     add_device_options(parser)
-    parser.add_argument('--compile', metavar='MODE', nargs='?', const='default', default='',
-                        help="torch.compile every operator (MODE: default, reduce-overhead, ...): the first warm-up "
-                             'step compiles (reduce-overhead records its CUDA graphs in the next ones)')
+    add_compile_option(parser, 'every operator')
     parser.add_argument('--no-progress', action='store_true')
     args = parser.parse_args(argv)
     device = parse_device(parser, args)
@@ -208,16 +208,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error(f'unknown implementations or modes: {bad}')
     if 'train' in modes and args.batch_size < 2:
         parser.error('a training step needs a batch of 2 or more (BatchNorm)')
-    if args.compile and args.warmup < 1:
-        parser.error('--compile needs --warmup 1 or more: the first step compiles.')
+    check_compile_warmup(parser, args)
     if args.threads:
         torch.set_num_threads(args.threads)
     shapes = stage_shapes(args.task)
     rows = measure(args.task, args.batch_size, impls, modes, args.repeats, args.iters, args.warmup,
                    progress=not args.no_progress, device=device, channels_last=args.channels_last, bf16=args.bf16,
                    compile=args.compile)
-    labels = precision_labels(args) + ([f'torch.compile mode={args.compile}'] if args.compile else [])
-    flags = ''.join(f', {label}' for label in labels)
+    flags = ''.join(f', {label}' for label in precision_labels(args))
     where = torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} threads'
     print(f'Last-stage operators of {TASKS[args.task].stra}, batch {args.batch_size}, {where}{flags}; '
           f'inputs (C, H, W, stride): {shapes}\n')

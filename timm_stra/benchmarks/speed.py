@@ -30,7 +30,7 @@ import torch
 
 from ..tools.summary import markdown_table
 from .cases import CASES, TASKS
-from .device_options import add_device_options, parse_device, precision_labels
+from .device_options import add_compile_option, add_device_options, check_compile_warmup, parse_device, precision_labels
 from .isolate import run_isolated
 from .machine import describe, load_average
 from .worker import MODES, Measurement, run
@@ -276,10 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--json', metavar='PATH', help='also write machine, settings, summary and raw runs here')
     parser.add_argument('--cpu-time', action='store_true',
                         help='add process CPU time columns (CPU runs; includes steal time on a virtual machine)')
-    parser.add_argument('--compile', metavar='MODE', nargs='?', const='default', default='',
-                        help="torch.compile every model (MODE: default, reduce-overhead, ...): the first warm-up "
-                             'step compiles (reduce-overhead records its CUDA graphs in the next ones); '
-                             '--in-process lets later runs reuse the compiled code')
+    add_compile_option(parser, 'every model (--in-process lets later runs reuse the compiled code)')
     parser.add_argument('--no-progress', action='store_true', help='no progress bar')
     return parser
 
@@ -297,8 +294,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             parser.error(f'--{key.replace("_", "-")} must be >= 1.')
     if args.warmup < 0:
         parser.error('--warmup must be >= 0.')
-    if args.compile and args.warmup < 1:
-        parser.error('--compile needs --warmup 1 or more: the first step compiles.')
+    check_compile_warmup(parser, args)
     if 'twin' not in args.cases:
         print('note: no twin among --cases, so no ratios.', file=sys.stderr)
     task = TASKS[args.task]
@@ -323,7 +319,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     on_cpu = torch.device(device).type == 'cpu'
     cpu_note = ("'CPU-ms/image': process CPU time (all threads), less sensitive than wall time to other load; "
                 'its ratio is twin CPU time / case CPU time (like the speed ratio: above 1 is faster).')
-    flags = precision_labels(args) + ([f'torch.compile mode={args.compile}'] if args.compile else [])
+    flags = precision_labels(args)
     print(f"## Speed and memory: `{task.stra}` vs `{task.twin}` ({args.task}, {size[0]}x{size[1]})\n")
     print(f"Machine: {machine['cpu']}, {machine['usable_cpus']} usable CPUs, {machine['threads_used']} torch threads"
           + (f", GPU {machine['gpu']}" if 'gpu' in machine else '')

@@ -7,8 +7,8 @@ total self time (on CUDA: of its kernels), the number of ``aten`` operator
 calls and of GPU kernels per step, and the operators that take the most self time:
 on CUDA the time of the kernels each launched, on the CPU its own CPU time; on CUDA
 also the kernels that take the most time. ``--compile [MODE]`` profiles the compiled
-model (``torch.compile``; two more warm-up steps, for compiling and for recording CUDA
-graphs): its generated kernels are launched from the compiled code, not from ``aten``
+model (``torch.compile``; up to two more warm-up steps, for compiling and for recording
+CUDA graphs): its generated kernels are launched from the compiled code, not from ``aten``
 operators, so the kernel table is where they show.
 A profiled step runs slower than a timed one; the table is for finding where the
 time goes, ``timm-stra bench`` for how long a step takes.
@@ -22,18 +22,27 @@ from torch.profiler import ProfilerActivity, profile
 
 from ..tools.summary import markdown_table
 from .cases import CASES, TASKS
-from .device_options import add_device_options, parse_device, precision_labels
+from .device_options import add_compile_option, add_device_options, compile_warmup, parse_device, precision_labels
 from .worker import MODES, Measurement, build_step
+
+
+def _short(name: str, width: int = 60) -> str:
+    """``name`` cut in the middle to ``width`` characters: generated kernels differ in their ends (``..._12``)."""
+    if len(name) <= width:
+        return name
+    tail = width // 3
+    return f'{name[:width - tail - 3]}...{name[-tail:]}'
 
 
 def profile_case(case: str, task: str, mode: str, batch: int, device: torch.device, channels_last: bool = False,
                  bf16: bool = False, steps: int = 3, top: int = 15, compile: str = '') -> Dict[str, object]:
-    """Profile ``steps`` steps (after two unprofiled ones, four when compiled): per-step totals, the ``top``
-    operators and (CUDA) the ``top`` kernels. ``compile``: '' (eager) or a ``torch.compile`` mode."""
+    """Profile ``steps`` steps (after two unprofiled ones, and those ``compile`` needs to compile and record CUDA
+    graphs): per-step totals, the ``top`` operators and (CUDA) the ``top`` kernels. ``compile``: '' (eager) or a
+    ``torch.compile`` mode."""
     step = build_step(Measurement(case=case, task=task, mode=mode, batch=batch, img_size=TASKS[task].input_size[1:],
                                   device=str(device), channels_last=channels_last, bf16=bf16, compile=compile))
     cuda = device.type == 'cuda'
-    for _ in range(4 if compile else 2):
+    for _ in range(2 + compile_warmup(compile)):
         step()
     if cuda:
         torch.cuda.synchronize(device)
@@ -59,7 +68,7 @@ def profile_case(case: str, task: str, mode: str, batch: int, device: torch.devi
     rows = [{'operator': e.key[:60], 'calls/step': e.count / steps, 'ms/step': self_time(e) / steps / 1e3,
              'share': f'{self_time(e) / total_us:.1%}' if total_us else '-'}
             for e in sorted(cpu_ops, key=self_time, reverse=True)[:top]]
-    kernel_rows = [{'kernel': e.key[:60], 'calls/step': e.count / steps,
+    kernel_rows = [{'kernel': _short(e.key), 'calls/step': e.count / steps,
                     'ms/step': e.self_device_time_total / steps / 1e3,
                     'share': f'{e.self_device_time_total / total_us:.1%}' if total_us else '-'}
                    for e in sorted(kernel_events, key=lambda e: e.self_device_time_total, reverse=True)[:top]]
@@ -75,10 +84,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--mode', default='train', choices=MODES)
     parser.add_argument('--batch-size', type=int, default=16)
     add_device_options(parser)
-    parser.add_argument('--steps', type=int, default=3, help='profiled steps (after two warm-up steps)')
+    parser.add_argument('--steps', type=int, default=3,
+                        help='profiled steps (after two warm-up steps, and up to two more to compile)')
     parser.add_argument('--top', type=int, default=15, help='operators (and CUDA kernels) listed per case')
-    parser.add_argument('--compile', metavar='MODE', nargs='?', const='default', default='',
-                        help='profile the model compiled with torch.compile (MODE: default, reduce-overhead, ...)')
+    add_compile_option(parser, 'the model')
     args = parser.parse_args(argv)
     cases = args.cases.split(',')
     unknown = [c for c in cases if c not in CASES]
@@ -87,8 +96,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.mode == 'train' and args.batch_size < 2:
         parser.error('a training step needs a batch of 2 or more (BatchNorm)')
     device = parse_device(parser, args)
-    labels = precision_labels(args) + ([f'torch.compile mode={args.compile}'] if args.compile else [])
-    flags = ''.join(f', {label}' for label in labels)
+    flags = ''.join(f', {label}' for label in precision_labels(args))
     print(f'Profile of a {args.mode} step, {args.task}, batch {args.batch_size}, {device}{flags}; '
           f'self time per operator ({"kernel time" if device.type == "cuda" else "CPU time"}).\n')
     results = [profile_case(c, args.task, args.mode, args.batch_size, device, args.channels_last, args.bf16,

@@ -6,15 +6,17 @@ channels in 8 groups over a small map): measured single-threaded at batch 16 on 
 and backward as a convolution, 0.55 ms and 3.7 ms as batched products of the
 (G, out/G, in/G) weights with the (B, G, in/G, H*W) input. Eager on CUDA (and for
 channels-last or other layouts) ``grouped_pointwise`` keeps the convolution: one launch
-where the products take several, and eager GPU steps wait on launches. Under
-``torch.compile`` every device takes the products, through the autograd.Function below (with
-autograd's own backward of the broadcast product instead, the ReID stage's compiled training
-step took 2.2x the time on the CPU). On a GPU it keeps cuDNN's grouped convolution out of the
-compiled step: in an eager profile of a ReID training step on an H200 (batch 16,
-``benchmarks/results/h200-2026-11-26/profile.md``) the 59 convolution backward calls took
-4.62 ms against the limit's 50 in 2.90 ms, so StRA's 12 grouped 1x1 convolutions, in place of
-three 3x3 ones, took at least 140 us each; a batched product took 6.4 us on average. (The
-compiled step with products is not measured yet.)
+where the products take several, and eager GPU steps wait on launches (a reason, not a
+measurement of the two). Under ``torch.compile`` every device takes the products, through
+the autograd.Function below (with autograd's own backward of the broadcast product instead,
+the ReID stage's compiled training step at batch 16 took 108 ms against 50 on this project's
+2-core CPU machine, measured once with a scratch script). The result is then laid out
+channels first whatever the input's layout. On a GPU this keeps cuDNN's grouped convolution
+out of the compiled step: in an eager profile of a ReID training step on an H200 (batch 16,
+``benchmarks/results/h200-2026-11-26/profile.md``) StRA's 59 convolution backward calls took
+4.62 ms against the limit's 50 in 2.90 ms: its 9 grouped 1x1 convolutions through cuDNN took
+about 190 us each, while the step's batched products averaged 6.4 us. (The compiled GPU step
+with products is not measured yet.)
 
 ``grouped_pointwise_nodes`` takes the input as per-group nodes (B, G, in/G, N) of any
 strides, so mode attention can read the local attention's per-mode channels-last output
@@ -118,7 +120,7 @@ def grouped_pointwise(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
     if torch.jit.is_scripting() or not _use_matmul(x):
         return F.conv2d(x, weight, bias, groups=groups)
     B, C, H, W = x.shape
-    nodes = x.reshape(B, groups, C // groups, H * W)  # a view, but for channels-last input under torch.compile
+    nodes = x.reshape(B, groups, C // groups, H * W)  # a view of NCHW and channels-last input alike
     return grouped_pointwise_nodes(nodes, weight, bias).view(B, weight.shape[0], H, W)
 
 

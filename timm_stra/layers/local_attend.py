@@ -305,9 +305,10 @@ def local_attend_autograd(
     """Same as ``local_attend`` with plain differentiable ops: k*k shifted multiply-adds of the projected values.
 
     TorchScript runs it (eagerly slower, and it keeps more for backward); so does ``torch.compile``, which
-    fuses the multiply-adds into one kernel each way, where the row-window path would leave it the band's
-    many small copies and products (measured on an H200, ReID's last stage at batch 16, compiled: 0.82x the
-    training step's time, 0.94x in inference).
+    fuses the multiply-adds with the ops around them (seen in its generated CPU code), where the row-window
+    path would leave it the band's many small copies and products (on an H200, ReID's last stage at batch 16,
+    compiled in default mode, fp32: 0.82x the training step's time, 0.94x in inference;
+    ``benchmarks/results/h200-2026-11-27/operator-compile.md``).
     """
     value = grouped_pointwise_channels_last(x, weight, groups)
     B, G, H, W, n = value.shape
