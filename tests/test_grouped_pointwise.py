@@ -115,14 +115,16 @@ def test_torch_compile_traces_products_on_any_layout(channels_last, graph_record
         assert compiled(x).dtype == F.conv2d(x, conv.weight, conv.bias, groups=4).dtype == torch.bfloat16
 
 
-def test_compiled_chain_under_autocast_takes_autocast_dtype():
-    """Two grouped products in a row, compiled, in a bf16 autocast region, the input needing no gradient (the
-    weights do): the second multiplies bf16 values by its float32 weight cast to bf16, as autocast would, and the
-    result is conv2d's."""
+@pytest.mark.parametrize('backend', ['eager', 'aot_eager'])
+@pytest.mark.parametrize('input_grad', [False, True])
+def test_compiled_chain_under_autocast_takes_autocast_dtype(backend, input_grad):
+    """Two grouped products in a row, compiled, in a bf16 autocast region: both compute in bf16 as autocast does
+    eagerly (dynamo once ran the second in float32, or raised an error where the input needed no gradient), and
+    the result is conv2d's."""
     chain = torch.nn.Sequential(GroupedPointwiseConv(16, 12, groups=4), GroupedPointwiseConv(12, 8, groups=4))
-    x = torch.randn(2, 16, 5, 3)
+    x = torch.randn(2, 16, 5, 3, requires_grad=input_grad)
     with torch.autocast('cpu', dtype=torch.bfloat16):
-        got = torch.compile(chain, backend='aot_eager', fullgraph=True)(x)
+        got = torch.compile(chain, backend=backend, fullgraph=True)(x)
         first = F.conv2d(x, chain[0].weight, chain[0].bias, groups=4)
         want = F.conv2d(first, chain[1].weight, chain[1].bias, groups=4)
     assert got.dtype == want.dtype == torch.bfloat16

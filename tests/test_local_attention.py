@@ -197,3 +197,15 @@ def test_torch_compile_traces_the_plain_ops(graph_recorder):
     grad = torch.randn_like(want)
     torch.testing.assert_close(torch.autograd.grad(got, (attn, x, weight), grad),
                                torch.autograd.grad(want, (attn, x, weight), grad))
+
+
+def test_compiled_under_autocast_keeps_the_eager_dtype():
+    """Compiled under bf16 autocast, local attention sums in the values' dtype and returns bf16 like eager (not the
+    float32 the attention weights would promote the plain ops' sum to)."""
+    op = LocalAttention(32, groups=4, stride=2)
+    x = torch.randn(2, 32, 7, 6, requires_grad=True)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        want = op(x)
+        got = torch.compile(op, backend='aot_eager', fullgraph=True)(x)
+    assert got.dtype == want.dtype == torch.bfloat16
+    torch.testing.assert_close(got, want, rtol=0.05, atol=0.05)

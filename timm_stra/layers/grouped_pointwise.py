@@ -9,8 +9,9 @@ channels-last or other layouts) ``grouped_pointwise`` keeps the convolution: one
 where the products take several, and eager GPU steps wait on launches (a reason, not a
 measurement of the two). Under ``torch.compile`` every device takes the products, through
 the autograd.Function below (with autograd's own backward of the broadcast product instead,
-the ReID stage's compiled training step at batch 16 took 108 ms against 50 on this project's
-2-core CPU machine, measured once with a scratch script). The result is then laid out
+the ReID stage's compiled training step at batch 16 took 108-121 ms against 53-55 on this
+project's 2-core CPU machine, measured twice each with a scratch script), but under autocast,
+where they are plain ops (``_compiling_under_autocast``). The result is then laid out
 channels first whatever the input's layout. On a GPU this keeps cuDNN's grouped convolution
 out of the compiled step: in an eager profile of a ReID training step on an H200 (batch 16,
 ``benchmarks/results/h200-2026-11-26/profile.md``) StRA's 59 convolution backward calls took
@@ -40,14 +41,24 @@ def _use_matmul(x: torch.Tensor) -> bool:
     return eager_cpu or is_compiling()
 
 
-def _product_dtype(nodes: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
-    """The dtype of the products: autocast's where it is on (``matmul`` is on its lower-precision list; float64 is
-    left alone), else the operands' common one. Cast by hand: torch.compile traces an autograd.Function's forward
-    without autocast's casts."""
-    autocast = AutocastState(nodes.device.type)
-    if autocast.enabled and torch.float64 not in (nodes.dtype, weight.dtype):
-        return autocast.dtype
-    return torch.promote_types(nodes.dtype, weight.dtype)
+def _products(nodes: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """The grouped products as plain differentiable ops, bias added in the product's dtype (autocast's, under
+    autocast), as ``_GroupedPointwise`` does.
+
+    Shapes:
+        nodes (B, G, in / G, N), weight (out, in / G, 1, 1) -> (B, G, out / G, N)
+    """
+    G = nodes.shape[1]
+    y = torch.matmul(weight.view(G, weight.shape[0] // G, -1), nodes)
+    return y if bias is None else y + bias.to(y.dtype).view(G, weight.shape[0] // G, 1)
+
+
+@torch.jit.unused
+def _compiling_under_autocast(x: torch.Tensor) -> bool:
+    """torch.compile with autocast on: the products then go without the autograd.Function. Once dynamo has traced
+    one such Function under autocast, it takes autocast for off (torch 2.14): the next Function's forward ran in
+    float32 (or raised an error, its operands in two dtypes), where eager autocast computes in bf16."""
+    return is_compiling() and bool(AutocastState(x.device.type).enabled)
 
 
 class _GroupedPointwise(torch.autograd.Function):
@@ -61,8 +72,7 @@ class _GroupedPointwise(torch.autograd.Function):
     def forward(ctx, nodes: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]):
         G = nodes.shape[1]
         out = weight.shape[0]
-        dtype = _product_dtype(nodes, weight)
-        y = torch.matmul(weight.to(dtype).view(G, out // G, -1), nodes.to(dtype))
+        y = torch.matmul(weight.view(G, out // G, -1), nodes)
         if bias is not None:
             b = bias.to(y.dtype).view(G, out // G, 1)
             # in place where it runs eagerly (the product is not needed for backward); torch.compile of
@@ -103,10 +113,8 @@ def grouped_pointwise_nodes(nodes: torch.Tensor, weight: torch.Tensor, bias: Opt
         nodes: (B, G, in / G, N), any strides with one unit stride per group's matrix;
         weight: (out, in / G, 1, 1) -> (B, G, out / G, N), contiguous.
     """
-    if torch.jit.is_scripting():
-        G = nodes.shape[1]
-        y = torch.matmul(weight.view(G, weight.shape[0] // G, -1), nodes)
-        return y if bias is None else y + bias.view(G, weight.shape[0] // G, 1)
+    if torch.jit.is_scripting() or _compiling_under_autocast(nodes):
+        return _products(nodes, weight, bias)
     return _GroupedPointwise.apply(nodes, weight, bias)
 
 

@@ -311,6 +311,7 @@ def local_attend_autograd(
     ``benchmarks/results/h200-2026-11-27/operator-compile.md``).
     """
     value = grouped_pointwise_channels_last(x, weight, groups)
+    attn = attn.to(value.dtype)  # the sum in the values' dtype (autocast's, under autocast), as the row-window path
     B, G, H, W, n = value.shape
     out_h, out_w = attn.shape[3], attn.shape[4]
     p = kernel_size // 2
