@@ -56,8 +56,8 @@ def _products(nodes: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
 @torch.jit.unused
 def _compiling_under_autocast(x: torch.Tensor) -> bool:
     """torch.compile with autocast on: the products then go without the autograd.Function. Once dynamo has traced
-    one such Function under autocast, it takes autocast for off (torch 2.11, 2.14): the next Function's forward ran in
-    float32 (or raised an error, its operands in two dtypes), where eager autocast computes in bf16."""
+    one such Function under autocast, it takes autocast for off (torch 2.11, 2.14): the next Function's forward
+    ran in float32 (or raised an error, its operands in two dtypes), where eager autocast computes in bf16."""
     return is_compiling() and bool(AutocastState(x.device.type).enabled)
 
 
