@@ -65,7 +65,7 @@ if [[ $parts == *" speed "* ]]; then
         [[ ${spec%%:*} == bf16 ]] && flags="--channels-last --bf16"
         # shellcheck disable=SC2086  # $flags is a list of options
         run "$py" benchmarks/speed.py --device cuda --in-process --task "${spec#*:}" --cases twin,stra,limit,reference \
-            --batch-sizes 16,64 --repeats 3 --warmup 3 --iters 8 --no-sweep --no-progress $flags
+            --batch-sizes 16,64 --repeats 3 --warmup 3 --iters 8 --no-sweep --no-progress --log-runs $flags
         echo
     done 2>&1 | tee "$out/speed.md"
 fi
@@ -83,7 +83,8 @@ if [[ $parts == *" compile "* ]]; then
             --warmup 4 --no-progress --compile reduce-overhead
         echo
         run "$py" benchmarks/speed.py --device cuda --in-process --task reid --cases limit,stra --modes train \
-            --batch-sizes 16 --repeats 2 --warmup 4 --iters 10 --no-sweep --no-progress --compile reduce-overhead
+            --batch-sizes 16 --repeats 2 --warmup 4 --iters 10 --no-sweep --no-progress --log-runs \
+            --compile reduce-overhead
     } 2>&1 | tee "$out/compile.md"
 fi
 if [[ $parts == *" compile-profile "* ]]; then

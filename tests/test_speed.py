@@ -124,3 +124,13 @@ def test_compile_run(capsys, compiled_eagerly):
     out = capsys.readouterr().out
     assert [mode for _, mode in compiled_eagerly] == ['reduce-overhead'] * 2
     assert '(torch.compile mode=reduce-overhead)' in out and '| train | 2 | StRA (local + mode) |' in out
+
+
+def test_log_runs_prints_each_run_as_it_finishes(capsys):
+    """``--log-runs``: one line per run on stderr, with its median step and peak, before the table at the end."""
+    argv = ['--task', 'fer', '--cases', 'twin,stra', '--modes', 'infer', '--batch-sizes', '2', '--repeats', '2',
+            '--warmup', '0', '--iters', '1', '--no-sweep', '--in-process', '--device', 'cpu', '--log-runs']
+    assert main(argv) == 0
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith('run ')]
+    assert len(err) == 4 and err[0].startswith('run 1/4: twin infer b2 44x44 #1: ')
+    assert all(' ms/step (median), peak ' in line for line in err)

@@ -18,13 +18,14 @@ include what earlier runs left in the allocator). A resolution sweep (1x, 2x, 4x
 shows how each operator's cost grows with the map.
 """
 import argparse
+import contextlib
 import gc
 import json
 import math
 import statistics
 import sys
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -76,10 +77,11 @@ def run_all(
         progress: bool = True,
         isolate: bool = True,
         timeout: float = 1800.,
+        log: Optional[Callable[[str], None]] = None,
         **measurement_kwargs,
 ) -> List[Dict[str, object]]:
     """Every (setting, case) ``repeats`` times, interleaved; one fresh process per measurement unless not
-    ``isolate``."""
+    ``isolate``. ``log`` is given one line per run as it finishes (its median step and peak memory)."""
     jobs = []
     for r in range(repeats):
         order = list(cases[r % len(cases):]) + list(cases[:r % len(cases)])
@@ -96,6 +98,11 @@ def run_all(
             measurement = Measurement(case=case, mode=mode, batch=batch, img_size=size, **measurement_kwargs)
             result = run_isolated(measurement, timeout) if isolate else _run_here(measurement)
             results.append(dict(result, repeat=r))
+            if log is not None:
+                line = (f"run {len(results)}/{len(jobs)}: {case} {mode} b{batch} {size[0]}x{size[1]} #{r + 1}: "
+                        f"{result['seconds'] * 1e3:.2f} ms/step (median), peak {result['peak_mb']:.0f} MiB")
+                with bar.external_write_mode(file=sys.stderr) if bar is not None else contextlib.nullcontext():
+                    log(line)
             if bar is not None:
                 bar.update()
     finally:
@@ -277,6 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--cpu-time', action='store_true',
                         help='add process CPU time columns (CPU runs; includes steal time on a virtual machine)')
     add_compile_option(parser, 'every model (--in-process lets later runs reuse the compiled code)')
+    parser.add_argument('--log-runs', action='store_true',
+                        help="print each run's median step and peak to stderr as it finishes (what a run cut short "
+                             'still leaves; the table comes at the end)')
     parser.add_argument('--no-progress', action='store_true', help='no progress bar')
     return parser
 
@@ -310,7 +320,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     raw = run_all(args.cases, settings, args.repeats, progress=not args.no_progress, isolate=not args.in_process,
                   timeout=args.timeout, task=args.task,
                   device=device, threads=args.threads, channels_last=args.channels_last, bf16=args.bf16,
-                  warmup=args.warmup, iters=args.iters, compile=args.compile)
+                  warmup=args.warmup, iters=args.iters, compile=args.compile,
+                  log=(lambda line: print(line, file=sys.stderr, flush=True)) if args.log_runs else None)
     wall = time.perf_counter() - start
     machine['load_average_after'] = load_average()
     machine['threads_used'] = raw[0]['threads_used'] if raw else None
