@@ -30,6 +30,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from ..tools.summary import markdown_table
+from .arguments import float_list, int_list, name_list
 from .cases import CASES, TASKS
 from .device_options import add_compile_option, add_device_options, check_compile_warmup, parse_device, precision_labels
 from .isolate import run_isolated
@@ -223,36 +224,6 @@ def sweep_table(rows: List[Dict[str, object]], sizes: Sequence[Tuple[int, int]],
     return markdown_table(lines)
 
 
-def _ints(text: str) -> List[int]:
-    try:
-        values = [int(v) for v in text.split(',') if v]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'expected comma-separated integers, got {text!r}') from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f'expected positive integers, got {text!r}')
-    return values
-
-
-def _floats(text: str) -> List[float]:
-    try:
-        values = [float(v) for v in text.split(',') if v]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'expected comma-separated numbers, got {text!r}') from None
-    if any(v <= 0 for v in values):
-        raise argparse.ArgumentTypeError(f'expected positive numbers, got {text!r}')
-    return values
-
-
-def _names(choices: Sequence[str]):
-    def parse(text: str) -> List[str]:
-        values = [v for v in text.split(',') if v]
-        bad = [v for v in values if v not in choices]
-        if bad or not values:
-            raise argparse.ArgumentTypeError(f'{bad or text!r}: choose from {", ".join(choices)}')
-        return values
-    return parse
-
-
 # defaults that keep a CPU run under 10 minutes on 2 cores; a GPU gets more steps
 CPU_DEFAULTS = dict(batch_sizes=[1, 16], repeats=3, warmup=1, iters=1, sweep_batch=1)
 CUDA_DEFAULTS = dict(batch_sizes=[16, 64], repeats=3, warmup=5, iters=20, sweep_batch=16)
@@ -263,16 +234,16 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--task', default='reid', choices=tuple(TASKS), help='model family and input size')
     add_device_options(parser, default=None)
-    parser.add_argument('--cases', type=_names(tuple(CASES)), default=list(CASES),
+    parser.add_argument('--cases', type=name_list(tuple(CASES)), default=list(CASES),
                         help='comma-separated, from: ' + ', '.join(CASES) + ' (twin is needed for ratios)')
-    parser.add_argument('--modes', type=_names(MODES), default=list(MODES), help='infer, train or both')
-    parser.add_argument('--batch-sizes', type=_ints, default=None,
+    parser.add_argument('--modes', type=name_list(MODES), default=list(MODES), help='infer, train or both')
+    parser.add_argument('--batch-sizes', type=int_list, default=None,
                         help=f"default {CPU_DEFAULTS['batch_sizes']} on CPU, {CUDA_DEFAULTS['batch_sizes']} on CUDA")
     parser.add_argument('--repeats', type=int, default=None, help='interleaved repeats (default 3)')
     parser.add_argument('--warmup', type=int, default=None, help='untimed steps per run (default 1 CPU, 5 CUDA)')
     parser.add_argument('--iters', type=int, default=None, help='timed steps per run (default 1 CPU, 20 CUDA)')
     parser.add_argument('--threads', type=int, default=0, help="CPU threads (default: torch's default)")
-    parser.add_argument('--sweep', type=_floats, default=[1, 2, 4],
+    parser.add_argument('--sweep', type=float_list, default=[1, 2, 4],
                         help='pixel multiples of the resolution sweep (inference; default 1,2,4)')
     parser.add_argument('--sweep-batch', type=int, default=None, help='batch of the sweep (default 1 CPU, 16 CUDA)')
     parser.add_argument('--no-sweep', action='store_true', help='skip the resolution sweep')
