@@ -14,9 +14,12 @@
 #      and the 3x3 conv; not yet run on a GPU), then the ReID training step of the limit and StRA (3.3
 #      minutes on an H200 on 2026-11-27, most of it compiling: benchmarks/results/h200-2026-11-27/);
 #   6. compile-profile: a profile of that compiled training step (StRA and the limit), with its top
-#      kernels (not yet run on a GPU).
+#      kernels (not yet run on a GPU);
+#   7. interleaved: the ReID models' steps alternated in one process (benchmarks/interleaved.py), eager,
+#      fp32 and then channels_last + bf16, batch 16 and 64: ratios to the limit and to StRA from
+#      consecutive steps (not yet run on a GPU).
 # Usage: bash benchmarks/gpu.sh [OUTDIR]   (default: bench-gpu); each part's output goes to OUTDIR.
-#   PARTS="tests profile speed operator compile compile-profile"   the parts to run, in this order
+#   PARTS="tests profile speed operator compile compile-profile interleaved"   the parts to run, in this order
 #   SPEED="fp32:reid fp32:face fp32:fer bf16:reid bf16:face bf16:fer"   the speed runs
 #   PREFLIGHT_TIMEOUT=120, CMD_TIMEOUT=300   seconds for the first import of torch and for each command
 #   PYTHON=python3   the interpreter (the lent GPU machines name python3 as the one with PyTorch)
@@ -25,7 +28,7 @@
 # Exits non-zero if any command failed, timed out or was skipped.
 set -uo pipefail
 out=${1:-bench-gpu}
-parts=" ${PARTS:-tests profile speed operator compile compile-profile} "
+parts=" ${PARTS:-tests profile speed operator compile compile-profile interleaved} "
 speed_runs=${SPEED:-fp32:reid fp32:face fp32:fer bf16:reid bf16:face bf16:fer}
 cmd_timeout=${CMD_TIMEOUT:-300}
 py=${PYTHON:-python3}
@@ -51,7 +54,7 @@ print(f"torch {torch.__version__}, timm {timm.__version__}, {torch.cuda.get_devi
 
 if [[ $parts == *" tests "* ]]; then
     run "$py" -m pytest -q -p no:cacheprovider tests/test_devices.py tests/test_operator_bench.py \
-        tests/test_step_profile.py -k cuda 2>&1 | tee "$out/tests.txt"
+        tests/test_step_profile.py tests/test_interleaved.py -k cuda 2>&1 | tee "$out/tests.txt"
 fi
 
 if [[ $parts == *" profile "* ]]; then
@@ -90,6 +93,14 @@ fi
 if [[ $parts == *" compile-profile "* ]]; then
     run "$py" -m timm_stra.benchmarks.step_profile --device cuda --task reid --cases stra,limit --top 20 \
         --compile reduce-overhead 2>&1 | tee "$out/compile-profile.md"
+fi
+if [[ $parts == *" interleaved "* ]]; then
+    for flags in "" "--channels-last --bf16"; do
+        # shellcheck disable=SC2086
+        run "$py" benchmarks/interleaved.py --device cuda --task reid --batch-sizes 16,64 --rounds 30 --warmup 3 \
+            --no-progress $flags
+        echo
+    done 2>&1 | tee "$out/interleaved.md"
 fi
 if [[ -s $failures ]]; then
     echo "failed:" >&2

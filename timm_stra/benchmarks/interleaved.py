@@ -1,0 +1,181 @@
+"""``python -m timm_stra.benchmarks.interleaved``: whole-network steps of every case, interleaved step by step.
+
+``timm-stra bench`` measures every case in a fresh process, which gives each its own
+peak memory; but the two runs of a ratio are then seconds to minutes apart, and on a
+machine whose speed drifts (the 2-core virtual machines this project is built on) the
+ratios of one round scatter by 10-20%. Here every case's model is built once, in this
+process, and the timed steps alternate: round r times one step of every case, in an
+order rotated by r, so the two steps of a ratio are a step apart. The table gives each
+case's median step and, over the rounds, the median and interquartile range of its
+step time over the limit's and over StRA's in the same round: "time vs limit" is
+the issue's yardstick for StRA (attention for free), "time vs StRA" for the unfold
+reference.
+
+Not measured here: memory, since the cases share this process and its allocator (use
+``timm-stra bench`` or ``tensor_memory``). The allocator is also warm: what one case
+frees, the next reuses, so the page faults a fresh process pays for memory returned to
+the system (glibc does so for large blocks) mostly do not happen. The times are those
+of a long-running training or serving process rather than of its first steps. The
+Python garbage collector is off during the rounds (as ``timeit`` does), collected in
+between.
+"""
+import argparse
+import gc
+import json
+import statistics
+import sys
+import time
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+
+from ..tools.summary import markdown_table
+from .arguments import int_list, name_list
+from .cases import CASES, TASKS
+from .device_options import (add_compile_option, add_device_options, check_compile_warmup, parse_device,
+                             precision_labels)
+from .machine import describe
+from .worker import MODES, Measurement, build_step
+
+DEFAULT_CASES = ('twin', 'stra', 'limit', 'reference')
+
+
+def time_interleaved(steps: Dict[str, Callable[[], None]], rounds: int, warmup: int, device: torch.device,
+                     tick: Optional[Callable[[str], None]] = None) -> Dict[str, List[float]]:
+    """Seconds of every round's step of each case: ``warmup`` untimed steps of each, then ``rounds`` rounds
+    of one timed step of every case (order rotated by the round; synchronised on CUDA).
+
+    ``tick(case)`` is called after each timed step (progress).
+    """
+    def sync() -> None:
+        if device.type == 'cuda':
+            torch.cuda.synchronize(device)
+
+    cases = list(steps)
+    for case in cases:
+        for _ in range(warmup):
+            steps[case]()
+    sync()
+    times: Dict[str, List[float]] = {case: [] for case in cases}
+    gc.collect()
+    gc.disable()
+    try:
+        for r in range(rounds):
+            for case in cases[r % len(cases):] + cases[:r % len(cases)]:
+                t0 = time.perf_counter()
+                steps[case]()
+                sync()
+                times[case].append(time.perf_counter() - t0)
+                if tick is not None:
+                    tick(case)
+    finally:
+        gc.enable()
+    return times
+
+
+def _quartiles(values: Sequence[float]) -> str:
+    if len(values) < 2:
+        return '-'
+    q1, _, q3 = statistics.quantiles(values, n=4)
+    return f'{q1:.2f}-{q3:.2f}'
+
+
+def summarize(times: Dict[str, List[float]], mode: str, batch: int) -> List[Dict[str, object]]:
+    """One row per case: median step, images/s, and the per-round ratios to the limit and to StRA (where
+    measured): their median and interquartile range."""
+    rows = []
+    for case, seconds in times.items():
+        step = statistics.median(seconds)
+        row: Dict[str, object] = {
+            'mode': mode, 'batch': batch, 'case': CASES[case].label, 'rounds': len(seconds),
+            'ms/step (median)': f'{step * 1e3:.1f}', 'images/s': f'{batch / step:.2f}',
+        }
+        for base, label in (('limit', 'limit'), ('stra', 'StRA')):
+            if base in times:
+                ratios = [a / b for a, b in zip(seconds, times[base])]
+                row[f'time vs {label}'] = f'{statistics.median(ratios):.3f}x'
+                row[f'IQR vs {label}'] = _quartiles(ratios)
+        rows.append(row)
+    return rows
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog='python -m timm_stra.benchmarks.interleaved', description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--task', default='reid', choices=tuple(TASKS), help='model family and input size')
+    parser.add_argument('--cases', type=name_list(tuple(CASES)), default=list(DEFAULT_CASES),
+                        help=f'comma-separated, from: {", ".join(CASES)} (default: {",".join(DEFAULT_CASES)}; '
+                             'the ratios need limit and stra)')
+    parser.add_argument('--modes', type=name_list(MODES), default=list(MODES), help='infer, train or both')
+    parser.add_argument('--batch-sizes', type=int_list, default=[16], help='comma-separated (default 16)')
+    parser.add_argument('--rounds', type=int, default=20, help='timed rounds, one step of every case each (default 20)')
+    parser.add_argument('--warmup', type=int, default=2, help='untimed steps of every case first (default 2)')
+    parser.add_argument('--threads', type=int, default=0, help="CPU threads (default: torch's default)")
+    add_device_options(parser, default=None)
+    add_compile_option(parser, 'every model')
+    parser.add_argument('--json', metavar='PATH', help='also write the machine, the settings, the rows and every '
+                                                       "step's seconds here")
+    parser.add_argument('--no-progress', action='store_true', help='no progress bar')
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    device = parse_device(parser, args)
+    if args.rounds < 1 or args.warmup < 0:
+        parser.error('--rounds must be >= 1 and --warmup >= 0.')
+    check_compile_warmup(parser, args)
+    settings = [(mode, b) for mode in args.modes for b in args.batch_sizes if not (mode == 'train' and b < 2)]
+    if not settings:
+        parser.error('nothing to measure (a training step needs a batch of 2 or more, for BatchNorm).')
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    task = TASKS[args.task]
+    size = tuple(task.input_size[1:])
+    bar = None
+    if not args.no_progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(settings) * args.rounds * len(args.cases), desc='interleaved steps', unit='step',
+                   leave=False)
+    rows: List[Dict[str, object]] = []
+    raw = []
+    start = time.perf_counter()
+    try:
+        for mode, batch in settings:
+            steps = {case: build_step(Measurement(
+                case=case, task=args.task, mode=mode, batch=batch, img_size=size, device=str(device),
+                channels_last=args.channels_last, bf16=args.bf16, compile=args.compile)) for case in args.cases}
+            if bar is not None:
+                bar.set_postfix_str(f'{mode} b{batch}')
+            times = time_interleaved(steps, args.rounds, args.warmup, device,
+                                     tick=(lambda case: bar.update()) if bar is not None else None)
+            del steps
+            gc.collect()
+            rows += summarize(times, mode, batch)
+            raw.append({'mode': mode, 'batch': batch, 'seconds': times})
+    finally:
+        if bar is not None:
+            bar.close()
+    wall = time.perf_counter() - start
+    machine = describe(str(device))
+    flags = precision_labels(args)
+    print(f'## Interleaved steps: `{task.stra}` and the other cases ({args.task}, {size[0]}x{size[1]})\n')
+    print(f"Machine: {machine['cpu']}, {machine['usable_cpus']} usable CPUs, {torch.get_num_threads()} torch "
+          f"threads" + (f", GPU {machine['gpu']}" if 'gpu' in machine else '')
+          + f"; torch {machine['torch']}, timm {machine['timm']}; device {device}"
+          + (f" ({', '.join(flags)})" if flags else '') + '.')
+    print(f'{args.rounds} rounds of one step of every case, in this one process, after {args.warmup} warm-up '
+          f'steps each, in {wall / 60:.1f} min. "time vs X": the step time over X\'s in the same round, median '
+          'over the rounds, and its interquartile range (IQR); below 1 is faster. No memory here: see '
+          '`timm-stra bench`.\n')
+    print(markdown_table(rows))
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump({'machine': machine, 'settings': {k: v for k, v in vars(args).items() if k != 'json'},
+                       'wall_s': wall, 'rows': rows, 'raw': raw}, f, indent=2)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
