@@ -17,7 +17,7 @@
 #      kernels (not yet run on a GPU);
 #   7. interleaved: the ReID models' steps alternated in one process (benchmarks/interleaved.py), eager,
 #      fp32 and then channels_last + bf16, batch 16 and 64: ratios to the limit and to StRA from
-#      consecutive steps (not yet run on a GPU).
+#      steps of the same round (not yet run on a GPU).
 # Usage: bash benchmarks/gpu.sh [OUTDIR]   (default: bench-gpu); each part's output goes to OUTDIR.
 #   PARTS="tests profile speed operator compile compile-profile interleaved"   the parts to run, in this order
 #   SPEED="fp32:reid fp32:face fp32:fer bf16:reid bf16:face bf16:fer"   the speed runs
@@ -95,10 +95,12 @@ if [[ $parts == *" compile-profile "* ]]; then
         --compile reduce-overhead 2>&1 | tee "$out/compile-profile.md"
 fi
 if [[ $parts == *" interleaved "* ]]; then
-    for flags in "" "--channels-last --bf16"; do
+    for precision in fp32 bf16; do
+        flags=""
+        [[ $precision == bf16 ]] && flags="--channels-last --bf16"
         # shellcheck disable=SC2086
-        run "$py" benchmarks/interleaved.py --device cuda --task reid --batch-sizes 16,64 --rounds 30 --warmup 3 \
-            --no-progress $flags
+        run "$py" benchmarks/interleaved.py --device cuda --task reid --batch-sizes 16,64 --rounds 32 --warmup 3 \
+            --no-progress --log-runs --json "$out/interleaved-$precision.json" $flags
         echo
     done 2>&1 | tee "$out/interleaved.md"
 fi

@@ -1,32 +1,68 @@
 """The interleaved whole-network benchmark: its schedule, its ratios, and a tiny real run."""
+import gc
 import json
+from collections import Counter
 
 import pytest
 import torch
 
-from timm_stra.benchmarks.interleaved import main, summarize, time_interleaved
+from timm_stra.benchmarks.interleaved import main, round_orders, summarize, time_interleaved
 
 
-def test_rounds_alternate_the_cases_in_rotated_order():
+@pytest.mark.parametrize('n', [2, 3, 4, 5])
+def test_round_orders_are_a_balanced_latin_square(n):
+    cases = [f'c{i}' for i in range(n)]
+    orders = round_orders(cases)
+    assert len(orders) == (n if n % 2 == 0 else 2 * n)
+    assert all(sorted(order) == cases for order in orders)
+    per_position = len(orders) // n
+    for position in range(n):  # every case in every position equally often
+        assert Counter(order[position] for order in orders) == {c: per_position for c in cases}
+    follows = Counter((a, b) for order in orders for a, b in zip(order, order[1:]))
+    assert follows == {(a, b): len(orders) // n for a in cases for b in cases if a != b}  # each pair alike
+
+
+def test_rounds_run_the_orders_in_turn_after_the_warm_up():
     calls = []
-    steps = {case: (lambda case=case: calls.append(case)) for case in ('a', 'b', 'c')}
+    steps = {case: (lambda case=case: calls.append(case)) for case in ('a', 'b')}
     ticks = []
     times = time_interleaved(steps, rounds=3, warmup=1, device=torch.device('cpu'), tick=ticks.append)
-    assert calls == ['a', 'b', 'c',  # warm-up
-                     'a', 'b', 'c', 'b', 'c', 'a', 'c', 'a', 'b']
-    assert ticks == calls[3:]
-    assert {case: len(t) for case, t in times.items()} == {'a': 3, 'b': 3, 'c': 3}
+    assert calls == ['a', 'b',  # warm-up
+                     'a', 'b', 'b', 'a', 'a', 'b']
+    assert ticks == calls[2:]
+    assert {case: len(t) for case, t in times.items()} == {'a': 3, 'b': 3}
 
 
-def test_ratios_are_taken_within_each_round():
-    """A machine twice as slow in round 2 moves both cases: the per-round ratio stays 1.1."""
-    times = {'stra': [1.1, 2.2, 1.1, 1.1], 'limit': [1.0, 2.0, 1.0, 1.0], 'reference': [1.5, 3.0, 1.5, 1.5]}
+@pytest.mark.parametrize('enabled', [True, False])
+def test_garbage_collector_state_is_restored_even_when_a_step_fails(enabled):
+    def fail():
+        assert not gc.isenabled()  # off while timing
+        raise RuntimeError('step failed')
+    was = gc.isenabled()
+    try:
+        (gc.enable if enabled else gc.disable)()
+        with pytest.raises(RuntimeError, match='step failed'):
+            time_interleaved({'a': fail}, rounds=1, warmup=0, device=torch.device('cpu'))
+        assert gc.isenabled() == enabled
+    finally:
+        (gc.enable if was else gc.disable)()
+
+
+def test_ratios_are_medians_of_per_round_ratios():
+    """Not the ratio of the medians (1.3 / 1.2 here) nor of sorted lists: round by round, 1.3, 0.833, 1.0."""
+    times = {'stra': [1.3, 1.0, 3.0], 'limit': [1.0, 1.2, 3.0], 'reference': [2.6, 1.5, 3.3]}
     rows = {r['case']: r for r in summarize(times, 'train', 16)}
     stra, ref = rows['StRA (local + mode)'], rows['StRA, unfold reference']
-    assert stra['time vs limit'] == '1.100x' and stra['IQR vs limit'] == '1.10-1.10'
-    assert stra['time vs StRA'] == '1.000x'
-    assert ref['time vs StRA'] == f'{1.5 / 1.1:.3f}x'
-    assert stra['rounds'] == 4 and stra['ms/step (median)'] == '1100.0'
+    assert stra['time vs limit'] == '1.000x'
+    assert stra['IQR vs limit'] == f'{(1.0 / 1.2 + 1.0) / 2:.2f}-{(1.0 + 1.3) / 2:.2f}'  # quartiles within the data
+    assert stra['time vs StRA'] == '1.000x' and stra['IQR vs StRA'] == '1.00-1.00'
+    assert ref['time vs StRA'] == '1.500x'  # 2.0, 1.5, 1.1
+    assert stra['rounds'] == 3 and stra['ms/step (median)'] == '1300.0' and stra['images/s'] == f'{16 / 1.3:.2f}'
+
+
+def test_without_the_limit_or_stra_there_are_no_ratio_columns():
+    (row,) = summarize({'twin': [1.0, 2.0]}, 'infer', 2)
+    assert not [k for k in row if k.startswith(('time vs', 'IQR'))]
 
 
 @pytest.mark.parametrize('device', ['cpu', pytest.param('cuda', marks=pytest.mark.skipif(
@@ -34,18 +70,23 @@ def test_ratios_are_taken_within_each_round():
 def test_tiny_run_prints_a_table_and_writes_every_step(device, tmp_path, capsys):
     out = tmp_path / 'steps.json'
     assert main(['--task', 'fer', '--cases', 'stra,limit', '--modes', 'train,infer', '--batch-sizes', '2',
-                 '--rounds', '2', '--warmup', '1', '--device', device, '--no-progress', '--json', str(out)]) == 0
-    text = capsys.readouterr().out
+                 '--rounds', '2', '--warmup', '1', '--device', device, '--no-progress', '--log-runs',
+                 '--json', str(out)]) == 0
+    captured = capsys.readouterr()
+    text = captured.out
+    assert captured.err.count('StRA (local + mode)') == 2  # one line per setting as it finished
     assert '| train | 2 | StRA (local + mode) | 2 |' in text and '| infer | 2 | limit' in text
     data = json.loads(out.read_text())
     assert [(r['mode'], r['batch']) for r in data['raw']] == [('train', 2), ('infer', 2)]
+    assert data['raw'][0]['orders'] == [['stra', 'limit'], ['limit', 'stra']]
     for r in data['raw']:
         assert {case: len(s) for case, s in r['seconds'].items()} == {'stra': 2, 'limit': 2}
         assert all(t > 0 for s in r['seconds'].values() for t in s)
 
 
 @pytest.mark.parametrize('argv', [['--rounds', '0'], ['--modes', 'train', '--batch-sizes', '1'],
-                                  ['--cases', 'fast'], ['--compile', '--warmup', '0']])
+                                  ['--cases', 'fast'], ['--cases', 'stra,limit,stra'],
+                                  ['--compile', '--warmup', '0']])
 def test_bad_arguments_exit(argv):
     with pytest.raises(SystemExit):
         main(argv + ['--no-progress'])

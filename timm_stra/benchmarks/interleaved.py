@@ -3,23 +3,27 @@
 ``timm-stra bench`` measures every case in a fresh process, which gives each its own
 peak memory; but the two runs of a ratio are then seconds to minutes apart, and on a
 machine whose speed drifts (the 2-core virtual machines this project is built on) the
-ratios of one round scatter by 10-20%. Here every case's model is built once, in this
-process, and the timed steps alternate: round r times one step of every case, in an
-order rotated by r, so the two steps of a ratio are a step apart. The table gives each
-case's median step and, over the rounds, the median and interquartile range of its
-step time over the limit's and over StRA's in the same round: "time vs limit" is
-the issue's yardstick for StRA (attention for free), "time vs StRA" for the unfold
-reference.
+ratios of one round scatter by 10-30%. Here every case's model is built once, in this
+process, and the timed steps alternate: each round times one step of every case, so
+the two steps of a ratio are taken within the same round, a few steps apart at most.
+The order within a round follows a balanced Latin square (``round_orders``): over a
+whole cycle of rounds every case runs first and last equally often, and right after
+every other case equally often, so that what one step leaves behind (warm caches, the
+allocator's free blocks) favours no case. The table gives each case's median step and,
+over the rounds, the median and interquartile range of its step time over the limit's
+and over StRA's in the same round: "time vs limit" is the issue's yardstick for StRA
+(attention for free), "time vs StRA" for the unfold reference.
 
 Not measured here: memory, since the cases share this process and its allocator (use
 ``timm-stra bench`` or ``tensor_memory``). The allocator is also warm: what one case
 frees, the next reuses, so the page faults a fresh process pays for memory returned to
 the system (glibc does so for large blocks) mostly do not happen. The times are those
-of a long-running training or serving process rather than of its first steps. The
-Python garbage collector is off during the rounds (as ``timeit`` does), collected in
-between.
+of a long-running training or serving process rather than of its first steps. Python's
+garbage collector is off during the rounds (as ``timeit`` does); it collects before
+them and after each setting.
 """
 import argparse
+import contextlib
 import gc
 import json
 import statistics
@@ -40,10 +44,29 @@ from .worker import MODES, Measurement, build_step
 DEFAULT_CASES = ('twin', 'stra', 'limit', 'reference')
 
 
+def round_orders(cases: Sequence[str]) -> List[List[str]]:
+    """The orders of one cycle of rounds: a balanced Latin square (Williams design) over ``cases``.
+
+    Every case takes every position once per cycle, and follows every other case equally often: once
+    per cycle for an even number of cases (a cycle of n rounds), twice for an odd one (2n rounds, the
+    rows and their reverses). Rounds beyond a cycle start it again.
+    """
+    n = len(cases)
+    first, low, high = [0], 1, n - 1  # 0, 1, n-1, 2, n-2, ...
+    while len(first) < n:
+        first.append(low)
+        low += 1
+        if len(first) < n:
+            first.append(high)
+            high -= 1
+    rows = [[cases[(i + shift) % n] for i in first] for shift in range(n)]
+    return rows if n % 2 == 0 else rows + [row[::-1] for row in rows]
+
+
 def time_interleaved(steps: Dict[str, Callable[[], None]], rounds: int, warmup: int, device: torch.device,
                      tick: Optional[Callable[[str], None]] = None) -> Dict[str, List[float]]:
     """Seconds of every round's step of each case: ``warmup`` untimed steps of each, then ``rounds`` rounds
-    of one timed step of every case (order rotated by the round; synchronised on CUDA).
+    of one timed step of every case, in the orders of ``round_orders`` (synchronised on CUDA).
 
     ``tick(case)`` is called after each timed step (progress).
     """
@@ -51,17 +74,18 @@ def time_interleaved(steps: Dict[str, Callable[[], None]], rounds: int, warmup: 
         if device.type == 'cuda':
             torch.cuda.synchronize(device)
 
-    cases = list(steps)
-    for case in cases:
+    for case, step in steps.items():
         for _ in range(warmup):
-            steps[case]()
+            step()
     sync()
-    times: Dict[str, List[float]] = {case: [] for case in cases}
+    orders = round_orders(list(steps))
+    times: Dict[str, List[float]] = {case: [] for case in steps}
+    gc_was_enabled = gc.isenabled()
     gc.collect()
     gc.disable()
     try:
         for r in range(rounds):
-            for case in cases[r % len(cases):] + cases[:r % len(cases)]:
+            for case in orders[r % len(orders)]:
                 t0 = time.perf_counter()
                 steps[case]()
                 sync()
@@ -69,14 +93,15 @@ def time_interleaved(steps: Dict[str, Callable[[], None]], rounds: int, warmup: 
                 if tick is not None:
                     tick(case)
     finally:
-        gc.enable()
+        if gc_was_enabled:
+            gc.enable()
     return times
 
 
 def _quartiles(values: Sequence[float]) -> str:
     if len(values) < 2:
         return '-'
-    q1, _, q3 = statistics.quantiles(values, n=4)
+    q1, _, q3 = statistics.quantiles(values, n=4, method='inclusive')  # within the data, as numpy's default
     return f'{q1:.2f}-{q3:.2f}'
 
 
@@ -108,13 +133,18 @@ def build_parser() -> argparse.ArgumentParser:
                              'the ratios need limit and stra)')
     parser.add_argument('--modes', type=name_list(MODES), default=list(MODES), help='infer, train or both')
     parser.add_argument('--batch-sizes', type=int_list, default=[16], help='comma-separated (default 16)')
-    parser.add_argument('--rounds', type=int, default=20, help='timed rounds, one step of every case each (default 20)')
+    parser.add_argument('--rounds', type=int, default=20,
+                        help='timed rounds, one step of every case each (default 20); a multiple of the number of '
+                             'cases (of twice that, for an odd number) completes the balanced orders')
     parser.add_argument('--warmup', type=int, default=2, help='untimed steps of every case first (default 2)')
     parser.add_argument('--threads', type=int, default=0, help="CPU threads (default: torch's default)")
     add_device_options(parser, default=None)
     add_compile_option(parser, 'every model')
     parser.add_argument('--json', metavar='PATH', help='also write the machine, the settings, the rows and every '
                                                        "step's seconds here")
+    parser.add_argument('--log-runs', action='store_true',
+                        help="print each setting's rows to stderr as it finishes (what a run cut short still "
+                             'leaves; the table comes at the end)')
     parser.add_argument('--no-progress', action='store_true', help='no progress bar')
     return parser
 
@@ -152,8 +182,15 @@ def main(argv: Optional[List[str]] = None) -> int:
                                      tick=(lambda case: bar.update()) if bar is not None else None)
             del steps
             gc.collect()
-            rows += summarize(times, mode, batch)
-            raw.append({'mode': mode, 'batch': batch, 'seconds': times})
+            if args.compile:  # the next setting's models compile afresh, not against this one's cache entries
+                torch._dynamo.reset()
+            setting_rows = summarize(times, mode, batch)
+            rows += setting_rows
+            raw.append({'mode': mode, 'batch': batch, 'orders': round_orders(args.cases), 'seconds': times})
+            if args.log_runs:
+                with bar.external_write_mode(file=sys.stderr) if bar is not None else contextlib.nullcontext():
+                    for row in setting_rows:
+                        print(' | '.join(str(v) for v in row.values()), file=sys.stderr, flush=True)
     finally:
         if bar is not None:
             bar.close()
@@ -165,8 +202,9 @@ def main(argv: Optional[List[str]] = None) -> int:
           f"threads" + (f", GPU {machine['gpu']}" if 'gpu' in machine else '')
           + f"; torch {machine['torch']}, timm {machine['timm']}; device {device}"
           + (f" ({', '.join(flags)})" if flags else '') + '.')
-    print(f'{args.rounds} rounds of one step of every case, in this one process, after {args.warmup} warm-up '
-          f'steps each, in {wall / 60:.1f} min. "time vs X": the step time over X\'s in the same round, median '
+    print(f'{args.rounds} rounds of one step of every case (orders from a balanced Latin square), in this one '
+          f'process, after {args.warmup} warm-up steps each, in {wall / 60:.1f} min. "time vs X": the step time over '
+          'X\'s in the same round, median '
           'over the rounds, and its interquartile range (IQR); below 1 is faster. No memory here: see '
           '`timm-stra bench`.\n')
     print(markdown_table(rows))
