@@ -3,8 +3,8 @@
 # alone is 6 x 48 runs, about 5 minutes on an H200): pick parts with PARTS and SPEED. Its commands ran
 # on an H200 on 2026-11-26: benchmarks/results/h200-2026-11-26/.
 #   1. tests: tests/test_devices.py on CUDA (against the float64 CPU oracle; fp32, channels_last,
-#      bf16/fp16 autocast, a whole model's training step, inductor compile) and the CUDA cases of the
-#      benchmark tests;
+#      bf16/fp16 autocast, a whole model's training step, inductor compile), compiling under bf16
+#      autocast (tests/test_stra_operator.py) and the CUDA cases of the benchmark tests;
 #   2. profile: a profile of a ReID training step (StRA and the limit): where the kernel time goes;
 #   3. speed: speed and memory of the ReID, face and FER models at batch 16 and 64, fp32 and then
 #      channels_last + bf16 autocast (twin, StRA, limit, unfold reference; runs in one process);
@@ -54,7 +54,7 @@ print(f"torch {torch.__version__}, timm {timm.__version__}, {torch.cuda.get_devi
 
 if [[ $parts == *" tests "* ]]; then
     run "$py" -m pytest -q -p no:cacheprovider tests/test_devices.py tests/test_operator_bench.py \
-        tests/test_step_profile.py tests/test_interleaved.py -k cuda 2>&1 | tee "$out/tests.txt"
+        tests/test_step_profile.py tests/test_interleaved.py tests/test_stra_operator.py -k cuda 2>&1 | tee "$out/tests.txt"
 fi
 
 if [[ $parts == *" profile "* ]]; then

@@ -44,6 +44,24 @@ def test_matches_reference_forward_and_backward(train, interaction, size):
         torch.testing.assert_close(ref.state_dict()[key], value, rtol=1e-10, atol=1e-10, msg=key)
 
 
+def test_a_mode_with_a_zero_modal_vector_matches_the_reference():
+    """A mode whose channels are all zero has m = 0, so its row of the interaction affinities m m^T has norm 0:
+    F.normalize clamps it, and the hand-written backward must route the gradient as autograd does there."""
+    fused, ref = _pair(32, 4, True, dtype=torch.float64)
+    x = torch.randn(2, 32, 4, 3, dtype=torch.float64)
+    x[:, 8:16] = 0  # mode 1
+    x = x.requires_grad_()
+    x_ref = x.detach().clone().requires_grad_()
+    out, out_ref = fused(x), ref(x_ref)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    out_ref.backward(grad)
+    assert torch.isfinite(x.grad).all()
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-9, atol=1e-10)
+    for (name, p), p_ref in zip(fused.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, p_ref.grad, rtol=1e-9, atol=1e-10, msg=name)
+
+
 def test_reference_operator_is_a_drop_in_for_the_fast_one():
     fast = StRAttention(64, stride=2, groups=8)
     ref = StRAttention(64, stride=2, groups=8, reference=True)

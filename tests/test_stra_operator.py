@@ -143,15 +143,16 @@ def test_halves_trace_with_torch_fx_on_their_own():
         torch.testing.assert_close(extractor(x)['out'], module(x))
 
 
+@pytest.mark.parametrize('device', ['cpu'] + (['cuda'] if torch.cuda.is_available() else []))
 @pytest.mark.parametrize('training', [True, False])
-def test_compiled_under_autocast_with_an_input_that_needs_no_gradient(training):
+def test_compiled_under_autocast_with_an_input_that_needs_no_gradient(training, device):
     """``torch.compile`` of the operator in a bf16 autocast region, its input needing no gradient (its parameters
     do): the compiled products cast as autocast would (torch.compile traces an autograd.Function's forward without
     autocast's casts, which once made the second grouped product multiply a float32 weight by bf16 values: an
     error). Values as eager's, bf16 like them."""
-    op = StRAttention(32, groups=4).train(training)
-    x = torch.randn(2, 32, 7, 6)
-    with torch.autocast('cpu', dtype=torch.bfloat16):
+    op = StRAttention(32, groups=4).train(training).to(device)
+    x = torch.randn(2, 32, 7, 6, device=device)
+    with torch.autocast(device, dtype=torch.bfloat16):
         want = op(x)
         got = torch.compile(op, backend='aot_eager', fullgraph=True)(x)
     assert got.dtype == want.dtype == torch.bfloat16

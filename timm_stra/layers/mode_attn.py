@@ -15,8 +15,8 @@ from torch import nn
 
 from .checks import check_divisible
 from .diversity import DiversityRecorder
-from .mode_gating import gated_output, mode_gates, mode_gating, stack_gates
-from .replay import NormReplay, replayable_norm
+from .mode_gating import gated_output, mode_gating, stack_gates
+from .replay import replayable_norm
 from .score_branch import ScoreBranch
 from .tracing import eager_autograd
 
@@ -99,7 +99,7 @@ class ModeAttention(nn.Module):
         view) and per-mode channels-last input take the same path; the gating product writes the
         output channels first either way. When an eager forward records gradients (and the gate
         norms are plain ``BatchNorm2d``, which can be replayed), pooling, gates and output are one
-        autograd node (``mode_gating.py``, whose ``mode_gates`` is the same computation as below);
+        autograd node (``mode_gating.py``, the same computation as below, with a hand-written backward);
         this plain path serves the rest (inference, TorchScript, torch.fx, torch.compile, frozen norms).
 
         Args:
@@ -139,19 +139,9 @@ class ModeAttention(nn.Module):
     @torch.jit.unused
     def _gated_in_one_node(self, nodes: torch.Tensor, masks: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """Pooling, gates and output as one autograd node (``mode_gating``): (B, G, N, n) -> (B*G, n, N)."""
-        size = (height, width)
+        B, G, N, _ = nodes.shape
         interact_norm = self.interact_norm if self.interaction else None
-        # the replay computes with the norms as this forward sees them, read now (see replay.py)
-        gate_replay = NormReplay(self.gate_norm)
-        interact_replay = NormReplay(self.interact_norm) if self.interaction else None
-
-        def gates(s: torch.Tensor, m: torch.Tensor, replay: bool):
-            if replay:
-                return mode_gates(s, m, size, gate_replay, interact_replay)
-            return mode_gates(s, m, size, self.gate_norm, interact_norm)
-
-        params = gate_replay.params() + (interact_replay.params() if interact_replay is not None else [])
-        return mode_gating(gates, nodes, masks, [p for p in params if p.requires_grad])
+        return mode_gating(nodes, masks.view(B, G, height, width), self.gate_norm, interact_norm)
 
 
 def _normalize_masks(logits: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -1,59 +1,37 @@
-"""Mode attention's pooling and gating as one autograd node: its input's gradient in one product.
+"""Mode attention's pooling and gating as one autograd node with a hand-written backward.
 
 Mode attention reads its per-mode nodes S (the local attention's output) four times: the
 mask branch, the pooling ``m = M S``, the affinities ``S [m, m']`` and the gated output
 ``Z = S + m alpha + m' alpha'``. Left to autograd, the last three each produce a full-size
 gradient of S, summed in three passes over memory. Here they are one node whose backward
-writes ``dS = dZ^T + [d affinity | M^T] [m, m', dm]^T`` with a single batched product (a
-rank-3 update of the transposed output gradient), and finds the small gradients (of the
-modal vectors, the gates and the gate norms) by replaying the gates in backward, which
-reads S once more (``replay.py`` has the same pattern for the score branches; the gate
-norms are replayed with ``NormReplay``: the forward's statistics, no second update).
+
+* writes ``dS = dZ^T + [d affinity | M^T] [m, m', dm]^T`` with a single batched product (a
+  rank-3 update of the transposed output gradient), and
+* finds the small gradients (of the gates, the gate norms, the modal vectors and the mode
+  interaction) by hand from what the forward kept of them: no replay of the gates, no
+  ``autograd.grad``, one read of S for the affinities' share of the modal vectors' gradient.
+  (Replaying the gates and differentiating them with autograd took 68 more dispatched ops in
+  mode attention's backward, 259 against 191, and on a GPU each op is a launch from Python.)
+
+The gate norms' backward uses the norms as the forward saw them (``NormReplay``: its
+parameters, its mode and, in eval mode, its running statistics of that time). The small maps'
+gradients are computed in float32 (float64 for a float64 model) whatever the compute dtype.
 
 Kept for backward: S (whatever saved-tensor hooks make of it: ``recompute_saved``,
-checkpointing), the masks and the modal vectors. Double backward is refused.
+checkpointing), the masks, and the gates' small tensors (B x G x H x W maps and B x G x G
+interaction weights). Double backward is refused.
 """
 import math
-from typing import Callable, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from .autocast import AutocastState, without_autocast
+from .autocast import without_autocast
+from .replay import NormReplay
 
-# (nodes (B, G, N, n), modal vectors m (B, G, n), replay) -> affinity (B, G, N, k), k gates (B, G, H, W),
-# vectors (B, G, n, k): k = 2 with the interaction unit (m, m'), 1 without (m)
-Gates = Callable[[torch.Tensor, torch.Tensor, bool], Tuple[torch.Tensor, List[torch.Tensor], torch.Tensor]]
-
-
-def mode_gates(nodes: torch.Tensor, m: torch.Tensor, size: Tuple[int, int], gate_norm: Callable,
-               interact_norm: Optional[Callable]) -> Tuple[torch.Tensor, List[torch.Tensor], torch.Tensor]:
-    """The gates of mode attention (SPEC 1.2) from its nodes and modal vectors.
-
-    ``interact_norm=None`` stops after the mode vector unit (no interaction).
-
-    Shapes:
-        nodes (B, G, N, n), m (B, G, n), size (H, W) with H*W = N -> affinity (B, G, N, k),
-        k gates [alpha, alpha'] each (B, G, H, W), vectors [m, m'] (B, G, n, k); k = 2 with the
-        interaction unit, else 1.
-    """
-    B, G, N, n = nodes.shape
-    if interact_norm is None:
-        vectors = m.unsqueeze(-1)
-        affinity = torch.matmul(nodes, vectors)                              # e[g, i] = <m_g, S_g[:, i]>
-        alpha = torch.sigmoid(gate_norm(affinity.reshape(B, G, *size)))
-        return affinity, [alpha], vectors
-    # mode interaction: P = softmax(sqrt(G) * l2normalize_rows(m m^T)), m' = P m
-    paths = F.normalize(m @ m.transpose(1, 2), dim=-1)
-    mixed = torch.softmax(paths * math.sqrt(G), dim=-1) @ m
-    vectors = torch.stack([m, mixed], dim=-1)
-    affinity = torch.matmul(nodes, vectors)                                  # one pass over S for both
-    alpha = torch.sigmoid(gate_norm(affinity[..., 0].reshape(B, G, *size)))
-    # Y_g = S_g + alpha m_g, so <m'_g, Y_g[:, i]> = <m'_g, S_g[:, i]> + alpha[g, i] <m'_g, m_g>
-    second = affinity[..., 1] + alpha.view(B, G, N) * (mixed * m).sum(-1, keepdim=True)
-    alpha2 = torch.sigmoid(interact_norm(second.reshape(B, G, *size)))
-    return affinity, [alpha, alpha2], vectors
+# F.normalize's default: the row norm of the interaction affinities is clamped to it
+_NORMALIZE_EPS = 1e-12
 
 
 def stack_gates(gates: List[torch.Tensor]) -> torch.Tensor:
@@ -74,48 +52,87 @@ def gated_output(nodes: torch.Tensor, vectors: torch.Tensor, gates: torch.Tensor
 
 
 class _ModeGating(torch.autograd.Function):
-    """``m = M S``, the gates, and ``Z``; keeps S, M and m (see the module docstring)."""
+    """``m = M S``, the gates and ``Z``; keeps S, M and the gates' small tensors (see the module docstring).
+
+    Inputs after ``norms`` (the forward's norm modules, then their ``NormReplay``): nodes, masks and the
+    norms' weights and biases, two per norm (``None`` where a norm has none).
+    """
 
     @staticmethod
-    def forward(ctx, gates: Gates, nodes: torch.Tensor, masks: torch.Tensor, *params: torch.Tensor):
-        m = torch.matmul(masks, nodes).squeeze(2)                            # modal vectors: B, G, n
-        _, gate_maps, vectors = gates(nodes, m, False)
-        out = gated_output(nodes, vectors, stack_gates(gate_maps))
-        ctx.gates = gates
-        ctx.params = params
-        ctx.autocast = AutocastState(nodes.device.type)
-        ctx.save_for_backward(nodes, masks, m)
+    def forward(ctx, norms: Tuple[List[torch.nn.Module], List[NormReplay]], nodes: torch.Tensor,
+                masks: torch.Tensor, *params: Optional[torch.Tensor]):
+        modules, replays = norms
+        B, G, N, n = nodes.shape
+        H, W = masks.shape[-2:]
+        m = torch.matmul(masks.view(B, G, 1, N), nodes).squeeze(2)          # modal vectors: B, G, n
+        saved: List[torch.Tensor] = []
+        if len(modules) == 1:
+            vectors = m.unsqueeze(-1)
+        else:
+            # mode interaction: P = softmax(sqrt(G) * l2normalize_rows(m m^T)), m' = P m (F.normalize's arithmetic)
+            paths = m @ m.transpose(1, 2)
+            length = paths.norm(2, -1, keepdim=True)
+            unit = paths / length.clamp_min(_NORMALIZE_EPS)
+            weights = torch.softmax(unit * math.sqrt(G), dim=-1)
+            mixed = weights @ m
+            vectors = torch.stack([m, mixed], dim=-1)
+            saved = [length, unit, weights]
+        affinity = torch.matmul(nodes, vectors)                             # e = <vectors_g, S_g[:, i]>: B, G, N, k
+        inputs = [affinity[..., 0].reshape(B, G, H, W)]                     # the gate norms' inputs
+        alpha = torch.sigmoid(modules[0](inputs[0]))
+        gates = [alpha]
+        if len(modules) == 2:
+            # Y_g = S_g + alpha m_g, so <m'_g, Y_g[:, i]> = <m'_g, S_g[:, i]> + alpha[g, i] <m'_g, m_g>
+            overlap = (vectors[..., 1] * m).sum(-1, keepdim=True)            # B, G, 1
+            inputs.append((affinity[..., 1] + alpha.view(B, G, N) * overlap).view(B, G, H, W))
+            gates.append(torch.sigmoid(modules[1](inputs[1])))
+            saved.append(overlap)
+        stacked = stack_gates(gates)
+        out = gated_output(nodes, vectors, stacked)
+        ctx.replays = replays
+        ctx.save_for_backward(nodes, masks, vectors, stacked, *inputs, *saved)
         return out
 
     @staticmethod
     @once_differentiable
     @without_autocast
     def backward(ctx, grad_out: torch.Tensor):
-        nodes, masks, m = ctx.saved_tensors
+        nodes, masks, vectors, stacked, *rest = ctx.saved_tensors
+        replays: List[NormReplay] = ctx.replays
+        k = len(replays)
+        inputs, (length, unit, weights, overlap) = rest[:k], (rest[k:] if k == 2 else (None,) * 4)
         B, G, N, n = nodes.shape
         dtype = grad_out.dtype  # the forward's compute dtype (autocast does not reach backward)
-        with torch.enable_grad(), ctx.autocast():
-            m_leaf = m.detach().requires_grad_()
-            affinity, gate_maps, vectors = ctx.gates(nodes.detach(), m_leaf, True)
-            # what Z reads of the replay: the gates and m' = vectors[..., 1] (m = vectors[..., 0] is the leaf)
-            used = [*gate_maps, *vectors.unbind(-1)[1:]]
-        k = vectors.shape[-1]
+        acc = torch.promote_types(dtype, torch.float32)  # the small maps' dtype here
         grad_z = grad_out.view(B * G, n, N)
-        vectors_c = vectors.detach().to(dtype).view(B * G, n, k)
-        gates_c = stack_gates(gate_maps).detach().to(dtype).view(B * G, k, N)
+        vectors_c = vectors.to(dtype).view(B * G, n, k)
         # Z = S^T + vectors @ gates: the gradients of the gates and of the vectors as used there
-        grad_gates = torch.bmm(vectors_c.transpose(1, 2), grad_z).view(B, G, k, N)
-        grad_vectors = torch.bmm(grad_z, gates_c.transpose(1, 2)).view(vectors.shape)
-        # the gates and m' back to m, the affinities and the norms
+        grad_gates = torch.bmm(vectors_c.transpose(1, 2), grad_z).view(B, G, k, N).to(acc)
+        grad_vectors = torch.bmm(grad_z, stacked.to(dtype).view(B * G, k, N).transpose(1, 2)).view(B, G, n, k)
+        gates = stacked.to(acc).unbind(2)
         needs = ctx.needs_input_grad[3:]
-        params = [p for p, need in zip(ctx.params, needs) if need]
-        grads = [*(g.view_as(gate) for g, gate in zip(grad_gates.to(gate_maps[0].dtype).unbind(2), gate_maps)),
-                 *grad_vectors.to(vectors.dtype).unbind(-1)[1:]]
-        found = torch.autograd.grad(used, [m_leaf, affinity, *params], grads, allow_unused=True)
-        grad_m = grad_vectors[..., 0] + found[0].to(dtype)
-        grad_affinity = found[1].to(dtype)
-        param_grads = iter(found[2:])
-        grad_params = [next(param_grads) if need else None for need in needs]
+        param_grads: List[Optional[torch.Tensor]] = [None] * len(needs)
+        # the gates back to their norms' inputs (the affinities, but for the second gate's alpha * <m', m>)
+        grad_alpha, grad_overlap = grad_gates[:, :, 0], None
+        grad_inputs: List[torch.Tensor] = []
+        if k == 2:
+            grad_second, param_grads[2], param_grads[3] = _gate_backward(
+                replays[1], grad_gates[:, :, 1], gates[1], inputs[1].to(acc), needs[2:4])
+            grad_overlap = (grad_second * gates[0]).sum(-1, keepdim=True)
+            grad_alpha = torch.addcmul(grad_alpha, grad_second, overlap.to(acc))
+            grad_inputs.append(grad_second)
+        grad_first, param_grads[0], param_grads[1] = _gate_backward(
+            replays[0], grad_alpha, gates[0], inputs[0].to(acc), needs[0:2])
+        grad_inputs.insert(0, grad_first)
+        grad_affinity = torch.stack(grad_inputs, dim=-1).to(dtype)          # B, G, N, k
+        # the vectors: through Z, and through the affinities e = S^T vectors (one read of S)
+        grad_vectors = grad_vectors.add_(torch.matmul(nodes.to(dtype).transpose(2, 3), grad_affinity)).to(acc)
+        grad_m = grad_vectors[..., 0]
+        if k == 2:
+            m, mixed = vectors.to(acc).unbind(-1)
+            grad_m = _interaction_backward(grad_m, grad_vectors[..., 1], grad_overlap, m, mixed, length.to(acc),
+                                           unit.to(acc), weights.to(acc))
+        grad_m = grad_m.to(dtype)
         grad_nodes = grad_masks = None
         if ctx.needs_input_grad[1]:
             # dS = dZ^T + d affinity @ vectors^T + M^T dm: one product onto the transposed output gradient
@@ -124,22 +141,60 @@ class _ModeGating(torch.autograd.Function):
             right = torch.cat([vectors_c.transpose(1, 2), grad_m.reshape(B * G, 1, n)], 1)
             grad_nodes = torch.baddbmm(grad_z.transpose(1, 2), left, right).view(B, G, N, n).to(nodes.dtype)
         if ctx.needs_input_grad[2]:
-            grad_masks = torch.matmul(grad_m.unsqueeze(2), nodes.to(dtype).transpose(2, 3)).to(masks.dtype)
-        return (None, grad_nodes, grad_masks, *grad_params)
+            grad_masks = torch.matmul(grad_m.unsqueeze(2), nodes.to(dtype).transpose(2, 3))
+            grad_masks = grad_masks.view(masks.shape).to(masks.dtype)
+        return (None, grad_nodes, grad_masks, *param_grads)
 
 
-def mode_gating(gates: Gates, nodes: torch.Tensor, masks: torch.Tensor, params: List[torch.Tensor]) -> torch.Tensor:
+def _gate_backward(norm: NormReplay, grad_gate: torch.Tensor, gate: torch.Tensor, x: torch.Tensor,
+                   needs: Tuple[bool, ...]) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """``gate = sigmoid(norm(x))`` back to x and the norm's weight and bias (where ``needs`` says).
+
+    Shapes:
+        grad_gate, gate (B, G, N); x (B, G, H, W) -> (B, G, N), (G,), (G,)
+    """
+    grad_norm = torch.ops.aten.sigmoid_backward(grad_gate, gate).view(x.shape)
+    grad_x, grad_weight, grad_bias = norm.backward(grad_norm, x, needs)
+    return grad_x.view(gate.shape), grad_weight, grad_bias
+
+
+def _interaction_backward(grad_m: torch.Tensor, grad_mixed: torch.Tensor, grad_overlap: torch.Tensor,
+                          m: torch.Tensor, mixed: torch.Tensor, length: torch.Tensor, unit: torch.Tensor,
+                          weights: torch.Tensor) -> torch.Tensor:
+    """The modal vectors' whole gradient, given those of m and m' = P m as used downstream and that of <m', m>.
+
+    ``P = softmax(sqrt(G) * unit)``, ``unit = R / max(length, eps)``, ``R = m m^T``, ``length`` = R's row norms.
+
+    Shapes:
+        grad_m, grad_mixed, m, mixed (B, G, n); grad_overlap, length (B, G, 1); unit, weights (B, G, G) -> (B, G, n)
+    """
+    G = m.shape[1]
+    grad_m = torch.addcmul(grad_m, grad_overlap, mixed)                     # d<m', m>/dm = m'
+    grad_mixed = torch.addcmul(grad_mixed, grad_overlap, m)                 # d<m', m>/dm' = m
+    grad_m = torch.baddbmm(grad_m, weights.transpose(1, 2), grad_mixed)     # m' = P m
+    grad_logits = torch._softmax_backward_data(grad_mixed @ m.transpose(1, 2), weights, -1, weights.dtype)
+    grad_unit = grad_logits * math.sqrt(G)
+    # unit = R / length where length > eps (the radial part of the gradient drops out), R / eps elsewhere
+    radial = (grad_unit * unit).sum(-1, keepdim=True) * (length > _NORMALIZE_EPS)
+    grad_paths = torch.addcmul(grad_unit, unit, radial, value=-1) / length.clamp_min(_NORMALIZE_EPS)
+    return torch.baddbmm(grad_m, grad_paths + grad_paths.transpose(1, 2), m)  # R = m m^T
+
+
+def mode_gating(nodes: torch.Tensor, masks: torch.Tensor, gate_norm: torch.nn.Module,
+                interact_norm: Optional[torch.nn.Module]) -> torch.Tensor:
     """Pool the modal vectors, gate and add them: the output of mode attention, as one autograd node.
 
     Args:
-        gates: ``gates(nodes, m, replay)`` -> (affinity, gates, vectors) as ``mode_gates`` returns them; with
-            ``replay`` (in backward, autograd on) it must compute with the norms as the forward saw them
-            (``NormReplay``) and update nothing.
         nodes: (B, G, N, n) per-mode nodes S, any strides with the channels or the positions unit-strided.
-        masks: (B, G, 1, N) spatial masks M.
-        params: every tensor ``gates`` uses that may need a gradient (the gate norms' affine parameters).
+        masks: (B, G, H, W) spatial masks M, H * W = N.
+        gate_norm: the mode vector unit's norm, a plain ``nn.BatchNorm2d`` (``replayable_norm``): the forward
+            runs it (updating its running statistics), the backward differentiates it as the forward saw it.
+        interact_norm: the mode interaction unit's norm, or ``None`` to stop after the mode vector unit.
 
     Returns:
         (B*G, n, N) output Z, channels first, contiguous.
     """
-    return _ModeGating.apply(gates, nodes, masks, *params)
+    modules = [gate_norm] if interact_norm is None else [gate_norm, interact_norm]
+    replays = [NormReplay(norm) for norm in modules]  # read before the forward runs them (see replay.py)
+    params = [t for replay in replays for t in (replay.weight, replay.bias)]
+    return _ModeGating.apply((modules, replays), nodes, masks, *params)

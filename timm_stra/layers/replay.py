@@ -18,7 +18,7 @@ StRA's branches need from it:
 
 Autocast is replayed as it was in forward. Double backward is refused (an error).
 """
-from typing import Callable, List, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +53,33 @@ class NormReplay:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         mean, var = self.running if self.running is not None else (None, None)
         return F.batch_norm(x, mean, var, self.weight, self.bias, self.batch_stats, 0., self.eps)
+
+    def backward(self, grad: torch.Tensor, x: torch.Tensor, needs: Sequence[bool]
+                 ) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """The gradients of ``self(x)`` given ``grad``, without autograd: of ``x``, and of the weight and the bias
+        where ``needs`` (two flags) says so and the norm has them (else ``None``).
+
+        Computes in ``x``'s dtype; the weight's and bias's gradients come in their own.
+
+        Shapes:
+            grad, x (B, C, H, W) -> (B, C, H, W), (C,), (C,)
+        """
+        if self.batch_stats:
+            var, mean = torch.var_mean(x, dim=(0, 2, 3), correction=0)
+            invstd = (var + self.eps).rsqrt()
+            running_mean = running_var = None
+        else:
+            mean = invstd = None
+            running_mean, running_var = (t.to(x.dtype) for t in self.running)
+        weight = None if self.weight is None else self.weight.to(x.dtype)
+        mask = [True, bool(needs[0]) and self.weight is not None, bool(needs[1]) and self.bias is not None]
+        grad_x, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
+            grad, x, weight, running_mean, running_var, mean, invstd, self.batch_stats, self.eps, mask)
+        if grad_weight is not None:
+            grad_weight = grad_weight.to(self.weight.dtype)
+        if grad_bias is not None:
+            grad_bias = grad_bias.to(self.bias.dtype)
+        return grad_x, grad_weight, grad_bias
 
 
 class _Replay(torch.autograd.Function):
