@@ -208,6 +208,34 @@ def test_score_branch_on_its_own():
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.parametrize('train', [True, False])
+def test_score_branch_channels_last_differentiates_the_convolutions(train):
+    """Channels-last input takes the grouped convolutions, not the products (as eager CUDA does): the hand-written
+    backward then takes the convolution's backward, with the gradients of the branch kept whole; in eval mode the
+    norms' running statistics."""
+    from timm_stra.layers import grouped_pointwise as gp
+    torch.manual_seed(0)
+    replaying = ScoreBranch(24, 16, 8, 4, dtype=torch.float64).train(train)
+    for bn in (replaying.bn1, replaying.bn2):
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.weight.data.uniform_(0.5, 1.5)
+    plain = copy.deepcopy(replaying)
+    plain.recompute = False
+    x = torch.randn(3, 24, 5, 4, dtype=torch.float64).to(memory_format=torch.channels_last)
+    assert not gp._use_matmul(x)
+    grads = []
+    for branch in (replaying, plain):
+        x_ = x.clone().requires_grad_()
+        y = branch(x_)
+        y.mul(torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum().backward()
+        grads.append((y, x_.grad, [p.grad for p in branch.parameters()]))
+    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-10, atol=1e-12)
+    for a, b in zip(grads[0][2], grads[1][2]):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
 def test_replay_follows_the_forwards_autocast_not_the_backwards():
     """A float32 forward, then backward called inside an autocast region: the replay stays float32."""
     recomputing, keeping = _pair()

@@ -23,7 +23,7 @@ with products is not measured yet.)
 strides, so mode attention can read the local attention's per-mode channels-last output
 without a layout copy; it always computes products.
 """
-from typing import Optional
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -87,22 +87,58 @@ class _GroupedPointwise(torch.autograd.Function):
     @without_autocast
     def backward(ctx, grad_y: torch.Tensor):
         nodes, weight = ctx.saved_tensors
-        dtype = ctx.dtype  # autocast does not reach backward: compute in the forward's dtype
-        G = nodes.shape[1]
-        w = weight.to(dtype).view(G, weight.shape[0] // G, -1)
-        grad = grad_y.to(dtype)
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            if nodes.stride(2) == 1:  # nodes are a transposed view of positions x channels: match that layout
-                grad_x = torch.matmul(grad.transpose(2, 3), w).transpose(2, 3)
-            else:
-                grad_x = torch.matmul(w.transpose(1, 2), grad)
-            grad_x = grad_x.to(nodes.dtype)
-        if ctx.needs_input_grad[1]:
-            grad_w = torch.matmul(grad, nodes.to(dtype).transpose(2, 3)).sum(0).view(weight.shape).to(weight.dtype)
-        if ctx.bias_dtype is not None and ctx.needs_input_grad[2]:
-            grad_b = grad.sum((0, 3)).reshape(-1).to(ctx.bias_dtype)
-        return grad_x, grad_w, grad_b
+        needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.bias_dtype is not None and ctx.needs_input_grad[2])
+        grad_x, grad_w, grad_b = _products_backward(grad_y, nodes, weight, needs, ctx.dtype)
+        return grad_x, grad_w, None if grad_b is None else grad_b.to(ctx.bias_dtype)
+
+
+def _products_backward(grad_y: torch.Tensor, nodes: torch.Tensor, weight: torch.Tensor, needs: Sequence[bool],
+                       dtype: torch.dtype) -> Tuple[Optional[torch.Tensor], ...]:
+    """The gradients of ``_products(nodes, weight, bias)`` computed in ``dtype``: of the nodes (in their dtype and
+    layout), the weight (its dtype) and the bias (``dtype``), each where ``needs`` says, else ``None``.
+
+    Shapes:
+        grad_y (B, G, out / G, N), nodes (B, G, in / G, N), weight (out, in / G, 1, 1)
+    """
+    G = nodes.shape[1]
+    w = weight.to(dtype).view(G, weight.shape[0] // G, -1)
+    grad = grad_y.to(dtype)
+    grad_x = grad_w = grad_b = None
+    if needs[0]:
+        if nodes.stride(2) == 1:  # nodes are a transposed view of positions x channels: match that layout
+            grad_x = torch.matmul(grad.transpose(2, 3), w).transpose(2, 3)
+        else:
+            grad_x = torch.matmul(w.transpose(1, 2), grad)
+        grad_x = grad_x.to(nodes.dtype)
+    if needs[1]:
+        grad_w = torch.matmul(grad, nodes.to(dtype).transpose(2, 3)).sum(0).view(weight.shape).to(weight.dtype)
+    if needs[2]:
+        grad_b = grad.sum((0, 3)).reshape(-1)
+    return grad_x, grad_w, grad_b
+
+
+def grouped_pointwise_backward(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, groups: int,
+                               needs: Sequence[bool], dtype: torch.dtype) -> Tuple[Optional[torch.Tensor], ...]:
+    """The gradients of ``grouped_pointwise(x, weight, bias, groups)``, without autograd, computed in ``dtype``
+    (the forward's, autocast's where it ran): of ``x`` (its dtype), the weight (its dtype) and the bias
+    (``dtype``), each where ``needs`` (three flags) says, else ``None``. The same kernels as the forward:
+    products where it took products, else the convolution's backward.
+
+    Shapes:
+        grad_y (B, out, H, W), x (B, in, H, W), weight (out, in / groups, 1, 1)
+    """
+    B, C, H, W = x.shape
+    out = weight.shape[0]
+    if _use_matmul(x):
+        nodes = x.reshape(B, groups, C // groups, H * W)
+        grad_x, grad_w, grad_b = _products_backward(grad_y.reshape(B, groups, out // groups, H * W), nodes, weight,
+                                                    needs, dtype)
+        return None if grad_x is None else grad_x.view(x.shape), grad_w, grad_b
+    grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
+        grad_y.to(dtype), x.to(dtype), weight.to(dtype), [out] if needs[2] else None, [1, 1], [0, 0], [1, 1], False,
+        [0, 0], groups, [bool(n) for n in needs])
+    return (None if grad_x is None else grad_x.to(x.dtype), None if grad_w is None else grad_w.to(weight.dtype),
+            grad_b)
 
 
 @register_notrace_function

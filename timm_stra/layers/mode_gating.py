@@ -117,12 +117,12 @@ class _ModeGating(torch.autograd.Function):
         grad_inputs: List[torch.Tensor] = []
         if k == 2:
             grad_second, param_grads[2], param_grads[3] = _gate_backward(
-                replays[1], grad_gates[:, :, 1], gates[1], inputs[1].to(acc), needs[2:4])
+                replays[1], grad_gates[:, :, 1], gates[1], inputs[1], needs[2:4])
             grad_overlap = (grad_second * gates[0]).sum(-1, keepdim=True)
             grad_alpha = torch.addcmul(grad_alpha, grad_second, overlap.to(acc))
             grad_inputs.append(grad_second)
         grad_first, param_grads[0], param_grads[1] = _gate_backward(
-            replays[0], grad_alpha, gates[0], inputs[0].to(acc), needs[0:2])
+            replays[0], grad_alpha, gates[0], inputs[0], needs[0:2])
         grad_inputs.insert(0, grad_first)
         grad_affinity = torch.stack(grad_inputs, dim=-1).to(dtype)          # B, G, N, k
         # the vectors: through Z, and through the affinities e = S^T vectors (one read of S)
@@ -148,13 +148,15 @@ class _ModeGating(torch.autograd.Function):
 
 def _gate_backward(norm: NormReplay, grad_gate: torch.Tensor, gate: torch.Tensor, x: torch.Tensor,
                    needs: Tuple[bool, ...]) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
-    """``gate = sigmoid(norm(x))`` back to x and the norm's weight and bias (where ``needs`` says).
+    """``gate = sigmoid(norm(x))`` back to x and the norm's weight and bias (where ``needs`` says), in the dtype of
+    ``grad_gate``; ``x`` is the forward's.
 
     Shapes:
         grad_gate, gate (B, G, N); x (B, G, H, W) -> (B, G, N), (G,), (G,)
     """
+    saved = norm.forward_saving(x)[1] if norm.batch_stats else None  # the batch statistics of the forward
     grad_norm = torch.ops.aten.sigmoid_backward(grad_gate, gate).view(x.shape)
-    grad_x, grad_weight, grad_bias = norm.backward(grad_norm, x, needs)
+    grad_x, grad_weight, grad_bias = norm.backward(grad_norm, x.to(grad_gate.dtype), saved, needs)
     return grad_x.view(gate.shape), grad_weight, grad_bias
 
 

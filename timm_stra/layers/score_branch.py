@@ -5,8 +5,8 @@ to produce the spatial mask logits: ``GC(C -> hidden, bias) -> BN -> tanh ->
 GC(hidden -> out, bias) -> BN``, where ``GC`` is a 1x1 convolution with ``groups``
 groups (SPEC 1.1 step 1 and 1.2 step 1).
 
-In training the fast branch keeps only its input for backward and replays itself there
-(``replay.py``): its hidden maps are wider than its output and, per image, cost more
+In training the fast branch keeps only its input for backward and recomputes itself there
+(``score_replay.py``): its hidden maps are wider than its output and, per image, cost more
 memory than what they save in time to keep.
 """
 from functools import partial
@@ -15,8 +15,9 @@ from typing import Final, Optional, Tuple
 import torch
 from torch import nn
 
-from .grouped_pointwise import GroupedPointwiseConv, grouped_pointwise, grouped_pointwise_nodes
-from .replay import NormReplay, replayable_norm, replayed
+from .grouped_pointwise import GroupedPointwiseConv
+from .replay import replayable_norm
+from .score_replay import BranchReplay, score_replayed
 from .tracing import eager_autograd
 
 
@@ -89,19 +90,6 @@ class ScoreBranch(nn.Module):
 
     @torch.jit.unused
     def _forward_replayed(self, x: torch.Tensor, size: Optional[Tuple[int, int]]) -> torch.Tensor:
-        # the replay computes with the tensors of this forward, read now (see replay.py)
-        groups = self.conv1.groups
-        w1, b1, w2, b2 = self.conv1.weight, self.conv1.bias, self.conv2.weight, self.conv2.bias
-        norm1, norm2 = NormReplay(self.bn1), NormReplay(self.bn2)
-
-        def run(t: torch.Tensor, replay: bool) -> torch.Tensor:
-            if not replay:
-                return self._branch(t, size)
-            if size is not None:
-                t = grouped_pointwise_nodes(t, w1, b1).view(t.shape[0], w1.shape[0], size[0], size[1])
-            else:
-                t = grouped_pointwise(t, w1, b1, groups)
-            return norm2(grouped_pointwise(torch.tanh(norm1(t)), w2, b2, groups))
-
-        params = [t for t in (w1, b1, *norm1.params(), w2, b2, *norm2.params()) if t is not None and t.requires_grad]
-        return replayed(run, x, params)
+        # the backward computes with the tensors of this forward, read now (see score_replay.py)
+        replay = BranchReplay(self.conv1, self.bn1, self.conv2, self.bn2, size)
+        return score_replayed(lambda t: self._branch(t, size), replay, x)
