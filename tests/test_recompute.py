@@ -209,31 +209,36 @@ def test_score_branch_on_its_own():
 
 
 @pytest.mark.parametrize('train', [True, False])
-def test_score_branch_channels_last_differentiates_the_convolutions(train):
-    """Channels-last input takes the grouped convolutions, not the products (as eager CUDA does): the hand-written
-    backward then takes the convolution's backward, with the gradients of the branch kept whole; in eval mode the
-    norms' running statistics."""
+@pytest.mark.parametrize('autocast', [False, True])
+@pytest.mark.parametrize('layout', ['contiguous', 'channels_last', 'nodes'])
+def test_score_branch_recomputes_with_the_kept_branchs_kernels(layout, autocast, train):
+    """The hand-written backward recomputes and differentiates with the kernels autograd takes for the kept branch,
+    in the same dtypes: the same bits, in float32 and under bf16 autocast, for contiguous input (products),
+    channels-last input (the grouped convolutions, as eager CUDA takes them) and per-group nodes; in eval mode with
+    the norms' running statistics. (Statistics from another kernel once shifted the float16 gradients on CUDA.)"""
     from timm_stra.layers import grouped_pointwise as gp
     torch.manual_seed(0)
-    replaying = ScoreBranch(24, 16, 8, 4, dtype=torch.float64).train(train)
+    replaying = ScoreBranch(24, 16, 8, 4).train(train)
     for bn in (replaying.bn1, replaying.bn2):
         bn.running_mean.uniform_(-0.5, 0.5)
         bn.running_var.uniform_(0.5, 2.0)
         bn.weight.data.uniform_(0.5, 1.5)
     plain = copy.deepcopy(replaying)
     plain.recompute = False
-    x = torch.randn(3, 24, 5, 4, dtype=torch.float64).to(memory_format=torch.channels_last)
-    assert not gp._use_matmul(x)
-    grads = []
+    x = torch.randn(3, 24, 5, 4)
+    if layout == 'channels_last':
+        x = x.to(memory_format=torch.channels_last)
+    assert gp._use_matmul(x) == (layout != 'channels_last')
+    steps = []
     for branch in (replaying, plain):
-        x_ = x.clone().requires_grad_()
-        y = branch(x_)
-        y.mul(torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum().backward()
-        grads.append((y, x_.grad, [p.grad for p in branch.parameters()]))
-    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-10, atol=1e-12)
-    for a, b in zip(grads[0][2], grads[1][2]):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+        x_ = x.clone(memory_format=torch.preserve_format).requires_grad_()
+        with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
+            y = branch(x_.view(3, 4, 6, 20), (5, 4)) if layout == 'nodes' else branch(x_)
+        y.float().mul(torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+        steps.append([y.detach(), x_.grad, *(p.grad for p in branch.parameters())])
+    assert steps[0][0].dtype == (torch.bfloat16 if autocast else torch.float32)
+    for i, (got, want) in enumerate(zip(*steps)):
+        assert torch.equal(got, want), i
 
 
 def test_replay_follows_the_forwards_autocast_not_the_backwards():

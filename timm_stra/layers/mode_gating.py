@@ -14,8 +14,9 @@ gradient of S, summed in three passes over memory. Here they are one node whose 
   mode attention's backward, 259 against 191, and on a GPU each op is a launch from Python.)
 
 The gate norms' backward uses the norms as the forward saw them (``NormReplay``: its
-parameters, its mode and, in eval mode, its running statistics of that time). The small maps'
-gradients are computed in float32 (float64 for a float64 model) whatever the compute dtype.
+parameters, its mode and, in eval mode, its running statistics of that time) and the kernel
+autograd would. The other small maps' gradients are computed in float32 (float64 for a
+float64 model) whatever the compute dtype.
 
 Kept for backward: S (whatever saved-tensor hooks make of it: ``recompute_saved``,
 checkpointing), the masks, and the gates' small tensors (B x G x H x W maps and B x G x G
@@ -148,16 +149,16 @@ class _ModeGating(torch.autograd.Function):
 
 def _gate_backward(norm: NormReplay, grad_gate: torch.Tensor, gate: torch.Tensor, x: torch.Tensor,
                    needs: Tuple[bool, ...]) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
-    """``gate = sigmoid(norm(x))`` back to x and the norm's weight and bias (where ``needs`` says), in the dtype of
-    ``grad_gate``; ``x`` is the forward's.
+    """``gate = sigmoid(norm(x))`` back to x and the norm's weight and bias (where ``needs`` says): the sigmoid in
+    the dtype of ``grad_gate``, the norm in the forward's (``x``'s), as autograd would.
 
     Shapes:
         grad_gate, gate (B, G, N); x (B, G, H, W) -> (B, G, N), (G,), (G,)
     """
-    saved = norm.forward_saving(x)[1] if norm.batch_stats else None  # the batch statistics of the forward
+    saved = norm.forward_saving(x)[1]  # the forward's batch statistics, as its kernel computed them
     grad_norm = torch.ops.aten.sigmoid_backward(grad_gate, gate).view(x.shape)
-    grad_x, grad_weight, grad_bias = norm.backward(grad_norm, x.to(grad_gate.dtype), saved, needs)
-    return grad_x.view(gate.shape), grad_weight, grad_bias
+    grad_x, grad_weight, grad_bias = norm.backward(grad_norm.to(x.dtype), x, saved, needs)
+    return grad_x.view(gate.shape).to(grad_gate.dtype), grad_weight, grad_bias
 
 
 def _interaction_backward(grad_m: torch.Tensor, grad_mixed: torch.Tensor, grad_overlap: torch.Tensor,

@@ -18,6 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# what NormReplay.backward needs from NormReplay.forward_saving: the kernel's index, its saved statistics
+# and reserved space (as torch._batch_norm_impl_index returns them)
+Saved = Tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]
+
 
 def replayable_norm(norm: nn.Module) -> bool:
     """``NormReplay`` can replay ``norm`` exactly: a plain ``nn.BatchNorm2d`` (not synchronised, not frozen)."""
@@ -45,36 +49,30 @@ class NormReplay:
         mean, var = self.running if self.running is not None else (None, None)
         return F.batch_norm(x, mean, var, self.weight, self.bias, self.batch_stats, 0., self.eps)
 
-    def forward_saving(self, x: torch.Tensor) -> Tuple[torch.Tensor, Optional[Tuple[torch.Tensor, torch.Tensor]]]:
-        """``self(x)`` and what ``backward`` needs of it: the batch's mean and inverse standard deviation (float32
-        or wider), computed by the same kernel as the forward's on CPU, or ``None`` with running statistics."""
-        if not self.batch_stats:
-            return self(x), None
-        out, mean, invstd = torch.native_batch_norm(x, self.weight, self.bias, None, None, True, 0., self.eps)
-        return out, (mean, invstd)
+    def forward_saving(self, x: torch.Tensor) -> Tuple[torch.Tensor, Saved]:
+        """``self(x)`` and what ``backward`` needs of it, from the kernel ``F.batch_norm`` dispatches to (cuDNN's,
+        on CUDA where it takes it) without updating any running statistics."""
+        mean, var = self.running if self.running is not None else (None, None)
+        out, save_mean, save_var, reserve, impl = torch._batch_norm_impl_index(
+            x, self.weight, self.bias, mean, var, self.batch_stats, 0., self.eps, torch.backends.cudnn.enabled)
+        return out, (impl, save_mean, save_var, reserve)
 
-    def backward(self, grad: torch.Tensor, x: torch.Tensor, saved: Optional[Tuple[torch.Tensor, torch.Tensor]],
-                 needs: Sequence[bool]) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
+    def backward(self, grad: torch.Tensor, x: torch.Tensor, saved: Saved, needs: Sequence[bool]
+                 ) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
         """The gradients of ``self(x)`` given ``grad``, without autograd: of ``x``, and of the weight and the bias
         where ``needs`` (two flags) says so and the norm has them (else ``None``). ``saved`` is what
         ``forward_saving(x)`` returned.
 
-        Computes in ``x``'s dtype, as autograd's backward of the forward would: bf16 or fp16 input with float32
-        parameters stays mixed (float32 statistics); the weight's and bias's gradients come in their own dtypes.
+        The kernel is the one autograd's backward of ``F.batch_norm`` takes, in the same dtypes.
 
         Shapes:
             grad, x (B, C, H, W) -> (B, C, H, W), (C,), (C,)
         """
-        mixed = x.dtype in (torch.bfloat16, torch.float16) and (self.weight is None or self.weight.dtype == torch.float32)
-        stats_dtype = torch.float32 if mixed else x.dtype
-        mean, invstd = (None, None) if saved is None else (t.to(stats_dtype) for t in saved)
-        running_mean, running_var = (None, None) if saved is not None else (t.to(stats_dtype) for t in self.running)
-        weight = None if self.weight is None else self.weight.to(stats_dtype)
+        impl, save_mean, save_var, reserve = saved
+        mean, var = self.running if self.running is not None else (None, None)
         mask = [True, bool(needs[0]) and self.weight is not None, bool(needs[1]) and self.bias is not None]
-        grad_x, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
-            grad, x, weight, running_mean, running_var, mean, invstd, self.batch_stats, self.eps, mask)
-        if grad_weight is not None:
-            grad_weight = grad_weight.to(self.weight.dtype)
-        if grad_bias is not None:
-            grad_bias = grad_bias.to(self.bias.dtype)
-        return grad_x, grad_weight, grad_bias
+        grad_x, grad_weight, grad_bias = torch.ops.aten._batch_norm_impl_index_backward(
+            impl, x, grad, self.weight, mean, var, save_mean, save_var,
+            self.batch_stats, self.eps, mask, reserve)
+        return grad_x, (grad_weight if mask[1] else None), (grad_bias if mask[2] else None)
+

@@ -69,7 +69,7 @@ class BranchReplay:
         normed, saved1 = self.norm1.forward_saving(hidden)
         act = torch.tanh(normed)
         logits = grouped_pointwise(act, w2, b2, self.groups)
-        saved2 = self.norm2.forward_saving(logits)[1] if self.norm2.batch_stats else None
+        saved2 = self.norm2.forward_saving(logits)[1]
         grad_logits, g_n2w, g_n2b = self.norm2.backward(grad_y.to(dtype), logits, saved2, needs[7:9])
         grad_act, g_w2, g_b2 = grouped_pointwise_backward(grad_logits, act, self.w2, self.groups,
                                                           (True, needs[5], needs[6] and b2 is not None), dtype)
