@@ -87,15 +87,17 @@ class _GroupedPointwise(torch.autograd.Function):
     @without_autocast
     def backward(ctx, grad_y: torch.Tensor):
         nodes, weight = ctx.saved_tensors
-        needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.bias_dtype is not None and ctx.needs_input_grad[2])
-        grad_x, grad_w, grad_b = _products_backward(grad_y, nodes, weight, needs, ctx.dtype)
+        has_bias = ctx.bias_dtype is not None
+        needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], has_bias and ctx.needs_input_grad[2])
+        grad_x, grad_w, grad_b = grouped_pointwise_nodes_backward(grad_y, nodes, weight, needs, ctx.dtype)
         return grad_x, grad_w, None if grad_b is None else grad_b.to(ctx.bias_dtype)
 
 
-def _products_backward(grad_y: torch.Tensor, nodes: torch.Tensor, weight: torch.Tensor, needs: Sequence[bool],
-                       dtype: torch.dtype) -> Tuple[Optional[torch.Tensor], ...]:
-    """The gradients of ``_products(nodes, weight, bias)`` computed in ``dtype``: of the nodes (in their dtype and
-    layout), the weight (its dtype) and the bias (``dtype``), each where ``needs`` says, else ``None``.
+def grouped_pointwise_nodes_backward(grad_y: torch.Tensor, nodes: torch.Tensor, weight: torch.Tensor,
+                                     needs: Sequence[bool], dtype: torch.dtype) -> Tuple[Optional[torch.Tensor], ...]:
+    """The gradients of ``grouped_pointwise_nodes(nodes, weight, bias)``, without autograd, computed in ``dtype``:
+    of the nodes (in their dtype and layout), the weight (its dtype) and the bias (``dtype``), each where ``needs``
+    (three flags) says, else ``None``.
 
     Shapes:
         grad_y (B, G, out / G, N), nodes (B, G, in / G, N), weight (out, in / G, 1, 1)
@@ -131,8 +133,8 @@ def grouped_pointwise_backward(grad_y: torch.Tensor, x: torch.Tensor, weight: to
     out = weight.shape[0]
     if _use_matmul(x):
         nodes = x.reshape(B, groups, C // groups, H * W)
-        grad_x, grad_w, grad_b = _products_backward(grad_y.reshape(B, groups, out // groups, H * W), nodes, weight,
-                                                    needs, dtype)
+        grad_y = grad_y.reshape(B, groups, out // groups, H * W)
+        grad_x, grad_w, grad_b = grouped_pointwise_nodes_backward(grad_y, nodes, weight, needs, dtype)
         return None if grad_x is None else grad_x.view(x.shape), grad_w, grad_b
     grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
         grad_y.to(dtype), x.to(dtype), weight.to(dtype), [out] if needs[2] else None, [1, 1], [0, 0], [1, 1], False,

@@ -27,8 +27,8 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from .autocast import without_autocast
-from .grouped_pointwise import _products_backward, grouped_pointwise, grouped_pointwise_backward, \
-    grouped_pointwise_nodes
+from .grouped_pointwise import grouped_pointwise, grouped_pointwise_backward, grouped_pointwise_nodes, \
+    grouped_pointwise_nodes_backward
 from .replay import NormReplay
 
 
@@ -78,8 +78,8 @@ class BranchReplay:
         conv1_needs = (needs[0], needs[1], needs[2] and self.b1 is not None)
         if self.size is not None:
             B, G = x.shape[:2]
-            grad_x, g_w1, g_b1 = _products_backward(grad_hidden.view(B, G, -1, x.shape[3]), x, self.w1, conv1_needs,
-                                                    dtype)
+            grad_hidden = grad_hidden.view(B, G, -1, x.shape[3])
+            grad_x, g_w1, g_b1 = grouped_pointwise_nodes_backward(grad_hidden, x, self.w1, conv1_needs, dtype)
         else:
             grad_x, g_w1, g_b1 = grouped_pointwise_backward(grad_hidden, x, self.w1, self.groups, conv1_needs, dtype)
         grads = [grad_x, g_w1, g_b1, g_n1w, g_n1b, g_w2, g_b2, g_n2w, g_n2b]
