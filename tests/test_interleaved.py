@@ -6,7 +6,8 @@ from collections import Counter
 import pytest
 import torch
 
-from timm_stra.benchmarks.interleaved import main, round_orders, summarize, time_interleaved
+from timm_stra.benchmarks.interleaved import main, summarize, time_interleaved
+from timm_stra.benchmarks.orders import round_orders
 
 
 @pytest.mark.parametrize('n', [2, 3, 4, 5])

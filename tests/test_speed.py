@@ -94,6 +94,23 @@ def test_tensor_memory_counts_a_step_exactly():
     assert 0.8 * extra_map < step_peak_mib(big, x) - step_peak_mib(small, x) < 4 * extra_map
 
 
+def test_repeats_follow_the_balanced_orders():
+    """Each repeat runs every setting with every case, the cases in that round's row of the Latin square: over a
+    cycle every case follows every other equally often (a rotation would keep each case's predecessor)."""
+    from collections import Counter
+    from timm_stra.benchmarks.speed import schedule
+    settings = [('infer', 2, (8, 8)), ('train', 2, (8, 8))]
+    jobs = schedule(['a', 'b', 'c', 'd'], settings, repeats=4)
+    assert len(jobs) == 4 * 2 * 4
+    follows = Counter()
+    for r in range(4):
+        for setting in settings:
+            order = [c for rr, s, c in jobs if rr == r and s == setting]
+            assert sorted(order) == ['a', 'b', 'c', 'd']
+            follows.update(zip(order, order[1:]))
+    assert set(follows.values()) == {2}  # 12 ordered pairs, each twice (once per setting)
+
+
 def test_paired_ratios_are_taken_within_each_round():
     """A slow round slows every case in it: the per-round ratio ignores it, the ratio of medians would not."""
     from timm_stra.benchmarks.speed import paired_ratio

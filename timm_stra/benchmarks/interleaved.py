@@ -39,28 +39,10 @@ from .cases import CASES, TASKS
 from .device_options import (add_compile_option, add_device_options, check_compile_warmup, parse_device,
                              precision_labels)
 from .machine import describe
+from .orders import round_orders
 from .worker import MODES, Measurement, build_step
 
 DEFAULT_CASES = ('twin', 'stra', 'limit', 'reference')
-
-
-def round_orders(cases: Sequence[str]) -> List[List[str]]:
-    """The orders of one cycle of rounds: a balanced Latin square (Williams design) over ``cases``.
-
-    Every case takes every position once per cycle, and follows every other case equally often: once
-    per cycle for an even number of cases (a cycle of n rounds), twice for an odd one (2n rounds, the
-    rows and their reverses). Rounds beyond a cycle start it again.
-    """
-    n = len(cases)
-    first, low, high = [0], 1, n - 1  # 0, 1, n-1, 2, n-2, ...
-    while len(first) < n:
-        first.append(low)
-        low += 1
-        if len(first) < n:
-            first.append(high)
-            high -= 1
-    rows = [[cases[(i + shift) % n] for i in first] for shift in range(n)]
-    return rows if n % 2 == 0 else rows + [row[::-1] for row in rows]
 
 
 def time_interleaved(steps: Dict[str, Callable[[], None]], rounds: int, warmup: int, device: torch.device,

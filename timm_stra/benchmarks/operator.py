@@ -18,7 +18,8 @@ of the stage once:
 
 Inference (``torch.inference_mode``) and training (forward, and backward of fixed dense
 output gradients, as the next layer would give them) steps; repeats are interleaved
-(each round times every case, in an order rotated by the round) and the table gives the median step time over all timed steps and its
+(each round times every case, in the order of that round's row of a balanced Latin
+square, ``orders.py``) and the table gives the median step time over all timed steps and its
 ratio to ``stra``. "saved MiB" is what the step's forward allocates and keeps for
 backward (its inputs, parameters and outputs are not counted; under ``--bf16`` the
 bf16 copies autocast makes of the weights are, as autocast keeps them for backward):
@@ -52,6 +53,7 @@ from ..tools.summary import markdown_table
 from .cases import TASKS
 from .device_options import (CUDA_GRAPH_MODES, add_compile_option, add_device_options, check_compile_warmup,
                              parse_device, precision_labels)
+from .orders import round_orders
 from .tensor_memory import live_tensor_bytes
 
 OpShape = Tuple[int, int, int, int]  # channels, height, width (of the input), stride
@@ -161,9 +163,9 @@ def measure(task: str, batch: int, impls=CPU_IMPLEMENTATIONS, modes=MODES, repea
             ops[impl].train(mode == 'train')
             for _ in range(warmup):
                 _step(ops[impl], grad_inputs if mode == 'train' else inputs, mode, out_grads[impl], bf16)
+        orders = round_orders(impls)
         for r in range(repeats):
-            for k in range(len(impls)):
-                impl = impls[(k + r) % len(impls)]
+            for impl in orders[r % len(orders)]:
                 for _ in range(iters):
                     start = time.perf_counter()
                     _step(ops[impl], grad_inputs if mode == 'train' else inputs, mode, out_grads[impl], bf16)

@@ -9,8 +9,9 @@ For each mode (inference; training step = forward, backward, SGD step) and batch
 size, at the task's resolution, every case is measured in a fresh process
 (warm-up steps, then timed steps; peak memory of that process, or
 ``torch.cuda.max_memory_allocated``). Repeats are interleaved (round r runs
-every case once, in an order rotated by r) so that a change in machine load
-hits all cases alike; the tables give medians over the repeats and ratios to
+every case once, in the order of row r of a balanced Latin square, ``orders.py``)
+so that a change in machine load hits all cases alike and no case always follows
+the same other; the tables give medians over the repeats and ratios to
 the twin of the same run. ``--in-process`` runs every measurement in this one
 process instead: much quicker on a GPU, where the peak is the allocator's count of
 live tensors and is reset for each run (on CPU the peak resident set would then
@@ -35,6 +36,7 @@ from .cases import CASES, TASKS
 from .device_options import add_compile_option, add_device_options, check_compile_warmup, parse_device, precision_labels
 from .isolate import run_isolated
 from .machine import describe, load_average
+from .orders import round_orders
 from .worker import MODES, Measurement, run
 
 Setting = Tuple[str, int, Tuple[int, int]]  # mode, batch, (H, W)
@@ -71,6 +73,13 @@ def plan(
     return settings
 
 
+def schedule(cases: Sequence[str], settings: Sequence[Setting], repeats: int) -> List[Tuple[int, Setting, str]]:
+    """The runs, as (repeat, setting, case): repeat by repeat, every setting with every case, the cases of repeat r
+    in the order ``round_orders(cases)`` gives round r (a balanced Latin square)."""
+    orders = round_orders(cases)
+    return [(r, s, c) for r in range(repeats) for s in settings for c in orders[r % len(orders)]]
+
+
 def run_all(
         cases: Sequence[str],
         settings: Sequence[Setting],
@@ -83,10 +92,7 @@ def run_all(
 ) -> List[Dict[str, object]]:
     """Every (setting, case) ``repeats`` times, interleaved; one fresh process per measurement unless not
     ``isolate``. ``log`` is given one line per run as it finishes (its median step and peak memory)."""
-    jobs = []
-    for r in range(repeats):
-        order = list(cases[r % len(cases):]) + list(cases[:r % len(cases)])
-        jobs += [(r, s, c) for s in settings for c in order]
+    jobs = schedule(cases, settings, repeats)
     bar = None
     if progress:
         from tqdm.auto import tqdm
