@@ -1,4 +1,6 @@
 """Fused mode attention (one pass over S for both gates) against the step-by-step reference."""
+import copy
+
 import pytest
 import torch
 from timm.layers import freeze_batch_norm_2d
@@ -234,3 +236,62 @@ def test_non_reentrant_checkpointing_recomputes_once():
         checkpoint(op, x, use_reentrant=False).square().sum().backward()
         counts.append((len(calls), int(op.gate_norm.num_batches_tracked)))
     assert counts[0] == counts[1] == (2, 2)
+
+
+def _plain(op):
+    """The same module, its gates taking the plain autograd path."""
+    plain = copy.deepcopy(op)
+    plain._gates_in_one_node = lambda: False
+    return plain
+
+
+def _grads(op, x, grad, autocast=False):
+    x = x.clone().requires_grad_()
+    with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
+        out = op(x)
+    out.backward(grad.to(out.dtype))
+    return [out.detach(), x.grad] + [p.grad for p in op.parameters() if p.requires_grad]
+
+
+@pytest.mark.parametrize('variant', ['affine_off', 'frozen_weight', 'eval', 'no_running_stats'])
+@pytest.mark.parametrize('interaction', [True, False])
+def test_gating_node_matches_the_plain_path_for_every_kind_of_norm(variant, interaction):
+    """The hand-written gates backward against autograd through the same module's plain path (float64): norms
+    without affine parameters, a frozen weight, eval mode (running statistics), no running statistics."""
+    torch.manual_seed(0)
+    op, _ = _pair(32, 4, interaction, dtype=torch.float64)
+    norms = [op.gate_norm] + ([op.interact_norm] if interaction else [])
+    if variant in ('affine_off', 'no_running_stats'):
+        for name, norm in zip(('gate_norm', 'interact_norm'), norms):
+            setattr(op, name, torch.nn.BatchNorm2d(4, affine=variant != 'affine_off', dtype=torch.float64,
+                                                   track_running_stats=variant != 'no_running_stats'))
+    elif variant == 'frozen_weight':
+        for norm in norms:
+            norm.weight.requires_grad_(False)
+    op.train(variant != 'eval')
+    assert op._gates_in_one_node()
+    plain = _plain(op)
+    x = torch.randn(3, 32, 5, 4, dtype=torch.float64)
+    grad = torch.randn(3, 32, 5, 4, dtype=torch.float64)
+    for got, want in zip(_grads(op, x, grad), _grads(plain, x, grad), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-11)
+
+
+def test_gating_node_under_bf16_autocast_is_as_close_to_float64_as_the_plain_path():
+    """Under bf16 autocast the node's output and gradients err from float64 no more than the plain path's (give or
+    take 1% of each tensor's scale; a gradient that is zero in exact arithmetic, like a bias before a training-mode
+    BN, is all rounding)."""
+    torch.manual_seed(0)
+    op, _ = _pair(32, 4, True)
+    exact = copy.deepcopy(op).double()
+    x = torch.randn(3, 32, 5, 4)
+    grad = torch.randn(3, 32, 5, 4)
+    want = _grads(exact, x.double(), grad.double())
+    errors = []
+    for module in (op, _plain(op)):
+        got = _grads(module, x, grad, autocast=True)
+        assert got[0].dtype == torch.bfloat16
+        errors.append([(g.double() - w).abs().max().item() / max(1.0, w.abs().max().item())
+                       for g, w in zip(got, want, strict=True)])
+    for i, (node, plain) in enumerate(zip(*errors)):
+        assert node <= 1.5 * plain + 0.01, (i, node, plain)

@@ -323,3 +323,59 @@ def test_input_modified_in_place_before_backward_is_an_error():
     x.mul_(3)
     with pytest.raises(RuntimeError, match='modified in place'):
         y.square().sum().backward()
+
+
+def test_parameters_changed_in_place_before_backward_are_an_error():
+    """The hand-written backward passes read the parameters again: changed in place between forward and backward
+    (an optimizer step before the backward of a retained graph), they must raise as autograd does, not give the
+    gradient of other weights."""
+    recomputing, _ = _pair()
+    for param in (recomputing.mode.gate_norm.weight, recomputing.mode.interact_norm.bias,
+                  recomputing.local.score.bn1.weight, recomputing.mode.mask.conv2.weight):
+        y = recomputing(torch.randn(2, 32, 6, 5, requires_grad=True))
+        with torch.no_grad():
+            param.mul_(1.5)
+        with pytest.raises(RuntimeError, match='modified by an inplace operation'):
+            y.square().sum().backward()
+
+
+def test_layers_with_forward_hooks_take_the_autograd_path():
+    """A forward hook changes what a layer gives; the hand-written backward passes would not see it, so a hooked
+    norm or convolution sends its branch (or the gates) down the plain autograd path: the gradients of what the
+    hooks made."""
+    recomputing, keeping = _pair()
+    for op in (recomputing, keeping):
+        op.mode.gate_norm.register_forward_hook(lambda m, i, out: out * 2)
+        op.local.score.bn1.register_forward_hook(lambda m, i, out: out * 2)
+        op.mode.mask.conv1.register_forward_pre_hook(lambda m, i: (i[0] * 0.5,))
+    assert not recomputing.mode._gates_in_one_node()
+    assert not recomputing.local.score._replays() and not recomputing.mode.mask._replays()
+    _assert_same_step(recomputing, keeping, torch.randn(2, 32, 6, 5))
+
+
+def test_norm_backward_reads_its_input_densely(monkeypatch):
+    """cuDNN's batch-norm backward (CUDA) requires its input contiguous in its suggested layout, as its forward made
+    it; mode attention's first gate norm reads a strided view of the affinities: the replay hands over a dense one."""
+    seen = []
+    batch_norm_backward = torch.ops.aten._batch_norm_impl_index_backward
+
+    def spy(impl, x, *args):
+        seen.append(x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last))
+        return batch_norm_backward(impl, x, *args)
+
+    monkeypatch.setattr(torch.ops.aten, '_batch_norm_impl_index_backward', spy)
+    recomputing, _ = _pair()
+    recomputing(torch.randn(2, 32, 6, 5, requires_grad=True)).square().sum().backward()
+    assert len(seen) == 6 and all(seen)  # two gate norms, two norms in each of the two score branches
+
+
+def test_recompute_saved_keeps_autograds_in_place_check_for_the_other_tensors():
+    a = torch.randn(4, 4, requires_grad=True)
+    w = torch.randn(4, 4, requires_grad=True)
+    t = a.detach() * 2
+    with recompute_saved(t, lambda: a.detach() * 2):
+        y = (t @ w).sum() + (a * w).sum()  # keeps t (a handle), w and a
+    with torch.no_grad():
+        w.add_(1)
+    with pytest.raises(RuntimeError, match='modified by an inplace operation'):
+        y.backward()

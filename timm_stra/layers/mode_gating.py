@@ -91,7 +91,8 @@ class _ModeGating(torch.autograd.Function):
         stacked = stack_gates(gates)
         out = gated_output(nodes, vectors, stacked)
         ctx.replays = replays
-        ctx.save_for_backward(nodes, masks, vectors, stacked, *inputs, *saved)
+        # the norms' parameters too, only for autograd's check that nothing changed them in place before backward
+        ctx.save_for_backward(nodes, masks, vectors, stacked, *inputs, *saved, *(p for p in params if p is not None))
         return out
 
     @staticmethod
@@ -101,7 +102,7 @@ class _ModeGating(torch.autograd.Function):
         nodes, masks, vectors, stacked, *rest = ctx.saved_tensors
         replays: List[NormReplay] = ctx.replays
         k = len(replays)
-        inputs, (length, unit, weights, overlap) = rest[:k], (rest[k:] if k == 2 else (None,) * 4)
+        inputs, (length, unit, weights, overlap) = rest[:k], (rest[k:k + 4] if k == 2 else (None,) * 4)
         B, G, N, n = nodes.shape
         dtype = grad_out.dtype  # the forward's compute dtype (autocast does not reach backward)
         acc = torch.promote_types(dtype, torch.float32)  # the small maps' dtype here

@@ -4,7 +4,8 @@
 ``tensor``. Whatever they save for backward that is ``tensor`` or a view of it is replaced by
 a small handle; the first handle backward unpacks calls ``recompute()`` (without autograd,
 under the forward's autocast setting), later ones reuse that result, and the last one lets
-it go. StRA uses it for the output of local attention, which every part of mode attention
+it go. Every other saved tensor is kept, with autograd's check that nothing wrote to it in
+place before backward. StRA uses it for the output of local attention, which every part of mode attention
 keeps (the mask branch, the pooling and the affinity products) and which one product
 rebuilds from what local attention keeps anyway.
 
@@ -77,15 +78,27 @@ class recompute_saved(torch.autograd.graph.saved_tensors_hooks):
             s = t.untyped_storage()
             if (s.data_ptr(), s.nbytes(), t.device, t.dtype) != key:
                 # detached: an op's own output, kept with its grad_fn, would close a cycle gc cannot see
-                # (a forward that never gets a backward would then never be freed)
-                return t.detach()
+                # (a forward that never gets a backward would then never be freed); the detached tensor
+                # shares the version counter, whose value now backward checks as autograd would
+                return t.detach(), t._version
             recomputed.handles += 1
             return recomputed, t.size(), t.stride(), t.storage_offset()
 
         def unpack(packed):
-            if isinstance(packed, torch.Tensor):
-                return packed
+            if len(packed) == 2:
+                return _unchanged(*packed)
             holder, size, stride, offset = packed
             return holder.unpack(size, stride, offset)
 
         super().__init__(pack, unpack)
+
+
+def _unchanged(t: torch.Tensor, version: int) -> torch.Tensor:
+    """``t``, if nothing has written to it in place since it was saved at ``version`` (the check autograd makes
+    of the tensors it saves, which saved-tensor hooks would otherwise skip)."""
+    if t._version != version:
+        raise RuntimeError(
+            f'one of the variables needed for gradient computation has been modified by an inplace operation: '
+            f'a saved tensor of shape {list(t.shape)} is at version {t._version}; expected version {version} '
+            f'instead (timm_stra recompute_saved).')
+    return t

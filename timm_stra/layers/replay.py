@@ -24,8 +24,18 @@ Saved = Tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 def replayable_norm(norm: nn.Module) -> bool:
-    """``NormReplay`` can replay ``norm`` exactly: a plain ``nn.BatchNorm2d`` (not synchronised, not frozen)."""
-    return type(norm) is nn.BatchNorm2d
+    """``NormReplay`` can replay ``norm`` exactly: a plain ``nn.BatchNorm2d`` (not synchronised, not frozen) without
+    forward hooks (``has_hooks``)."""
+    return type(norm) is nn.BatchNorm2d and not has_hooks(norm)
+
+
+def has_hooks(module: nn.Module) -> bool:
+    """Forward hooks or pre-hooks on ``module`` or on every module (``register_module_forward_hook``): a
+    hand-written backward, which does not call the module, would not see what they change."""
+    hooks = (module._forward_hooks, module._forward_pre_hooks,
+             getattr(nn.modules.module, '_global_forward_hooks', None),
+             getattr(nn.modules.module, '_global_forward_pre_hooks', None))
+    return any(bool(h) for h in hooks)
 
 
 class NormReplay:
@@ -41,6 +51,7 @@ class NormReplay:
         self.batch_stats = norm.training or norm.running_mean is None
         self.running = None if self.batch_stats else (norm.running_mean.clone(), norm.running_var.clone())
         self.weight, self.bias, self.eps = norm.weight, norm.bias, norm.eps
+        self.cudnn = torch.backends.cudnn.enabled  # as the forward's F.batch_norm reads it
 
     def params(self) -> List[torch.Tensor]:
         return [t for t in (self.weight, self.bias) if t is not None]
@@ -54,7 +65,7 @@ class NormReplay:
         on CUDA where it takes it) without updating any running statistics."""
         mean, var = self.running if self.running is not None else (None, None)
         out, save_mean, save_var, reserve, impl = torch._batch_norm_impl_index(
-            x, self.weight, self.bias, mean, var, self.batch_stats, 0., self.eps, torch.backends.cudnn.enabled)
+            x, self.weight, self.bias, mean, var, self.batch_stats, 0., self.eps, self.cudnn)
         return out, (impl, save_mean, save_var, reserve)
 
     def backward(self, grad: torch.Tensor, x: torch.Tensor, saved: Saved, needs: Sequence[bool]
@@ -69,6 +80,8 @@ class NormReplay:
             grad, x (B, C, H, W) -> (B, C, H, W), (C,), (C,)
         """
         impl, save_mean, save_var, reserve = saved
+        if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
+            x = x.contiguous()  # what the forward's kernel read (cuDNN's backward requires it; a strided view here)
         mean, var = self.running if self.running is not None else (None, None)
         mask = [True, bool(needs[0]) and self.weight is not None, bool(needs[1]) and self.bias is not None]
         grad_x, grad_weight, grad_bias = torch.ops.aten._batch_norm_impl_index_backward(

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .grouped_pointwise import GroupedPointwiseConv
-from .replay import replayable_norm
+from .replay import has_hooks, replayable_norm
 from .score_replay import BranchReplay, score_replayed
 from .tracing import eager_autograd
 
@@ -33,8 +33,8 @@ class ScoreBranch(nn.Module):
             (``GroupedPointwiseConv``); ``False`` keeps plain ``nn.Conv2d`` layers, as the
             authors' release has them (the reference operators). Same state dict either way.
         recompute: with ``fast``, keep only the input for backward and recompute the rest there
-            (an eager autograd forward with plain ``nn.BatchNorm2d`` norms; otherwise the branch
-            runs as usual). Same values, gradients and running statistics.
+            (an eager autograd forward with plain ``nn.BatchNorm2d`` norms and no forward hooks on
+            the layers; otherwise the branch runs as usual). Same values, gradients and running statistics.
 
     Shapes:
         (B, in_chs, H, W) -> (B, out_chs, H, W), or per-group nodes (B, G, in_chs / G, H*W) of any
@@ -86,7 +86,8 @@ class ScoreBranch(nn.Module):
 
     @torch.jit.unused
     def _replays(self) -> bool:
-        return eager_autograd() and replayable_norm(self.bn1) and replayable_norm(self.bn2)
+        return eager_autograd() and replayable_norm(self.bn1) and replayable_norm(self.bn2) and not (
+            has_hooks(self.conv1) or has_hooks(self.conv2) or has_hooks(self.act))
 
     @torch.jit.unused
     def _forward_replayed(self, x: torch.Tensor, size: Optional[Tuple[int, int]]) -> torch.Tensor:

@@ -90,7 +90,7 @@ class BranchReplay:
 
 
 class _ScoreReplay(torch.autograd.Function):
-    """Keeps ``x`` (saved) and the parameters (held by ``BranchReplay``: they live on in the module anyway)."""
+    """Keeps ``x`` and the parameters (which live on in the module anyway), both saved for backward."""
 
     @staticmethod
     def forward(ctx, run: Callable[[torch.Tensor], torch.Tensor], replay: BranchReplay, x: torch.Tensor,
@@ -98,14 +98,15 @@ class _ScoreReplay(torch.autograd.Function):
         y = run(x)
         ctx.replay = replay
         ctx.dtype = y.dtype  # the compute dtype: autocast's where it ran
-        ctx.save_for_backward(x)
+        # the parameters too, only for autograd's check that nothing changed them in place before backward
+        ctx.save_for_backward(x, *(p for p in params if p is not None))
         return y
 
     @staticmethod
     @once_differentiable
     @without_autocast
     def backward(ctx, grad_y: torch.Tensor):
-        x, = ctx.saved_tensors
+        x = ctx.saved_tensors[0]
         return (None, None, *ctx.replay.backward(x, grad_y, ctx.needs_input_grad[2:], ctx.dtype))
 
 

@@ -17,9 +17,9 @@ Memory. In training, StRA keeps for backward little more than its input, the loc
 attention weights, the masks and the modal vectors, as the 3x3 convolution it replaces
 keeps its input: the logit and mask branches recompute their hidden maps in backward
 (``score_replay.py``), the mode gates keep only their few small maps (``mode_gating.py``),
-and the local output that all
-of mode attention reads is recomputed there by one product (``recompute_saved.py``). ``recompute=False`` keeps them instead: a little faster, and
-about 8 MiB more per block and 16 images at ReID shapes.
+and the local output that all of mode attention reads is recomputed there by one product
+(``recompute_saved.py``). ``recompute=False`` keeps them instead: a little faster, and about
+8 MiB more per block and 16 images at ReID shapes.
 """
 from typing import Final
 
