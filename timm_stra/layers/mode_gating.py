@@ -128,7 +128,8 @@ class _ModeGating(torch.autograd.Function):
         grad_inputs.insert(0, grad_first)
         grad_affinity = torch.stack(grad_inputs, dim=-1).to(dtype)          # B, G, N, k
         # the vectors: through Z, and through the affinities e = S^T vectors (one read of S)
-        grad_vectors = grad_vectors.add_(torch.matmul(nodes.to(dtype).transpose(2, 3), grad_affinity)).to(acc)
+        nodes_c = nodes.to(dtype)  # a copy only where autocast computed in another dtype than S's
+        grad_vectors = grad_vectors.add_(torch.matmul(nodes_c.transpose(2, 3), grad_affinity)).to(acc)
         grad_m = grad_vectors[..., 0]
         if k == 2:
             m, mixed = vectors.to(acc).unbind(-1)
@@ -143,7 +144,7 @@ class _ModeGating(torch.autograd.Function):
             right = torch.cat([vectors_c.transpose(1, 2), grad_m.reshape(B * G, 1, n)], 1)
             grad_nodes = torch.baddbmm(grad_z.transpose(1, 2), left, right).view(B, G, N, n).to(nodes.dtype)
         if ctx.needs_input_grad[2]:
-            grad_masks = torch.matmul(grad_m.unsqueeze(2), nodes.to(dtype).transpose(2, 3))
+            grad_masks = torch.matmul(grad_m.unsqueeze(2), nodes_c.transpose(2, 3))
             grad_masks = grad_masks.view(masks.shape).to(masks.dtype)
         return (None, grad_nodes, grad_masks, *param_grads)
 
