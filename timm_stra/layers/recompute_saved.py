@@ -5,9 +5,9 @@
 a small handle; the first handle backward unpacks calls ``recompute()`` (without autograd,
 under the forward's autocast setting), later ones reuse that result, and the last one lets
 it go. Every other saved tensor is kept, with autograd's check that nothing wrote to it in
-place before backward. StRA uses it for the output of local attention, which every part of mode attention
-keeps (the mask branch, the pooling and the affinity products) and which one product
-rebuilds from what local attention keeps anyway.
+place before backward. StRA uses it for the output of local attention, which every part of
+mode attention keeps (the mask branch, the pooling and the affinity products) and which one
+product rebuilds from what local attention keeps anyway.
 
 These are saved-tensor hooks, which would take the place of any set outside the context
 (``torch.utils.checkpoint``, ``save_on_cpu``): ``outer_hooks_active()`` tells callers to do

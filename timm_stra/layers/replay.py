@@ -12,10 +12,9 @@ StRA's recomputing nodes (the score branches, ``score_replay.py``; mode attentio
 
 ``NormReplay`` is taken when the forward runs and does those three.
 """
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 # what NormReplay.backward needs from NormReplay.forward_saving: the kernel's index, its saved statistics
@@ -42,9 +41,9 @@ class NormReplay:
     """``norm`` as a replay needs it, taken before the forward runs: what a later change to the module
     (``eval()``, swapped parameters) must not alter.
 
-    Called on the replay's input, it normalises as ``norm`` did (training mode or no running
+    ``forward_saving`` normalises a recomputation as ``norm`` did (training mode or no running
     statistics: the batch's own statistics; eval mode: the running statistics of that time) and
-    updates nothing.
+    updates nothing; ``backward`` differentiates it.
     """
 
     def __init__(self, norm: nn.BatchNorm2d):
@@ -52,13 +51,6 @@ class NormReplay:
         self.running = None if self.batch_stats else (norm.running_mean.clone(), norm.running_var.clone())
         self.weight, self.bias, self.eps = norm.weight, norm.bias, norm.eps
         self.cudnn = torch.backends.cudnn.enabled  # as the forward's F.batch_norm reads it
-
-    def params(self) -> List[torch.Tensor]:
-        return [t for t in (self.weight, self.bias) if t is not None]
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        mean, var = self.running if self.running is not None else (None, None)
-        return F.batch_norm(x, mean, var, self.weight, self.bias, self.batch_stats, 0., self.eps)
 
     def forward_saving(self, x: torch.Tensor) -> Tuple[torch.Tensor, Saved]:
         """``self(x)`` and what ``backward`` needs of it, from the kernel ``F.batch_norm`` dispatches to (cuDNN's,
