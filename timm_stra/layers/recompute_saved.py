@@ -77,10 +77,10 @@ class recompute_saved(torch.autograd.graph.saved_tensors_hooks):
         def pack(t: torch.Tensor):
             s = t.untyped_storage()
             if (s.data_ptr(), s.nbytes(), t.device, t.dtype) != key:
-                # detached: an op's own output, kept with its grad_fn, would close a cycle gc cannot see
-                # (a forward that never gets a backward would then never be freed); the detached tensor
-                # shares the version counter, whose value now backward checks as autograd would
-                return t.detach(), t._version
+                # detached where it has a grad_fn: an op's own output, kept with its grad_fn, would close a
+                # cycle gc cannot see (a forward that never gets a backward would then never be freed); the
+                # detached tensor shares the version counter, whose value now backward checks as autograd would
+                return (t if t.grad_fn is None else t.detach()), t._version
             recomputed.handles += 1
             return recomputed, t.size(), t.stride(), t.storage_offset()
 
