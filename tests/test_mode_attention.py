@@ -295,3 +295,22 @@ def test_gating_node_under_bf16_autocast_is_as_close_to_float64_as_the_plain_pat
                        for g, w in zip(got, want, strict=True)])
     for i, (node, plain) in enumerate(zip(*errors)):
         assert node <= 1.5 * plain + 0.01, (i, node, plain)
+
+
+@pytest.mark.parametrize('train', [True, False])
+def test_float16_model_with_a_zero_modal_vector_gives_a_finite_output(train):
+    """A float16 model (``.half()``, no autocast) with a mode whose channels are all zero: F.normalize's 1e-12 clamp
+    is 0 in float16, so normalising the interaction affinities there gave 0 / 0. They are normalised in float32.
+    (Training such a model in float16 is another matter: the exact gradient at a zero row is 1 / 1e-12 times the
+    incoming one, beyond float16's range, as in the authors' formulation.)"""
+    torch.manual_seed(0)
+    op = ModeAttention(32, 4).half().train(train)
+    plain = _plain(op)
+    x = torch.randn(2, 32, 4, 3, dtype=torch.float16)
+    x[:, 8:16] = 0
+    x.requires_grad_()
+    with torch.set_grad_enabled(train):  # the gating node with gradients, the plain path without
+        assert op._gates_in_one_node() == train
+        out, want = op(x), plain(x)
+    assert out.dtype == torch.float16 and torch.isfinite(out).all()
+    torch.testing.assert_close(out, want)

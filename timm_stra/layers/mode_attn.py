@@ -118,9 +118,10 @@ class ModeAttention(nn.Module):
             affinity = torch.matmul(nodes, m.unsqueeze(-1))             # B, G, N, 1
             alpha = torch.sigmoid(self.gate_norm(affinity.reshape(B, G, height, width)))
             return gated_output(nodes, m.unsqueeze(-1), stack_gates([alpha])).view(B, G * n, height, width)
-        # mode interaction: P = softmax(sqrt(G) * l2normalize_rows(m m^T)), m' = P m
-        paths = F.normalize(m @ m.transpose(1, 2), dim=-1)
-        mixed = torch.softmax(paths * math.sqrt(G), dim=-1) @ m        # m': B, G, n
+        # mode interaction: P = softmax(sqrt(G) * l2normalize_rows(m m^T)), m' = P m; the normalisation and the
+        # softmax in float32 at least (in float16 F.normalize's 1e-12 clamp is 0: a zero modal vector gave 0 / 0)
+        paths = F.normalize((m @ m.transpose(1, 2)).to(torch.promote_types(m.dtype, torch.float32)), dim=-1)
+        mixed = torch.softmax(paths * math.sqrt(G), dim=-1).to(m.dtype) @ m        # m': B, G, n
         # one pass over S gives e[g, i] = <m_g, S_g[:, i]> and <m'_g, S_g[:, i]>
         vectors = torch.stack([m, mixed], dim=-1)
         affinity = torch.matmul(nodes, vectors)                          # B, G, N, 2

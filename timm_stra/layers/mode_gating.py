@@ -70,12 +70,13 @@ class _ModeGating(torch.autograd.Function):
         if len(modules) == 1:
             vectors = m.unsqueeze(-1)
         else:
-            # mode interaction: P = softmax(sqrt(G) * l2normalize_rows(m m^T)), m' = P m (F.normalize's arithmetic)
-            paths = m @ m.transpose(1, 2)
+            # mode interaction: P = softmax(sqrt(G) * l2normalize_rows(m m^T)), m' = P m (F.normalize's arithmetic,
+            # in float32 at least, as mode_attn.py's plain path)
+            paths = (m @ m.transpose(1, 2)).to(torch.promote_types(m.dtype, torch.float32))
             length = paths.norm(2, -1, keepdim=True)
             unit = paths / length.clamp_min(_NORMALIZE_EPS)
             weights = torch.softmax(unit * math.sqrt(G), dim=-1)
-            mixed = weights @ m
+            mixed = weights.to(m.dtype) @ m
             vectors = torch.stack([m, mixed], dim=-1)
             saved = [length, unit, weights]
         affinity = torch.matmul(nodes, vectors)                             # e = <vectors_g, S_g[:, i]>: B, G, N, k
