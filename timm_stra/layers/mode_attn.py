@@ -6,16 +6,14 @@ exchange information and every position is gated towards the mixed modal vector
 (mode interaction unit). Channels are grouped contiguously: channel c belongs to
 mode c // (C / G).
 """
-import math
 from typing import Final, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .checks import check_divisible
 from .diversity import DiversityRecorder
-from .mode_gating import gated_output, mode_gating, stack_gates
+from .mode_gating import gated_output, mode_gating, mode_interaction, stack_gates
 from .replay import replayable_norm
 from .score_branch import ScoreBranch
 from .tracing import eager_autograd
@@ -118,10 +116,7 @@ class ModeAttention(nn.Module):
             affinity = torch.matmul(nodes, m.unsqueeze(-1))             # B, G, N, 1
             alpha = torch.sigmoid(self.gate_norm(affinity.reshape(B, G, height, width)))
             return gated_output(nodes, m.unsqueeze(-1), stack_gates([alpha])).view(B, G * n, height, width)
-        # mode interaction: P = softmax(sqrt(G) * l2normalize_rows(m m^T)), m' = P m; the normalisation and the
-        # softmax in float32 at least (in float16 F.normalize's 1e-12 clamp is 0: a zero modal vector gave 0 / 0)
-        paths = F.normalize((m @ m.transpose(1, 2)).to(torch.promote_types(m.dtype, torch.float32)), dim=-1)
-        mixed = torch.softmax(paths * math.sqrt(G), dim=-1).to(m.dtype) @ m        # m': B, G, n
+        mixed = mode_interaction(m)[0]                                   # m' = P m: B, G, n
         # one pass over S gives e[g, i] = <m_g, S_g[:, i]> and <m'_g, S_g[:, i]>
         vectors = torch.stack([m, mixed], dim=-1)
         affinity = torch.matmul(nodes, vectors)                          # B, G, N, 2

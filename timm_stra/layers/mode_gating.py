@@ -40,6 +40,25 @@ def stack_gates(gates: List[torch.Tensor]) -> torch.Tensor:
     return torch.stack([g.flatten(2) for g in gates], dim=2)
 
 
+def mode_interaction(m: torch.Tensor, eps: float = _NORMALIZE_EPS
+                     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The mode interaction's mixed vectors ``m' = P m``, ``P = softmax(sqrt(G) * l2normalize_rows(m m^T))``
+    (``F.normalize``'s arithmetic and its clamp ``eps`` of the row norms), with what its backward needs.
+
+    The normalisation and the softmax run in float32 at least: in float16 ``F.normalize``'s 1e-12 clamp is 0, and
+    a zero modal vector gave 0 / 0.
+
+    Shapes:
+        m (B, G, n) -> m' (B, G, n); row norms of m m^T (B, G, 1), its normalised rows and P (B, G, G)
+    """
+    G = m.shape[1]
+    paths = (m @ m.transpose(1, 2)).to(torch.promote_types(m.dtype, torch.float32))
+    length = torch.linalg.vector_norm(paths, 2., dim=-1, keepdim=True)
+    unit = paths / length.clamp_min(eps)
+    weights = torch.softmax(unit * math.sqrt(G), dim=-1)
+    return weights.to(m.dtype) @ m, length, unit, weights
+
+
 def gated_output(nodes: torch.Tensor, vectors: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
     """``Z_g = S_g + sum_j vectors[..., j] (x) gates[:, :, j]`` as one product, laid out channels first.
 
@@ -70,13 +89,7 @@ class _ModeGating(torch.autograd.Function):
         if len(modules) == 1:
             vectors = m.unsqueeze(-1)
         else:
-            # mode interaction: P = softmax(sqrt(G) * l2normalize_rows(m m^T)), m' = P m (F.normalize's arithmetic,
-            # in float32 at least, as mode_attn.py's plain path)
-            paths = (m @ m.transpose(1, 2)).to(torch.promote_types(m.dtype, torch.float32))
-            length = paths.norm(2, -1, keepdim=True)
-            unit = paths / length.clamp_min(_NORMALIZE_EPS)
-            weights = torch.softmax(unit * math.sqrt(G), dim=-1)
-            mixed = weights.to(m.dtype) @ m
+            mixed, length, unit, weights = mode_interaction(m)
             vectors = torch.stack([m, mixed], dim=-1)
             saved = [length, unit, weights]
         affinity = torch.matmul(nodes, vectors)                             # e = <vectors_g, S_g[:, i]>: B, G, N, k

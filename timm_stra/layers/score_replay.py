@@ -3,7 +3,8 @@
 ``GC(C -> hidden, bias) -> BN -> tanh -> GC(hidden -> out, bias) -> BN`` (``score_branch.py``):
 its hidden maps are wider than its output and, per image, cost more memory than what they
 save in time to keep. The forward keeps only its input ``x`` (with ``save_for_backward``, so
-saved-tensor hooks see it: ``recompute_saved`` can drop it too); the backward recomputes the
+saved-tensor hooks see it: ``recompute_saved`` can drop it too) and the parameters, which live
+on anyway (saved for autograd's check that nothing changed them in place); the backward recomputes the
 hidden maps with the forward's tensors (``BranchReplay``) and differentiates the branch by
 hand, without building an autograd graph: on a GPU every op there is a launch from Python, and
 an ``autograd.grad`` through a replay added its engine's work to each.
