@@ -8,8 +8,8 @@
 #   2. profile: a profile of a ReID training step (StRA and the limit): where the kernel time goes;
 #   3. speed: speed and memory of the ReID, face and FER models at batch 16 and 64, fp32 and then
 #      channels_last + bf16 autocast (twin, StRA, limit, unfold reference; runs in one process);
-#   4. operator: the last stage's operators alone (ReID shapes; with stra-triton, the experimental Triton
-#      kernel), fp32 and channels_last + bf16;
+#   4. operator: the last stage's operators alone (ReID shapes; with stra-triton, StRA's inference as Triton
+#      kernels), fp32 and channels_last + bf16;
 #   5. compile: with CUDA graphs (torch.compile mode=reduce-overhead), the ReID operators alone (StRA
 #      and the 3x3 conv; not yet run on a GPU), then the ReID training step of the limit and StRA (3.3
 #      minutes on an H200 on 2026-11-27, most of it compiling: benchmarks/results/h200-2026-11-27/);
@@ -17,7 +17,7 @@
 #      kernels (not yet run on a GPU);
 #   7. interleaved: the ReID models' steps alternated in one process (benchmarks/interleaved.py), eager,
 #      fp32 and then channels_last + bf16, batch 16 and 64: ratios to the limit and to StRA from
-#      steps of the same round (not yet run on a GPU).
+#      steps of the same round; with stra_triton (StRA's inference as Triton kernels).
 # Usage: bash benchmarks/gpu.sh [OUTDIR]   (default: bench-gpu); each part's output goes to OUTDIR.
 #   PARTS="tests profile speed operator compile compile-profile interleaved"   the parts to run, in this order
 #   SPEED="fp32:reid fp32:face fp32:fer bf16:reid bf16:face bf16:fer"   the speed runs
@@ -100,7 +100,8 @@ if [[ $parts == *" interleaved "* ]]; then
         [[ $precision == bf16 ]] && flags="--channels-last --bf16"
         # shellcheck disable=SC2086
         run "$py" benchmarks/interleaved.py --device cuda --task reid --batch-sizes 16,64 --rounds 32 --warmup 3 \
-            --no-progress --log-runs --json "$out/interleaved-$precision.json" $flags
+            --cases twin,stra,limit,reference,stra_triton --no-progress --log-runs \
+            --json "$out/interleaved-$precision.json" $flags
         echo
     done 2>&1 | tee "$out/interleaved.md"
 fi

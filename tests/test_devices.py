@@ -155,25 +155,66 @@ def test_inductor_compile_matches_eager(device):
     _assert_close(got, _cpu64(want), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason='the Triton kernel runs on CUDA (the interpreter test '
-                    'in test_local_attend_triton.py checks it on the CPU)')
+def _eval_operator(stride, **kwargs):
+    """``_operator`` in eval mode with random running statistics (an identity-like norm would hide a wrong one)."""
+    op = _operator(stride, **kwargs)
+    for bn in (m for m in op.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        bn.running_mean.uniform_(-0.3, 0.3)
+        bn.running_var.uniform_(0.5, 2)
+    return op.eval()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='the Triton kernels run on CUDA (the interpreter test '
+                    'in test_stra_triton.py checks them on the CPU)')
 @pytest.mark.parametrize('stride', [1, 2])
-@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
-def test_triton_inference_on_cuda_matches_the_row_window_path(stride, dtype, monkeypatch):
-    """``use_triton`` on CUDA: the compiled Triton kernel runs (counted) and gives the row-window path's values, in
-    ``inference_mode``, channels_last and under autocast too."""
+@pytest.mark.parametrize('precision', ['float32', 'float32-tf32', 'bf16-autocast', 'float16-model'])
+def test_triton_operator_on_cuda_matches_the_pytorch_path(stride, precision, monkeypatch):
+    """``StRAttention.use_triton`` on CUDA: the compiled kernels run (counted) and give the PyTorch path's values in
+    float32 (contiguous; also with TF32 allowed, PyTorch's default for convolutions, where both take it), under bf16
+    autocast (channels_last) and for a float16 model, in ``inference_mode``; a map of more positions than one
+    program's block."""
     pytest.importorskip('triton')
-    from timm_stra.layers import local_attend as local_attend_module
+    from timm_stra.layers import stra_attn
     calls = []
-    kernel = local_attend_module.neighbourhood_sum
-    monkeypatch.setattr(local_attend_module, 'neighbourhood_sum', lambda *args: calls.append(1) or kernel(*args))
-    torch.manual_seed(0)
-    op = StRAttention(64, stride=stride, groups=8).cuda().eval().to(memory_format=torch.channels_last)
-    x = torch.randn(4, 64, 11, 9, device='cuda').contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode(), torch.autocast('cuda', dtype=dtype, enabled=dtype != torch.float32):
+    kernels = stra_attn.stra_inference
+    monkeypatch.setattr(stra_attn, 'stra_inference', lambda *args: calls.append(1) or kernels(*args))
+    op = _eval_operator(stride).cuda()
+    x = torch.randn(4, 32, 13, 9, device='cuda')
+    if precision == 'float32-tf32':
+        monkeypatch.setattr(torch.backends.cudnn, 'allow_tf32', True)
+        monkeypatch.setattr(torch.backends.cuda.matmul, 'allow_tf32', True)
+    if precision == 'float16-model':
+        op, x = op.half(), x.half()
+    elif precision == 'bf16-autocast':
+        op, x = op.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), torch.autocast('cuda', dtype=torch.bfloat16, enabled=precision == 'bf16-autocast'):
         want = op(x)
-        op.local.use_triton = True
+        op.use_triton = True
         got = op(x)
     assert calls == [1]
-    tol = 1e-4 if dtype == torch.float32 else 3e-2
-    torch.testing.assert_close(got.float(), want.float(), rtol=tol, atol=tol)
+    assert got.dtype == want.dtype and got.shape == want.shape
+    tol = {'float32': 1e-4, 'float32-tf32': 1e-2}.get(precision, 3e-2)
+    torch.testing.assert_close(got.float(), want.float(), rtol=tol, atol=tol * want.abs().max().item())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='CUDA only')
+def test_triton_model_on_cuda_matches_the_pytorch_path(monkeypatch):
+    """A whole StRA model with ``set_triton``: every operator takes the kernels in eval mode, none in training."""
+    pytest.importorskip('triton')
+    from timm_stra.layers import stra_attn
+    calls = []
+    kernels = stra_attn.stra_inference
+    monkeypatch.setattr(stra_attn, 'stra_inference', lambda *args: calls.append(1) or kernels(*args))
+    torch.manual_seed(0)
+    model = timm.create_model('stra_resnet50_reid', num_classes=10).cuda()
+    x = torch.randn(2, 3, 128, 64, device='cuda')
+    model.train()(x)  # running statistics of a batch, not the initial identity
+    model.eval()
+    with torch.no_grad():
+        want = model(x)
+        assert timm_stra.set_triton(model) == 3
+        got = model(x)
+    assert len(calls) == 3
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
+    model.train()(x).sum().backward()  # training takes the PyTorch path
+    assert len(calls) == 3

@@ -8,7 +8,9 @@ Cases, each built for the task's input size:
   one where the block downsamples): what StRA would cost if its attention were free;
 * ``reference``: StRA built from the step-by-step reference operators (``reference=True``): the
   unfold-based local attention and the mode attention in the paper's order, as the authors' release;
-* ``sasa_mode``: SASA + Mode, the strongest ablation baseline of Table 2.
+* ``sasa_mode``: SASA + Mode, the strongest ablation baseline of Table 2;
+* ``stra_triton``: StRA with ``use_triton`` (``set_triton``): its operators' inference on CUDA as
+  Triton kernels; elsewhere, and in training, the same as ``stra``.
 """
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
@@ -19,6 +21,7 @@ from torch import nn
 
 import timm_stra  # noqa: F401  (registers the models)
 from ..layers.checks import check_choice
+from ..layers.stra_attn import set_triton
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,7 @@ class Case:
     stra: bool
     kwargs: Dict[str, Any] = field(default_factory=dict)
     limit: bool = False
+    triton: bool = False
 
 
 CASES: Dict[str, Case] = {c.name: c for c in (
@@ -54,6 +58,7 @@ CASES: Dict[str, Case] = {c.name: c for c in (
     Case('limit', 'limit (twin, last-stage 3x3 = identity)', stra=False, limit=True),
     Case('reference', 'StRA, unfold reference', stra=True, kwargs=dict(reference=True)),
     Case('sasa_mode', 'SASA + Mode', stra=True, kwargs=dict(local_op='sasa', mode='full')),
+    Case('stra_triton', 'StRA, Triton inference', stra=True, triton=True),
 )}
 
 
@@ -93,4 +98,6 @@ def build_case(
     if family.fixed_size and img_size is not None:
         kwargs['img_size'] = tuple(img_size)
     model = timm.create_model(family.stra if spec.stra else family.twin, **kwargs)
+    if spec.triton:
+        set_triton(model)
     return make_limit(model) if spec.limit else model

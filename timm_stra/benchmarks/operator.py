@@ -13,8 +13,8 @@ of the stage once:
   mode attention in the paper's order (the authors' design);
 * ``conv3x3``: the twin's 3x3 convolution;
 * ``stra-triton`` (CUDA, with triton; in the default list there): ``stra`` with
-  ``LocalAttention.use_triton``, the experimental Triton neighbourhood sum, which serves
-  inference only (its training step is ``stra``'s).
+  ``use_triton``, its inference as four Triton kernels (``layers/stra_triton.py``; its
+  training step is ``stra``'s).
 
 Inference (``torch.inference_mode``) and training (forward, and backward of fixed dense
 output gradients, as the next layer would give them) steps; repeats are interleaved
@@ -48,7 +48,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..layers import StRAttention
-from ..layers.local_attend_triton import HAS_TRITON
+from ..layers.stra_triton import HAS_TRITON
 from ..tools.summary import markdown_table
 from .cases import TASKS
 from .device_options import (CUDA_GRAPH_MODES, add_compile_option, add_device_options, check_compile_warmup,
@@ -83,7 +83,7 @@ def build_ops(impl: str, shapes: List[OpShape], device=None) -> nn.ModuleList:
     ops = nn.ModuleList(StRAttention(c, stride=s, reference=impl == 'reference', recompute=impl != 'stra-keep',
                                      device=device) for c, _, _, s in shapes)
     for op in ops:
-        op.local.use_triton = impl == 'stra-triton'
+        op.use_triton = impl == 'stra-triton'
     return ops
 
 

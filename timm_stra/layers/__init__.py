@@ -6,4 +6,4 @@ from .mode_attn import ModeAttention
 from .mode_attn_ref import ModeAttentionReference
 from .sasa import SelfAttention2d
 from .score_branch import ScoreBranch
-from .stra_attn import LOCAL_OPS, MODES, StRAttention, create_local_op
+from .stra_attn import LOCAL_OPS, MODES, StRAttention, create_local_op, set_triton

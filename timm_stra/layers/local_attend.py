@@ -44,7 +44,6 @@ from timm.layers import register_notrace_function
 
 from .autocast import without_autocast
 from .grouped_pointwise import grouped_pointwise_channels_last
-from .local_attend_triton import HAS_TRITON, neighbourhood_sum
 from .tracing import is_compiling
 
 
@@ -131,7 +130,8 @@ def _build_band_transposed(attn: torch.Tensor, rows: int, in_w: int, kernel_size
     return band.view(B * G * rows, in_w, k * w)
 
 
-def _project_into_rows(x: torch.Tensor, weight: torch.Tensor, groups: int, kernel_size: int, stride: int) -> torch.Tensor:
+def _project_into_rows(x: torch.Tensor, weight: torch.Tensor, groups: int, kernel_size: int,
+                       stride: int) -> torch.Tensor:
     """Grouped 1x1 projection of ``x`` (B, C, H, W) laid out as a row buffer (B*G*R, W, n).
 
     Each slab: k // 2 zero rows, its H rows of projected values (channels last), zero rows up to R.
@@ -334,7 +334,6 @@ def local_attend(
         kernel_size: int,
         stride: int,
         compact: Optional[bool] = None,
-        use_triton: bool = False,
 ) -> torch.Tensor:
     """Project the values (grouped 1x1 conv) and take each query's weighted sum of its k x k neighbours.
 
@@ -350,20 +349,13 @@ def local_attend(
         each mode; each slab's (out_h * out_w, n) block is contiguous. A compact result is
         contiguous; otherwise the slabs are not (a view into the row-window outputs, which hold
         dropped windows too). ``compact=None`` makes it compact when it has gradients, since what
-        follows may keep it for backward. ``use_triton`` sums the neighbourhoods with one Triton
-        kernel instead (``local_attend_triton.py``; experimental) where it can: on CUDA, when
-        nothing needs a gradient, not for float64, not under jit tracing; the result is then
-        compact and equal up to rounding. TorchScript and ``torch.compile`` take
+        follows may keep it for backward. TorchScript and ``torch.compile`` take
         ``local_attend_autograd``.
     """
     # an empty batch has no row buffer to window; a compiler fuses the plain ops' shifted sums (see there)
     if torch.jit.is_scripting() or x.shape[0] == 0 or is_compiling():
         return local_attend_autograd(attn, x, weight, groups, kernel_size, stride)
     needs_grad = torch.is_grad_enabled() and (attn.requires_grad or x.requires_grad or weight.requires_grad)
-    # not float64 (the kernel sums in float32); not under jit tracing, which cannot see a Triton launch
-    if (use_triton and HAS_TRITON and x.is_cuda and not needs_grad and x.dtype != torch.float64
-            and not torch.jit.is_tracing()):
-        return neighbourhood_sum(grouped_pointwise_channels_last(x, weight, groups), attn, kernel_size, stride)
     if compact is None:
         compact = needs_grad
     return _LocalAttend.apply(attn, x.contiguous(), weight, groups, kernel_size, stride, compact, None)

@@ -45,10 +45,8 @@ class LocalAttention(nn.Module):
         recompute: the logit branch recomputes its hidden maps in backward (``ScoreBranch``).
 
     Subclasses set ``fast_convs = False`` to keep the logit branch's grouped 1x1 convolutions
-    plain ``nn.Conv2d`` layers (see ``ScoreBranch``). Setting ``use_triton = True`` on an instance
-    sums the neighbourhoods with a Triton kernel in CUDA inference (experimental: see ``local_attend``);
-    the values are equal up to rounding. It is read at each eager forward; torch.fx records the value
-    it had when traced; TorchScript, ``torch.jit.trace`` and ``torch.compile`` keep the PyTorch path.
+    plain ``nn.Conv2d`` layers (see ``ScoreBranch``). (StRA's inference as Triton kernels, local
+    attention included, is ``StRAttention.use_triton``.)
 
     Shapes:
         (B, C, H, W) -> (B, C, ceil(H / stride), ceil(W / stride)); ``per_mode``:
@@ -56,7 +54,6 @@ class LocalAttention(nn.Module):
     """
     fast_convs = True
     per_mode: Final[bool]
-    use_triton: bool
 
     def __init__(
             self,
@@ -82,7 +79,6 @@ class LocalAttention(nn.Module):
         self.kernel_size = kernel_size
         self.stride = stride
         self.per_mode = per_mode
-        self.use_triton = False
         kk = kernel_size * kernel_size
         # output channels: G neighbour scores nu, then G * k*k query scores omega (official layout)
         self.score = ScoreBranch(
@@ -117,8 +113,7 @@ class LocalAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         attn = self.neighbour_weights(x)
-        out = local_attend(attn, x, self.value.weight, self.groups, self.kernel_size, self.stride,
-                           use_triton=self.use_triton)  # B, G, h, w, n
+        out = local_attend(attn, x, self.value.weight, self.groups, self.kernel_size, self.stride)  # B, G, h, w, n
         if self.per_mode:
             return out
         B, G, h, w, n = out.shape

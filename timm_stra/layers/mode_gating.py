@@ -32,7 +32,7 @@ from .autocast import without_autocast
 from .replay import NormReplay
 
 # F.normalize's default: the row norm of the interaction affinities is clamped to it
-_NORMALIZE_EPS = 1e-12
+NORMALIZE_EPS = 1e-12
 
 
 def stack_gates(gates: List[torch.Tensor]) -> torch.Tensor:
@@ -40,7 +40,7 @@ def stack_gates(gates: List[torch.Tensor]) -> torch.Tensor:
     return torch.stack([g.flatten(2) for g in gates], dim=2)
 
 
-def mode_interaction(m: torch.Tensor, eps: float = _NORMALIZE_EPS
+def mode_interaction(m: torch.Tensor, eps: float = NORMALIZE_EPS
                      ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The mode interaction's mixed vectors ``m' = P m``, ``P = softmax(sqrt(G) * l2normalize_rows(m m^T))``
     (``F.normalize``'s arithmetic and its clamp ``eps`` of the row norms), with what its backward needs.
@@ -194,8 +194,8 @@ def _interaction_backward(grad_m: torch.Tensor, grad_mixed: torch.Tensor, grad_o
     grad_logits = torch._softmax_backward_data(grad_mixed @ m.transpose(1, 2), weights, -1, weights.dtype)
     grad_unit = grad_logits * math.sqrt(G)
     # unit = R / length where length > eps (the radial part of the gradient drops out), R / eps elsewhere
-    radial = (grad_unit * unit).sum(-1, keepdim=True) * (length > _NORMALIZE_EPS)
-    grad_paths = torch.addcmul(grad_unit, unit, radial, value=-1) / length.clamp_min(_NORMALIZE_EPS)
+    radial = (grad_unit * unit).sum(-1, keepdim=True) * (length > NORMALIZE_EPS)
+    grad_paths = torch.addcmul(grad_unit, unit, radial, value=-1) / length.clamp_min(NORMALIZE_EPS)
     return torch.baddbmm(grad_m, grad_paths + grad_paths.transpose(1, 2), m)  # R = m m^T
 
 

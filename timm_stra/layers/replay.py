@@ -28,13 +28,16 @@ def replayable_norm(norm: nn.Module) -> bool:
     return type(norm) is nn.BatchNorm2d and not has_hooks(norm)
 
 
+def has_global_hooks() -> bool:
+    """Forward hooks or pre-hooks registered for every module (``register_module_forward_hook``)."""
+    return bool(getattr(nn.modules.module, '_global_forward_hooks', None)
+                or getattr(nn.modules.module, '_global_forward_pre_hooks', None))
+
+
 def has_hooks(module: nn.Module) -> bool:
     """Forward hooks or pre-hooks on ``module`` or on every module (``register_module_forward_hook``): a
     hand-written backward, which does not call the module, would not see what they change."""
-    hooks = (module._forward_hooks, module._forward_pre_hooks,
-             getattr(nn.modules.module, '_global_forward_hooks', None),
-             getattr(nn.modules.module, '_global_forward_pre_hooks', None))
-    return any(bool(h) for h in hooks)
+    return bool(module._forward_hooks or module._forward_pre_hooks) or has_global_hooks()
 
 
 class NormReplay:

@@ -32,8 +32,10 @@ from .local_attn_ref import LocalAttentionReference
 from .mode_attn import ModeAttention
 from .mode_attn_ref import ModeAttentionReference
 from .recompute_saved import outer_hooks_active, recompute_saved
-from .tracing import eager_autograd
+from .replay import has_global_hooks
 from .sasa import SelfAttention2d
+from .stra_triton import HAS_TRITON, INTERPRETING, operator_norms, stra_inference
+from .tracing import eager_autograd, running_eagerly
 
 LOCAL_OPS = ('local', 'conv', 'group_conv', 'sasa')
 MODES = ('full', 'no_interaction', 'none')
@@ -87,11 +89,18 @@ class StRAttention(nn.Module):
         recompute: recompute in backward what StRA's own operators would otherwise keep (see the
             module docstring); no effect with ``reference``. Same values and gradients.
 
+    ``use_triton`` (an attribute, off by default) runs the operator's inference as three Triton kernels
+    (``stra_triton.py``) where they apply: StRA's own local and mode attention, on CUDA, in float32 or a
+    half type, in eval mode (norms with running statistics), when nothing needs a gradient, eagerly
+    (not under TorchScript, jit tracing, fx or ``torch.compile``), without forward hooks on its modules;
+    elsewhere the PyTorch path runs. Same values up to rounding.
+
     Shapes:
         (B, C, H, W) -> (B, C, ceil(H / stride), ceil(W / stride))
     """
     per_mode: Final[bool]
     recompute: Final[bool]
+    use_triton: bool
 
     def __init__(
             self,
@@ -118,6 +127,7 @@ class StRAttention(nn.Module):
         # the fast local attention hands its per-mode channels-last output to the fast mode attention as it is
         self.per_mode = local_op == 'local' and mode != 'none' and not reference
         self.recompute = recompute and not reference
+        self.use_triton = False
         self.local = create_local_op(
             local_op, dim, stride, groups, kernel_size, reduction, reference,
             per_mode=self.per_mode, recompute=self.recompute, **dd)
@@ -130,9 +140,34 @@ class StRAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_feature_map(x, self.dim, 'StRAttention')
+        if self.use_triton and self.per_mode and not torch.jit.is_scripting() and self._infers_with_triton(x):
+            return self._forward_triton(x)
         if self.per_mode and self.recompute and not torch.jit.is_scripting() and self._recomputes_local():
             return self._forward_recomputing_local(x)
         return self.mode(self.local(x))
+
+    @torch.jit.unused
+    def _infers_with_triton(self, x: torch.Tensor) -> bool:
+        """Whether ``use_triton``'s kernels apply (see the class docstring)."""
+        # first: under fx the input is a proxy, whose attributes cannot decide
+        if not (running_eagerly() and HAS_TRITON and (x.is_cuda or (INTERPRETING and x.device.type == 'cpu'))
+                and x.numel() and x.dtype in (torch.float32, torch.float16, torch.bfloat16)):
+            return False
+        if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters())):
+            return False
+        if has_global_hooks() or any(m.training or m._forward_hooks or m._forward_pre_hooks for m in self.modules()):
+            return False
+        norms = operator_norms(self.local, self.mode)
+        return all(type(n) is nn.BatchNorm2d and n.running_mean is not None for n in norms)
+
+    @torch.jit.unused
+    def _forward_triton(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        if torch.is_autocast_enabled(x.device.type):
+            dtype = torch.get_autocast_dtype(x.device.type)
+        if dtype == torch.bfloat16 and x.is_cuda and torch.cuda.get_device_capability(x.device)[0] < 8:
+            return self.mode(self.local(x))  # Triton's bfloat16 products need Ampere or later
+        return stra_inference(x, self.local, self.mode, dtype)
 
     @torch.jit.unused
     def _recomputes_local(self) -> bool:
@@ -148,3 +183,12 @@ class StRAttention(nn.Module):
         local, recompute = self.local.forward_recomputable(x)
         with recompute_saved(local, recompute):
             return self.mode(local)
+
+
+def set_triton(model: nn.Module, enabled: bool = True) -> int:
+    """Set ``use_triton`` on every ``StRAttention`` of ``model``: their inference on CUDA as Triton kernels
+    where they apply (see ``StRAttention``). Returns how many operators there are."""
+    ops = [m for m in model.modules() if isinstance(m, StRAttention)]
+    for op in ops:
+        op.use_triton = enabled
+    return len(ops)

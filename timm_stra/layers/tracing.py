@@ -21,11 +21,17 @@ is_compiling = getattr(torch.compiler, 'is_compiling', None) or _dynamo_is_compi
 
 
 @torch.jit.unused  # TorchScript never gets here (callers test torch.jit.is_scripting() first)
+def running_eagerly() -> bool:
+    """Whether a forward runs op by op: not recorded by ``torch.compile``, fx or jit tracing (a Triton launch or
+    a hand-written backward is invisible to them)."""
+    return not is_compiling() and not torch.jit.is_tracing() and not _is_fx_symbolic_tracing()
+
+
+@torch.jit.unused  # TorchScript never gets here (callers test torch.jit.is_scripting() first)
 def eager_autograd() -> bool:
     """Whether a forward is building an eager autograd graph: the case where replaying saves memory.
 
     Under ``torch.compile`` the compiler decides what to keep; under fx, TorchScript or jit tracing
     the graph is being recorded, not run.
     """
-    return (torch.is_grad_enabled() and not is_compiling() and not torch.jit.is_tracing()
-            and not _is_fx_symbolic_tracing())
+    return torch.is_grad_enabled() and running_eagerly()

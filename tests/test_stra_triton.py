@@ -1,0 +1,161 @@
+"""``StRAttention.use_triton``: the operator's inference as four Triton kernels, against the PyTorch path.
+
+The kernels run here under Triton's interpreter (``TRITON_INTERPRET=1``, CPU tensors), in a fresh
+process since Triton reads the variable when the kernels are defined; on CUDA,
+``tests/test_devices.py`` runs them compiled.
+"""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from timm_stra.layers import StRAttention
+
+pytest.importorskip('triton')
+
+CHECK = textwrap.dedent('''
+    import torch
+    from torch import nn
+    from timm_stra.layers import StRAttention
+    from timm_stra.layers import stra_attn
+
+    calls = []
+    kernels = stra_attn.stra_inference
+    stra_attn.stra_inference = lambda *args: calls.append(1) or kernels(*args)
+
+
+    def operator(dim, **kwargs):
+        """An eval-mode operator with every norm's statistics and affine parameters, and the biases, random."""
+        op = StRAttention(dim, **kwargs)
+        for m in op.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_(0, .3)
+                m.running_var.uniform_(.5, 2)
+                if m.weight is not None:
+                    m.weight.data.normal_(1, .3)
+                    m.bias.data.normal_(0, .3)
+            elif isinstance(m, nn.Conv2d) and m.bias is not None:
+                m.bias.data.normal_(0, .1)
+        return op.eval()
+
+
+    def both(op, x):
+        """(PyTorch path, kernels) outputs of ``op`` on ``x``, asserting the kernels ran once."""
+        with torch.no_grad():
+            op.use_triton = False
+            want = op(x)
+            op.use_triton = True
+            calls.clear()
+            got = op(x)
+        assert calls == [1], 'the kernels did not run'
+        return want, got
+
+
+    torch.manual_seed(0)
+    # (C, G, H, W, stride, k, mode): strides 1 and 2 on odd and even maps, k = 1, 3 and 5, without interaction,
+    # more positions than one program's block (11 x 7), a 1x1 map, channels per mode not a power of 2 (6)
+    for C, G, H, W, s, k, mode in [(32, 4, 5, 4, 1, 3, 'full'), (32, 4, 7, 6, 2, 3, 'full'),
+                                   (32, 4, 5, 4, 1, 3, 'no_interaction'), (24, 4, 6, 5, 2, 5, 'full'),
+                                   (16, 2, 11, 7, 1, 1, 'full'), (16, 2, 1, 1, 2, 3, 'full')]:
+        op = operator(C, groups=G, stride=s, kernel_size=k, mode=mode)
+        x = torch.randn(2, C, H, W)
+        want, got = both(op, x)
+        assert got.shape == want.shape and got.dtype == want.dtype and got.is_contiguous()
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        _, got_cl = both(op, x.contiguous(memory_format=torch.channels_last))
+        torch.testing.assert_close(got_cl, want, rtol=1e-5, atol=1e-5)
+
+    # more blocks of positions (3, of 11 x 7) than the pooling combines at once
+    from timm_stra.layers import stra_triton
+    stra_triton.PART_CHUNK = 2
+    want, got = both(operator(16, groups=2), torch.randn(2, 16, 11, 7))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    stra_triton.PART_CHUNK = 16
+
+    # norms without affine parameters
+    op = operator(32, groups=4)
+    for m in op.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.weight, m.bias = None, None
+    want, got = both(op, torch.randn(2, 32, 5, 4))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+    # a bfloat16 model: computed in float32, the maps between kernels in bfloat16, as the PyTorch path keeps them
+    op = operator(32, groups=4).bfloat16()
+    x = torch.randn(2, 32, 5, 4).bfloat16()
+    want, got = both(op, x)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want.float(), rtol=3e-2, atol=3e-2 * want.float().abs().max().item())
+
+    # where the kernels do not apply, the PyTorch path runs
+    op = operator(32, groups=4)
+    op.use_triton = True
+    x = torch.randn(2, 32, 5, 4)
+    calls.clear()
+    op(x)  # parameters that need gradients, gradients on
+    op.train()
+    with torch.no_grad():
+        op(x)  # training mode: batch statistics
+    op.eval()
+    with torch.no_grad():
+        op.double()(x.double())  # float64
+        op.float()
+        handle = op.mode.diversity.register_forward_hook(lambda *args: None)  # the visualiser's hook
+        op(x)
+        handle.remove()
+        norm = op.mode.gate_norm
+        running = norm.running_mean, norm.running_var
+        norm.track_running_stats, norm.running_mean, norm.running_var = False, None, None
+        op(x)  # a norm without running statistics: batch statistics in eval mode too
+        norm.track_running_stats, (norm.running_mean, norm.running_var) = True, running
+    assert calls == [], calls
+    with torch.no_grad():
+        op(x)
+    assert calls == [1]
+    print('ok')
+''')
+
+
+@pytest.mark.slow
+def test_kernels_match_the_pytorch_path_under_the_interpreter():
+    env = dict(os.environ, TRITON_INTERPRET='1')
+    result = subprocess.run([sys.executable, '-c', CHECK], capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0 and result.stdout.strip().endswith('ok'), result.stderr[-3000:]
+
+
+def test_use_triton_without_cuda_takes_the_pytorch_path():
+    """Without CUDA (and without the interpreter) the flag changes nothing: same values, no error."""
+    op = StRAttention(32, groups=4, stride=2).eval()
+    x = torch.randn(2, 32, 7, 6)
+    with torch.no_grad():
+        want = op(x)
+        op.use_triton = True
+        torch.testing.assert_close(op(x), want, rtol=0, atol=0)
+
+
+def test_use_triton_survives_torchscript():
+    """The flag is an attribute TorchScript keeps; the scripted operator runs the PyTorch path."""
+    op = StRAttention(32, groups=4).eval()
+    op.use_triton = True
+    x = torch.randn(2, 32, 5, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.jit.script(op)(x), op(x))
+
+
+def test_fx_feature_extraction_traces_the_pytorch_path():
+    """fx (timm's feature extraction) records the PyTorch ops of operators with ``use_triton`` set: the same
+    features."""
+    import timm
+    from timm.models._features_fx import create_feature_extractor
+
+    import timm_stra
+    model = timm.create_model('stra_resnet50_fer').eval()
+    x = torch.randn(1, 1, 44, 44)
+    with torch.no_grad():
+        want = model.forward_features(x)
+        assert timm_stra.set_triton(model) == 3
+        extractor = create_feature_extractor(model, return_nodes=['layer4'])
+        torch.testing.assert_close(extractor(x)['layer4'], want)
