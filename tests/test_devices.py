@@ -167,12 +167,11 @@ def _eval_operator(stride, **kwargs):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='the Triton kernels run on CUDA (the interpreter test '
                     'in test_stra_triton.py checks them on the CPU)')
 @pytest.mark.parametrize('stride', [1, 2])
-@pytest.mark.parametrize('precision', ['float32', 'float32-tf32', 'bf16-autocast', 'float16-model'])
+@pytest.mark.parametrize('precision', ['float32', 'bf16-autocast', 'float16-model'])
 def test_triton_operator_on_cuda_matches_the_pytorch_path(stride, precision, monkeypatch):
     """``StRAttention.use_triton`` on CUDA: the compiled kernels run (counted) and give the PyTorch path's values in
-    float32 (contiguous; also with TF32 allowed, PyTorch's default for convolutions, where both take it), under bf16
-    autocast (channels_last) and for a float16 model, in ``inference_mode``; a map of more positions than one
-    program's block."""
+    float32 (contiguous; TF32 off), under bf16 autocast (channels_last) and for a float16 model, in
+    ``inference_mode``; a map of more positions than one program's block."""
     pytest.importorskip('triton')
     from timm_stra.layers import stra_attn
     calls = []
@@ -180,9 +179,6 @@ def test_triton_operator_on_cuda_matches_the_pytorch_path(stride, precision, mon
     monkeypatch.setattr(stra_attn, 'stra_inference', lambda *args: calls.append(1) or kernels(*args))
     op = _eval_operator(stride).cuda()
     x = torch.randn(4, 32, 13, 9, device='cuda')
-    if precision == 'float32-tf32':
-        monkeypatch.setattr(torch.backends.cudnn, 'allow_tf32', True)
-        monkeypatch.setattr(torch.backends.cuda.matmul, 'allow_tf32', True)
     if precision == 'float16-model':
         op, x = op.half(), x.half()
     elif precision == 'bf16-autocast':
@@ -193,8 +189,32 @@ def test_triton_operator_on_cuda_matches_the_pytorch_path(stride, precision, mon
         got = op(x)
     assert calls == [1]
     assert got.dtype == want.dtype and got.shape == want.shape
-    tol = {'float32': 1e-4, 'float32-tf32': 1e-2}.get(precision, 3e-2)
+    tol = 1e-4 if precision == 'float32' else 3e-2
     torch.testing.assert_close(got.float(), want.float(), rtol=tol, atol=tol * want.abs().max().item())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 8,
+                    reason='TF32 needs an NVIDIA GPU of compute capability 8 or more')
+def test_triton_float32_products_follow_pytorchs_tf32_settings(monkeypatch):
+    """With TF32 allowed for convolutions (PyTorch's default) or for matmuls, the kernels take the logit branch's and
+    values' products, or the mask branch's, in TF32 as the PyTorch path's kernels do: each setting changes the
+    kernels' output, and each output is within TF32's error of the PyTorch path's."""
+    pytest.importorskip('triton')
+    op = _eval_operator(1).cuda()
+    x = torch.randn(4, 32, 13, 9, device='cuda')
+    outputs = {}
+    for conv, matmul in [(False, False), (True, False), (False, True)]:
+        monkeypatch.setattr(torch.backends.cudnn, 'allow_tf32', conv)
+        monkeypatch.setattr(torch.backends.cuda.matmul, 'allow_tf32', matmul)
+        with torch.inference_mode():
+            op.use_triton = False
+            want = op(x)
+            op.use_triton = True
+            outputs[conv, matmul] = got = op(x)
+        torch.testing.assert_close(got, want, rtol=1e-2, atol=1e-2 * want.abs().max().item())
+    ieee = outputs[False, False]
+    assert not torch.equal(outputs[True, False], ieee) and not torch.equal(outputs[False, True], ieee)
+    assert not torch.equal(outputs[True, False], outputs[False, True])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='CUDA only')
@@ -208,7 +228,10 @@ def test_triton_model_on_cuda_matches_the_pytorch_path(monkeypatch):
     torch.manual_seed(0)
     model = timm.create_model('stra_resnet50_reid', num_classes=10).cuda()
     x = torch.randn(2, 3, 128, 64, device='cuda')
-    model.train()(x)  # running statistics of a batch, not the initial identity
+    for m in model.modules():  # running statistics away from the initial identity
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.3, 0.3)
+            m.running_var.uniform_(0.5, 2)
     model.eval()
     with torch.no_grad():
         want = model(x)

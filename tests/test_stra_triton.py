@@ -1,4 +1,4 @@
-"""``StRAttention.use_triton``: the operator's inference as four Triton kernels, against the PyTorch path.
+"""``StRAttention.use_triton``: the operator's inference as three Triton kernels, against the PyTorch path.
 
 The kernels run here under Triton's interpreter (``TRITON_INTERPRET=1``, CPU tensors), in a fresh
 process since Triton reads the variable when the kernels are defined; on CUDA,
@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from timm_stra.layers import StRAttention
+from timm_stra.layers.stra_triton import INTERPRETING
 
 pytest.importorskip('triton')
 
@@ -54,6 +55,16 @@ CHECK = textwrap.dedent('''
         return want, got
 
 
+    def falls_back(op, x, context=None):
+        """``op(x)`` with ``use_triton`` set takes the PyTorch path: no kernel call, the same output (or error)."""
+        op.use_triton = True
+        calls.clear()
+        with context or torch.no_grad():
+            out = op(x)
+        assert calls == [], 'the kernels ran'
+        return out
+
+
     torch.manual_seed(0)
     # (C, G, H, W, stride, k, mode): strides 1 and 2 on odd and even maps, k = 1, 3 and 5, without interaction,
     # more positions than one program's block (11 x 7), a 1x1 map, channels per mode not a power of 2 (6)
@@ -63,17 +74,28 @@ CHECK = textwrap.dedent('''
         op = operator(C, groups=G, stride=s, kernel_size=k, mode=mode)
         x = torch.randn(2, C, H, W)
         want, got = both(op, x)
-        assert got.shape == want.shape and got.dtype == want.dtype and got.is_contiguous()
+        assert got.shape == want.shape and got.dtype == want.dtype
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
         _, got_cl = both(op, x.contiguous(memory_format=torch.channels_last))
         torch.testing.assert_close(got_cl, want, rtol=1e-5, atol=1e-5)
+        # positions two elements apart (read in place); columns before rows (copied first)
+        for layout in (torch.stack([x, x], dim=-1)[..., 0], x.transpose(2, 3).contiguous().transpose(2, 3)):
+            _, got_layout = both(op, layout)
+            torch.testing.assert_close(got_layout, want, rtol=1e-5, atol=1e-5)
 
-    # more blocks of positions (3, of 11 x 7) than the pooling combines at once
+    # more blocks of positions (3, of 11 x 7) than the pooling combines at once and than gate programs per mode
     from timm_stra.layers import stra_triton
-    stra_triton.PART_CHUNK = 2
+    stra_triton.PART_CHUNK, stra_triton.GATE_PROGRAMS = 2, 2
     want, got = both(operator(16, groups=2), torch.randn(2, 16, 11, 7))
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-    stra_triton.PART_CHUNK = 16
+    stra_triton.PART_CHUNK, stra_triton.GATE_PROGRAMS = 16, 4
+
+    # a mode whose local output is zero: a zero modal vector, whose interaction row F.normalize's clamp keeps finite
+    op = operator(32, groups=4)
+    op.local.value.weight.data[8:16] = 0
+    want, got = both(op, torch.randn(2, 32, 5, 4))
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
     # norms without affine parameters
     op = operator(32, groups=4)
@@ -83,36 +105,67 @@ CHECK = textwrap.dedent('''
     want, got = both(op, torch.randn(2, 32, 5, 4))
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
-    # a bfloat16 model: computed in float32, the maps between kernels in bfloat16, as the PyTorch path keeps them
-    op = operator(32, groups=4).bfloat16()
-    x = torch.randn(2, 32, 5, 4).bfloat16()
-    want, got = both(op, x)
-    assert got.dtype == torch.bfloat16
-    torch.testing.assert_close(got.float(), want.float(), rtol=3e-2, atol=3e-2 * want.float().abs().max().item())
+    # half types: a bfloat16 model, a float16 model, and a float32 model under (CPU) bfloat16 autocast: the maps
+    # between kernels and the output in the compute dtype, as the PyTorch path keeps them
+    x = torch.randn(2, 32, 5, 4)
+    for dtype, autocast in [(torch.bfloat16, False), (torch.float16, False), (torch.bfloat16, True)]:
+        op = operator(32, groups=4)
+        inputs = x
+        if not autocast:
+            op, inputs = op.to(dtype), x.to(dtype)
+        with torch.autocast('cpu', dtype=dtype, enabled=autocast):
+            want, got = both(op, inputs)
+        assert got.dtype == want.dtype == dtype, (got.dtype, want.dtype)
+        scale = want.float().abs().max().item()
+        torch.testing.assert_close(got.float(), want.float(), rtol=3e-2, atol=3e-2 * scale)
 
     # where the kernels do not apply, the PyTorch path runs
     op = operator(32, groups=4)
-    op.use_triton = True
     x = torch.randn(2, 32, 5, 4)
-    calls.clear()
-    op(x)  # parameters that need gradients, gradients on
-    op.train()
-    with torch.no_grad():
-        op(x)  # training mode: batch statistics
+    falls_back(op, x, torch.enable_grad())  # parameters that need gradients, gradients on
+    falls_back(op.train(), x)  # training mode: batch statistics
     op.eval()
-    with torch.no_grad():
-        op.double()(x.double())  # float64
-        op.float()
-        handle = op.mode.diversity.register_forward_hook(lambda *args: None)  # the visualiser's hook
-        op(x)
+    falls_back(op.double(), x.double())  # float64
+    op.float()
+    try:
+        falls_back(op, x.half())  # an input in another dtype than the weights, outside autocast
+    except RuntimeError as e:  # the PyTorch path's error
+        assert 'dtype' in str(e) or 'type' in str(e), e
+    else:
+        raise AssertionError('a float16 input into a float32 operator passed')
+    for module in (op.mode.diversity, op.local.score.conv1):  # the visualiser's hook; a pre-hook on a conv
+        handle = module.register_forward_hook(lambda *args: None)
+        falls_back(op, x)
         handle.remove()
-        norm = op.mode.gate_norm
-        running = norm.running_mean, norm.running_var
-        norm.track_running_stats, norm.running_mean, norm.running_var = False, None, None
-        op(x)  # a norm without running statistics: batch statistics in eval mode too
-        norm.track_running_stats, (norm.running_mean, norm.running_var) = True, running
-    assert calls == [], calls
+        handle = module.register_forward_pre_hook(lambda *args: None)
+        falls_back(op, x)
+        handle.remove()
+    handle = nn.modules.module.register_module_forward_hook(lambda *args: None)
+    falls_back(op, x)
+    handle.remove()
+    norm = op.mode.gate_norm
+    running = norm.running_mean, norm.running_var
+    norm.track_running_stats, norm.running_mean, norm.running_var = False, None, None
+    falls_back(op, x)  # a norm without running statistics: batch statistics in eval mode too
+    norm.track_running_stats, (norm.running_mean, norm.running_var) = True, running
+    from torchvision.ops import FrozenBatchNorm2d
+    op.local.score.bn1 = FrozenBatchNorm2d(op.local.score.bn1.num_features)
+    falls_back(op, x)  # another norm
+    op = operator(32, groups=4)
+    op.mode.mask.conv2.bias = None
+    falls_back(op, x)  # a score branch without a bias
+    op = operator(32, groups=4)
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        falls_back(op, mode.from_tensor(x))  # fake tensors: shapes only
+    try:  # functorch: the PyTorch path's autograd.Functions refuse vmap, and so does the operator
+        torch.func.vmap(lambda t: falls_back(op, t.unsqueeze(0)).squeeze(0))(x)
+    except RuntimeError as e:
+        assert 'setup_context' in str(e), e
+    else:
+        raise AssertionError('vmap ran the kernels or got through the PyTorch path')
     with torch.no_grad():
+        calls.clear()
         op(x)
     assert calls == [1]
     print('ok')
@@ -126,6 +179,7 @@ def test_kernels_match_the_pytorch_path_under_the_interpreter():
     assert result.returncode == 0 and result.stdout.strip().endswith('ok'), result.stderr[-3000:]
 
 
+@pytest.mark.skipif(INTERPRETING, reason='under TRITON_INTERPRET=1 the kernels run on the CPU')
 def test_use_triton_without_cuda_takes_the_pytorch_path():
     """Without CUDA (and without the interpreter) the flag changes nothing: same values, no error."""
     op = StRAttention(32, groups=4, stride=2).eval()

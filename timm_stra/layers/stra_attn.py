@@ -34,8 +34,8 @@ from .mode_attn_ref import ModeAttentionReference
 from .recompute_saved import outer_hooks_active, recompute_saved
 from .replay import has_global_hooks
 from .sasa import SelfAttention2d
-from .stra_triton import HAS_TRITON, INTERPRETING, operator_norms, stra_inference
-from .tracing import eager_autograd, running_eagerly
+from .stra_triton import HAS_TRITON, INTERPRETING, kernels_apply, stra_inference
+from .tracing import eager_autograd, plain_tensor, running_eagerly
 
 LOCAL_OPS = ('local', 'conv', 'group_conv', 'sasa')
 MODES = ('full', 'no_interaction', 'none')
@@ -89,11 +89,13 @@ class StRAttention(nn.Module):
         recompute: recompute in backward what StRA's own operators would otherwise keep (see the
             module docstring); no effect with ``reference``. Same values and gradients.
 
-    ``use_triton`` (an attribute, off by default) runs the operator's inference as three Triton kernels
-    (``stra_triton.py``) where they apply: StRA's own local and mode attention, on CUDA, in float32 or a
-    half type, in eval mode (norms with running statistics), when nothing needs a gradient, eagerly
-    (not under TorchScript, jit tracing, fx or ``torch.compile``), without forward hooks on its modules;
-    elsewhere the PyTorch path runs. Same values up to rounding.
+    ``use_triton`` (an attribute, off by default; ``set_triton`` sets it on a whole model) runs the
+    operator's inference as three Triton kernels (``stra_triton.py``) where they apply: StRA's own local
+    and mode attention, on CUDA, in float32 or a half type (the weights' dtype, or autocast's), in eval
+    mode (plain ``nn.BatchNorm2d`` norms with running statistics), when nothing needs a gradient, eagerly
+    (not under TorchScript, jit tracing, fx or ``torch.compile``) on a plain tensor (no subclass, dispatch
+    mode, functorch transform or forward-mode AD), without forward hooks on its modules; elsewhere the
+    PyTorch path runs. Same values up to rounding.
 
     Shapes:
         (B, C, H, W) -> (B, C, ceil(H / stride), ceil(W / stride))
@@ -150,15 +152,21 @@ class StRAttention(nn.Module):
     def _infers_with_triton(self, x: torch.Tensor) -> bool:
         """Whether ``use_triton``'s kernels apply (see the class docstring)."""
         # first: under fx the input is a proxy, whose attributes cannot decide
-        if not (running_eagerly() and HAS_TRITON and (x.is_cuda or (INTERPRETING and x.device.type == 'cpu'))
-                and x.numel() and x.dtype in (torch.float32, torch.float16, torch.bfloat16)):
+        if not (running_eagerly() and HAS_TRITON and plain_tensor(x) and x.numel()
+                and (x.is_cuda or (INTERPRETING and x.device.type == 'cpu'))
+                and x.dtype in (torch.float32, torch.float16, torch.bfloat16)):
             return False
         if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters())):
             return False
-        if has_global_hooks() or any(m.training or m._forward_hooks or m._forward_pre_hooks for m in self.modules()):
+        # outside autocast, a dtype the weights do not have is the PyTorch path's error to raise
+        if not torch.is_autocast_enabled(x.device.type) and self.local.value.weight.dtype != x.dtype:
             return False
-        norms = operator_norms(self.local, self.mode)
-        return all(type(n) is nn.BatchNorm2d and n.running_mean is not None for n in norms)
+        # eval mode, and no forward hooks the kernels would skip (the operator's own still run)
+        if self.training or has_global_hooks() or any(
+                m.training or m._forward_hooks or m._forward_pre_hooks
+                for child in (self.local, self.mode) for m in child.modules()):
+            return False
+        return kernels_apply(x, self.local, self.mode)
 
     @torch.jit.unused
     def _forward_triton(self, x: torch.Tensor) -> torch.Tensor:

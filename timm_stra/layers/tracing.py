@@ -5,7 +5,9 @@ only when autograd records a graph eagerly; a compiler decides for itself what t
 may mis-trace some of those tricks, so they ask here first.
 """
 import torch
+from torch.autograd import forward_ad
 from torch.fx import _symbolic_trace
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 # newer torch tells symbolic tracing from export; in older releases is_fx_tracing meant the former
 _is_fx_symbolic_tracing = getattr(_symbolic_trace, 'is_fx_symbolic_tracing', _symbolic_trace.is_fx_tracing)
@@ -35,3 +37,15 @@ def eager_autograd() -> bool:
     the graph is being recorded, not run.
     """
     return torch.is_grad_enabled() and running_eagerly()
+
+
+@torch.jit.unused
+def plain_tensor(x: torch.Tensor) -> bool:
+    """Whether ``x`` is a plain tensor that nothing else sees ops on: not a subclass (fake, distributed), not
+    wrapped by functorch (vmap, grad), no dispatch mode active and no forward-mode AD level open. A kernel
+    launched on its memory would bypass all of those."""
+    if type(x) is not torch.Tensor or _get_current_dispatch_mode() is not None:
+        return False
+    if forward_ad._current_level >= 0:
+        return False
+    return not torch._C._functorch.is_functorch_wrapped_tensor(x)
