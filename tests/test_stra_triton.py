@@ -56,7 +56,7 @@ CHECK = textwrap.dedent('''
 
 
     def falls_back(op, x, context=None):
-        """``op(x)`` with ``use_triton`` set takes the PyTorch path: no kernel call, the same output (or error)."""
+        """``op(x)`` with ``use_triton`` set, asserting it took the PyTorch path (no kernel call); its output."""
         op.use_triton = True
         calls.clear()
         with context or torch.no_grad():
@@ -158,6 +158,12 @@ CHECK = textwrap.dedent('''
     from torch._subclasses.fake_tensor import FakeTensorMode
     with FakeTensorMode(allow_non_fake_inputs=True) as mode:
         falls_back(op, mode.from_tensor(x))  # fake tensors: shapes only
+    op.use_triton = True
+    calls.clear()
+    with torch.no_grad():
+        torch.compile(op, backend='eager')(x)  # dynamo records the PyTorch ops
+        torch.jit.trace(op, x, check_trace=False)  # jit tracing would not see a launch (its check reruns eagerly)
+    assert calls == []
     try:  # functorch: the PyTorch path's autograd.Functions refuse vmap, and so does the operator
         torch.func.vmap(lambda t: falls_back(op, t.unsqueeze(0)).squeeze(0))(x)
     except RuntimeError as e:
