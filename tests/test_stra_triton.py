@@ -97,6 +97,19 @@ CHECK = textwrap.dedent('''
     assert torch.isfinite(got).all()
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
+    # a DataParallel replica (as torch.nn.parallel.replicate builds it): parameters as plain attributes
+    op = operator(16, groups=2)
+    modules = list(op.modules())
+    copies = {id(m): m._replicate_for_data_parallel() for m in modules}
+    for m in modules:
+        replica = copies[id(m)]
+        for key, child in m._modules.items():
+            setattr(replica, key, copies[id(child)])
+        for key, param in m._parameters.items():
+            setattr(replica, key, None if param is None else param.detach().clone())
+    want, got = both(copies[id(op)], torch.randn(2, 16, 5, 4))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
     # norms without affine parameters
     op = operator(32, groups=4)
     for m in op.modules():

@@ -52,16 +52,31 @@ _MAX_OFFSET = 2 ** 31 - 1  # the kernels' offsets within a sample are int32
 
 def _block(size: int) -> int:
     """A block dimension of ``size`` for a product: a power of 2, at least 16."""
-    return max(16, triton.next_power_of_2(size))
+    return max(16, 1 << (size - 1).bit_length())
+
+
+def _attr(module: nn.Module, name: str):
+    """``getattr(module, name)`` for a parameter, buffer or submodule, looked up in the module's dicts first.
+
+    ``nn.Module.__getattr__`` is a Python call per attribute (about 1 us on a 2-core VM, some 50 per inference
+    of an operator), which is what the dicts save. Whatever is not in them (DataParallel replicas keep their
+    parameters as plain attributes, a parametrised weight is a property) goes through ``getattr``.
+    """
+    for store in (module._parameters, module._buffers, module._modules):
+        if name in store:
+            return store[name]
+    return getattr(module, name)
 
 
 def _branch_modules(local, mode):
     """The logit branch's and the mask branch's (conv1, bn1, conv2, bn2)."""
-    return [(branch.conv1, branch.bn1, branch.conv2, branch.bn2) for branch in (local.score, mode.mask)]
+    return [tuple(_attr(branch, name) for name in ('conv1', 'bn1', 'conv2', 'bn2'))
+            for branch in (_attr(local, 'score'), _attr(mode, 'mask'))]
 
 
 def _gate_norms(mode) -> list:
-    return [mode.gate_norm, mode.interact_norm] if mode.interaction else [mode.gate_norm]
+    gate = _attr(mode, 'gate_norm')
+    return [gate, _attr(mode, 'interact_norm')] if mode.interaction else [gate]
 
 
 def kernels_apply(x: torch.Tensor, local, mode) -> bool:
@@ -72,9 +87,9 @@ def kernels_apply(x: torch.Tensor, local, mode) -> bool:
     modules = [m for branch in _branch_modules(local, mode) for m in branch] + _gate_norms(mode)
     for m in modules:
         if isinstance(m, nn.Conv2d):
-            if m.bias is None:
+            if _attr(m, 'bias') is None:
                 return False
-        elif type(m) is not nn.BatchNorm2d or m.running_mean is None:
+        elif type(m) is not nn.BatchNorm2d or _attr(m, 'running_mean') is None:
             return False
     B, C, H, W = x.shape
     return -(-H * W // BLOCK_POSITIONS) <= _MAX_GRID_Y and C * H * W <= _MAX_OFFSET
@@ -83,9 +98,14 @@ def kernels_apply(x: torch.Tensor, local, mode) -> bool:
 def _norm_args(norm):
     """Pointers and eps of an eval-mode ``nn.BatchNorm2d`` for ``_norm``, and whether it is affine (without, the
     running mean stands in for the weight and bias pointers, which are not read)."""
-    affine = norm.weight is not None
-    mean = norm.running_mean
-    return (mean, norm.running_var, norm.weight if affine else mean, norm.bias if affine else mean, norm.eps), affine
+    weight, bias, mean, var = (_attr(norm, name) for name in ('weight', 'bias', 'running_mean', 'running_var'))
+    affine = weight is not None
+    return (mean, var, weight if affine else mean, bias if affine else mean, norm.eps), affine
+
+
+def _conv_args(conv):
+    """Weight and bias of a score branch's 1x1 convolution."""
+    return _attr(conv, 'weight'), _attr(conv, 'bias')
 
 
 def _fp32_precision(new_api: list, legacy) -> str:
@@ -160,7 +180,7 @@ def stra_inference(x: torch.Tensor, local, mode, dtype: torch.dtype) -> torch.Te
     G, k, s = local.groups, local.kernel_size, local.stride
     h, w = (H - 1) // s + 1, (W - 1) // s + 1
     (score1, bn1, score2, bn2), (mask1, mask_bn1, mask2, mask_bn2) = _branch_modules(local, mode)
-    value_weight = local.value.weight
+    value_weight = _attr(_attr(local, 'value'), 'weight')
     n = value_weight.shape[0] // G
     hid, score_chs, mask_hid = score1.out_channels // G, score2.out_channels // G, mask1.out_channels // G
     scores = x.new_empty(B, G * score_chs, H * W, dtype=dtype)
@@ -171,17 +191,17 @@ def stra_inference(x: torch.Tensor, local, mode, dtype: torch.dtype) -> torch.Te
     result = x.new_empty(B, G * n, h, w, dtype=dtype)
     (norm1, affine1), (norm2, affine2), (mask_norm1, mask_affine1), (mask_norm2, mask_affine2) = (
         _norm_args(norm) for norm in (bn1, bn2, mask_bn1, mask_bn2))
-    gate, gate_affine = _norm_args(mode.gate_norm)
-    interact, interact_affine = _norm_args(mode.interact_norm) if mode.interaction else (gate, gate_affine)
+    gate_norms = [_norm_args(norm) for norm in _gate_norms(mode)]  # without interaction, the gate norm's twice:
+    (gate, gate_affine), (interact, interact_affine) = gate_norms[0], gate_norms[-1]  # the kernel reads one
     conv_precision, matmul_precision = _precisions(x, dtype)
     with _on_device(x):
         _score_value_kernel[(B * G, blocks[0])](
-            x, x.stride(0), x.stride(1), position_stride, score1.weight, score1.bias, *norm1,
-            score2.weight, score2.bias, *norm2, value_weight, scores, values,
+            x, x.stride(0), x.stride(1), position_stride, *_conv_args(score1), *norm1,
+            *_conv_args(score2), *norm2, value_weight, scores, values,
             H * W, G, C // G, hid, score_chs, n, affine1, affine2, conv_precision,
             BLOCK_P=BLOCK_POSITIONS, CG_P=_block(C // G), HID_P=_block(hid), OUT_P=_block(score_chs), N_P=_block(n))
         _attend_kernel[(B * G, blocks[1])](
-            scores, values, nodes, parts, mask1.weight, mask1.bias, *mask_norm1, mask2.weight, mask2.bias, *mask_norm2,
+            scores, values, nodes, parts, *_conv_args(mask1), *mask_norm1, *_conv_args(mask2), *mask_norm2,
             H, W, h, w, G, n, mask_hid, k, s, mask_affine1, mask_affine2, matmul_precision,
             BLOCK_Q=BLOCK_POSITIONS, N_P=_block(n), MH_P=_block(mask_hid))
         _gate_kernel[(B * G, min(blocks[1], GATE_PROGRAMS))](
