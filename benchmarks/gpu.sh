@@ -17,9 +17,12 @@
 #      kernels (not yet run on a GPU);
 #   7. interleaved: the ReID models' steps alternated in one process (benchmarks/interleaved.py), eager,
 #      fp32 and then channels_last + bf16, batch 16 and 64: ratios to the limit and to StRA from
-#      steps of the same round; with stra_triton (StRA's inference as Triton kernels).
+#      steps of the same round; with stra_triton (StRA's inference as Triton kernels);
+#   8. triton: StRA's inference as Triton kernels (timm_stra.set_triton) against the PyTorch path and
+#      the limit, inference only: the ReID operators alone, then the ReID models interleaved, fp32
+#      and channels_last + bf16 (about 1.5 minutes on an H200; its CUDA tests are in part 1).
 # Usage: bash benchmarks/gpu.sh [OUTDIR]   (default: bench-gpu); each part's output goes to OUTDIR.
-#   PARTS="tests profile speed operator compile compile-profile interleaved"   the parts to run, in this order
+#   PARTS="tests profile speed operator compile compile-profile interleaved triton"   the parts to run, in this order
 #   SPEED="fp32:reid fp32:face fp32:fer bf16:reid bf16:face bf16:fer"   the speed runs
 #   PREFLIGHT_TIMEOUT=120, CMD_TIMEOUT=300   seconds for the first import of torch and for each command
 #   PYTHON=python3   the interpreter (the lent GPU machines name python3 as the one with PyTorch)
@@ -28,7 +31,7 @@
 # Exits non-zero if any command failed, timed out or was skipped.
 set -uo pipefail
 out=${1:-bench-gpu}
-parts=" ${PARTS:-tests profile speed operator compile compile-profile interleaved} "
+parts=" ${PARTS:-tests profile speed operator compile compile-profile interleaved triton} "
 speed_runs=${SPEED:-fp32:reid fp32:face fp32:fer bf16:reid bf16:face bf16:fer}
 cmd_timeout=${CMD_TIMEOUT:-300}
 py=${PYTHON:-python3}
@@ -104,6 +107,18 @@ if [[ $parts == *" interleaved "* ]]; then
             --json "$out/interleaved-$precision.json" $flags
         echo
     done 2>&1 | tee "$out/interleaved.md"
+fi
+if [[ $parts == *" triton "* ]]; then
+    for flags in "" "--channels-last --bf16"; do
+        # shellcheck disable=SC2086
+        run "$py" benchmarks/operator.py --device cuda --task reid --impls stra,stra-triton,conv3x3 --modes infer \
+            --repeats 3 --iters 20 --no-progress $flags
+        echo
+        # shellcheck disable=SC2086
+        run "$py" benchmarks/interleaved.py --device cuda --task reid --cases stra,stra_triton,limit --modes infer \
+            --batch-sizes 16,64 --rounds 32 --warmup 3 --no-progress --log-runs $flags
+        echo
+    done 2>&1 | tee "$out/triton.md"
 fi
 if [[ -s $failures ]]; then
     echo "failed:" >&2
