@@ -166,16 +166,18 @@ class StRAttention(nn.Module):
                 m.training or m._forward_hooks or m._forward_pre_hooks
                 for child in (self.local, self.mode) for m in child.modules()):
             return False
-        return kernels_apply(x, self.local, self.mode)
+        return kernels_apply(x, self.local, self.mode, self._compute_dtype(x))
+
+    @torch.jit.unused
+    def _compute_dtype(self, x: torch.Tensor) -> torch.dtype:
+        """The dtype the PyTorch path computes in: autocast's where it is on, else the input's."""
+        if torch.is_autocast_enabled(x.device.type):
+            return torch.get_autocast_dtype(x.device.type)
+        return x.dtype
 
     @torch.jit.unused
     def _forward_triton(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        if torch.is_autocast_enabled(x.device.type):
-            dtype = torch.get_autocast_dtype(x.device.type)
-        if dtype == torch.bfloat16 and x.is_cuda and torch.cuda.get_device_capability(x.device)[0] < 8:
-            return self.mode(self.local(x))  # Triton's bfloat16 products need Ampere or later
-        return stra_inference(x, self.local, self.mode, dtype)
+        return stra_inference(x, self.local, self.mode, self._compute_dtype(x))
 
     @torch.jit.unused
     def _recomputes_local(self) -> bool:

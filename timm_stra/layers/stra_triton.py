@@ -79,11 +79,13 @@ def _gate_norms(mode) -> list:
     return [gate, _attr(mode, 'interact_norm')] if mode.interaction else [gate]
 
 
-def kernels_apply(x: torch.Tensor, local, mode) -> bool:
-    """Whether the kernels compute ``mode(local(x))`` for these modules (the caller checks the mode, device,
-    dtype and gradients): every norm a plain ``nn.BatchNorm2d`` with running statistics (the kernels apply them
-    as eval mode does), every score-branch convolution with a bias, and a map within the grid's and the
-    offsets' limits."""
+def kernels_apply(x: torch.Tensor, local, mode, dtype: torch.dtype) -> bool:
+    """Whether the kernels compute ``mode(local(x))`` in ``dtype`` for these modules (the caller checks the mode,
+    device, input dtype and gradients): every norm a plain ``nn.BatchNorm2d`` with running statistics (the
+    kernels apply them as eval mode does), every score-branch convolution with a bias, a map within the grid's
+    and the offsets' limits, and for bfloat16 on CUDA a GPU whose tensor cores take it (Ampere or later)."""
+    if dtype == torch.bfloat16 and x.is_cuda and torch.cuda.get_device_capability(x.device)[0] < 8:
+        return False
     modules = [m for branch in _branch_modules(local, mode) for m in branch] + _gate_norms(mode)
     for m in modules:
         if isinstance(m, nn.Conv2d):
