@@ -13,7 +13,7 @@ of the stage once:
   mode attention in the paper's order (the authors' design);
 * ``conv3x3``: the twin's 3x3 convolution;
 * ``stra-triton`` (CUDA, with triton; in the default list there): ``stra`` with
-  ``use_triton``, its inference as four Triton kernels (``layers/stra_triton.py``; its
+  ``use_triton``, its inference as three Triton kernels (``layers/stra_triton.py``; its
   training step is ``stra``'s).
 
 Inference (``torch.inference_mode``) and training (forward, and backward of fixed dense
