@@ -241,3 +241,7 @@ def test_triton_model_on_cuda_matches_the_pytorch_path(monkeypatch):
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
     model.train()(x).sum().backward()  # training takes the PyTorch path
     assert len(calls) == 3
+    model.eval().set_triton(False)  # the model's own switch
+    with torch.no_grad():
+        model(x)
+    assert len(calls) == 3

@@ -15,6 +15,7 @@ from timm.layers.helpers import get_device_dtype
 from timm.models.resnet import Bottleneck, ResNet
 
 from ..layers.checks import check_choice
+from ..layers.stra_attn import set_triton
 from .blocks import StRABottleneck, make_last_stage
 from .heads import FaceNeck, ReIDNeck
 
@@ -202,6 +203,12 @@ class StRAResNet(ResNet):
             self.num_features * self.global_pool.feat_mult()
         self.global_pool.train(self.training)
         self.fc.train(self.training)
+
+    @torch.jit.ignore
+    def set_triton(self, enable: bool = True) -> None:
+        """Run the StRA operators' inference on CUDA as Triton kernels where they apply (``timm_stra.set_triton``;
+        like ``set_grad_checkpointing``, a switch that leaves the weights alone)."""
+        set_triton(self, enable)
 
     @torch.jit.ignore
     def prune_intermediate_layers(
