@@ -195,7 +195,7 @@ def test_triton_operator_on_cuda_matches_the_pytorch_path(stride, precision, mon
 
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 8,
                     reason='TF32 needs an NVIDIA GPU of compute capability 8 or more')
-def test_triton_float32_products_follow_pytorchs_tf32_settings(monkeypatch):
+def test_triton_float32_products_on_cuda_follow_pytorchs_tf32_settings(monkeypatch):
     """With TF32 allowed for convolutions (PyTorch's default) or for matmuls, the kernels take the logit branch's and
     values' products, or the mask branch's, in TF32 as the PyTorch path's kernels do: each setting changes the
     kernels' output, and each output is within TF32's error of the PyTorch path's."""
