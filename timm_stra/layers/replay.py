@@ -28,16 +28,13 @@ def replayable_norm(norm: nn.Module) -> bool:
     return type(norm) is nn.BatchNorm2d and not has_hooks(norm)
 
 
-def has_global_hooks() -> bool:
-    """Forward hooks or pre-hooks registered for every module (``register_module_forward_hook``)."""
-    return bool(getattr(nn.modules.module, '_global_forward_hooks', None)
-                or getattr(nn.modules.module, '_global_forward_pre_hooks', None))
-
-
-def has_hooks(module: nn.Module) -> bool:
-    """Forward hooks or pre-hooks on ``module`` or on every module (``register_module_forward_hook``): a
-    hand-written backward, which does not call the module, would not see what they change."""
-    return bool(module._forward_hooks or module._forward_pre_hooks) or has_global_hooks()
+def has_hooks(*modules: nn.Module) -> bool:
+    """Forward hooks or pre-hooks on any of ``modules`` or on every module (``register_module_forward_hook``): a
+    hand-written backward or a kernel, which does not call the modules, would not see what they change."""
+    if getattr(nn.modules.module, '_global_forward_hooks', None) or getattr(
+            nn.modules.module, '_global_forward_pre_hooks', None):
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
 
 
 class NormReplay:

@@ -87,7 +87,7 @@ class ScoreBranch(nn.Module):
     @torch.jit.unused
     def _replays(self) -> bool:
         return eager_autograd() and replayable_norm(self.bn1) and replayable_norm(self.bn2) and not (
-            has_hooks(self.conv1) or has_hooks(self.conv2) or has_hooks(self.act))
+            has_hooks(self.conv1, self.conv2, self.act))
 
     @torch.jit.unused
     def _forward_replayed(self, x: torch.Tensor, size: Optional[Tuple[int, int]]) -> torch.Tensor:

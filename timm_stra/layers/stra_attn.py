@@ -32,7 +32,7 @@ from .local_attn_ref import LocalAttentionReference
 from .mode_attn import ModeAttention
 from .mode_attn_ref import ModeAttentionReference
 from .recompute_saved import outer_hooks_active, recompute_saved
-from .replay import has_global_hooks
+from .replay import has_hooks
 from .sasa import SelfAttention2d
 from .stra_triton import HAS_TRITON, INTERPRETING, kernels_apply, stra_inference
 from .tracing import eager_autograd, plain_tensor, running_eagerly
@@ -162,9 +162,8 @@ class StRAttention(nn.Module):
         if not torch.is_autocast_enabled(x.device.type) and self.local.value.weight.dtype != x.dtype:
             return False
         # eval mode, and no forward hooks the kernels would skip (the operator's own still run)
-        if self.training or has_global_hooks() or any(
-                m.training or m._forward_hooks or m._forward_pre_hooks
-                for child in (self.local, self.mode) for m in child.modules()):
+        modules = [*self.local.modules(), *self.mode.modules()]
+        if self.training or any(m.training for m in modules) or has_hooks(*modules):
             return False
         return kernels_apply(x, self.local, self.mode, self._compute_dtype(x))
 
