@@ -155,6 +155,17 @@ def test_inductor_compile_matches_eager(device):
     _assert_close(got, _cpu64(want), rtol=1e-4, atol=1e-4)
 
 
+@pytest.fixture
+def triton_calls(monkeypatch):
+    """A list that gets an entry for every call of the Triton inference (``stra_inference``) in the test."""
+    pytest.importorskip('triton')
+    from timm_stra.layers import stra_attn
+    calls = []
+    kernels = stra_attn.stra_inference
+    monkeypatch.setattr(stra_attn, 'stra_inference', lambda *args: calls.append(1) or kernels(*args))
+    return calls
+
+
 def _eval_operator(stride, **kwargs):
     """``_operator`` in eval mode with random running statistics (an identity-like norm would hide a wrong one)."""
     op = _operator(stride, **kwargs)
@@ -168,15 +179,10 @@ def _eval_operator(stride, **kwargs):
                     'in test_stra_triton.py checks them on the CPU)')
 @pytest.mark.parametrize('stride', [1, 2])
 @pytest.mark.parametrize('precision', ['float32', 'bf16-autocast', 'float16-model'])
-def test_triton_operator_on_cuda_matches_the_pytorch_path(stride, precision, monkeypatch):
+def test_triton_operator_on_cuda_matches_the_pytorch_path(stride, precision, triton_calls):
     """``StRAttention.use_triton`` on CUDA: the compiled kernels run (counted) and give the PyTorch path's values in
     float32 (contiguous; TF32 off), under bf16 autocast (channels_last) and for a float16 model, in
     ``inference_mode``; a map of more positions than one program's block."""
-    pytest.importorskip('triton')
-    from timm_stra.layers import stra_attn
-    calls = []
-    kernels = stra_attn.stra_inference
-    monkeypatch.setattr(stra_attn, 'stra_inference', lambda *args: calls.append(1) or kernels(*args))
     op = _eval_operator(stride).cuda()
     x = torch.randn(4, 32, 13, 9, device='cuda')
     if precision == 'float16-model':
@@ -187,7 +193,7 @@ def test_triton_operator_on_cuda_matches_the_pytorch_path(stride, precision, mon
         want = op(x)
         op.use_triton = True
         got = op(x)
-    assert calls == [1]
+    assert triton_calls == [1]
     assert got.dtype == want.dtype and got.shape == want.shape
     tol = 1e-4 if precision == 'float32' else 3e-2
     torch.testing.assert_close(got.float(), want.float(), rtol=tol, atol=tol * want.abs().max().item())
@@ -218,13 +224,8 @@ def test_triton_float32_products_on_cuda_follow_pytorchs_tf32_settings(monkeypat
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='CUDA only')
-def test_triton_model_on_cuda_matches_the_pytorch_path(monkeypatch):
+def test_triton_model_on_cuda_matches_the_pytorch_path(triton_calls):
     """A whole StRA model with ``set_triton``: every operator takes the kernels in eval mode, none in training."""
-    pytest.importorskip('triton')
-    from timm_stra.layers import stra_attn
-    calls = []
-    kernels = stra_attn.stra_inference
-    monkeypatch.setattr(stra_attn, 'stra_inference', lambda *args: calls.append(1) or kernels(*args))
     torch.manual_seed(0)
     model = timm.create_model('stra_resnet50_reid', num_classes=10).cuda()
     x = torch.randn(2, 3, 128, 64, device='cuda')
@@ -237,11 +238,11 @@ def test_triton_model_on_cuda_matches_the_pytorch_path(monkeypatch):
         want = model(x)
         assert timm_stra.set_triton(model) == 3
         got = model(x)
-    assert len(calls) == 3
+    assert len(triton_calls) == 3
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
     model.train()(x).sum().backward()  # training takes the PyTorch path
-    assert len(calls) == 3
+    assert len(triton_calls) == 3
     model.eval().set_triton(False)  # the model's own switch
     with torch.no_grad():
         model(x)
-    assert len(calls) == 3
+    assert len(triton_calls) == 3
