@@ -59,6 +59,15 @@ def test_ratios_are_medians_of_per_round_ratios():
     assert stra['time vs StRA'] == '1.000x' and stra['IQR vs StRA'] == '1.00-1.00'
     assert ref['time vs StRA'] == '1.500x'  # 2.0, 1.5, 1.1
     assert stra['rounds'] == 3 and stra['ms/step (median)'] == '1300.0' and stra['images/s'] == f'{16 / 1.3:.2f}'
+    assert stra['95% CI vs limit'] == '-'  # 3 rounds: too few for a 95% interval
+
+
+def test_the_median_ratio_comes_with_its_confidence_interval():
+    limit = [1.0] * 6
+    stra = [1.01, 1.05, 1.02, 0.99, 1.10, 1.03]
+    rows = {r['case']: r for r in summarize({'stra': stra, 'limit': limit}, 'infer', 16)}
+    assert rows['StRA (local + mode)']['95% CI vs limit'] == '0.990-1.100'  # 6 rounds: the smallest and largest
+    assert rows['limit (twin, last-stage 3x3 = identity)']['95% CI vs limit'] == '1.000-1.000'
 
 
 def test_without_the_limit_or_stra_there_are_no_ratio_columns():
@@ -77,6 +86,7 @@ def test_tiny_run_prints_a_table_and_writes_every_step(device, tmp_path, capsys)
     text = captured.out
     assert captured.err.count('StRA (local + mode)') == 2  # one line per setting as it finished
     assert '| train | 2 | StRA (local + mode) | 2 |' in text and '| infer | 2 | limit' in text
+    assert '95% CI vs limit' in text and 'CPU allocator ' in text
     data = json.loads(out.read_text())
     assert [(r['mode'], r['batch']) for r in data['raw']] == [('train', 2), ('infer', 2)]
     assert data['raw'][0]['orders'] == [['stra', 'limit'], ['limit', 'stra']]

@@ -10,17 +10,20 @@ The order within a round follows a balanced Latin square (``round_orders``): ove
 whole cycle of rounds every case runs first and last equally often, and right after
 every other case equally often, so that what one step leaves behind (warm caches, the
 allocator's free blocks) favours no case. The table gives each case's median step and,
-over the rounds, the median and interquartile range of its step time over the limit's
-and over StRA's in the same round: "time vs limit" is the issue's yardstick for StRA
-(attention for free), "time vs StRA" for the unfold reference.
+over the rounds, the median, interquartile range and the median's 95% confidence interval
+(``median_interval``) of its step time over the limit's and over StRA's in the same round:
+"time vs limit" is the issue's yardstick for StRA (attention for free), "time vs StRA" for
+the unfold reference.
 
 Not measured here: memory, since the cases share this process and its allocator (use
-``timm-stra bench`` or ``tensor_memory``). The allocator is also warm: what one case
-frees, the next reuses, so the page faults a fresh process pays for memory returned to
-the system (glibc does so for large blocks) mostly do not happen. The times are those
-of a long-running training or serving process rather than of its first steps. Python's
-garbage collector is off during the rounds (as ``timeit`` does); it collects before
-them and after each setting.
+``timm-stra bench`` or ``tensor_memory``). On the CPU every step still pays page faults for
+its large tensors: PyTorch takes them from glibc's ``malloc``, which maps blocks over 32 MiB
+afresh each time and returns them on free, whatever ran before. At ReID's batch 64 that is
+about half of an inference step's time on this project's machines, for every case alike
+(``THP_MEM_ALLOC_ENABLE=1``, or ``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_``,
+change it; the header gives the settings of the run; see the README of ``benchmarks/``).
+Python's garbage collector is off during the rounds (as ``timeit`` does); it collects
+before them and after each setting.
 """
 import argparse
 import contextlib
@@ -39,6 +42,7 @@ from .cases import CASES, TASKS
 from .device_options import (add_compile_option, add_device_options, check_compile_warmup, parse_device,
                              precision_labels)
 from .machine import describe
+from .median_interval import median_interval
 from .orders import round_orders
 from .worker import MODES, Measurement, build_step
 
@@ -87,9 +91,15 @@ def _quartiles(values: Sequence[float]) -> str:
     return f'{q1:.2f}-{q3:.2f}'
 
 
+def _interval(values: Sequence[float]) -> str:
+    interval = median_interval(values)
+    return '-' if interval is None else f'{interval[0]:.3f}-{interval[1]:.3f}'
+
+
 def summarize(times: Dict[str, List[float]], mode: str, batch: int) -> List[Dict[str, object]]:
     """One row per case: median step, images/s, and the per-round ratios to the limit and to StRA (where
-    measured): their median and interquartile range."""
+    measured): their median, interquartile range and the median's 95% confidence interval
+    (``median_interval``; '-' for fewer than 6 rounds)."""
     rows = []
     for case, seconds in times.items():
         step = statistics.median(seconds)
@@ -102,6 +112,7 @@ def summarize(times: Dict[str, List[float]], mode: str, batch: int) -> List[Dict
                 ratios = [a / b for a, b in zip(seconds, times[base])]
                 row[f'time vs {label}'] = f'{statistics.median(ratios):.3f}x'
                 row[f'IQR vs {label}'] = _quartiles(ratios)
+                row[f'95% CI vs {label}'] = _interval(ratios)
         rows.append(row)
     return rows
 
@@ -182,12 +193,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f'## Interleaved steps: `{task.stra}` and the other cases ({args.task}, {size[0]}x{size[1]})\n')
     print(f"Machine: {machine['cpu']}, {machine['usable_cpus']} usable CPUs, {torch.get_num_threads()} torch "
           f"threads" + (f", GPU {machine['gpu']}" if 'gpu' in machine else '')
-          + f"; torch {machine['torch']}, timm {machine['timm']}; device {device}"
+          + f"; CPU allocator {machine['cpu_allocator']}; torch {machine['torch']}, timm {machine['timm']}"
+          + f"; device {device}"
           + (f" ({', '.join(flags)})" if flags else '') + '.')
     print(f'{args.rounds} rounds of one step of every case (orders from a balanced Latin square), in this one '
           f'process, after {args.warmup} warm-up steps each, in {wall / 60:.1f} min. "time vs X": the step time over '
           'X\'s in the same round, median '
-          'over the rounds, and its interquartile range (IQR); below 1 is faster. No memory here: see '
+          'over the rounds, its interquartile range (IQR) and the 95% confidence interval of that median '
+          '(sign test: distribution-free, for independent rounds); below 1 is faster. No memory here: see '
           '`timm-stra bench`.\n')
     print(markdown_table(rows))
     if args.json:

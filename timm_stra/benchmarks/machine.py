@@ -1,4 +1,4 @@
-"""A description of the machine a benchmark ran on: CPU, threads, load, accelerator, versions."""
+"""A description of the machine a benchmark ran on: CPU, threads, load, CPU allocator, accelerator, versions."""
 import os
 import platform
 from typing import Dict, Optional
@@ -27,6 +27,25 @@ def load_average() -> Optional[str]:
         return None
 
 
+# what decides how often a CPU step pays page faults for its large tensors (see the README of benchmarks/)
+ALLOCATOR_VARIABLES = ('THP_MEM_ALLOC_ENABLE', 'MALLOC_MMAP_THRESHOLD_', 'MALLOC_TRIM_THRESHOLD_', 'MALLOC_TOP_PAD_',
+                       'MALLOC_ARENA_MAX', 'GLIBC_TUNABLES', 'LD_PRELOAD')
+
+
+def allocator_settings() -> str:
+    """The environment variables that change how CPU tensors get their memory, as ``NAME=value, ...``, or
+    ``'defaults'`` where none is set.
+
+    PyTorch allocates CPU tensors with the C library's allocator (no cache of its own): glibc's
+    ``malloc`` maps blocks over 32 MiB afresh each time (and smaller ones past a threshold that moves),
+    so every step of a large batch pays the page faults of touching them again, which these variables
+    change (``THP_MEM_ALLOC_ENABLE=1``: PyTorch asks for 2 MiB pages; ``MALLOC_*``: glibc keeps the
+    memory; ``LD_PRELOAD``: another allocator).
+    """
+    found = [f'{name}={os.environ[name]}' for name in ALLOCATOR_VARIABLES if os.environ.get(name)]
+    return ', '.join(found) if found else 'defaults'
+
+
 def describe(device: str) -> Dict[str, object]:
     """The machine as a dict (JSON-ready)."""
     try:
@@ -42,6 +61,7 @@ def describe(device: str) -> Dict[str, object]:
         'python': platform.python_version(),
         'torch': torch.__version__,
         'timm': timm.__version__,
+        'cpu_allocator': allocator_settings(),
         'device': device,
     }
     if torch.device(device).type == 'cuda':

@@ -312,7 +312,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"Machine: {machine['cpu']}, {machine['usable_cpus']} usable CPUs, {machine['threads_used']} torch threads"
           + (f", GPU {machine['gpu']}" if 'gpu' in machine else '')
           + f"; load average (1/5/15 min) {machine['load_average']} before, {machine['load_average_after']} after; "
-          f"torch {machine['torch']}, timm {machine['timm']}; device {device}"
+          f"CPU allocator {machine['cpu_allocator']}; torch {machine['torch']}, timm {machine['timm']}; device {device}"
           + (f" ({', '.join(flags)})" if flags else '') + '.')
     where = 'this one process' if args.in_process else 'a fresh process'
     print(f'Runs: {args.repeats} interleaved repeats x {args.warmup} warm-up + {args.iters} timed steps, '
