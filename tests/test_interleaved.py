@@ -1,6 +1,7 @@
 """The interleaved whole-network benchmark: its schedule, its ratios, and a tiny real run."""
 import gc
 import json
+import mmap
 from collections import Counter
 
 import pytest
@@ -8,6 +9,7 @@ import torch
 
 from timm_stra.benchmarks.interleaved import main, summarize, time_interleaved
 from timm_stra.benchmarks.orders import round_orders
+from timm_stra.benchmarks.page_faults import minor_page_faults
 
 
 @pytest.mark.parametrize('n', [2, 3, 4, 5])
@@ -70,6 +72,27 @@ def test_the_median_ratio_comes_with_its_confidence_interval():
     assert rows['limit (twin, last-stage 3x3 = identity)']['95% CI vs limit'] == '1.000-1.000'
 
 
+@pytest.mark.skipif(minor_page_faults() is None, reason='no getrusage on this platform')
+def test_page_faults_are_counted_step_by_step():
+    size = 8 * 2 ** 20
+
+    def touch_fresh_pages():
+        with mmap.mmap(-1, size) as m:  # anonymous memory, whatever the allocator: every page faults when written
+            for offset in range(0, size, mmap.PAGESIZE):
+                m[offset] = 1
+
+    faults = {}
+    time_interleaved({'touch': touch_fresh_pages, 'idle': lambda: None}, rounds=2, warmup=1,
+                     device=torch.device('cpu'), faults=faults)
+    pages = size // mmap.PAGESIZE
+    assert len(faults['touch']) == len(faults['idle']) == 2
+    assert min(faults['touch']) >= pages and max(faults['idle']) < pages // 4
+    rows = {r['case']: r for r in summarize({'stra': [1.0], 'limit': [1.0]}, 'infer', 1,
+                                            {'stra': [pages], 'limit': [0]})}
+    assert rows['StRA (local + mode)']['faulted MiB/step'] == f'{size / 2 ** 20:.0f}'
+    assert rows['limit (twin, last-stage 3x3 = identity)']['faulted MiB/step'] == '0'
+
+
 def test_without_the_limit_or_stra_there_are_no_ratio_columns():
     (row,) = summarize({'twin': [1.0, 2.0]}, 'infer', 2)
     assert not [k for k in row if k.startswith(('time vs', 'IQR'))]
@@ -86,13 +109,14 @@ def test_tiny_run_prints_a_table_and_writes_every_step(device, tmp_path, capsys)
     text = captured.out
     assert captured.err.count('StRA (local + mode)') == 2  # one line per setting as it finished
     assert '| train | 2 | StRA (local + mode) | 2 |' in text and '| infer | 2 | limit' in text
-    assert '95% CI vs limit' in text and 'CPU allocator ' in text
+    assert '95% CI vs limit' in text and 'CPU allocator ' in text and 'faulted MiB/step' in text
     data = json.loads(out.read_text())
     assert [(r['mode'], r['batch']) for r in data['raw']] == [('train', 2), ('infer', 2)]
     assert data['raw'][0]['orders'] == [['stra', 'limit'], ['limit', 'stra']]
     for r in data['raw']:
         assert {case: len(s) for case, s in r['seconds'].items()} == {'stra': 2, 'limit': 2}
         assert all(t > 0 for s in r['seconds'].values() for t in s)
+        assert {case: len(f) for case, f in r['minor_page_faults'].items()} == {'stra': 2, 'limit': 2}
 
 
 @pytest.mark.parametrize('argv', [['--rounds', '0'], ['--modes', 'train', '--batch-sizes', '1'],

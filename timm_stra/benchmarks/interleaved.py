@@ -21,7 +21,8 @@ its large tensors: PyTorch takes them from glibc's ``malloc``, which maps blocks
 afresh each time and returns them on free, whatever ran before. At ReID's batch 64 that is
 about half of an inference step's time on this project's machines, for every case alike
 (``THP_MEM_ALLOC_ENABLE=1``, or ``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_``,
-change it; the header gives the settings of the run; see the README of ``benchmarks/``).
+change it; the header gives the settings of the run, the column "faulted MiB/step" the memory
+each step touched afresh, from the process's minor page faults; see the README of ``benchmarks/``).
 Python's garbage collector is off during the rounds (as ``timeit`` does); it collects
 before them and after each setting.
 """
@@ -44,17 +45,20 @@ from .device_options import (add_compile_option, add_device_options, check_compi
 from .machine import describe
 from .median_interval import median_interval
 from .orders import round_orders
+from .page_faults import faulted_mib, minor_page_faults
 from .worker import MODES, Measurement, build_step
 
 DEFAULT_CASES = ('twin', 'stra', 'limit', 'reference')
 
 
 def time_interleaved(steps: Dict[str, Callable[[], None]], rounds: int, warmup: int, device: torch.device,
-                     tick: Optional[Callable[[str], None]] = None) -> Dict[str, List[float]]:
+                     tick: Optional[Callable[[str], None]] = None,
+                     faults: Optional[Dict[str, List[int]]] = None) -> Dict[str, List[float]]:
     """Seconds of every round's step of each case: ``warmup`` untimed steps of each, then ``rounds`` rounds
     of one timed step of every case, in the orders of ``round_orders`` (synchronised on CUDA).
 
-    ``tick(case)`` is called after each timed step (progress).
+    ``tick(case)`` is called after each timed step (progress). Where ``faults`` is given (a dict) and the
+    platform counts them, it is filled the same way with each timed step's minor page faults (``page_faults``).
     """
     def sync() -> None:
         if device.type == 'cuda':
@@ -66,16 +70,22 @@ def time_interleaved(steps: Dict[str, Callable[[], None]], rounds: int, warmup: 
     sync()
     orders = round_orders(list(steps))
     times: Dict[str, List[float]] = {case: [] for case in steps}
+    count_faults = faults is not None and minor_page_faults() is not None
+    if count_faults:
+        faults.update({case: [] for case in steps})
     gc_was_enabled = gc.isenabled()
     gc.collect()
     gc.disable()
     try:
         for r in range(rounds):
             for case in orders[r % len(orders)]:
+                faults0 = minor_page_faults() if count_faults else 0
                 t0 = time.perf_counter()
                 steps[case]()
                 sync()
                 times[case].append(time.perf_counter() - t0)
+                if count_faults:
+                    faults[case].append(minor_page_faults() - faults0)
                 if tick is not None:
                     tick(case)
     finally:
@@ -96,10 +106,11 @@ def _interval(values: Sequence[float]) -> str:
     return '-' if interval is None else f'{interval[0]:.3f}-{interval[1]:.3f}'
 
 
-def summarize(times: Dict[str, List[float]], mode: str, batch: int) -> List[Dict[str, object]]:
-    """One row per case: median step, images/s, and the per-round ratios to the limit and to StRA (where
-    measured): their median, interquartile range and the median's 95% confidence interval
-    (``median_interval``; '-' for fewer than 6 rounds)."""
+def summarize(times: Dict[str, List[float]], mode: str, batch: int,
+              faults: Optional[Dict[str, List[int]]] = None) -> List[Dict[str, object]]:
+    """One row per case: median step, images/s, the median MiB of page faults a step took (where ``faults``
+    has them), and the per-round ratios to the limit and to StRA (where measured): their median, interquartile
+    range and the median's 95% confidence interval (``median_interval``; '-' for fewer than 6 rounds)."""
     rows = []
     for case, seconds in times.items():
         step = statistics.median(seconds)
@@ -107,6 +118,8 @@ def summarize(times: Dict[str, List[float]], mode: str, batch: int) -> List[Dict
             'mode': mode, 'batch': batch, 'case': CASES[case].label, 'rounds': len(seconds),
             'ms/step (median)': f'{step * 1e3:.1f}', 'images/s': f'{batch / step:.2f}',
         }
+        if faults and faults.get(case):
+            row['faulted MiB/step'] = f'{faulted_mib(statistics.median(faults[case])):.0f}'
         for base, label in (('limit', 'limit'), ('stra', 'StRA')):
             if base in times:
                 ratios = [a / b for a, b in zip(seconds, times[base])]
@@ -171,15 +184,17 @@ def main(argv: Optional[List[str]] = None) -> int:
                 channels_last=args.channels_last, bf16=args.bf16, compile=args.compile)) for case in args.cases}
             if bar is not None:
                 bar.set_postfix_str(f'{mode} b{batch}')
+            faults: Dict[str, List[int]] = {}
             times = time_interleaved(steps, args.rounds, args.warmup, device,
-                                     tick=(lambda case: bar.update()) if bar is not None else None)
+                                     tick=(lambda case: bar.update()) if bar is not None else None, faults=faults)
             del steps
             gc.collect()
             if args.compile:  # the next setting's models compile afresh, not against this one's cache entries
                 torch._dynamo.reset()
-            setting_rows = summarize(times, mode, batch)
+            setting_rows = summarize(times, mode, batch, faults)
             rows += setting_rows
-            raw.append({'mode': mode, 'batch': batch, 'orders': round_orders(args.cases), 'seconds': times})
+            raw.append({'mode': mode, 'batch': batch, 'orders': round_orders(args.cases), 'seconds': times,
+                        'minor_page_faults': faults or None})
             if args.log_runs:
                 with bar.external_write_mode(file=sys.stderr) if bar is not None else contextlib.nullcontext():
                     for row in setting_rows:
@@ -200,7 +215,9 @@ def main(argv: Optional[List[str]] = None) -> int:
           f'process, after {args.warmup} warm-up steps each, in {wall / 60:.1f} min. "time vs X": the step time over '
           'X\'s in the same round, median '
           'over the rounds, its interquartile range (IQR) and the 95% confidence interval of that median '
-          '(sign test: distribution-free, for independent rounds); below 1 is faster. No memory here: see '
+          '(sign test: distribution-free, for independent rounds); below 1 is faster. "faulted MiB/step": a '
+          'step\'s minor page faults (median over the rounds), in MiB of memory touched afresh. No peak memory '
+          'here: see '
           '`timm-stra bench`.\n')
     print(markdown_table(rows))
     if args.json:
