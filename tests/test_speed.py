@@ -8,6 +8,7 @@ import torch
 
 import timm_stra  # noqa: F401
 from timm_stra.benchmarks.cases import StridedIdentity, build_case
+from timm_stra.benchmarks.page_faults import minor_page_faults
 from timm_stra.benchmarks.speed import main, plan, scaled_size
 
 
@@ -82,6 +83,11 @@ def test_tiny_run(tmp_path, capsys):
         assert r['time_vs_limit'] == pytest.approx(r['seconds'] / rows['limit', tuple(r['img_size'])]['seconds'])  # 1 round
     assert rows['limit', (44, 44)]['time_vs_limit'] == 1.0
     assert '| time vs limit | time vs StRA |' in out
+    assert '| faulted MiB/step |' in out and "'faulted MiB/step'" in out  # a CPU run: the column and its legend
+    counted = minor_page_faults() is not None
+    assert all((r['faulted_mb'] is not None) == counted for r in result['raw'])
+    faulted = {(r['case'], tuple(r['img_size'])): r['faulted_mb'] for r in result['raw']}
+    assert {key: r['faulted_mb'] for key, r in rows.items()} == faulted  # one repeat: its step's count
 
 
 def test_tensor_memory_counts_a_step_exactly():

@@ -97,8 +97,10 @@ def build_step(m: Measurement) -> Callable[[], None]:
 
 
 def run(m: Measurement) -> Dict[str, object]:
-    """Build, warm up, time; return seconds per step (median and all; wall and process CPU time) and memory (MiB)."""
+    """Build, warm up, time; return seconds per step (median and all; wall and process CPU time), memory (MiB)
+    and the MiB a timed step faulted in (median; ``page_faults``; ``None`` where the platform does not count)."""
     from .memory import PeakMemory
+    from .page_faults import faulted_mib, minor_page_faults
 
     if m.threads:
         torch.set_num_threads(m.threads)
@@ -118,12 +120,17 @@ def run(m: Measurement) -> Dict[str, object]:
     sync()
     times: List[float] = []
     cpu_times: List[float] = []
+    faults: List[int] = []
+    count_faults = minor_page_faults() is not None
     for _ in range(m.iters):
+        faults0 = minor_page_faults() if count_faults else 0
         t0, c0 = time.perf_counter(), time.process_time()
         step()
         sync()
         times.append(time.perf_counter() - t0)
         cpu_times.append(time.process_time() - c0)
+        if count_faults:
+            faults.append(minor_page_faults() - faults0)
     peak = memory.peak()
     return {
         **asdict(m),
@@ -136,6 +143,7 @@ def run(m: Measurement) -> Dict[str, object]:
         'device_name': torch.cuda.get_device_name(device) if cuda else 'cpu',
         'peak_mb': peak,
         'memory_kind': memory.method,
+        'faulted_mb': faulted_mib(statistics.median(faults)) if faults else None,
     }
 
 
