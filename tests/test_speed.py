@@ -83,11 +83,11 @@ def test_tiny_run(tmp_path, capsys):
         assert r['time_vs_limit'] == pytest.approx(r['seconds'] / rows['limit', tuple(r['img_size'])]['seconds'])  # 1 round
     assert rows['limit', (44, 44)]['time_vs_limit'] == 1.0
     assert '| time vs limit | time vs StRA |' in out
-    assert '| faulted MiB/step |' in out and "'faulted MiB/step'" in out  # a CPU run: the column and its legend
     counted = minor_page_faults() is not None
-    assert all((r['faulted_mb'] is not None) == counted for r in result['raw'])
-    faulted = {(r['case'], tuple(r['img_size'])): r['faulted_mb'] for r in result['raw']}
-    assert {key: r['faulted_mb'] for key, r in rows.items()} == faulted  # one repeat: its step's count
+    assert ('| page faults/step |' in out and '"page faults/step"' in out) == counted  # on the CPU: column, legend
+    assert all((r['page_faults'] is not None) == counted for r in result['raw'])
+    faults = {(r['case'], tuple(r['img_size'])): r['page_faults'] for r in result['raw']}
+    assert {key: r['page_faults'] for key, r in rows.items()} == faults  # one repeat: its step's count
 
 
 def test_tensor_memory_counts_a_step_exactly():
@@ -157,3 +157,14 @@ def test_log_runs_prints_each_run_as_it_finishes(capsys):
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith('run ')]
     assert len(err) == 4 and err[0].startswith('run 1/4: twin infer b2 44x44 #1: ')
     assert all(' ms/step (median), peak ' in line for line in err)
+
+
+def test_the_allocator_settings_name_what_is_set(monkeypatch):
+    from timm_stra.benchmarks.machine import ALLOCATOR_VARIABLES, allocator_settings
+    for name in ALLOCATOR_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    assert allocator_settings() == 'defaults'
+    monkeypatch.setenv('THP_MEM_ALLOC_ENABLE', '1')
+    monkeypatch.setenv('MALLOC_TRIM_THRESHOLD_', '4294967296')
+    monkeypatch.setenv('MALLOC_TOP_PAD_', '')  # set but empty: glibc ignores it, so do we
+    assert allocator_settings() == 'THP_MEM_ALLOC_ENABLE=1, MALLOC_TRIM_THRESHOLD_=4294967296'

@@ -16,13 +16,11 @@ over the rounds, the median, interquartile range and the median's 95% confidence
 the unfold reference.
 
 Not measured here: memory, since the cases share this process and its allocator (use
-``timm-stra bench`` or ``tensor_memory``). On the CPU every step still pays page faults for
-its large tensors: PyTorch takes them from glibc's ``malloc``, which maps blocks over 32 MiB
-afresh each time and returns them on free, whatever ran before. At ReID's batch 64 that is
-about half of an inference step's time on this project's machines, for every case alike
-(``THP_MEM_ALLOC_ENABLE=1``, or ``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_``,
-change it; the header gives the settings of the run, the column "faulted MiB/step" the memory
-each step touched afresh, from the process's minor page faults; see the README of ``benchmarks/``).
+``timm-stra bench`` or ``tensor_memory``). On the CPU every step still pays page faults
+for its large tensors: PyTorch takes them from glibc's ``malloc``, which maps blocks over
+32 MiB afresh each time and returns them on free, whatever ran before (the allocator's
+settings change that: the header gives the run's, the column "page faults/step" the
+process's minor page faults in a step; see the README of ``benchmarks/``).
 Python's garbage collector is off during the rounds (as ``timeit`` does); it collects
 before them and after each setting.
 """
@@ -45,7 +43,7 @@ from .device_options import (add_compile_option, add_device_options, check_compi
 from .machine import describe
 from .median_interval import median_interval
 from .orders import round_orders
-from .page_faults import faulted_mib, minor_page_faults
+from .page_faults import PAGE_FAULTS_LEGEND, minor_page_faults
 from .worker import MODES, Measurement, build_step
 
 DEFAULT_CASES = ('twin', 'stra', 'limit', 'reference')
@@ -108,8 +106,8 @@ def _interval(values: Sequence[float]) -> str:
 
 def summarize(times: Dict[str, List[float]], mode: str, batch: int,
               faults: Optional[Dict[str, List[int]]] = None) -> List[Dict[str, object]]:
-    """One row per case: median step, images/s, the median MiB of page faults a step took (where ``faults``
-    has them), and the per-round ratios to the limit and to StRA (where measured): their median, interquartile
+    """One row per case: median step, images/s, a step's minor page faults (median; where ``faults`` has
+    them), and the per-round ratios to the limit and to StRA (where measured): their median, interquartile
     range and the median's 95% confidence interval (``median_interval``; '-' for fewer than 6 rounds)."""
     rows = []
     for case, seconds in times.items():
@@ -119,7 +117,7 @@ def summarize(times: Dict[str, List[float]], mode: str, batch: int,
             'ms/step (median)': f'{step * 1e3:.1f}', 'images/s': f'{batch / step:.2f}',
         }
         if faults and faults.get(case):
-            row['faulted MiB/step'] = f'{faulted_mib(statistics.median(faults[case])):.0f}'
+            row['page faults/step'] = f'{statistics.median(faults[case]):,.0f}'
         for base, label in (('limit', 'limit'), ('stra', 'StRA')):
             if base in times:
                 ratios = [a / b for a, b in zip(seconds, times[base])]
@@ -215,10 +213,9 @@ def main(argv: Optional[List[str]] = None) -> int:
           f'process, after {args.warmup} warm-up steps each, in {wall / 60:.1f} min. "time vs X": the step time over '
           'X\'s in the same round, median '
           'over the rounds, its interquartile range (IQR) and the 95% confidence interval of that median '
-          '(sign test: distribution-free, for independent rounds); below 1 is faster. "faulted MiB/step": a '
-          'step\'s minor page faults (median over the rounds), in MiB of memory touched afresh. No peak memory '
-          'here: see '
-          '`timm-stra bench`.\n')
+          '(sign test: distribution-free, for independent rounds); below 1 is faster. '
+          + (PAGE_FAULTS_LEGEND if any('page faults/step' in row for row in rows) else '')
+          + 'No peak memory here: see `timm-stra bench`.\n')
     print(markdown_table(rows))
     if args.json:
         with open(args.json, 'w') as f:

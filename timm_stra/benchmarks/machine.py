@@ -29,7 +29,7 @@ def load_average() -> Optional[str]:
 
 # what decides how often a CPU step pays page faults for its large tensors (see the README of benchmarks/)
 ALLOCATOR_VARIABLES = ('THP_MEM_ALLOC_ENABLE', 'MALLOC_MMAP_THRESHOLD_', 'MALLOC_TRIM_THRESHOLD_', 'MALLOC_TOP_PAD_',
-                       'MALLOC_ARENA_MAX', 'GLIBC_TUNABLES', 'LD_PRELOAD')
+                       'MALLOC_MMAP_MAX_', 'MALLOC_ARENA_MAX', 'GLIBC_TUNABLES', 'MALLOC_CONF', 'LD_PRELOAD')
 
 
 def allocator_settings() -> str:
@@ -39,8 +39,9 @@ def allocator_settings() -> str:
     PyTorch allocates CPU tensors with the C library's allocator (no cache of its own): glibc's
     ``malloc`` maps blocks over 32 MiB afresh each time (and smaller ones past a threshold that moves),
     so every step of a large batch pays the page faults of touching them again, which these variables
-    change (``THP_MEM_ALLOC_ENABLE=1``: PyTorch asks for 2 MiB pages; ``MALLOC_*``: glibc keeps the
-    memory; ``LD_PRELOAD``: another allocator).
+    change (``THP_MEM_ALLOC_ENABLE=1``: PyTorch asks for 2 MiB pages; glibc's ``MALLOC_*`` and
+    ``GLIBC_TUNABLES``: glibc keeps the memory; ``LD_PRELOAD``: another allocator, ``MALLOC_CONF``
+    jemalloc's settings).
     """
     found = [f'{name}={os.environ[name]}' for name in ALLOCATOR_VARIABLES if os.environ.get(name)]
     return ', '.join(found) if found else 'defaults'

@@ -37,6 +37,7 @@ from .device_options import add_compile_option, add_device_options, check_compil
 from .isolate import run_isolated
 from .machine import describe, load_average
 from .orders import round_orders
+from .page_faults import PAGE_FAULTS_LEGEND
 from .worker import MODES, Measurement, run
 
 Setting = Tuple[str, int, Tuple[int, int]]  # mode, batch, (H, W)
@@ -155,13 +156,13 @@ def summarize(raw: List[Dict[str, object]], twin: str = 'twin') -> List[Dict[str
         best = min(t for r in runs for t in r['all_seconds'])
         peak = statistics.median(r['peak_mb'] for r in runs)
         base = statistics.median(r['base_mb'] for r in runs)
-        faulted = [r['faulted_mb'] for r in runs if r.get('faulted_mb') is not None]
+        faults = [r['page_faults'] for r in runs if r.get('page_faults') is not None]
         rows[key] = {
             'mode': key[0], 'batch': key[1], 'img_size': list(key[2]), 'case': key[3],
             'repeats': len(runs), 'seconds': seconds, 'images_per_s': key[1] / seconds,
             'ms_per_image': 1000 * seconds / key[1], 'cpu_ms_per_image': 1000 * cpu_seconds / key[1],
             'best_images_per_s': key[1] / best,
-            'peak_mb': peak, 'step_mb': peak - base, 'faulted_mb': statistics.median(faulted) if faulted else None,
+            'peak_mb': peak, 'step_mb': peak - base, 'page_faults': statistics.median(faults) if faults else None,
             'all_seconds': [r['seconds'] for r in runs], 'threads': runs[0]['threads_used'],
         }
     for key, row in rows.items():
@@ -191,7 +192,7 @@ def main_table(rows: List[Dict[str, object]], size: Tuple[int, int], cpu: bool =
     time over that of the limit / of StRA in the same setting and repeat round, median over the
     rounds (``paired_ratio``; below 1 is faster). ``cpu`` adds the process CPU time
     columns (meaningless for a GPU run; on a virtual machine it includes steal time), ``faults``
-    the MiB of memory a step touched afresh (its minor page faults, ``page_faults``; median).
+    a timed step's minor page faults (``page_faults``; median).
     """
     lines = [{
         'mode': r['mode'], 'batch': r['batch'], 'case': CASES[r['case']].label,
@@ -201,13 +202,13 @@ def main_table(rows: List[Dict[str, object]], size: Tuple[int, int], cpu: bool =
         'CPU-ms/image': f"{r['cpu_ms_per_image']:.0f}", 'CPU time vs twin': _x(r['cpu_vs_twin']),
         'peak MiB': f"{r['peak_mb']:.0f}", 'peak vs twin': _x(r['peak_vs_twin']),
         'step MiB': f"{r['step_mb']:.0f}", 'step vs twin': _x(r['step_mem_vs_twin']),
-        'faulted MiB/step': '-' if r.get('faulted_mb') is None else f"{r['faulted_mb']:.0f}",
+        'page faults/step': '-' if r.get('page_faults') is None else f"{r['page_faults']:,.0f}",
     } for r in rows if tuple(r['img_size']) == tuple(size)]
     for line in lines:
         if not cpu:
             del line['CPU-ms/image'], line['CPU time vs twin']
         if not faults:
-            del line['faulted MiB/step']
+            del line['page faults/step']
     return markdown_table(lines)
 
 
@@ -311,6 +312,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     rows = summarize(raw)
 
     on_cpu = torch.device(device).type == 'cpu'
+    faults_counted = on_cpu and any(r['page_faults'] is not None for r in rows)
     cpu_note = ("'CPU-ms/image': process CPU time (all threads), less sensitive than wall time to other load; "
                 'its ratio is twin CPU time / case CPU time (like the speed ratio: above 1 is faster).')
     flags = precision_labels(args)
@@ -326,9 +328,8 @@ def main(argv: Optional[List[str]] = None) -> int:
           f"Memory: {raw[0]['memory_kind'] if raw else '-'}; 'step' = peak minus memory after the model was built. "
           + ("'best': the fastest timed step over all repeats, the least disturbed by other load. "
              if len(raw) > 0 else '')
-          + ("'faulted MiB/step': the memory a timed step touched afresh (its minor page faults; median). "
-             if on_cpu else '') + (cpu_note if args.cpu_time and on_cpu else '') + '\n')
-    print(main_table(rows, size, cpu=args.cpu_time and on_cpu, faults=on_cpu))
+          + (PAGE_FAULTS_LEGEND if faults_counted else '') + (cpu_note if args.cpu_time and on_cpu else '') + '\n')
+    print(main_table(rows, size, cpu=args.cpu_time and on_cpu, faults=faults_counted))
     if sweep:
         sizes = [scaled_size(size, p) for p in sweep]
         print(f'\nResolution sweep (inference, batch {args.sweep_batch}): ms/image (median; best), its growth over '

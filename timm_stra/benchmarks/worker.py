@@ -98,9 +98,9 @@ def build_step(m: Measurement) -> Callable[[], None]:
 
 def run(m: Measurement) -> Dict[str, object]:
     """Build, warm up, time; return seconds per step (median and all; wall and process CPU time), memory (MiB)
-    and the MiB a timed step faulted in (median; ``page_faults``; ``None`` where the platform does not count)."""
+    and a timed step's minor page faults (median; ``page_faults``; ``None`` where the platform does not count)."""
     from .memory import PeakMemory
-    from .page_faults import faulted_mib, minor_page_faults
+    from .page_faults import minor_page_faults
 
     if m.threads:
         torch.set_num_threads(m.threads)
@@ -143,7 +143,7 @@ def run(m: Measurement) -> Dict[str, object]:
         'device_name': torch.cuda.get_device_name(device) if cuda else 'cpu',
         'peak_mb': peak,
         'memory_kind': memory.method,
-        'faulted_mb': faulted_mib(statistics.median(faults)) if faults else None,
+        'page_faults': statistics.median(faults) if faults else None,
     }
 
 
