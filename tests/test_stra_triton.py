@@ -138,6 +138,9 @@ CHECK = textwrap.dedent('''
     falls_back(op, x, torch.enable_grad())  # parameters that need gradients, gradients on
     falls_back(op.train(), x)  # training mode: batch statistics
     op.eval()
+    op.local.score.bn1.train()
+    falls_back(op, x)  # one norm deep inside in training mode
+    op.eval()
     falls_back(op.double(), x.double())  # float64
     op.float()
     try:
