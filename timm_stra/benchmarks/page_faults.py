@@ -28,4 +28,3 @@ def minor_page_faults() -> Optional[int]:
     if resource is None:
         return None
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-
