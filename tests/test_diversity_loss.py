@@ -5,6 +5,7 @@ import timm
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+import torch.utils.checkpoint
 from torch import nn
 
 import timm_stra
@@ -28,7 +29,8 @@ def test_any_batch_size(batch_size):
     model = timm.create_model('stra_resnet50_fer').train()
     x = torch.randn(batch_size, 1, 44, 44)
     expected = _expected_per_sample(model, x)
-    timm_stra.diversity_per_sample(model)  # drop what the hook pass kept
+    with torch.no_grad():  # drop what the hook pass kept (computed without gradients)
+        timm_stra.diversity_per_sample(model)
     model(x)
     per_sample = timm_stra.diversity_per_sample(model)
     assert per_sample.shape == (batch_size,)
@@ -68,7 +70,8 @@ def test_under_torch_compile():
     model = nn.Sequential(StRAttention(16, groups=4), StRAttention(16, groups=4)).train()
     x = torch.randn(3, 16, 5, 4)
     expected = _expected_per_sample(model, x)
-    timm_stra.diversity_per_sample(model)
+    with torch.no_grad():  # drop what the hook pass kept (computed without gradients)
+        timm_stra.diversity_per_sample(model)
     compiled = torch.compile(model, backend='aot_eager', fullgraph=True)
     compiled(x)
     torch.testing.assert_close(timm_stra.diversity_per_sample(compiled), expected)
@@ -78,11 +81,40 @@ def test_under_torch_compile():
 
 
 def test_under_gradient_checkpointing():
-    model = timm.create_model('stra_resnet50_fer').train()
-    model.set_grad_checkpointing(True)
-    model(torch.randn(2, 1, 44, 44))
-    timm_stra.diversity_loss(model).backward()
+    torch.manual_seed(0)
+    model = timm.create_model('stra_resnet50_fer', layers=[1, 1, 1, 2]).train()
+    x = torch.randn(2, 1, 44, 44)
+    results = []
+    for checkpointing in (False, True):
+        model.zero_grad()
+        model.set_grad_checkpointing(checkpointing)
+        out = model(x)
+        loss = timm_stra.diversity_loss(model)
+        (out.square().mean() + loss).backward()
+        results.append((loss.detach(), [m.grad.clone() for m in model.layer4.parameters()]))
+        # the blocks ran again in backward: that recomputation keeps nothing (no stale term, no graph held)
+        with pytest.raises(RuntimeError, match='No diversity term recorded'):
+            timm_stra.diversity_per_sample(model)
+    (plain, plain_grads), (checkpointed, checkpointed_grads) = results
+    torch.testing.assert_close(checkpointed, plain)
+    for a, b in zip(checkpointed_grads, plain_grads):
+        torch.testing.assert_close(a, b)
     assert model.layer4[0].conv2.mode.mask.conv1.weight.grad.abs().sum() > 0
+
+
+def test_reentrant_checkpointing_is_refused_not_silently_without_gradients():
+    op = StRAttention(16, groups=4).train()
+    model = nn.Sequential(op)
+    x = torch.randn(2, 16, 5, 4, requires_grad=True)
+    torch.utils.checkpoint.checkpoint(op, x, use_reentrant=True)  # its forward runs under no_grad
+    with pytest.raises(RuntimeError, match='without gradients.*reentrant'):
+        timm_stra.diversity_loss(model)
+    with torch.no_grad():  # for logging, it reads
+        assert timm_stra.diversity_per_sample(model).shape == (2,)
+    op.requires_grad_(False)  # nothing of the operator to train: nothing is lost
+    with torch.no_grad():
+        model(x)
+    assert timm_stra.diversity_loss(model).shape == ()
 
 
 def _ddp_worker(rank, world_size, init_file, results):
@@ -92,7 +124,8 @@ def _ddp_worker(rank, world_size, init_file, results):
     ddp = nn.parallel.DistributedDataParallel(model)
     x = torch.randn(4 * world_size, 16, 4, 4)[rank * 4:(rank + 1) * 4]
     expected = _expected_per_sample(model, x).mean()
-    timm_stra.diversity_per_sample(model)
+    with torch.no_grad():  # drop what the hook pass kept (computed without gradients)
+        timm_stra.diversity_per_sample(model)
     out = ddp(x)
     loss = timm_stra.diversity_loss(ddp)
     (out.square().mean() + loss).backward()  # a task loss too, as in training: every parameter is used
@@ -118,6 +151,7 @@ def test_under_data_parallel():
     model = nn.Sequential(StRAttention(16, groups=4)).cuda().train()
     x = torch.randn(6, 16, 4, 4, device='cuda')
     expected = _expected_per_sample(model, x)
-    timm_stra.diversity_per_sample(model)
+    with torch.no_grad():  # drop what the hook pass kept (computed without gradients)
+        timm_stra.diversity_per_sample(model)
     nn.DataParallel(model)(x)
     torch.testing.assert_close(timm_stra.diversity_per_sample(model), expected, rtol=1e-4, atol=1e-4)

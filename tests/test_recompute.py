@@ -114,8 +114,9 @@ def test_frozen_norms_are_not_replayed():
     """timm's FrozenBatchNorm2d is not a plain BatchNorm2d: the branches then run as usual, still correct."""
     recomputing, keeping = _pair()
     recomputing, keeping = freeze_batch_norm_2d(recomputing), freeze_batch_norm_2d(keeping)
-    assert not recomputing.local.score._replays()
-    _assert_same_step(recomputing, keeping, torch.randn(2, 32, 6, 5))
+    x = torch.randn(2, 32, 6, 5)
+    assert not recomputing.local.score._replays(x)
+    _assert_same_step(recomputing, keeping, x)
 
 
 def test_retained_graph_backward_twice():
@@ -348,9 +349,10 @@ def test_layers_with_forward_hooks_take_the_autograd_path():
         op.mode.gate_norm.register_forward_hook(lambda m, i, out: out * 2)
         op.local.score.bn1.register_forward_hook(lambda m, i, out: out * 2)
         op.mode.mask.conv1.register_forward_pre_hook(lambda m, i: (i[0] * 0.5,))
-    assert not recomputing.mode._gates_in_one_node()
-    assert not recomputing.local.score._replays() and not recomputing.mode.mask._replays()
-    _assert_same_step(recomputing, keeping, torch.randn(2, 32, 6, 5))
+    x = torch.randn(2, 32, 6, 5)
+    assert not recomputing.mode._gates_in_one_node(x)
+    assert not recomputing.local.score._replays(x) and not recomputing.mode.mask._replays(x)
+    _assert_same_step(recomputing, keeping, x)
 
 
 def test_norm_backward_reads_its_input_densely(monkeypatch):

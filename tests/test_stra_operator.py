@@ -6,6 +6,7 @@ import textwrap
 
 import pytest
 import torch
+from torch.nn.utils import prune
 
 from timm_stra.layers import (LOCAL_OPS, MODES, LocalAttention, ModeAttention, SelfAttention2d, StRAttention,
                               mask_diversity)
@@ -179,3 +180,68 @@ def test_scripts_and_compiles_where_torch_has_no_compiler_is_compiling():
         assert torch.compile(lambda: is_compiling(), backend='eager', fullgraph=True)()
     ''')
     subprocess.run([sys.executable, '-c', script], check=True, timeout=300)
+
+
+def _fast_and_reference(stride=1, mode='full'):
+    torch.manual_seed(0)
+    fast = StRAttention(32, stride=stride, groups=4, mode=mode)
+    ref = StRAttention(32, stride=stride, groups=4, mode=mode, reference=True)
+    ref.load_state_dict(fast.state_dict())
+    return fast, ref
+
+
+@pytest.mark.parametrize('stride', [1, 2])
+def test_pruned_layers_train_as_in_the_reference(stride):
+    """Pruning (a forward pre-hook that rebuilds the weight) on layers the fast paths read without calling."""
+    ops = _fast_and_reference(stride)
+    for op in ops:
+        op.train()
+        for layer in (op.local.value, op.local.score.conv1, op.mode.mask.conv1):
+            prune.l1_unstructured(layer, 'weight', 0.5)
+    x = torch.randn(2, 32, 6, 4)
+    for _ in range(2):  # the second step runs on the weights rebuilt from the updated originals
+        outs = []
+        for op in ops:
+            op.zero_grad()
+            out = op(x)
+            out.square().mean().backward()
+            outs.append(out.detach())
+            with torch.no_grad():
+                for p in op.parameters():
+                    p -= 0.1 * p.grad
+        torch.testing.assert_close(outs[0], outs[1], rtol=1e-4, atol=1e-5)
+    for name in ('local.value.weight_orig', 'local.score.conv1.weight_orig', 'mode.mask.conv1.weight_orig'):
+        torch.testing.assert_close(ops[0].get_parameter(name), ops[1].get_parameter(name), rtol=1e-4, atol=1e-5)
+
+
+def test_forward_hooks_on_the_local_operator_run_in_training():
+    op = StRAttention(32, groups=4).train()
+    seen = []
+    op.local.register_forward_hook(lambda module, args, out: seen.append(out.shape))
+    op(torch.randn(2, 32, 6, 4)).sum().backward()
+    assert len(seen) == 1
+
+
+@pytest.mark.parametrize('training', [False, True])
+def test_forward_mode_ad_takes_the_plain_ops(training):
+    from torch.autograd import forward_ad
+    ops = _fast_and_reference()
+    x, tangent = torch.randn(2, 32, 6, 4), torch.randn(2, 32, 6, 4)
+    results = []
+    for op in ops:
+        op.train(training)
+        with forward_ad.dual_level():
+            out = forward_ad.unpack_dual(op(forward_ad.make_dual(x, tangent)))
+        results.append((out.primal, out.tangent))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_vmap_and_jvp_in_eval_mode():
+    ops = _fast_and_reference()
+    x, tangent = torch.randn(3, 32, 6, 4), torch.randn(3, 32, 6, 4)
+    mapped = [torch.func.vmap(op.eval())(x[:, None]) for op in ops]
+    torch.testing.assert_close(mapped[0], mapped[1], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(mapped[0][:, 0], ops[1](x), rtol=1e-4, atol=1e-5)
+    primal, jvp = torch.func.jvp(ops[0], (x,), (tangent,))
+    torch.testing.assert_close(jvp, torch.func.jvp(ops[1], (x,), (tangent,))[1], rtol=1e-4, atol=1e-5)

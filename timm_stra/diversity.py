@@ -7,7 +7,7 @@ several models at once, under DDP (each process reads its own replica), under
 DataParallel (each device's slice is kept under its device) and under
 ``torch.compile``; nothing is computed in eval mode.
 """
-from typing import List
+from typing import List, Tuple
 
 import torch
 from torch import nn
@@ -15,8 +15,25 @@ from torch import nn
 from .layers.diversity import DiversityRecorder
 
 
-def _recorders(model: nn.Module) -> List[DiversityRecorder]:
-    return [m for m in model.modules() if isinstance(m, DiversityRecorder)]
+def _recorders(model: nn.Module) -> List[Tuple[nn.Module, DiversityRecorder]]:
+    """Every ``DiversityRecorder`` of ``model``, with the module that holds it (its StRA operator's mode attention)."""
+    return [(owner, child) for owner in model.modules() for child in owner.children()
+            if isinstance(child, DiversityRecorder)]
+
+
+def _check_gradients(pairs: List[Tuple[nn.Module, DiversityRecorder]]) -> None:
+    """With gradients on, a term must carry them wherever its masks have parameters to train (the mask branch of
+    the mode attention that holds the recorder)."""
+    for owner, recorder in pairs:
+        masks = getattr(owner, 'mask', owner)
+        if any(not t.requires_grad for t in recorder.kept.values()) and \
+                any(p.requires_grad for p in masks.parameters()):
+            raise RuntimeError(
+                'The diversity term was computed without gradients, so it cannot train the spatial masks: the '
+                'training-mode forward ran under torch.no_grad(), or in a block under reentrant gradient '
+                'checkpointing (use_reentrant=True, or TIMM_REENTRANT_CKPT set), whose forward runs without them. '
+                'Use non-reentrant checkpointing (timm\'s default), or read the term under torch.no_grad() if '
+                'it is only for logging.')
 
 
 def diversity_per_sample(model: nn.Module) -> torch.Tensor:
@@ -28,9 +45,11 @@ def diversity_per_sample(model: nn.Module) -> torch.Tensor:
 
     Raises:
         RuntimeError: the model has StRA operators but none of them holds a term, i.e. no
-            training-mode forward ran since the last read.
+            training-mode forward ran since the last read; or, read with gradients on, a term
+            has none while its masks have parameters to train (see ``_check_gradients``).
     """
-    recorders = _recorders(model)
+    pairs = _recorders(model)
+    recorders = [r for _, r in pairs]
     if not recorders:
         param = next(model.parameters(), None)
         return torch.zeros(0, device=param.device if param is not None else None)
@@ -39,6 +58,8 @@ def diversity_per_sample(model: nn.Module) -> torch.Tensor:
         raise RuntimeError(
             'No diversity term recorded: call diversity_loss(model) once after each training-mode forward '
             '(model.train()); eval-mode forwards do not compute it.')
+    if torch.is_grad_enabled():
+        _check_gradients(pairs)
     devices = sorted(kept[0], key=lambda d: torch.device(d).index or 0)
     target = kept[0][devices[0]].device
     per_sample = torch.cat([

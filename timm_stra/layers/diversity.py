@@ -8,6 +8,8 @@ from typing import Dict
 import torch
 from torch import nn
 
+from .tracing import is_compiling
+
 
 def mask_diversity(masks: torch.Tensor) -> torch.Tensor:
     """Per-sample diversity term of a set of spatial masks.
@@ -29,8 +31,10 @@ class DiversityRecorder(nn.Module):
     device, so that ``timm_stra.diversity_loss(model)`` can read it after the
     forward pass. DataParallel replicas share the dict (they copy the module's
     ``__dict__`` shallowly), so each replica's slice of the batch is kept under its
-    device. Nothing is computed in eval mode or under TorchScript. A forward hook on
-    this module sees the masks themselves, in any mode (used by the visualiser).
+    device. Nothing is computed in eval mode or under TorchScript, and nothing kept when
+    gradient checkpointing runs the forward again during backward (that term would outlive
+    the step, holding the recomputed graph). A forward hook on this module sees the masks
+    themselves, in any mode (used by the visualiser).
 
     Shapes:
         (B, G, H, W) -> (B, G, H, W), unchanged.
@@ -42,5 +46,17 @@ class DiversityRecorder(nn.Module):
 
     def forward(self, masks: torch.Tensor) -> torch.Tensor:
         if self.training and not torch.jit.is_scripting():
-            self.kept[str(masks.device)] = mask_diversity(masks)
+            term = mask_diversity(masks)  # computed in a recomputation too: checkpointing checks what the ops save
+            if not _in_backward():
+                self.kept[str(masks.device)] = term
         return masks
+
+
+@torch.jit.unused  # TorchScript never gets here (the caller tests torch.jit.is_scripting() first)
+def _in_backward() -> bool:
+    """Whether autograd's engine is running a backward pass on this thread, as when a checkpointed block
+    recomputes its forward. (A compiled graph recomputes without running this code again.)"""
+    if is_compiling():
+        return False
+    current_graph_task = getattr(torch._C, '_current_graph_task_id', None)  # torch >= 2.0
+    return current_graph_task is not None and current_graph_task() != -1

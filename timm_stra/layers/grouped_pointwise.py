@@ -31,7 +31,7 @@ from torch import nn
 from timm.layers import register_notrace_function
 
 from .autocast import AutocastState, without_autocast
-from .tracing import is_compiling
+from .tracing import is_compiling, plain_tensor
 
 
 def _use_matmul(x: torch.Tensor) -> bool:
@@ -151,7 +151,8 @@ def grouped_pointwise_nodes(nodes: torch.Tensor, weight: torch.Tensor, bias: Opt
         nodes: (B, G, in / G, N), any strides with one unit stride per group's matrix;
         weight: (out, in / G, 1, 1) -> (B, G, out / G, N), contiguous.
     """
-    if torch.jit.is_scripting() or _compiling_under_autocast(nodes):
+    # plain ops also under functorch transforms and forward-mode AD, which _GroupedPointwise has no rules for
+    if torch.jit.is_scripting() or _compiling_under_autocast(nodes) or not (is_compiling() or plain_tensor(nodes)):
         return _products(nodes, weight, bias)
     return _GroupedPointwise.apply(nodes, weight, bias)
 

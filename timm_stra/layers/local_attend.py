@@ -44,7 +44,7 @@ from timm.layers import register_notrace_function
 
 from .autocast import without_autocast
 from .grouped_pointwise import grouped_pointwise_channels_last
-from .tracing import is_compiling
+from .tracing import is_compiling, plain_tensor
 
 
 def slab_rows(height: int, kernel_size: int, stride: int) -> int:
@@ -310,7 +310,15 @@ def local_attend_autograd(
     compiled in default mode, fp32: 0.82x the training step's time, 0.94x in inference;
     ``benchmarks/results/h200-2026-11-27/operator-compile.md``).
     """
-    value = grouped_pointwise_channels_last(x, weight, groups)
+    return local_sum(attn, grouped_pointwise_channels_last(x, weight, groups), kernel_size, stride)
+
+
+def local_sum(attn: torch.Tensor, value: torch.Tensor, kernel_size: int, stride: int) -> torch.Tensor:
+    """The weighted neighbourhood sums of projected values, as k*k shifted multiply-adds (plain ops).
+
+    Shapes:
+        attn (B, G, k*k, out_h, out_w), value (B, G, H, W, n) -> (B, G, out_h, out_w, n)
+    """
     attn = attn.to(value.dtype)  # the sum in the values' dtype (autocast's, under autocast), as the row-window path
     B, G, H, W, n = value.shape
     out_h, out_w = attn.shape[3], attn.shape[4]
@@ -349,11 +357,12 @@ def local_attend(
         each mode; each slab's (out_h * out_w, n) block is contiguous. A compact result is
         contiguous; otherwise the slabs are not (a view into the row-window outputs, which hold
         dropped windows too). ``compact=None`` makes it compact when it has gradients, since what
-        follows may keep it for backward. TorchScript and ``torch.compile`` take
-        ``local_attend_autograd``.
+        follows may keep it for backward. TorchScript, ``torch.compile``, functorch transforms and
+        forward-mode AD take ``local_attend_autograd``.
     """
-    # an empty batch has no row buffer to window; a compiler fuses the plain ops' shifted sums (see there)
-    if torch.jit.is_scripting() or x.shape[0] == 0 or is_compiling():
+    # an empty batch has no row buffer to window; a compiler fuses the plain ops' shifted sums (see there);
+    # functorch transforms (vmap, jvp) and forward-mode AD need plain ops too (_LocalAttend has no rules for them)
+    if torch.jit.is_scripting() or x.shape[0] == 0 or is_compiling() or not plain_tensor(x):
         return local_attend_autograd(attn, x, weight, groups, kernel_size, stride)
     needs_grad = torch.is_grad_enabled() and (attn.requires_grad or x.requires_grad or weight.requires_grad)
     if compact is None:

@@ -18,8 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checks import check_divisible
-from .local_attend import ValueRows, local_attend, local_attend_recompute, local_attend_sharing_rows
+from .local_attend import ValueRows, local_attend, local_attend_recompute, local_attend_sharing_rows, local_sum
 from .recompute_saved import will_run
+from .replay import has_hooks
 from .score_branch import ScoreBranch
 
 
@@ -113,11 +114,28 @@ class LocalAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         attn = self.neighbour_weights(x)
-        out = local_attend(attn, x, self.value.weight, self.groups, self.kernel_size, self.stride)  # B, G, h, w, n
+        if not torch.jit.is_scripting() and self._value_hooked():
+            out = self._attend_through_value(attn, x)
+        else:
+            out = local_attend(attn, x, self.value.weight, self.groups, self.kernel_size, self.stride)  # B, G, h, w, n
         if self.per_mode:
             return out
         B, G, h, w, n = out.shape
         return out.permute(0, 1, 4, 2, 3).reshape(B, G * n, h, w)
+
+    @torch.jit.unused
+    def _value_hooked(self) -> bool:
+        """Whether the value projection has forward hooks or pre-hooks (pruning, weight or spectral norm of the old
+        kind recompute its weight in one): ``local_attend`` reads the weight without calling the module."""
+        return has_hooks(self.value)
+
+    @torch.jit.unused
+    def _attend_through_value(self, attn: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``local_attend`` with the values projected by calling ``self.value`` (its hooks run): plain ops."""
+        value = self.value(x)
+        B, _, H, W = value.shape
+        value = value.view(B, self.groups, -1, H, W).permute(0, 1, 3, 4, 2)  # B, G, H, W, n
+        return local_sum(attn, value, self.kernel_size, self.stride)
 
     @torch.jit.unused
     def forward_recomputable(self, x: torch.Tensor) -> Tuple[torch.Tensor, Callable[[], torch.Tensor]]:

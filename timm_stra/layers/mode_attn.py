@@ -16,7 +16,7 @@ from .diversity import DiversityRecorder
 from .mode_gating import gated_output, mode_gating, mode_interaction, stack_gates
 from .replay import replayable_norm
 from .score_branch import ScoreBranch
-from .tracing import eager_autograd
+from .tracing import eager_autograd, plain_tensor
 
 
 class ModeAttention(nn.Module):
@@ -108,14 +108,14 @@ class ModeAttention(nn.Module):
         """
         B, G, N, n = nodes.shape
         masks = self.diversity(self._masks(nodes, height, width)).view(B, G, 1, N)
-        if not torch.jit.is_scripting() and self._gates_in_one_node():
+        if not torch.jit.is_scripting() and self._gates_in_one_node(nodes):
             return self._gated_in_one_node(nodes, masks, height, width).view(B, G * n, height, width)
         m = torch.matmul(masks, nodes).squeeze(2)                       # modal vectors: B, G, n
         if not self.interaction:
             # e[g, i] = <m_g, S_g[:, i]>, alpha = sigmoid(BN(e)), Y_g = S_g + alpha m_g
             affinity = torch.matmul(nodes, m.unsqueeze(-1))             # B, G, N, 1
             alpha = torch.sigmoid(self.gate_norm(affinity.reshape(B, G, height, width)))
-            return gated_output(nodes, m.unsqueeze(-1), stack_gates([alpha])).view(B, G * n, height, width)
+            return gated_output(nodes, m.unsqueeze(-1), stack_gates([alpha])).reshape(B, G * n, height, width)
         mixed = mode_interaction(m)[0]                                   # m' = P m: B, G, n
         # one pass over S gives e[g, i] = <m_g, S_g[:, i]> and <m'_g, S_g[:, i]>
         vectors = torch.stack([m, mixed], dim=-1)
@@ -125,11 +125,13 @@ class ModeAttention(nn.Module):
         second = affinity[..., 1] + alpha.view(B, G, N) * (mixed * m).sum(-1, keepdim=True)
         alpha2 = torch.sigmoid(self.interact_norm(second.reshape(B, G, height, width)))
         # Z_g = Y_g + alpha' m'_g = S_g + alpha m_g + alpha' m'_g
-        return gated_output(nodes, vectors, stack_gates([alpha, alpha2])).view(B, G * n, height, width)
+        # (reshape: a view of the contiguous product, which vmap may hold with its batch dimension elsewhere)
+        return gated_output(nodes, vectors, stack_gates([alpha, alpha2])).reshape(B, G * n, height, width)
 
     @torch.jit.unused
-    def _gates_in_one_node(self) -> bool:
-        return eager_autograd() and replayable_norm(self.gate_norm) and (
+    def _gates_in_one_node(self, nodes: torch.Tensor) -> bool:
+        # a hand-written backward: not under functorch transforms or forward-mode AD (plain_tensor)
+        return eager_autograd() and plain_tensor(nodes) and replayable_norm(self.gate_norm) and (
             not self.interaction or replayable_norm(self.interact_norm))
 
     @torch.jit.unused

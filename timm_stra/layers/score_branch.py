@@ -18,7 +18,7 @@ from torch import nn
 from .grouped_pointwise import GroupedPointwiseConv
 from .replay import has_hooks, replayable_norm
 from .score_replay import BranchReplay, score_replayed
-from .tracing import eager_autograd
+from .tracing import eager_autograd, plain_tensor
 
 
 class ScoreBranch(nn.Module):
@@ -68,7 +68,7 @@ class ScoreBranch(nn.Module):
         nn.init.zeros_(self.conv2.bias)
 
     def forward(self, x: torch.Tensor, size: Optional[Tuple[int, int]] = None) -> torch.Tensor:
-        if self.recompute and not torch.jit.is_scripting() and self._replays():
+        if self.recompute and not torch.jit.is_scripting() and self._replays(x):
             return self._forward_replayed(x, size)
         return self._branch(x, size)
 
@@ -80,14 +80,21 @@ class ScoreBranch(nn.Module):
             B, hidden = x.shape[0], self.conv1.out_channels
             # nested on the constant ``fast``: TorchScript then never compiles forward_nodes for a plain nn.Conv2d
             if self.fast:
-                return self.conv1.forward_nodes(x).view(B, hidden, size[0], size[1])
+                if torch.jit.is_scripting() or not self._conv1_hooked():
+                    return self.conv1.forward_nodes(x).view(B, hidden, size[0], size[1])
             return self.conv1(x.reshape(B, self.conv1.in_channels, size[0], size[1]))
         return self.conv1(x)
 
     @torch.jit.unused
-    def _replays(self) -> bool:
-        return eager_autograd() and replayable_norm(self.bn1) and replayable_norm(self.bn2) and not (
-            has_hooks(self.conv1, self.conv2, self.act))
+    def _conv1_hooked(self) -> bool:
+        """Forward hooks on ``conv1``, which ``forward_nodes`` would skip: nodes then go through the module."""
+        return has_hooks(self.conv1)
+
+    @torch.jit.unused
+    def _replays(self, x: torch.Tensor) -> bool:
+        # a replay is a hand-written backward: not under functorch transforms or forward-mode AD (plain_tensor)
+        return eager_autograd() and plain_tensor(x) and replayable_norm(self.bn1) and replayable_norm(
+            self.bn2) and not has_hooks(self.conv1, self.conv2, self.act)
 
     @torch.jit.unused
     def _forward_replayed(self, x: torch.Tensor, size: Optional[Tuple[int, int]]) -> torch.Tensor:

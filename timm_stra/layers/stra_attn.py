@@ -144,7 +144,7 @@ class StRAttention(nn.Module):
         check_feature_map(x, self.dim, 'StRAttention')
         if self.use_triton and self.per_mode and not torch.jit.is_scripting() and self._infers_with_triton(x):
             return self._forward_triton(x)
-        if self.per_mode and self.recompute and not torch.jit.is_scripting() and self._recomputes_local():
+        if self.per_mode and self.recompute and not torch.jit.is_scripting() and self._recomputes_local(x):
             return self._forward_recomputing_local(x)
         return self.mode(self.local(x))
 
@@ -179,9 +179,11 @@ class StRAttention(nn.Module):
         return stra_inference(x, self.local, self.mode, self._compute_dtype(x))
 
     @torch.jit.unused
-    def _recomputes_local(self) -> bool:
-        # under other saved-tensor hooks (checkpointing, offloading) ours would override them: leave it to them
-        return eager_autograd() and not outer_hooks_active()
+    def _recomputes_local(self, x: torch.Tensor) -> bool:
+        # under other saved-tensor hooks (checkpointing, offloading) ours would override them: leave it to them;
+        # forward hooks on the local operator or its layers run on its plain path (forward_recomputable skips them)
+        return eager_autograd() and plain_tensor(x) and not outer_hooks_active() and not has_hooks(
+            *self.local.modules())
 
     @torch.jit.unused
     def _forward_recomputing_local(self, x: torch.Tensor) -> torch.Tensor:
