@@ -3,6 +3,8 @@
 The tags read stand-ins for timm's ``resnet50.tv_in1k`` / ``resnet50.a1_in1k`` of the small test depth
 from a real-layout Hugging Face cache with ``HF_HUB_OFFLINE=1``.
 """
+import os
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -63,15 +65,36 @@ def test_tag_loads_the_hub_weights_into_the_model_and_its_twin(hub, name, capsys
     _assert_backbone_from(create_model(name, parse_backbone_init('a1_in1k', name), **SMALL), a1)
 
 
-def test_file_loads_into_the_model(tmp_path):
+@pytest.mark.parametrize('suffix', ['.safetensors', '.pth'])
+def test_file_loads_into_the_model(tmp_path, suffix):
     weights = imagenet_resnet50(5, SMALL['layers'])
-    path = tmp_path / 'r50.safetensors'
-    save_file(weights, str(path))
+    path = tmp_path / f'r50{suffix}'
+    save_file(weights, str(path)) if suffix == '.safetensors' else torch.save({'state_dict': weights}, path)
     init = parse_backbone_init(str(path), 'stra_resnet50_face')
     assert init.file == str(path)
     model = create_model('stra_resnet50_face', init, **SMALL)
     _assert_backbone_from(model, weights)
     assert model.pretrained_cfg['file'] == str(path)
+    assert 'state_dict' not in model.pretrained_cfg  # loaded, not kept in the config
+
+
+class _RunsCode:
+    """Pickles to a call of os.system: a loader that executes it would create the marker file."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f'touch {self.marker}',)
+
+
+def test_file_whose_pickle_runs_code_is_refused_unrun(tmp_path):
+    # read here with weights_only=True whatever timm's version (timm < 1.0.26 reads files without it)
+    marker, path = tmp_path / 'executed', tmp_path / 'r50.pth'
+    torch.save({**imagenet_resnet50(5, SMALL['layers']), 'payload': _RunsCode(marker)}, path)
+    with pytest.raises(UsageError, match=r'(?s)--backbone-init .*r50.pth.*refused.*system.*nothing from it was run'):
+        create_model('stra_resnet50_reid', parse_backbone_init(str(path), 'stra_resnet50_reid'), **SMALL)
+    assert not marker.exists()
 
 
 def test_file_of_another_architecture_is_refused(tmp_path):
@@ -86,7 +109,7 @@ def test_corrupt_file_is_named(tmp_path):
     path = tmp_path / 'r50.safetensors'
     save_file(imagenet_resnet50(5, SMALL['layers']), str(path))
     path.write_bytes(path.read_bytes()[:500])
-    with pytest.raises(UsageError, match=r'(?s)truncated or corrupt.*a weights file'):
+    with pytest.raises(UsageError, match=r'(?s)r50.safetensors: .*truncated, corrupt.*a weights file'):
         create_model('stra_resnet50_reid', parse_backbone_init(str(path), 'stra_resnet50_reid'), **SMALL)
 
 

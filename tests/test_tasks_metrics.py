@@ -76,6 +76,18 @@ def _pairs_at(squared_distances):
     return a, torch.stack([theta.cos(), theta.sin()], dim=1)
 
 
+def test_reid_inputs_that_do_not_fit_together_are_errors():
+    feats, ids, cams = torch.randn(4, 8), torch.arange(4), torch.zeros(4, dtype=torch.long)
+    with pytest.raises(ValueError, match='5 gallery images but identities of shape \\(4,\\)'):
+        reid_cmc_map(feats, torch.randn(5, 8), ids, ids, cams, torch.zeros(5, dtype=torch.long))
+    with pytest.raises(ValueError, match='4 query images but cameras of shape \\(3,\\)'):
+        reid_cmc_map(feats, feats, ids, ids, cams[:3], cams)
+    with pytest.raises(ValueError, match='query features are 8-D, gallery features 6-D'):
+        reid_cmc_map(feats, torch.randn(4, 6), ids, ids, cams, cams)
+    with pytest.raises(ValueError, match=r'query features must be \(images, dim\)'):
+        reid_cmc_map(torch.randn(4, 8, 1), feats, ids, ids, cams, cams)
+
+
 def test_verification_hand_worked_case():
     # 20 pairs: even ones the same person at squared distance 0.455, odd ones different at 1.555,
     # except pair 3, a different pair at 0.255. Folds are pairs (0,1), (2,3), ...

@@ -37,7 +37,7 @@ def fer_csv(tmp_path_factory):
     return make_fer2013(tmp_path_factory.mktemp('fer') / 'fer2013.csv', per_class=(6, 2, 2))
 
 
-def test_fer_trains_and_resumes_to_the_same_state(tmp_path, fer_csv):
+def test_fer_trains_and_resumes_to_the_same_state(tmp_path, fer_csv, capsys):
     args = ['fer', '--data', str(fer_csv), '--input-size', '24', '24', '--eval-interval', '1', *FAST]
     full, part = tmp_path / 'full', tmp_path / 'part'
     assert train_main([*args, '--output', str(full), '--epochs', '2']) == 0
@@ -56,6 +56,13 @@ def test_fer_trains_and_resumes_to_the_same_state(tmp_path, fer_csv):
     sa, sb = load_training_state(full / 'checkpoints' / 'epoch-0002'), load_training_state(part / 'checkpoints' / 'epoch-0002')
     assert sa['epoch'] == sb['epoch'] == 2
     assert torch.equal(sa['rng'][0]['torch'], sb['rng'][0]['torch'])
+    # a csv without test rows leaves nothing to evaluate: an error, not an empty table
+    lines = fer_csv.read_text().splitlines()
+    train_only = tmp_path / 'train-only.csv'
+    train_only.write_text('\n'.join([lines[0], *(line for line in lines[1:] if line.endswith(',Training'))]) + '\n')
+    capsys.readouterr()
+    assert eval_main(['fer', '--data', str(train_only), '--model', str(full), '--workers', '0', '--no-progress']) == 1
+    assert f'no PublicTest or PrivateTest rows to evaluate on in {train_only}' in capsys.readouterr().err
 
 
 def test_reid_resume_across_the_warm_up_is_exact(tmp_path):
@@ -117,6 +124,29 @@ def test_reid_warm_up_trains_only_the_last_stage_and_head(tmp_path, capsys):
     assert metrics['mAP'] == pytest.approx(log[-1]['mAP']) and metrics['rank1'] == pytest.approx(log[-1]['rank1'])
 
 
+@pytest.mark.parametrize('early', [['neck', 'fc'], ['layer3', 'neck', 'fc']])
+def test_warm_up_with_the_stra_stage_frozen_keeps_its_diversity_term(tmp_path, early):
+    data = make_market1501(tmp_path / 'market')
+    run = tmp_path / 'run'
+    assert train_main(['reid', '--data', str(data), '--output', str(run), '--epochs', '1', '--freeze-epochs', '1',
+                       '--trainable-early', *early, '--input-size', '64', '32', '--backbone-init', '',
+                       '--eval-interval', '0', *FAST]) == 0
+    assert _jsonl(run)[0]['div'] > 0  # computed in the frozen stage, and (with layer3 open) trained through
+
+
+def test_a_frozen_stra_stage_trains_what_is_open_before_it():
+    from timm_stra import diversity_loss
+    from timm_stra.tasks.freeze import set_trainable
+    model = timm.create_model('stra_resnet50_reid', num_classes=3, layers=[1, 1, 1, 1]).train()
+    set_trainable(model, ['layer3', 'fc'])
+    assert not model.layer4.training and not model.layer4[0].conv2.mode.training
+    model(torch.randn(2, 3, 64, 32))
+    diversity_loss(model).backward()
+    # the term reaches the open stage before (through its shortcut: timm zero-initialises each block's last norm)
+    assert model.layer3[0].downsample[0].weight.grad.abs().sum() > 0
+    assert model.layer4[0].conv2.mode.mask.conv1.weight.grad is None  # the frozen stage itself stays as it is
+
+
 def test_backbone_init_of_another_architecture_stops_before_training(tmp_path, capsys):
     data = make_market1501(tmp_path / 'market')
     weights = tmp_path / 'resnet50.safetensors'
@@ -131,7 +161,7 @@ def test_backbone_init_of_another_architecture_stops_before_training(tmp_path, c
     assert not run.exists()
 
 
-def test_face_trains_and_verifies_on_a_bin(tmp_path):
+def test_face_trains_and_verifies_on_a_bin(tmp_path, capsys):
     data = make_face_folders(tmp_path / 'faces', ids=4, per_id=6)
     (data / 'lfw.bin').write_bytes(face_bin_bytes(pairs=10))
     run = tmp_path / 'run'
@@ -149,6 +179,15 @@ def test_face_trains_and_verifies_on_a_bin(tmp_path):
                       '--no-progress', '--output', str(out_json)]) == 0
     metrics = json.loads(out_json.read_text())['metrics']
     assert metrics['lfw_accuracy'] == pytest.approx(log[-1]['lfw_accuracy'])
+    # nothing to verify on is an error, not an empty table
+    capsys.readouterr()
+    (tmp_path / 'empty').mkdir()
+    for where, why in ((tmp_path / 'empty', f'found none in {tmp_path / "empty"}'),
+                       (tmp_path / 'nowhere', f'{tmp_path / "nowhere"} does not exist')):
+        assert eval_main(['face', '--data', str(where), '--model', f'local-dir:{ckpt}', '--workers', '0',
+                          '--no-progress']) == 1
+        err = capsys.readouterr().err
+        assert f'no verification files to evaluate on: {why}' in err and '--bins' in err
 
 
 def test_bad_image_stops_before_training_or_is_skipped(tmp_path, capsys):

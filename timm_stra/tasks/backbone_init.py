@@ -8,10 +8,12 @@ The value is one of
   RSB A1 ResNet-50); timm's names of these weights, ``resnet50.tv_in1k`` and ``resnet50.a1_in1k``,
   are accepted too;
 * the path of a weights file: a timm ResNet-50 state dict of the model's depth (``.safetensors``, or a
-  ``.pth`` / ``.bin`` read with ``weights_only=True``).
+  ``.pth`` / ``.bin`` read with ``weights_only=True``, here: timm's own reading of a file refuses
+  pickled code only from timm 1.0.26 on).
 
-Both are ``timm.create_model(model, pretrained=True, ...)``: a tag as ``pretrained_cfg``, a file as
-``pretrained_cfg_overlay=dict(file=...)``. The timm-stra models read them through their strict ImageNet
+Both are ``timm.create_model(model, pretrained=True, ...)``: a tag as ``pretrained_cfg``, a file's
+tensors as ``pretrained_cfg_overlay=dict(state_dict=..., file=...)`` (the tensors are dropped from the
+model's ``pretrained_cfg`` once loaded). The timm-stra models read them through their strict ImageNet
 filter (``timm_stra.models.imagenet_init``): every backbone tensor must match the model, and only the
 StRA operators, the neck and a classifier of another size start fresh. What cannot be loaded (no such
 file, another architecture, the Hub offline with nothing cached, a model without ImageNet weights such
@@ -28,6 +30,7 @@ import timm
 from timm.models import get_arch_pretrained_cfgs, parse_model_name, split_model_name_tag
 from torch import nn
 
+from ..checkpoint import CheckpointError, read_state_dict
 from ..models import imagenet_init
 from ..models.pretrained_errors import PretrainedWeightsError
 from .usage import UsageError
@@ -128,8 +131,16 @@ def create_model(model_name: str, init: BackboneInit, verbose: bool = False, **k
     """
     if not init:
         return timm.create_model(model_name, **kwargs)
-    source = dict(pretrained_cfg=init.tag) if init.tag else dict(pretrained_cfg_overlay=dict(file=init.file))
     tags = pretrained_tags(model_name)
+    if init.tag:
+        source = dict(pretrained_cfg=init.tag)
+    else:
+        try:
+            state_dict = read_state_dict(init.file)
+        except (CheckpointError, OSError) as e:
+            raise UsageError(f'--backbone-init {init.value!r}: {e} {_what_to_give(tags)}') from e
+        # (timm's config copies the tensors while it builds the model: twice the file's size, for a moment)
+        source = dict(pretrained_cfg_overlay=dict(state_dict=state_dict, file=init.file))
     try:
         with _show_filter_line(verbose):
             model = timm.create_model(model_name, pretrained=True, **source, **kwargs)
@@ -138,6 +149,7 @@ def create_model(model_name: str, init: BackboneInit, verbose: bool = False, **k
     except (RuntimeError, OSError, ValueError) as e:  # other timm models: timm's own errors
         raise UsageError(f'--backbone-init {init.value!r}: cannot load its weights into {model_name} '
                          f'({type(e).__name__}: {e}). {_what_to_give(tags)}') from e
+    model.pretrained_cfg.pop('state_dict', None)  # loaded: the config keeps where it came from, not the tensors
     if verbose:
         cfg = model.pretrained_cfg
         print(f"initialised {model_name} from {cfg.get('file') or cfg.get('hf_hub_id') or cfg.get('url')} "

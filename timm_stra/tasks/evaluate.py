@@ -128,6 +128,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _nothing_to_evaluate(sets: EvalSets, data) -> str:
+    """What is missing when ``sets`` hold nothing to measure ('' when they do). (A Market-1501 folder without
+    query or gallery images is refused when it is read.)"""
+    where = f'{data} does not exist' if not Path(data).exists() else f'found none in {data}'
+    if sets.task == 'face' and not sets.face_pairs:
+        return (f'no verification files to evaluate on: {where}. Give a folder of insightface .bin pair lists '
+                '(lfw.bin, cfp_fp.bin, ...) as --data, or the files with --bins.')
+    if sets.task == 'fer' and not sets.fer:
+        return (f'no PublicTest or PrivateTest rows to evaluate on in {data}. Give the full fer2013.csv (or its '
+                'folder), whose Usage column marks the test rows.')
+    return ''
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     env = init_distributed(args.device)
@@ -138,6 +151,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                               face_bins=args.bins)
     except (BadDataError, FaceBinError, FileNotFoundError) as e:
         print(f'timm-stra eval {args.task}: {e}', file=sys.stderr)
+        shutdown(env, barrier=False)
+        return 1
+    nothing = _nothing_to_evaluate(sets, args.data)
+    if nothing:
+        print(f'timm-stra eval {args.task}: {nothing}', file=sys.stderr)
         shutdown(env, barrier=False)
         return 1
     metrics = evaluate(model, sets, env, args.batch_size, args.workers, not args.no_progress)

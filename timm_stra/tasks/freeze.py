@@ -2,17 +2,23 @@
 
 For the first 8 epochs of the ReID recipe only ``layer4``, ``neck`` and ``fc`` train (the
 official run opens layer4, the embedding and the classifier). The other modules get no
-gradients and stay in eval mode, so their BatchNorm statistics do not move either.
+gradients and stay in eval mode, so their BatchNorm statistics do not move either. A frozen
+StRA stage still records its diversity term (its ``DiversityRecorder`` stays in training mode:
+it has no parameters or statistics), which trains whatever before it does train, and is
+there for the loss to read.
 """
 from typing import Optional, Sequence
 
 from torch import nn
 
+from ..layers.diversity import DiversityRecorder
+
 
 def set_trainable(model: nn.Module, names: Optional[Sequence[str]] = None) -> None:
     """Make only the top-level children ``names`` trainable (all of them when ``names`` is None).
 
-    Call after ``model.train()``: frozen children are put back in eval mode.
+    Call after ``model.train()``: frozen children are put back in eval mode, but for their diversity
+    recorders.
 
     Raises:
         ValueError: a name is not a child of the model.
@@ -27,3 +33,6 @@ def set_trainable(model: nn.Module, names: Optional[Sequence[str]] = None) -> No
         child.requires_grad_(trainable)
         if not trainable:
             child.eval()
+            for module in child.modules():
+                if isinstance(module, DiversityRecorder):
+                    module.train()

@@ -12,6 +12,15 @@ import torch
 import torch.nn.functional as F
 
 
+def _check_shapes(split: str, feats: torch.Tensor, pids: torch.Tensor, camids: torch.Tensor) -> None:
+    if feats.dim() != 2:
+        raise ValueError(f'reid_cmc_map: {split} features must be (images, dim), got shape {tuple(feats.shape)}.')
+    for name, values in (('identities', pids), ('cameras', camids)):
+        if values.shape != feats.shape[:1]:
+            raise ValueError(f'reid_cmc_map: {len(feats)} {split} images but {name} of shape '
+                             f'{tuple(values.shape)}: give one per image, in the same order.')
+
+
 def reid_cmc_map(
         query_feats: torch.Tensor,
         gallery_feats: torch.Tensor,
@@ -35,7 +44,16 @@ def reid_cmc_map(
     Returns:
         dict with 'mAP' (float, 0..1), 'cmc' (list of max_rank floats: cmc[k-1] is Rank-k),
         'num_valid_queries' (int).
+
+    Raises:
+        ValueError: shapes that do not fit together (features of another width, or identities or
+            cameras not one per image).
     """
+    _check_shapes('query', query_feats, query_pids, query_camids)
+    _check_shapes('gallery', gallery_feats, gallery_pids, gallery_camids)
+    if query_feats.shape[1] != gallery_feats.shape[1]:
+        raise ValueError(f'reid_cmc_map: query features are {query_feats.shape[1]}-D, gallery features '
+                         f'{gallery_feats.shape[1]}-D: embed both with the same model.')
     qf = F.normalize(query_feats.float(), dim=1)
     gf = F.normalize(gallery_feats.float(), dim=1)
     g_pids, g_cams = gallery_pids.to(qf.device), gallery_camids.to(qf.device)
