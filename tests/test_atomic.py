@@ -1,4 +1,5 @@
 """timm_stra.atomic: folders and text files appear complete or not at all, on a real file system."""
+import contextlib
 import os
 
 import pytest
@@ -37,6 +38,28 @@ def test_existing_folder_is_refused_without_overwrite(tmp_path):
         with atomic_output_dir(target):
             pass
     assert _tree(target) == {'a.txt': 'old a', 'sub/b.txt': 'old b'}
+
+
+@pytest.mark.parametrize('appears', ['folder', 'empty folder', 'file'])
+def test_what_appears_meanwhile_is_kept_without_overwrite(tmp_path, appears):
+    target = tmp_path / 'out'
+    with pytest.raises(FileExistsError, match='appeared while it was being written') if appears != 'empty folder' \
+            else contextlib.nullcontext():
+        with atomic_output_dir(target) as tmp:
+            (tmp / 'a.txt').write_text('new a')
+            if appears == 'file':
+                target.write_text('theirs')
+            else:
+                target.mkdir()
+                if appears == 'folder':
+                    (target / 'theirs.txt').write_text('theirs')
+    if appears == 'empty folder':  # an empty folder is the one case that may be replaced
+        assert _tree(target) == {'a.txt': 'new a'}
+    elif appears == 'folder':
+        assert _tree(target) == {'theirs.txt': 'theirs'}
+    else:
+        assert target.read_text() == 'theirs'
+    assert [p.name for p in tmp_path.iterdir()] == ['out']  # and no litter
 
 
 def test_overwrite_replaces_an_existing_folder(tmp_path):

@@ -116,6 +116,36 @@ def test_unpooled_output_and_reset_classifier():
     assert model.get_classifier().in_features == 512
 
 
+@pytest.mark.parametrize('name', ['stra_resnet50', 'stra_resnet50_reid', 'resnet50_reid'])
+def test_reset_classifier_keeps_the_current_pooling_as_timm_does(name):
+    model = timm.create_model(name, num_classes=0, global_pool='', layers=[1, 1, 1, 1]).eval()
+    model.reset_classifier(0)
+    resnet = timm.create_model('resnet50', num_classes=0, global_pool='', layers=[1, 1, 1, 1]).eval()
+    resnet.reset_classifier(0)
+    with torch.no_grad():  # still the feature map (the ReID models' last stride is 1: a larger one)
+        out, ref = model(torch.randn(1, 3, 64, 32)), resnet(torch.randn(1, 3, 64, 32))
+    assert out.ndim == ref.ndim == 4 and out.shape[1] == ref.shape[1] == 2048
+
+
+def test_reset_classifier_after_the_head_was_pruned():
+    model = timm.create_model('stra_resnet50_reid', layers=[1, 1, 1, 1]).eval()
+    model.prune_intermediate_layers(1, prune_head=True)  # the neck goes with the head
+    model.reset_classifier(10, 'avg')
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 64, 32)).shape == (2, 10)
+    assert model.head_hidden_size == model.num_features == model.get_classifier().in_features
+
+
+def test_a_refused_pooling_leaves_the_head_as_it_was():
+    model = timm.create_model('stra_resnet50_reid', num_classes=5, layers=[1, 1, 1, 1]).eval()
+    fc, pool = model.get_classifier(), model.global_pool
+    with pytest.raises(ValueError, match="global_pool='catavgmax' gives 2x"):
+        model.reset_classifier(7, 'catavgmax')
+    assert model.get_classifier() is fc and model.global_pool is pool and model.num_classes == 5
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 64, 32)).shape == (2, 5)
+
+
 def test_features_only_and_intermediates():
     model = timm.create_model('stra_resnet50_reid', features_only=True, out_indices=(2, 3, 4)).eval()
     with torch.no_grad():

@@ -178,6 +178,21 @@ def test_corrupt_local_dir_weights_name_the_file(tmp_path):
     assert str(weights) in str(info.value)
 
 
+@pytest.mark.parametrize('zipped', [True, False])
+def test_corrupt_pytorch_model_bin_names_the_file(tmp_path, zipped):
+    """timm's own save_for_hf writes pytorch_model.bin by default; local-dir: reads it."""
+    model = timm.create_model('resnet50_fer')
+    folder = tmp_path / 'fer'
+    timm_save_for_hf(model, str(folder), safe_serialization=False)
+    weights = folder / 'pytorch_model.bin'
+    torch.save(model.state_dict(), weights, _use_new_zipfile_serialization=zipped)
+    assert timm.create_model(f'local-dir:{folder}', pretrained=True) is not None  # whole, it loads
+    weights.write_bytes(weights.read_bytes()[:len(weights.read_bytes()) // 2])
+    with pytest.raises(PretrainedWeightsError, match='truncated or corrupt') as info:
+        timm.create_model(f'local-dir:{folder}', pretrained=True)
+    assert str(weights) in str(info.value)
+
+
 def test_local_dir_of_other_arguments_is_a_clear_error(tmp_path):
     folder = save_for_hf(timm.create_model('stra_resnet50_reid', groups=4), tmp_path / 'g4')
     with pytest.raises(PretrainedWeightsError, match='do not fit stra_resnet50_reid') as info:

@@ -196,3 +196,18 @@ def test_file_overlay_is_the_file_named_in_errors(hub, tmp_path):
     save_file(imagenet_resnet50(3, layers=(1, 1, 1, 1)), str(small))  # the hub file (full depth) is not read
     with pytest.raises(PretrainedWeightsError, match=f'Cannot initialise stra_resnet50_reid from {small}: .*lacks'):
         timm.create_model('stra_resnet50_reid', pretrained=True, pretrained_cfg_overlay=dict(file=str(small)))
+
+
+def test_a_saved_model_loads_by_file_only_if_its_operators_and_neck_fit(tmp_path):
+    saved = timm.create_model('stra_resnet50_reid', layers=[1, 1, 1, 1])
+    path = tmp_path / 'saved.safetensors'
+    save_file(saved.state_dict(), str(path))
+    overlay = dict(pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), layers=[1, 1, 1, 1])
+    same = timm.create_model('stra_resnet50_reid', **overlay)
+    for key, value in saved.state_dict().items():
+        assert torch.equal(same.state_dict()[key], value), key
+    # built with other arguments: the operators (or the neck) do not fit, which is said, not half-loaded
+    with pytest.raises(PretrainedWeightsError, match=r'shapes that differ \(file vs model\): layer4\.0\.conv2\.'):
+        timm.create_model('stra_resnet50_reid', groups=4, **overlay)
+    with pytest.raises(PretrainedWeightsError, match=r'shapes that differ \(file vs model\): neck\.'):
+        timm.create_model('stra_resnet50_reid', embed_dim=256, **overlay)

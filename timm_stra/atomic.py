@@ -7,6 +7,7 @@ folder, so that neither a crash nor a power cut can leave a half-written target.
 checkpoints and their ``latest`` pointer (which replace older ones).
 """
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -53,12 +54,23 @@ def _publish(tmp: Path) -> None:
         _fsync(path)
 
 
-def _swap_in(tmp: Path, target: Path) -> None:
-    """Rename ``tmp`` to ``target``; an existing ``target`` folder is renamed aside first, then deleted.
+def _swap_in(tmp: Path, target: Path, overwrite: bool) -> None:
+    """Rename ``tmp`` to ``target``; with ``overwrite``, an existing ``target`` folder is renamed aside first,
+    then deleted.
 
     If the final rename fails the old folder is put back. Between the two renames (an instant)
-    ``target`` is absent and the old folder is ``.<name>.<random>.old`` beside it.
+    ``target`` is absent and the old folder is ``.<name>.<random>.old`` beside it. Without ``overwrite``
+    the rename itself refuses a ``target`` that became a non-empty folder (or a file) meanwhile.
     """
+    if not overwrite:
+        try:
+            os.rename(tmp, target)  # replaces an empty folder; fails on a non-empty one, or a file
+        except OSError as e:
+            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+                raise
+            raise FileExistsError(f'{target} appeared while it was being written and is not an empty folder: '
+                                  'left it as it is; choose a new output folder, or delete this one first.') from e
+        return
     if not target.is_dir():
         os.rename(tmp, target)
         return
@@ -107,7 +119,7 @@ def atomic_output_dir(target: PathLike, overwrite: bool = False) -> Iterator[Pat
     try:
         yield tmp
         _publish(tmp)
-        _swap_in(tmp, target)
+        _swap_in(tmp, target, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         for folder in reversed(created):

@@ -112,7 +112,8 @@ def save_for_hf(
 def push_to_hub(model: nn.Module, repo_id: str, weights: Optional[str] = None, **kwargs):
     """Publish ``model`` to the Hugging Face Hub with timm's ``push_to_hf_hub`` and the timm-stra model card.
 
-    Writes the same files as ``save_for_hf`` (safetensors only). ``kwargs`` go to
+    Writes the same files as ``save_for_hf`` (safetensors only), but for the model card: timm writes
+    ``README.md`` only into a repo that has none, so publishing again keeps the card it has. ``kwargs`` go to
     ``push_to_hf_hub`` (``token``, ``private``, ``revision``, ``commit_message``, ...).
     Load it with ``timm.create_model('hf-hub:<repo_id>', pretrained=True)`` after ``import timm_stra``.
     """

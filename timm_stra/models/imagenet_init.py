@@ -13,9 +13,12 @@ initialisation:
 * the classifier ``fc`` when its shape differs from the file's 1000-way one (the
   file's ``fc`` is then dropped).
 
-Anything else (a key the model lacks, a model key the file lacks, a shape that
-differs outside these groups) means the file is not an ImageNet ResNet-50 for
-this model: the filter raises and names the keys, it never drops them silently.
+The operators and the neck start fresh because an ImageNet file has none: a file
+that does have some (a saved timm-stra model) must match them in shape, as
+everything but the classifier must. Anything else (a key the model lacks, a model
+key the file lacks outside these groups, a shape that differs anywhere but in
+``fc``) means the file is not an ImageNet ResNet-50 for this model: the filter
+raises and names the keys, it never drops them silently.
 """
 import logging
 import re
@@ -88,7 +91,7 @@ def imagenet_filter_fn(state_dict: Mapping[str, torch.Tensor], model: nn.Module)
         if value.shape == target.shape:
             out[key] = value
             loaded += key.split('.')[-1] != _COUNTERS
-        elif _group(key):
+        elif _group(key) == 'classifier':
             dropped += 1
             continue  # e.g. a 751-ID or 7-class classifier instead of the 1000-way one: starts fresh
         elif key == f'{first_conv}.weight' and value.dim() == 4 and \

@@ -6,6 +6,7 @@ them, and the filter's ``IncompatibleWeightsError`` (another architecture), into
 ``PretrainedWeightsError`` that says which file, what is wrong and what to do.
 """
 import contextlib
+import pickle
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional
 
@@ -63,6 +64,10 @@ def _describe_source(cfg: Dict[str, Any], cache_dir: Optional[str]) -> str:
     return str(cfg.get('file') or cfg.get('url') or 'the pretrained source')
 
 
+# what torch.load says of a truncated or corrupt file (zip checkpoints; the legacy format)
+_CORRUPT = ('PytorchStreamReader failed', 'might be corrupted', 'Invalid magic number', 'unexpected EOF')
+
+
 @contextlib.contextmanager
 def pretrained_read_errors(
         variant: str,
@@ -87,11 +92,19 @@ def pretrained_read_errors(
     except IncompatibleWeightsError as e:
         where = _describe_source(_resolve(variant, pretrained_cfg, overlay), cache_dir)
         raise PretrainedWeightsError(f'Cannot initialise {variant} from {where}: it is {e}') from e
-    except RuntimeError as e:
-        refused = 'pickle globals' in str(e)  # timm's weights_only=True refusal
-        if not refused and 'Error(s) in loading state_dict' not in str(e):
+    except (RuntimeError, pickle.UnpicklingError, EOFError) as e:
+        text = str(e)
+        # the weights_only=True refusal of a global: timm's (from 1.0.31 on: a RuntimeError) or torch's own (torch
+        # says 'Weights only load failed' of any pickle its unpickler cannot read, corrupt ones included)
+        refused = 'pickle globals' in text or 'Unsupported global' in text
+        corrupt = not refused and (not isinstance(e, RuntimeError) or any(s in text for s in _CORRUPT))
+        if not (refused or corrupt) and 'Error(s) in loading state_dict' not in text:
             raise
         where = _describe_source(_resolve(variant, pretrained_cfg, overlay), cache_dir)
+        if corrupt:
+            raise PretrainedWeightsError(
+                f'Cannot read the pretrained weights of {variant} from {where}: the file is truncated or corrupt '
+                f'({type(e).__name__}: {text[:200]}). Delete it and download or export it again.') from e
         if refused:
             raise PretrainedWeightsError(
                 f'Refused the pretrained weights of {variant} in {where}: loading its pickle would import or call '

@@ -159,7 +159,7 @@ class StRAResNet(ResNet):
         else:
             self.neck = nn.Identity()
         self.use_neck = head != 'classifier'
-        self.head_pool = ''
+        self.head_pool = 'flatten' if head == 'face' else 'avg'  # until reset_classifier sets the one asked for
         self.reset_classifier(num_classes, global_pool)
         self._init_last_stage(zero_init_last)
 
@@ -176,31 +176,34 @@ class StRAResNet(ResNet):
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         """Replace the classifier; ``num_classes=0`` returns the embedding (or pooled features).
 
-        ``global_pool=''`` drops pooling, and with it the embedding neck, so the model returns the
-        feature map. The embedding neck itself is kept (never re-initialised).
+        ``global_pool=None`` keeps the current pooling, as timm's ResNet does. ``global_pool=''`` drops
+        pooling, and with it the embedding neck, so the model returns the feature map. The embedding
+        neck itself is kept (never re-initialised), unless ``prune_intermediate_layers`` removed it.
+
+        Raises:
+            ValueError: a pooling the head cannot take (the model is left as it was).
         """
         if global_pool is None:
-            global_pool = self.head_pool or ('flatten' if self.head_type == 'face' else 'avg')
+            global_pool = self.head_pool
         if self.head_type == 'face':
             check_choice(global_pool, ('flatten', ''), "face model's global_pool")
             pool_type = ''
         else:
             pool_type = global_pool
-        self.head_pool = global_pool
-        self.use_neck = self.head_type != 'classifier' and global_pool != ''
-        in_features = self.embed_dim if self.use_neck else self.num_features
-        self.num_classes = num_classes
-        self.global_pool, self.fc = create_classifier(
-            in_features, num_classes, pool_type=pool_type, **get_device_dtype(self))
+        # a pruned head has no neck left (an Identity, as the classifier variant's)
+        use_neck = global_pool != '' and not isinstance(self.neck, nn.Identity)
+        in_features = self.embed_dim if use_neck else self.num_features
+        pool, fc = create_classifier(in_features, num_classes, pool_type=pool_type, **get_device_dtype(self))
+        if self.head_type == 'reid' and use_neck and pool.feat_mult() != 1:
+            raise ValueError(f"The ReID embedding takes {self.num_features} pooled features; "
+                             f"global_pool={global_pool!r} gives {pool.feat_mult()}x as many.")
         if self.head_type == 'face' and global_pool:
             # The face neck flattens; the pool passes through. Report 'flatten' so that timm's
             # save_for_hf records global_pool='flatten' (not '', which would drop the neck on reload).
-            self.global_pool.pool_type = global_pool
-        if self.head_type == 'reid' and self.use_neck and self.global_pool.feat_mult() != 1:
-            raise ValueError(f"The ReID embedding takes {self.num_features} pooled features; "
-                             f"global_pool={global_pool!r} gives {self.global_pool.feat_mult()}x as many.")
-        self.head_hidden_size = in_features if self.head_type != 'classifier' else \
-            self.num_features * self.global_pool.feat_mult()
+            pool.pool_type = global_pool
+        self.head_pool, self.use_neck, self.num_classes = global_pool, use_neck, num_classes
+        self.global_pool, self.fc = pool, fc
+        self.head_hidden_size = in_features if use_neck else self.num_features * pool.feat_mult()
         self.global_pool.train(self.training)
         self.fc.train(self.training)
 
