@@ -110,6 +110,7 @@ def test_tiny_run_prints_a_table_and_writes_every_step(device, tmp_path, capsys)
     assert captured.err.count('StRA (local + mode)') == 2  # one line per setting as it finished
     assert '| train | 2 | StRA (local + mode) | 2 |' in text and '| infer | 2 | limit' in text
     assert '95% CI vs limit' in text and 'CPU allocator ' in text
+    assert 'the most its "time vs StRA" can be' not in text  # said only where the reference runs
     counted = minor_page_faults() is not None
     assert ('page faults/step' in text) == counted
     data = json.loads(out.read_text())
@@ -122,6 +123,17 @@ def test_tiny_run_prints_a_table_and_writes_every_step(device, tmp_path, capsys)
             assert {case: len(f) for case, f in r['minor_page_faults'].items()} == {'stra': 2, 'limit': 2}
         else:
             assert r['minor_page_faults'] is None
+
+
+@pytest.mark.parametrize('task', ['face', 'fer'])
+def test_with_the_reference_the_legend_bounds_its_ratio_to_stra(capsys, task):
+    """Where StRA's blocks are the limit's plus its operators: not FER's, which also drop the last 1x1 conv."""
+    assert main(['--task', task, '--cases', 'stra,limit,reference', '--modes', 'infer', '--batch-sizes', '1',
+                 '--rounds', '1', '--warmup', '0', '--no-progress']) == 0
+    text = capsys.readouterr().out
+    bound = 'the reference\'s "time vs limit" is about the most its "time vs StRA" can be' in text
+    assert bound == (task != 'fer')
+    assert '| infer | 1 | StRA, unfold reference | 1 |' in text
 
 
 @pytest.mark.parametrize('argv', [['--rounds', '0'], ['--modes', 'train', '--batch-sizes', '1'],

@@ -26,17 +26,20 @@ from ..layers.stra_attn import set_triton
 
 @dataclass(frozen=True)
 class Task:
-    """A model family: the twin and StRA model names, the input size, whether the input size is fixed."""
+    """A model family: the twin and StRA model names, the input size, whether the input size is fixed, and
+    whether StRA's last-stage blocks keep the twin's last 1x1 convolution (FER's omit it; where they keep it,
+    StRA's network is the limit's plus its operators)."""
     twin: str
     stra: str
     input_size: Tuple[int, int, int]
     fixed_size: bool = False
+    keeps_last_conv: bool = True
 
 
 TASKS: Dict[str, Task] = {
     'reid': Task('resnet50_reid', 'stra_resnet50_reid', (3, 256, 128)),
     'face': Task('resnet50_face', 'stra_resnet50_face', (3, 112, 112), fixed_size=True),
-    'fer': Task('resnet50_fer', 'stra_resnet50_fer', (1, 44, 44)),
+    'fer': Task('resnet50_fer', 'stra_resnet50_fer', (1, 44, 44), keeps_last_conv=False),
     'imagenet': Task('resnet50', 'stra_resnet50', (3, 224, 224)),
 }
 

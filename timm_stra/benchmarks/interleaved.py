@@ -47,6 +47,9 @@ from .page_faults import PAGE_FAULTS_LEGEND, minor_page_faults
 from .worker import MODES, Measurement, build_step
 
 DEFAULT_CASES = ('twin', 'stra', 'limit', 'reference')
+REFERENCE_BOUND_LEGEND = (
+    'StRA\'s network is the limit\'s plus its operators, so the reference\'s "time vs limit" is about the most its '
+    '"time vs StRA" can be: what it would be were StRA\'s operators free. ')
 
 
 def time_interleaved(steps: Dict[str, Callable[[], None]], rounds: int, warmup: int, device: torch.device,
@@ -214,6 +217,8 @@ def main(argv: Optional[List[str]] = None) -> int:
           'X\'s in the same round, median '
           'over the rounds, its interquartile range (IQR) and the 95% confidence interval of that median '
           '(sign test: distribution-free, for independent rounds); below 1 is faster. '
+          + (REFERENCE_BOUND_LEGEND if task.keeps_last_conv and {'stra', 'limit', 'reference'} <= set(args.cases)
+             else '')
           + (PAGE_FAULTS_LEGEND if any('page faults/step' in row for row in rows) else '')
           + 'No peak memory here: see `timm-stra bench`.\n')
     print(markdown_table(rows))
