@@ -89,6 +89,21 @@ def test_convert_embedding_model_reproduces_the_parity_operator(official, tmp_pa
         assert model.eval()(torch.randn(1, 3, 64, 32)).shape == (1, 512)
 
 
+def test_checkpoint_pickled_under_numpy_1_converts(official, tmp_path):
+    """The authors' checkpoint (2020) names NumPy's scalar constructor numpy.core.multiarray.scalar (NumPy 2:
+    numpy._core.multiarray); the fixture, written here, is given that older name (plain text in its pickle)."""
+    checkpoint, sd, _ = official
+    data = checkpoint.read_bytes()
+    older = data.replace(b'numpy._core.multiarray\nscalar', b'numpy.core.multiarray\nscalar')
+    assert b'numpy.core.multiarray\nscalar' in older and b'numpy._core.multiarray\nscalar' not in older
+    path = tmp_path / 'numpy1.pth.tar'
+    path.write_bytes(older)
+    out = tmp_path / 'stra-reid'
+    assert cli_main(['convert', str(path), str(out)]) == 0
+    converted = load_file(out / 'model.safetensors')
+    assert torch.equal(converted['layer4.1.conv2.local.value.weight'], sd['layer4.1.conv2.value_conv.weight'])
+
+
 def test_keep_classifier_keeps_the_751_ids(official, tmp_path):
     checkpoint, sd, _ = official
     out = tmp_path / 'with-ids'

@@ -21,7 +21,12 @@ class CheckpointError(ValueError):
 
 
 def _numpy_data_globals() -> List[object]:
-    """NumPy scalar and dtype constructors, safe under ``weights_only`` (they only rebuild values)."""
+    """NumPy scalar and dtype constructors, safe under ``weights_only`` (they only rebuild values).
+
+    A pickle names the scalar constructor by the module of the NumPy that wrote it:
+    ``numpy.core.multiarray`` before NumPy 2 (the authors' release, from 2020), ``numpy._core.multiarray``
+    since; both names are allowed, whichever NumPy reads them.
+    """
     try:
         import numpy as np
     except ImportError:
@@ -31,7 +36,8 @@ def _numpy_data_globals() -> List[object]:
     except ImportError:  # numpy < 2
         from numpy.core.multiarray import scalar
     kinds = (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.float16, np.float32, np.float64)
-    return [scalar, np.dtype, *{type(np.dtype(k)) for k in kinds}]
+    names = [(scalar, f'{module}.scalar') for module in ('numpy.core.multiarray', 'numpy._core.multiarray')]
+    return [*names, np.dtype, *{type(np.dtype(k)) for k in kinds}]
 
 
 def _blocked_globals(error: BaseException) -> str:
