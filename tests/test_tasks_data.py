@@ -31,6 +31,14 @@ def test_market1501_splits_junk_and_distractors(tmp_path):
     assert -1 not in data.gallery.pids and data.gallery.pids.count(0) == 1
 
 
+def test_checking_the_images_shows_a_progress_bar_when_asked(tmp_path, capsys):
+    make_market1501(tmp_path)
+    Market1501.load(tmp_path)
+    assert 'checking images' not in capsys.readouterr().err
+    Market1501.load(tmp_path, progress=True)
+    assert 'checking images' in capsys.readouterr().err
+
+
 def test_market1501_missing_folder(tmp_path):
     make_market1501(tmp_path)
     (tmp_path / 'query').rename(tmp_path / 'queries')
@@ -137,6 +145,26 @@ def test_fer2013_malformed_rows_named_by_line(tmp_path):
     assert f'{path}:6' in str(err.value) and 'emotion 9' in str(err.value)
     splits, skipped = read_fer2013(path, skip_bad=True)
     assert skipped == 2 and sum(len(s[1]) for s in splits.values()) == 19
+
+
+def test_fer2013_huge_pixel_value_is_a_malformed_row(tmp_path):
+    path = make_fer2013(tmp_path / 'fer2013.csv', per_class=(1, 1, 1))
+    lines = path.read_text().splitlines()
+    lines[3] = '3,' + '9' * 25 + ' 0' * 2303 + ',Training'  # line 4: too large for any integer array
+    path.write_text('\n'.join(lines) + '\n')
+    with pytest.raises(BadDataError, match=f'{path}:4: malformed row \\(pixel values must be 0..255\\)'):
+        read_fer2013(path)
+    assert read_fer2013(path, skip_bad=True)[1] == 1
+
+
+@pytest.mark.parametrize('text', [b'0,"1 2 3,Training\n', b'0,\xff\xfe 1,Training\n'])
+def test_fer2013_unreadable_text_is_named(tmp_path, text):
+    """An unclosed quote (the csv module then reads the rest as one field) or bytes that are not UTF-8."""
+    path = make_fer2013(tmp_path / 'fer2013.csv', per_class=(1, 1, 1))
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b''.join(lines[:3]) + text + b''.join(lines[4:]))
+    with pytest.raises(BadDataError, match=f'{path}: cannot be read as CSV text after line [23]'):
+        read_fer2013(path, skip_bad=True)
 
 
 def test_fer2013_bad_header(tmp_path):

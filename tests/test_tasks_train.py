@@ -42,6 +42,8 @@ def test_fer_trains_and_resumes_to_the_same_state(tmp_path, fer_csv, capsys):
     full, part = tmp_path / 'full', tmp_path / 'part'
     assert train_main([*args, '--output', str(full), '--epochs', '2']) == 0
     assert train_main([*args, '--output', str(part), '--epochs', '1']) == 0
+    with (part / 'metrics.jsonl').open('a') as f:
+        f.write('{"epoch": 2, "lo')  # a crash while the next epoch's line was appended
     assert train_main([*args, '--output', str(part), '--epochs', '2', '--resume', str(part)]) == 0
 
     log = _jsonl(full)
@@ -63,6 +65,22 @@ def test_fer_trains_and_resumes_to_the_same_state(tmp_path, fer_csv, capsys):
     capsys.readouterr()
     assert eval_main(['fer', '--data', str(train_only), '--model', str(full), '--workers', '0', '--no-progress']) == 1
     assert f'no PublicTest or PrivateTest rows to evaluate on in {train_only}' in capsys.readouterr().err
+
+
+def test_resuming_an_older_checkpoint_points_latest_at_it(tmp_path, fer_csv, monkeypatch):
+    from timm_stra.tasks.train import Trainer
+    run = tmp_path / 'run'
+    args = ['fer', '--data', str(fer_csv), '--input-size', '24', '24', '--output', str(run), '--keep', '3', *FAST]
+    assert train_main([*args, '--epochs', '2']) == 0
+    assert resolve_checkpoint(run).name == 'epoch-0002'
+
+    def crash(self, epoch):
+        raise RuntimeError('killed')
+    monkeypatch.setattr(Trainer, 'train_epoch', crash)
+    with pytest.raises(RuntimeError, match='killed'):  # resumed from epoch 1, then killed in epoch 2
+        train_main([*args, '--epochs', '2', '--resume', str(run / 'checkpoints' / 'epoch-0001')])
+    assert resolve_checkpoint(run).name == 'epoch-0001'  # a later --resume RUN continues from there
+    assert [r['epoch'] for r in _jsonl(run)] == [1]
 
 
 def test_reid_resume_across_the_warm_up_is_exact(tmp_path):
@@ -220,6 +238,18 @@ def test_unexpected_bin_is_refused(tmp_path, capsys):
     assert train_main(['face', '--data', str(data), '--output', str(tmp_path / 'run'), *FAST]) == 1
     err = capsys.readouterr().err
     assert 'cfp_fp.bin' in err and 'insightface' in err
+
+
+def test_bin_with_a_broken_image_stops_before_training(tmp_path, capsys):
+    data = make_face_folders(tmp_path / 'faces', ids=2, per_id=4)
+    images, issame = pickle.loads(face_bin_bytes(pairs=4))
+    images[5] = b'\xff\xd8 truncated'
+    (data / 'agedb_30.bin').write_bytes(pickle.dumps((images, issame)))
+    run = tmp_path / 'run'
+    assert train_main(['face', '--data', str(data), '--output', str(run), '--input-size', '32', '32', *FAST]) == 1
+    err = capsys.readouterr().err
+    assert 'agedb_30.bin: image 5 does not decode' in err
+    assert not run.exists()  # stopped before the first epoch, not at its evaluation
 
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):

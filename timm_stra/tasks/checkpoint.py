@@ -12,7 +12,8 @@ Each checkpoint is a folder ``OUTPUT/checkpoints/epoch-NNNN/`` with
 Writing is atomic (``timm_stra.atomic``): the folder is written under a temporary name, flushed
 to disk and renamed into place (replacing the same epoch's folder of an earlier run), then the
 one-line pointer ``OUTPUT/checkpoints/latest`` is replaced. A crash at any moment leaves
-``latest`` naming a complete checkpoint.
+``latest`` naming a complete checkpoint: a run resumed from an older checkpoint of its output
+points ``latest`` back at it first (``point_latest``), away from the newer ones it abandons.
 """
 import json
 import shutil
@@ -68,6 +69,17 @@ def save_checkpoint(output_dir, epoch: int, model: torch.nn.Module, model_args: 
         if old != final:
             shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def point_latest(output_dir, checkpoint) -> None:
+    """Point ``output_dir``'s ``latest`` at ``checkpoint`` when that is one of its own checkpoints: a run resumed
+    from an older one continues from there, and a crash before its next save must not send a later resume to
+    the abandoned newer ones."""
+    root = Path(output_dir) / 'checkpoints'
+    checkpoint = Path(checkpoint)
+    if checkpoint.parent.resolve() == root.resolve() and (root / LATEST).is_file():
+        if (root / LATEST).read_text().strip() != checkpoint.name:
+            atomic_write_text(root / LATEST, checkpoint.name + '\n')
 
 
 def resolve_checkpoint(path) -> Path:

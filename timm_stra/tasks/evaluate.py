@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
+from ..atomic import atomic_write_text
 from .checkpoint import load_model
 from .data import BadDataError, FaceBinError
 from .distributed import DistEnv, gather_in_order, init_distributed, shutdown
@@ -148,7 +149,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         model, data_config = load_model(args.model)
         model.to(env.device)
         sets = load_eval_sets(args.task, args.data, eval_transform(args.task, data_config), args.skip_bad,
-                              face_bins=args.bins)
+                              face_bins=args.bins, progress=not args.no_progress and env.is_main)
     except (BadDataError, FaceBinError, FileNotFoundError) as e:
         print(f'timm-stra eval {args.task}: {e}', file=sys.stderr)
         shutdown(env, barrier=False)
@@ -165,7 +166,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(markdown_table(metrics))
         if args.output:
             Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.output).write_text(json.dumps(
+            atomic_write_text(args.output, json.dumps(
                 {'task': args.task, 'model': args.model, 'data': str(args.data), 'metrics': metrics}, indent=2))
     shutdown(env)
     return 0

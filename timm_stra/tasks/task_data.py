@@ -37,14 +37,15 @@ class EvalSets:
     skipped: int = 0
 
 
-def load_train_set(task: str, data, transform: Callable, skip_bad: bool = False, check: bool = True) -> TrainSet:
-    """Read (and check) the training data of ``task`` under ``data``."""
+def load_train_set(task: str, data, transform: Callable, skip_bad: bool = False, check: bool = True,
+                   progress: bool = False) -> TrainSet:
+    """Read (and check, with a progress bar if ``progress``) the training data of ``task`` under ``data``."""
     if task == 'reid':
-        market = Market1501.load(data, splits=('train',), skip_bad=skip_bad, check=check)
+        market = Market1501.load(data, splits=('train',), skip_bad=skip_bad, check=check, progress=progress)
         samples = list(zip(market.train.paths, market.train.pids))
         return TrainSet(ImageList(samples, transform), market.num_train_ids, market.skipped)
     if task == 'face':
-        samples, names, skipped = scan_identity_folders(data, skip_bad=skip_bad, check=check)
+        samples, names, skipped = scan_identity_folders(data, skip_bad=skip_bad, check=check, progress=progress)
         return TrainSet(ImageList(samples, transform), len(names), skipped)
     if task == 'fer':
         splits, skipped = read_fer2013(data, skip_bad=skip_bad)
@@ -64,15 +65,17 @@ def find_face_bins(data, given: Sequence[str] = ()) -> List[Path]:
 
 
 def load_eval_sets(task: str, data, transform: Callable, skip_bad: bool = False, check: bool = True,
-                   face_bins: Sequence[str] = ()) -> EvalSets:
-    """Read (and check) the evaluation data of ``task`` under ``data``; bad ``.bin`` files are refused."""
+                   face_bins: Sequence[str] = (), progress: bool = False) -> EvalSets:
+    """Read (and check, with a progress bar if ``progress``) the evaluation data of ``task`` under ``data``; bad
+    ``.bin`` files are refused."""
     if task == 'reid':
-        market = Market1501.load(data, splits=('query', 'gallery'), skip_bad=skip_bad, check=check)
+        market = Market1501.load(data, splits=('query', 'gallery'), skip_bad=skip_bad, check=check,
+                                 progress=progress)
         query, gallery = (ImageList(list(zip(s.paths, s.pids)), transform) for s in (market.query, market.gallery))
         return EvalSets(task, market=market, query=query, gallery=gallery, skipped=market.skipped)
     if task == 'face':
         bins = find_face_bins(data, face_bins)
-        return EvalSets(task, face_pairs=[FacePairs(p, transform) for p in bins])
+        return EvalSets(task, face_pairs=[FacePairs(p, transform, check, progress) for p in bins])
     if task == 'fer':
         splits, skipped = read_fer2013(data, skip_bad=skip_bad)
         sets = {name: Fer2013(*splits[name], transform) for name in ('PublicTest', 'PrivateTest') if len(splits[name][1])}

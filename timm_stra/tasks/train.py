@@ -29,7 +29,7 @@ from ..atomic import atomic_write_text
 from ..diversity import diversity_loss
 from .backbone_init import create_model, parse_backbone_init
 from .data import BadDataError, FaceBinError
-from .checkpoint import data_config_for, load_training_state, resolve_checkpoint, save_checkpoint
+from .checkpoint import data_config_for, load_training_state, point_latest, resolve_checkpoint, save_checkpoint
 from .distributed import DistEnv, all_gather_objects, all_reduce_sum, broadcast_buffers, init_distributed, shutdown
 from .evaluate import evaluate, markdown_table
 from .freeze import set_trainable
@@ -133,6 +133,20 @@ def _model_kwargs(args, num_classes: int) -> Dict[str, Any]:
     return kwargs
 
 
+def _logged_up_to(text: str, epoch: int) -> List[str]:
+    """The lines of a metrics log for epochs up to ``epoch``; a line cut short by a crash while it was appended
+    (not JSON) is left out, as it would be rewritten."""
+    kept = []
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if record['epoch'] <= epoch:
+            kept.append(line)
+    return kept
+
+
 class Trainer:
     """One training run; ``run()`` trains from epoch ``start_epoch`` to ``args.epochs``."""
 
@@ -151,9 +165,10 @@ class Trainer:
         backbone = parse_backbone_init('' if args.resume else args.backbone_init, args.model)
         tf_train = train_transform(args.task, self.data_config, args.re_prob, args.crop_padding, args.hflip)
         tf_eval = eval_transform(args.task, self.data_config)
-        check = not args.no_check
-        self.train_set = load_train_set(args.task, args.data, tf_train, args.skip_bad, check)
-        self.eval_sets = load_eval_sets(args.task, args.data, tf_eval, args.skip_bad, check, face_bins=args.bins)
+        check, progress = not args.no_check, not args.no_progress and env.is_main
+        self.train_set = load_train_set(args.task, args.data, tf_train, args.skip_bad, check, progress)
+        self.eval_sets = load_eval_sets(args.task, args.data, tf_eval, args.skip_bad, check, face_bins=args.bins,
+                                        progress=progress)
         if args.task == 'face' and not self.eval_sets.face_pairs and env.is_main:
             print(f'note: no .bin verification files in {args.data}; training without evaluation', file=sys.stderr)
         # 2. the model with the training set's classes
@@ -198,9 +213,10 @@ class Trainer:
         set_rng_state(rngs[self.env.rank] if self.env.rank < len(rngs) else rngs[0])
         if self.env.is_main:
             print(f'resumed from {ckpt} at epoch {self.start_epoch}', file=sys.stderr)
+            point_latest(self.out, ckpt)
             log = self.out / 'metrics.jsonl'
             if log.is_file():  # forget epochs logged after the checkpoint (a run resumed from an older one)
-                kept = [line for line in log.read_text().splitlines() if json.loads(line)['epoch'] <= self.start_epoch]
+                kept = _logged_up_to(log.read_text(), self.start_epoch)
                 atomic_write_text(log, ''.join(line + '\n' for line in kept))
 
     def _wrap(self, epoch: int) -> nn.Module:

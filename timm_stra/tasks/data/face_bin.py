@@ -15,6 +15,7 @@ from typing import Callable, List, Optional, Tuple
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
+from tqdm import tqdm
 
 
 class FaceBinError(ValueError):
@@ -75,25 +76,35 @@ class FacePairs(Dataset):
         path: the ``.bin`` file.
         transform: PIL RGB image -> (3, H, W) tensor.
 
-    Item i is (image i, i); pair j is images 2j and 2j+1.
+    Item i is (image i, i); pair j is images 2j and 2j+1. With ``check`` every image is decoded once
+    here (a progress bar if ``progress``), so that a broken one stops a run before training, not at
+    its first evaluation.
     """
 
-    def __init__(self, path, transform: Optional[Callable] = None):
+    def __init__(self, path, transform: Optional[Callable] = None, check: bool = False, progress: bool = False):
         self.path = str(path)
         self.name = Path(path).stem
         self.images, issame = load_face_bin(path)
         self.issame = torch.tensor(issame, dtype=torch.bool)
         self.transform = transform
+        if check:
+            for index in tqdm(range(len(self.images)), desc=f'checking {self.name}', unit='image', leave=False,
+                              disable=not progress):
+                self._decode(index)
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, index: int):
+    def _decode(self, index: int) -> Image.Image:
         try:
             with Image.open(io.BytesIO(self.images[index])) as img:
-                img = img.convert('RGB')
+                return img.convert('RGB')
         except Exception as e:
-            raise FaceBinError(f'{self.path}: image {index} does not decode ({e}).') from e
+            raise FaceBinError(f'{self.path}: image {index} does not decode ({e}). Download or export the file '
+                               'again.') from e
+
+    def __getitem__(self, index: int):
+        img = self._decode(index)
         if self.transform is not None:
             img = self.transform(img)
         return img, index

@@ -6,12 +6,13 @@ from .bad_data import BadDataReport
 from .image_list import check_images, list_images
 
 
-def scan_identity_folders(root, skip_bad: bool = False,
-                          check: bool = True) -> Tuple[List[Tuple[str, int]], List[str], int]:
+def scan_identity_folders(root, skip_bad: bool = False, check: bool = True,
+                          progress: bool = False) -> Tuple[List[Tuple[str, int]], List[str], int]:
     """(path, label) pairs, the identity names (label i is ``names[i]``, folders sorted by name) and
     the number of unreadable images skipped.
 
-    Folders without images are ignored. With ``check`` every image is decoded once first.
+    Folders without images are ignored. With ``check`` every image is decoded once first (with a progress bar
+    if ``progress``).
 
     Raises:
         FileNotFoundError: no identity folder with images under ``root``.
@@ -32,6 +33,6 @@ def scan_identity_folders(root, skip_bad: bool = False,
     skipped = 0
     if check:
         report = BadDataReport(skip_bad, f'face identity folders {root}')
-        samples = check_images(samples, report)
+        samples = check_images(samples, report, progress)
         skipped = report.finish()
     return samples, names, skipped

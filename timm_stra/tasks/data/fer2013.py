@@ -6,14 +6,14 @@ PublicTest (3,589) and PrivateTest (3,589).
 """
 import csv
 from pathlib import Path
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Iterator, Optional, Tuple
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .bad_data import BadDataReport
+from .bad_data import BadDataError, BadDataReport
 
 FER2013_CLASSES = ('Anger', 'Disgust', 'Fear', 'Happiness', 'Sadness', 'Surprise', 'Neutral')
 USAGES = ('Training', 'PublicTest', 'PrivateTest')
@@ -27,13 +27,28 @@ def _parse_row(row: Dict[str, str]) -> Tuple[int, np.ndarray, str]:
     values = row['pixels'].split()
     if len(values) != SIDE * SIDE:
         raise ValueError(f'{len(values)} pixel values, expected {SIDE * SIDE}')
-    pixels = np.array([int(v) for v in values], dtype=np.int64)
-    if pixels.min() < 0 or pixels.max() > 255:
+    pixels = [int(v) for v in values]
+    if min(pixels) < 0 or max(pixels) > 255:  # checked before the array: a huge value would overflow it
         raise ValueError('pixel values must be 0..255')
+    pixels = np.array(pixels, dtype=np.int64)
     usage = row['Usage']
     if usage not in USAGES:
         raise ValueError(f'Usage {usage!r} is not one of {", ".join(USAGES)}')
     return emotion, pixels.astype(np.uint8).reshape(SIDE, SIDE), usage
+
+
+def _rows(reader: csv.DictReader, path: Path) -> Iterator[Dict[str, str]]:
+    """The reader's rows; text the csv module or the encoding cannot read stops it, naming the last line read
+    (what follows cannot be told apart into rows: not skippable)."""
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except (csv.Error, UnicodeDecodeError) as e:
+            raise BadDataError(f'FER2013 file {path}: cannot be read as CSV text after line {reader.line_num} ({e}). '
+                               'Download or extract fer2013.csv again.') from e
+        yield row
 
 
 def read_fer2013(path, skip_bad: bool = False) -> Tuple[Dict[str, Tuple[torch.Tensor, torch.Tensor]], int]:
@@ -53,11 +68,15 @@ def read_fer2013(path, skip_bad: bool = False) -> Tuple[Dict[str, Tuple[torch.Te
     found = {u: ([], []) for u in USAGES}
     with path.open(newline='') as f:
         reader = csv.DictReader(f)
-        if reader.fieldnames is None or not {'emotion', 'pixels', 'Usage'} <= set(reader.fieldnames):
+        try:
+            fieldnames = reader.fieldnames
+        except (csv.Error, UnicodeDecodeError) as e:
+            fieldnames = f'unreadable ({e})'
+        if not isinstance(fieldnames, list) or not {'emotion', 'pixels', 'Usage'} <= set(fieldnames):
             report.skip_bad = False
-            report.add(f'{path}:1', f'header {reader.fieldnames} lacks emotion,pixels,Usage')
+            report.add(f'{path}:1', f'header {fieldnames} lacks emotion,pixels,Usage')
             report.finish()
-        for row in reader:
+        for row in _rows(reader, path):
             try:
                 if None in row or any(row[k] is None for k in ('emotion', 'pixels', 'Usage')):
                     raise ValueError('wrong number of fields')

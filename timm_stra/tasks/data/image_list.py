@@ -4,6 +4,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 from PIL import Image
 from torch.utils.data import Dataset
+from tqdm import tqdm
 
 from .bad_data import BadDataReport
 
@@ -17,13 +18,14 @@ def load_image(path: str, mode: str = 'RGB') -> Image.Image:
         return img.convert(mode)
 
 
-def check_images(samples: Sequence[Sample], report: BadDataReport) -> List[Sample]:
-    """Decode every image once; unreadable ones go to ``report`` and are left out of the result.
+def check_images(samples: Sequence[Sample], report: BadDataReport, progress: bool = False) -> List[Sample]:
+    """Decode every image once; unreadable ones go to ``report`` and are left out of the result. ``progress``
+    shows a bar (a large data set takes minutes).
 
     Call ``report.finish()`` afterwards: it stops the run unless bad images may be skipped.
     """
     good = []
-    for sample in samples:
+    for sample in tqdm(samples, desc='checking images', unit='image', leave=False, disable=not progress):
         try:
             load_image(sample[0])
         except Exception as e:  # PIL raises many types for broken files

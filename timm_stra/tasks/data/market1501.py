@@ -66,8 +66,8 @@ class Market1501:
 
     @classmethod
     def load(cls, root, splits=('train', 'query', 'gallery'), skip_bad: bool = False,
-             check: bool = True) -> 'Market1501':
-        """Scan ``root``; with ``check`` every image is decoded once first.
+             check: bool = True, progress: bool = False) -> 'Market1501':
+        """Scan ``root``; with ``check`` every image is decoded once first (with a progress bar if ``progress``).
 
         Raises:
             FileNotFoundError: a split folder is missing.
@@ -96,7 +96,7 @@ class Market1501:
                     continue
                 samples.append((str(path), pid, camid))
             if check:
-                good = set(p for p, _ in check_images([(p, 0) for p, _, _ in samples], report))
+                good = set(p for p, _ in check_images([(p, 0) for p, _, _ in samples], report, progress))
                 samples = [s for s in samples if s[0] in good]
             found[split] = ReIDSplit([s[0] for s in samples], [s[1] for s in samples], [s[2] for s in samples])
         skipped = report.finish()
