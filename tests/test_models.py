@@ -168,3 +168,12 @@ def test_gradient_checkpointing_matches():
     torch.testing.assert_close(out_ckpt, out, rtol=1e-4, atol=1e-5)
     for n, p in model.named_parameters():
         torch.testing.assert_close(p.grad, grads[n], rtol=1e-3, atol=1e-4, msg=n)
+
+
+def test_models_table_names_a_filter_that_matches_nothing(capsys):
+    from timm_stra.tools.summary import main as models_main
+    assert models_main(['--filter', 'resnet50']) == 1  # timm's own model, not one of ours
+    err = capsys.readouterr().err
+    assert "no timm-stra model matches 'resnet50'" in err and 'stra_resnet50_reid' in err
+    assert models_main(['--filter', 'stra_resnet50_fer']) == 0
+    assert '| stra_resnet50_fer |' in capsys.readouterr().out

@@ -51,7 +51,16 @@ def test_tiny_run_prints_a_table(capsys):
     assert '| infer | conv3x3 |' in out and '(512, 11, 11, 2)' in out
 
 
-@pytest.mark.parametrize('argv', [['--impls', 'fast'], ['--modes', 'train', '--batch-size', '1']])
+def test_saved_memory_is_of_a_training_forward_whatever_the_order_of_the_modes():
+    """Timing inference last leaves the operators in eval mode, where nothing is kept for backward."""
+    def saved(modes):
+        rows = measure('fer', 2, impls=('stra',), modes=modes, repeats=1, iters=1, warmup=0, progress=False)
+        return [r['saved MiB'] for r in rows if r['mode'] == 'train']
+    assert saved(('train', 'infer')) == saved(('train',)) and saved(('train',))[0] > 0
+
+
+@pytest.mark.parametrize('argv', [['--impls', 'fast'], ['--modes', 'train', '--batch-size', '1'], ['--repeats', '0'],
+                                  ['--iters', '0']])
 def test_bad_arguments_exit(argv):
     with pytest.raises(SystemExit):
         main(argv + ['--no-progress'])

@@ -21,5 +21,7 @@ def test_training_step_example_runs():
 def test_model_examples_run():
     import timm
     import timm_stra
-    for block in _python_blocks('Models'):
+    blocks = _python_blocks('Models')
+    assert blocks, 'the Models section has no python example'
+    for block in blocks:
         exec(compile(block, 'README.md', 'exec'), {'timm': timm, 'timm_stra': timm_stra})

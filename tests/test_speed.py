@@ -51,6 +51,24 @@ def test_peak_memory_sees_tensors():
     assert float(out) > 60
 
 
+def test_peak_memory_is_of_the_timed_steps_not_the_warm_up():
+    """A first step that touches 256 MiB (as a compiling one may) does not count in the timed steps' peak."""
+    code = ('import torch; from timm_stra.benchmarks import worker\n'
+            'calls = []\n'
+            'def build_step(m):\n'
+            '    def step():\n'
+            '        if not calls:\n'
+            '            torch.ones(256 * 2 ** 20 // 4).sum()\n'
+            '        calls.append(1)\n'
+            '    return step\n'
+            'worker.build_step = build_step\n'
+            "r = worker.run(worker.Measurement(case='stra', task='fer', mode='infer', batch=1, img_size=(44, 44), "
+            "device='cpu', warmup=1, iters=2))\n"
+            "print(r['peak_mb'] - r['base_mb'], len(calls))")
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True).stdout.split()
+    assert float(out[0]) < 100 and out[1] == '3'
+
+
 @pytest.mark.parametrize('argv', [
     ['--batch-sizes', '0'], ['--cases', 'fast'], ['--sweep', 'x'],
     ['--modes', 'train', '--batch-sizes', '1', '--no-sweep'],  # training needs 2 samples: nothing to measure

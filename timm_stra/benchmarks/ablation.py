@@ -22,6 +22,7 @@ from typing import Dict, Iterable, List, Optional
 import timm
 
 import timm_stra  # noqa: F401  (registers the models)
+from ..atomic import atomic_write_text
 from ..tools.summary import markdown_table
 from .macs import count_macs, count_params
 from .rows import EXTRA_ROWS, PAPER_ROWS, AblationRow
@@ -141,8 +142,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(to_markdown(results))
     print('\n' + NOTE)
     if args.json:
-        with open(args.json, 'w') as f:
-            json.dump({'convention': 'MACs of one image, eval mode, no classifier', 'rows': results}, f, indent=2)
+        atomic_write_text(args.json, json.dumps(
+            {'convention': 'MACs of one image, eval mode, no classifier', 'rows': results}, indent=2))
     if args.check:
         bad = failures(results)
         if bad:

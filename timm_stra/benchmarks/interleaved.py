@@ -35,6 +35,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
+from ..atomic import atomic_write_text
 from ..tools.summary import markdown_table
 from .arguments import int_list, name_list
 from .cases import CASES, TASKS
@@ -223,9 +224,9 @@ def main(argv: Optional[List[str]] = None) -> int:
           + 'No peak memory here: see `timm-stra bench`.\n')
     print(markdown_table(rows))
     if args.json:
-        with open(args.json, 'w') as f:
-            json.dump({'machine': machine, 'settings': {k: v for k, v in vars(args).items() if k != 'json'},
-                       'wall_s': wall, 'rows': rows, 'raw': raw}, f, indent=2)
+        atomic_write_text(args.json, json.dumps({
+            'machine': machine, 'settings': {k: v for k, v in vars(args).items() if k != 'json'},
+            'wall_s': wall, 'rows': rows, 'raw': raw}, indent=2))
     return 0
 
 

@@ -52,7 +52,7 @@ class PeakMemory:
         try:
             with open('/proc/self/clear_refs', 'w') as f:
                 f.write('5')
-            self.method = 'process peak RSS (VmHWM, reset after model build)'
+            self.method = 'process peak RSS (VmHWM, reset before the timed steps)'
         except OSError:
             self.method = 'process peak RSS (ru_maxrss, since process start)'
         current = _status_mb('VmRSS')

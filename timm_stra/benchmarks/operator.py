@@ -47,7 +47,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ..layers import StRAttention
+from ..layers import DiversityRecorder, StRAttention
 from ..layers.stra_triton import HAS_TRITON
 from ..tools.summary import markdown_table
 from .cases import TASKS
@@ -112,7 +112,12 @@ def _step(ops: nn.ModuleList, inputs: List[torch.Tensor], mode: str, out_grads: 
 
 def saved_mib(ops: nn.ModuleList, inputs: List[torch.Tensor], bf16: bool = False) -> float:
     """MiB of tensors a training forward of ``ops`` allocates and keeps for backward (its inputs and parameters,
-    which the network holds anyway, and its outputs, which the next layer holds, are not counted)."""
+    which the network holds anyway, and its outputs, which the next layer holds, are not counted). The diversity
+    terms the operators keep from an earlier forward are dropped first: the new ones replace them, and the
+    count would be net of what that frees."""
+    for module in ops.modules():
+        if isinstance(module, DiversityRecorder):
+            module.kept.clear()
     if inputs[0].is_cuda:
         device = inputs[0].device
         torch.cuda.synchronize(device)
@@ -177,6 +182,8 @@ def measure(task: str, batch: int, impls=CPU_IMPLEMENTATIONS, modes=MODES, repea
         base = statistics.median(times[mode, 'stra']) if 'stra' in impls else None
         for impl in impls:
             ms = statistics.median(times[mode, impl])
+            if mode == 'train':  # what the timing left them in: the last mode timed
+                ops[impl].train()
             rows.append({
                 'mode': mode, 'operators': impl, 'ms per stage (median)': ms,
                 'vs stra': f'{ms / base:.2f}x' if base else '-',
@@ -210,6 +217,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error(f'unknown implementations or modes: {bad}')
     if 'train' in modes and args.batch_size < 2:
         parser.error('a training step needs a batch of 2 or more (BatchNorm)')
+    if args.repeats < 1 or args.iters < 1 or args.warmup < 0:
+        parser.error('--repeats and --iters must be >= 1 and --warmup >= 0')
     check_compile_warmup(parser, args)
     if args.threads:
         torch.set_num_threads(args.threads)

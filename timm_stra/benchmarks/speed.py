@@ -30,6 +30,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from ..atomic import atomic_write_text
 from ..tools.summary import markdown_table
 from .arguments import float_list, int_list, name_list
 from .cases import CASES, TASKS
@@ -336,7 +337,7 @@ def main(argv: Optional[List[str]] = None) -> int:
               'the first size, and the throughput ratio to the twin at that size.\n')
         print(sweep_table(rows, sizes, args.sweep_batch, size))
     if args.json:
-        with open(args.json, 'w') as f:
-            json.dump({'machine': machine, 'settings': {k: v for k, v in vars(args).items() if k != 'json'},
-                       'wall_s': wall, 'summary': rows, 'raw': raw}, f, indent=2)
+        atomic_write_text(args.json, json.dumps({
+            'machine': machine, 'settings': {k: v for k, v in vars(args).items() if k != 'json'},
+            'wall_s': wall, 'summary': rows, 'raw': raw}, indent=2))
     return 0

@@ -114,10 +114,11 @@ def run(m: Measurement) -> Dict[str, object]:
 
     gc.collect()
     memory = PeakMemory(device)
-    base = memory.reset()
+    base = memory.reset()  # the memory after the build: what the 'step' column subtracts
     for _ in range(m.warmup):
         step()
     sync()
+    memory.reset()  # the peak of the timed steps only, not of a first (or compiling) warm-up step
     times: List[float] = []
     cpu_times: List[float] = []
     faults: List[int] = []

@@ -5,6 +5,7 @@ model's input size (every op torch's flop counter knows, multiply-accumulates =
 FLOPs / 2) and the output shape.
 """
 import argparse
+import sys
 from typing import Dict, List, Optional
 
 import timm
@@ -59,5 +60,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--filter', default='*', help='wildcard on model names (default: all)')
     args = parser.parse_args(argv)
     names = [n for n in stra_model_names() if n in timm.list_models(args.filter)]
+    if not names:
+        print(f'timm-stra models: no timm-stra model matches {args.filter!r} (they are: '
+              f"{', '.join(stra_model_names())}).", file=sys.stderr)
+        return 1
     print(markdown_table([describe(n) for n in names]))
     return 0
