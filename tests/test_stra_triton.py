@@ -149,7 +149,7 @@ CHECK = textwrap.dedent('''
         assert 'dtype' in str(e) or 'type' in str(e), e
     else:
         raise AssertionError('a float16 input into a float32 operator passed')
-    for module in (op.mode.diversity, op.local.score.conv1):  # the visualiser's hook; a pre-hook on a conv
+    for module in (op.mode.diversity, op.local.score.conv1):  # mode_maps' hook; a pre-hook on a conv
         handle = module.register_forward_hook(lambda *args: None)
         falls_back(op, x)
         handle.remove()

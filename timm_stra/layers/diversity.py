@@ -34,7 +34,7 @@ class DiversityRecorder(nn.Module):
     device. Nothing is computed in eval mode or under TorchScript, and nothing kept when
     gradient checkpointing runs the forward again during backward (that term would outlive
     the step, holding the recomputed graph). A forward hook on this module sees the masks
-    themselves, in any mode (used by the visualiser).
+    themselves, in any mode (``timm-stra modes`` draws them: ``tools/mode_maps.py``).
 
     Shapes:
         (B, G, H, W) -> (B, G, H, W), unchanged.
