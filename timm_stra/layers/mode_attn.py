@@ -16,7 +16,7 @@ from .diversity import DiversityRecorder
 from .mode_gating import gated_output, mode_gating, mode_interaction, stack_gates
 from .replay import replayable_norm
 from .score_branch import ScoreBranch
-from .tracing import eager_autograd, plain_tensor
+from .tracing import eager_autograd
 
 
 class ModeAttention(nn.Module):
@@ -130,8 +130,7 @@ class ModeAttention(nn.Module):
 
     @torch.jit.unused
     def _gates_in_one_node(self, nodes: torch.Tensor) -> bool:
-        # a hand-written backward: not under functorch transforms or forward-mode AD (plain_tensor)
-        return eager_autograd() and plain_tensor(nodes) and replayable_norm(self.gate_norm) and (
+        return eager_autograd(nodes) and replayable_norm(self.gate_norm) and (
             not self.interaction or replayable_norm(self.interact_norm))
 
     @torch.jit.unused

@@ -18,7 +18,7 @@ from torch import nn
 from .grouped_pointwise import GroupedPointwiseConv
 from .replay import has_hooks, replayable_norm
 from .score_replay import BranchReplay, score_replayed
-from .tracing import eager_autograd, plain_tensor
+from .tracing import eager_autograd
 
 
 class ScoreBranch(nn.Module):
@@ -92,9 +92,8 @@ class ScoreBranch(nn.Module):
 
     @torch.jit.unused
     def _replays(self, x: torch.Tensor) -> bool:
-        # a replay is a hand-written backward: not under functorch transforms or forward-mode AD (plain_tensor)
-        return eager_autograd() and plain_tensor(x) and replayable_norm(self.bn1) and replayable_norm(
-            self.bn2) and not has_hooks(self.conv1, self.conv2, self.act)
+        return eager_autograd(x) and replayable_norm(self.bn1) and replayable_norm(self.bn2) and not (
+            has_hooks(self.conv1, self.conv2, self.act))
 
     @torch.jit.unused
     def _forward_replayed(self, x: torch.Tensor, size: Optional[Tuple[int, int]]) -> torch.Tensor:

@@ -182,8 +182,7 @@ class StRAttention(nn.Module):
     def _recomputes_local(self, x: torch.Tensor) -> bool:
         # under other saved-tensor hooks (checkpointing, offloading) ours would override them: leave it to them;
         # forward hooks on the local operator or its layers run on its plain path (forward_recomputable skips them)
-        return eager_autograd() and plain_tensor(x) and not outer_hooks_active() and not has_hooks(
-            *self.local.modules())
+        return eager_autograd(x) and not outer_hooks_active() and not has_hooks(*self.local.modules())
 
     @torch.jit.unused
     def _forward_recomputing_local(self, x: torch.Tensor) -> torch.Tensor:

@@ -30,13 +30,15 @@ def running_eagerly() -> bool:
 
 
 @torch.jit.unused  # TorchScript never gets here (callers test torch.jit.is_scripting() first)
-def eager_autograd() -> bool:
-    """Whether a forward is building an eager autograd graph: the case where replaying saves memory.
+def eager_autograd(x: torch.Tensor) -> bool:
+    """Whether a forward on ``x`` is building an eager autograd graph that a hand-written backward may join: the
+    case where replaying saves memory.
 
     Under ``torch.compile`` the compiler decides what to keep; under fx, TorchScript or jit tracing
-    the graph is being recorded, not run.
+    the graph is being recorded, not run; under functorch transforms, forward-mode AD or a dispatch
+    mode (``plain_tensor``) the hand-written backward passes, which have no rules for them, stand aside.
     """
-    return torch.is_grad_enabled() and running_eagerly()
+    return torch.is_grad_enabled() and running_eagerly() and plain_tensor(x)
 
 
 @torch.jit.unused
