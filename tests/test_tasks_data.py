@@ -16,8 +16,9 @@ def test_parse_market_names():
     assert parse_market_name('-1_c3s2_000101_01.jpg') == (-1, 2)
     assert parse_market_name('0000_c6s3_094992_01.jpg') == (0, 5)
     assert parse_market_name('0005_c2_f0046985.jpg') == (5, 1)  # DukeMTMC-reID
-    with pytest.raises(ValueError, match='Market-1501 file name'):
-        parse_market_name('Thumbs.jpg')
+    for name in ('Thumbs.jpg', '0002_c0s1_000451_03.jpg', '0002_c1x.jpg'):  # cameras count from 1
+        with pytest.raises(ValueError, match='Market-1501 file name'):
+            parse_market_name(name)
 
 
 def test_market1501_splits_junk_and_distractors(tmp_path):

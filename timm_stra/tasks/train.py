@@ -103,7 +103,9 @@ def build_parser(task: str) -> argparse.ArgumentParser:
     g.add_argument('--hflip', type=float, default=0.5, help='horizontal flip probability')
     g.add_argument('--workers', type=int, default=4, help='data loading processes per rank')
     g.add_argument('--skip-bad', action='store_true', help='skip (and count) unreadable images / rows')
-    g.add_argument('--no-check', action='store_true', help='do not decode every image before training')
+    g.add_argument('--no-check', action='store_true',
+                   help='do not decode every image before training (a broken one then stops the run when it is '
+                        'loaded: --skip-bad cannot skip it)')
     g.add_argument('--bins', nargs='*', default=(), help='face: verification .bin files (default: *.bin in --data)')
     g = p.add_argument_group('run')
     g.add_argument('--eval-interval', type=int, default=r.eval_interval, help='evaluate every N epochs (0: only at the end)')

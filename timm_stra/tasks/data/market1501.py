@@ -19,7 +19,7 @@ from typing import List, Tuple
 from .bad_data import BadDataReport
 from .image_list import check_images, list_images
 
-_NAME = re.compile(r'^(-1|\d+)_c(\d+)')
+_NAME = re.compile(r'^(-1|\d+)_c([1-9]\d*)[s_]')  # cameras from 1; 's' (Market) or '_' (Duke) after
 JUNK = -1
 DISTRACTOR = 0
 SPLITS = {'train': 'bounding_box_train', 'query': 'query', 'gallery': 'bounding_box_test'}
