@@ -114,6 +114,8 @@ def test_tiny_run_prints_a_table_and_writes_every_step(device, tmp_path, capsys)
     counted = minor_page_faults() is not None
     assert ('page faults/step' in text) == counted
     data = json.loads(out.read_text())
+    assert list(data) == ['machine', 'settings', 'wall_s', 'rows', 'raw']
+    assert data['settings']['rounds'] == 2 and 'json' not in data['settings'] and data['wall_s'] > 0
     assert [(r['mode'], r['batch']) for r in data['raw']] == [('train', 2), ('infer', 2)]
     assert data['raw'][0]['orders'] == [['stra', 'limit'], ['limit', 'stra']]
     for r in data['raw']:

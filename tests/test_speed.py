@@ -89,6 +89,7 @@ def test_tiny_run(tmp_path, capsys):
     assert 'Machine:' in out and 'torch threads' in out and 'Resolution sweep' in out
     result = json.loads(path.read_text())
     assert result['machine']['device'] == 'cpu' and result['machine']['threads_used'] >= 1
+    assert result['settings']['task'] == 'fer' and 'json' not in result['settings'] and result['wall_s'] > 0
     assert len(result['raw']) == 4  # 2 cases x (44x44, 64x64)
     rows = {(r['case'], tuple(r['img_size'])): r for r in result['summary']}
     assert set(rows) == {('twin', (44, 44)), ('limit', (44, 44)), ('twin', (64, 64)), ('limit', (64, 64))}

@@ -27,7 +27,6 @@ before them and after each setting.
 import argparse
 import contextlib
 import gc
-import json
 import statistics
 import sys
 import time
@@ -35,7 +34,6 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from ..atomic import atomic_write_text
 from ..tools.summary import markdown_table
 from .arguments import int_list, name_list
 from .cases import CASES, TASKS
@@ -45,6 +43,7 @@ from .machine import describe
 from .median_interval import median_interval
 from .orders import round_orders
 from .page_faults import PAGE_FAULTS_LEGEND, minor_page_faults
+from .record import write_run_record
 from .worker import MODES, Measurement, build_step
 
 DEFAULT_CASES = ('twin', 'stra', 'limit', 'reference')
@@ -224,9 +223,7 @@ def main(argv: Optional[List[str]] = None) -> int:
           + 'No peak memory here: see `timm-stra bench`.\n')
     print(markdown_table(rows))
     if args.json:
-        atomic_write_text(args.json, json.dumps({
-            'machine': machine, 'settings': {k: v for k, v in vars(args).items() if k != 'json'},
-            'wall_s': wall, 'rows': rows, 'raw': raw}, indent=2))
+        write_run_record(args.json, machine, args, wall, rows=rows, raw=raw)
     return 0
 
 

@@ -21,7 +21,6 @@ shows how each operator's cost grows with the map.
 import argparse
 import contextlib
 import gc
-import json
 import math
 import statistics
 import sys
@@ -30,7 +29,6 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from ..atomic import atomic_write_text
 from ..tools.summary import markdown_table
 from .arguments import float_list, int_list, name_list
 from .cases import CASES, TASKS
@@ -39,6 +37,7 @@ from .isolate import run_isolated
 from .machine import describe, load_average
 from .orders import round_orders
 from .page_faults import PAGE_FAULTS_LEGEND
+from .record import write_run_record
 from .worker import MODES, Measurement, run
 
 Setting = Tuple[str, int, Tuple[int, int]]  # mode, batch, (H, W)
@@ -337,7 +336,5 @@ def main(argv: Optional[List[str]] = None) -> int:
               'the first size, and the throughput ratio to the twin at that size.\n')
         print(sweep_table(rows, sizes, args.sweep_batch, size))
     if args.json:
-        atomic_write_text(args.json, json.dumps({
-            'machine': machine, 'settings': {k: v for k, v in vars(args).items() if k != 'json'},
-            'wall_s': wall, 'summary': rows, 'raw': raw}, indent=2))
+        write_run_record(args.json, machine, args, wall, summary=rows, raw=raw)
     return 0
