@@ -136,6 +136,13 @@ def test_reset_classifier_after_the_head_was_pruned():
     assert model.head_hidden_size == model.num_features == model.get_classifier().in_features
 
 
+def test_reset_classifier_builds_on_the_models_device_and_dtype():
+    model = timm.create_model('stra_resnet50_reid', layers=[1, 1, 1, 1], device='meta').to(torch.bfloat16)
+    model.reset_classifier(10)
+    fc = model.get_classifier()
+    assert fc.weight.device.type == 'meta' and fc.weight.dtype == fc.bias.dtype == torch.bfloat16
+
+
 def test_a_refused_pooling_leaves_the_head_as_it_was():
     model = timm.create_model('stra_resnet50_reid', num_classes=5, layers=[1, 1, 1, 1]).eval()
     fc, pool = model.get_classifier(), model.global_pool
