@@ -59,3 +59,72 @@ def test_command_draws_a_trained_checkpoint(fer, tmp_path, capsys):
     assert cli_main(['modes', str(tmp_path / 'face.png'), '--model', 'resnet50_fer', '--out', str(out)]) == 1
     assert 'no mode attention' in capsys.readouterr().err
     assert cli_main(['modes', str(tmp_path / 'nothing.png'), '--model', str(run), '--out', str(out)]) == 1
+
+
+def test_every_module_keeps_its_own_mode(fer):
+    fer.train()
+    fer.bn1.eval()  # a frozen norm, as the ReID warm-up leaves the early stages
+    spatial_masks(fer, torch.randn(1, 1, 44, 44))
+    assert fer.training and not fer.bn1.training and fer.layer4.training
+
+
+def test_batched_masks_are_a_clear_error():
+    with pytest.raises(ValueError, match=r'\[m\[i\] for m in masks\]'):
+        mask_picture(Image.new('RGB', (8, 8)), [torch.rand(1, 8, 4, 4)])
+
+
+def _person(tmp_path, name='person.png', size=(128, 128)):
+    path = tmp_path / name
+    Image.new('RGB', size, (90, 120, 150)).save(path)
+    return path
+
+
+def test_picture_shows_the_crop_the_model_saw(tmp_path, capsys):
+    # a square image for a 256x128 ReID model: the transform resizes it to 128 wide and crops 256 high... of a
+    # 128x128 image upscaled to 256x256, the middle half of its columns; the tiles have the model's 1:2 aspect
+    out = tmp_path / 'modes.png'
+    assert cli_main(['modes', str(_person(tmp_path)), '--model', 'stra_resnet50_reid', '--out', str(out),
+                     '--tile-height', '64']) == 0
+    assert Image.open(out).size == (9 * 32, 3 * 64)
+    assert 'over the 128x256 image the model saw' in capsys.readouterr().err
+
+
+def test_exif_rotation_is_applied(tmp_path):
+    path = tmp_path / 'rotated.jpg'
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
+    Image.new('RGB', (256, 128), (90, 120, 150)).save(path, exif=exif)
+    from timm_stra.tools.mode_maps import load_image
+    assert load_image(path).size == (128, 256)
+
+
+def test_16_bit_and_transparent_images_are_shown_as_a_viewer_shows_them(tmp_path):
+    from timm_stra.tools.mode_maps import load_image
+    deep = tmp_path / 'deep.png'
+    Image.fromarray(__import__('numpy').full((4, 4), 32896, dtype='uint16')).save(deep)  # mid-grey in 16 bits
+    assert Image.open(deep).mode.startswith('I')
+    image = load_image(deep)
+    assert image.mode == 'L' and image.getpixel((0, 0)) == 128
+    clear = tmp_path / 'clear.png'
+    Image.new('RGBA', (4, 4), (0, 0, 0, 0)).save(clear)
+    assert load_image(clear).convert('RGB').getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_bad_output_name_or_tile_height_fail_before_any_work(tmp_path, capsys):
+    person = str(_person(tmp_path))
+    assert cli_main(['modes', person, '--model', 'no_such_model', '--out', str(tmp_path / 'o.xyz')]) == 1
+    assert 'cannot write pictures named .xyz' in capsys.readouterr().err  # before the model name is looked up
+    with pytest.raises(SystemExit):
+        cli_main(['modes', person, '--model', 'stra_resnet50_reid', '--out', str(tmp_path / 'o.png'),
+                  '--tile-height', '0'])
+    assert 'must be a positive number of pixels' in capsys.readouterr().err
+
+
+def test_a_failed_write_keeps_the_old_picture(tmp_path, capsys):
+    out = tmp_path / 'keep.xbm'  # XBM holds black and white only: Pillow fails writing an RGB picture into it
+    out.write_bytes(b'an older picture')
+    assert cli_main(['modes', str(_person(tmp_path)), '--model', 'stra_resnet50_fer', '--out', str(out),
+                     '--tile-height', '16']) == 1
+    assert 'timm-stra modes: cannot write mode RGB as XBM' in capsys.readouterr().err
+    assert out.read_bytes() == b'an older picture'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['keep.xbm', 'person.png']  # no temporary file left

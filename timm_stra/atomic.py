@@ -1,10 +1,10 @@
-"""Atomic writes: an output folder or a text file appears complete, or not at all.
+"""Atomic writes: an output folder or a file appears complete, or not at all.
 
-Both writers work beside the target under a temporary name, flush what they wrote to disk
+The writers work beside the target under a temporary name, flush what they wrote to disk
 (``fsync`` of every file and folder), then rename it into place and flush the containing
 folder, so that neither a crash nor a power cut can leave a half-written target. Used for
 ``save_for_hf`` / ``timm-stra convert`` output folders (new folders only) and for training
-checkpoints and their ``latest`` pointer (which replace older ones).
+checkpoints and their ``latest`` pointer (which replace older ones), benchmark records and pictures.
 """
 import contextlib
 import errno
@@ -12,7 +12,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator, List, Union
+from typing import Callable, Iterator, List, Union
 
 PathLike = Union[str, Path]
 
@@ -129,15 +129,16 @@ def atomic_output_dir(target: PathLike, overwrite: bool = False) -> Iterator[Pat
     _fsync(parent)
 
 
-def atomic_write_text(path: PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` (replacing it) via a flushed temporary file in the same folder.
+def atomic_write_file(path: PathLike, write: Callable[[Path], None]) -> None:
+    """Have ``write(tmp)`` write a file at ``tmp``, a temporary name in ``path``'s folder, then flush it and
+    rename it to ``path`` (replacing it).
 
     On error the temporary file is removed and ``path`` keeps its old content.
     """
     path = Path(path)
     tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
     try:
-        tmp.write_text(text)
+        write(tmp)
         _fsync(tmp)
         os.replace(tmp, path)
     except BaseException:
@@ -145,3 +146,9 @@ def atomic_write_text(path: PathLike, text: str) -> None:
             tmp.unlink()
         raise
     _fsync(path.absolute().parent)
+
+
+def atomic_write_text(path: PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` (replacing it) via a flushed temporary file in the same folder
+    (``atomic_write_file``)."""
+    atomic_write_file(path, lambda tmp: tmp.write_text(text))

@@ -7,21 +7,27 @@ operator's masks with forward hooks on its ``DiversityRecorder``, which passes t
 unchanged. ``mask_picture`` lays them out: one row per operator, its first tile the image, then
 the operator's G masks, each scaled from its smallest to its largest value, upsampled to the
 image and blended over it: amber where a mode puts most of its mass, the image darkened where it
-puts least (a constant mask: darkened all over). Only Pillow, which torchvision brings, draws it.
+puts least (a constant mask: darkened all over). The command draws them over the image as the
+model saw it: read as a viewer shows it (``load_image``), then resized and cropped by the model's
+evaluation transform (``split_transform``). Only Pillow, which torchvision brings, draws it.
 
     timm-stra modes person.jpg --model runs/reid --out person-modes.png
 """
 import argparse
 import sys
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageOps
 from timm.data import create_transform, resolve_model_data_config
+from timm.data.transforms import MaybeToTensor
 from torch import nn
+from torchvision import transforms
 
+from ..atomic import atomic_write_file
 from ..layers.diversity import DiversityRecorder
 
 HIGHLIGHT = torch.tensor([255., 210., 0.])  # where a mode puts most of its mass (amber over the darkened image)
@@ -31,7 +37,7 @@ HIGHLIGHT = torch.tensor([255., 210., 0.])  # where a mode puts most of its mass
 def spatial_masks(model: nn.Module, images: torch.Tensor) -> List[torch.Tensor]:
     """The spatial masks of every StRA operator of ``model`` for ``images``, in the order the operators run.
 
-    The model runs in eval mode (its mode is restored afterwards), without gradients.
+    The model runs in eval mode (every module's own mode is restored afterwards), without gradients.
 
     Args:
         images: (B, C, H, W), transformed as the model expects.
@@ -49,14 +55,15 @@ def spatial_masks(model: nn.Module, images: torch.Tensor) -> List[torch.Tensor]:
     masks: List[torch.Tensor] = []
     hooks = [r.register_forward_hook(lambda module, args, out: masks.append(out.detach().float().cpu()))
              for r in recorders]
-    was_training = model.training
+    modes = [(m, m.training) for m in model.modules()]  # each its own: a frozen norm stays in eval mode
     try:
         model.eval()
         model(images)
     finally:
         for hook in hooks:
             hook.remove()
-        model.train(was_training)
+        for module, training in modes:
+            module.training = training
     return masks
 
 
@@ -64,7 +71,8 @@ def mask_picture(image: Image.Image, masks: Sequence[torch.Tensor], tile_height:
     """One row per operator: ``image``, then its masks blended over it (see the module docstring).
 
     Args:
-        image: the picture the masks were computed for (any size and mode).
+        image: the picture the masks were computed for, as the model saw it (``seen_image``: after the
+            resize and crop of its transform); any size and mode.
         masks: one (G, h, w) tensor per operator (a sample of ``spatial_masks``' tensors).
         tile_height: height of each tile in pixels; the width keeps the image's aspect ratio.
 
@@ -73,6 +81,10 @@ def mask_picture(image: Image.Image, masks: Sequence[torch.Tensor], tile_height:
     """
     if not masks:
         raise ValueError('mask_picture: no masks to draw.')
+    if any(m.ndim != 3 for m in masks):
+        raise ValueError(f'mask_picture: takes one (G, h, w) tensor per operator, got shapes '
+                         f'{[tuple(m.shape) for m in masks]}; for sample i of spatial_masks(...), give '
+                         '[m[i] for m in masks].')
     width = max(1, round(image.width * tile_height / image.height))
     tile = image.convert('RGB').resize((width, tile_height), Image.BILINEAR)
     pixels = torch.frombuffer(bytearray(tile.tobytes()), dtype=torch.uint8).view(tile_height, width, 3).float()  # H, W, 3
@@ -91,6 +103,38 @@ def mask_picture(image: Image.Image, masks: Sequence[torch.Tensor], tile_height:
     return picture
 
 
+def load_image(path) -> Image.Image:
+    """An image file as a viewer shows it: EXIF orientation applied, 16-bit, 32-bit and float pixels scaled to 8
+    bits (16-bit by their range, the others from their smallest to their largest value), transparency over white.
+    """
+    image = Image.open(path)
+    image.load()
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ('I;16', 'I;16L', 'I;16B', 'I;16N', 'I', 'F'):
+        image = Image.fromarray(_to_8bit(np.asarray(image), image.mode))
+    if image.mode in ('RGBA', 'LA', 'PA') or (image.mode == 'P' and 'transparency' in image.info):
+        rgba = image.convert('RGBA')
+        image = Image.alpha_composite(Image.new('RGBA', rgba.size, (255, 255, 255, 255)), rgba).convert('RGB')
+    return image
+
+
+def _to_8bit(values: np.ndarray, mode: str) -> np.ndarray:
+    values = values.astype(np.float64)
+    if mode.startswith('I;16'):
+        return (values / 257).round().astype(np.uint8)
+    low, high = values.min(), values.max()
+    return ((values - low) * (255 / max(high - low, 1e-12))).round().astype(np.uint8)
+
+
+def split_transform(transform: transforms.Compose) -> Tuple[Callable, Callable]:
+    """timm's evaluation transform as two: the steps that change the picture (resize, crop), which give what the
+    model sees, and the steps that make it a tensor (``ToTensor``, ``Normalize``)."""
+    steps = list(transform.transforms)
+    to_tensor = (MaybeToTensor, transforms.ToTensor, transforms.PILToTensor)
+    first = next((i for i, step in enumerate(steps) if isinstance(step, to_tensor)), len(steps))
+    return transforms.Compose(steps[:first]), transforms.Compose(steps[first:])
+
+
 def _load(spec: str) -> nn.Module:
     """A trained model (checkpoint path, ``local-dir:``, ``hf-hub:``), or a registered name (random weights)."""
     import timm
@@ -103,6 +147,23 @@ def _load(spec: str) -> nn.Module:
     return timm.create_model(spec)
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'must be a positive number of pixels, got {value}')
+    return value
+
+
+def _picture_format(out: str) -> str:
+    """Pillow's format for a picture named ``out``, from its extension."""
+    extension = Path(out).suffix.lower()
+    fmt = Image.registered_extensions().get(extension)
+    if fmt is None or fmt not in Image.SAVE:
+        raise ValueError(f'{out}: Pillow cannot write pictures named {extension or "without an extension"}; '
+                         'name the picture .png or .jpg.')
+    return fmt
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog='timm-stra modes', description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -111,28 +172,26 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help='a trained model (a training output folder, a checkpoint folder, local-dir:DIR or '
                              'hf-hub:ORG/NAME), or a registered name such as stra_resnet50_reid (random weights)')
     parser.add_argument('--out', required=True, help='the picture to write (.png, .jpg)')
-    parser.add_argument('--tile-height', type=int, default=192, help='pixels per tile (default 192)')
+    parser.add_argument('--tile-height', type=_positive_int, default=192, help='pixels per tile (default 192)')
     args = parser.parse_args(argv)
     try:
+        fmt = _picture_format(args.out)
+        image = load_image(args.image)
         model = _load(args.model)
         config = resolve_model_data_config(model)
-        image = Image.open(args.image)
-        image.load()
+        # timm's evaluation transform: resize and crop (what the model sees, and what the picture shows), normalise
+        seen, to_tensor = split_transform(create_transform(**config))
+        image = seen(image.convert('L' if config['input_size'][0] == 1 else 'RGB'))
+        masks = spatial_masks(model, to_tensor(image)[None])
+        picture = mask_picture(image, [m[0] for m in masks], args.tile_height)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_file(args.out, lambda tmp: picture.save(tmp, format=fmt))
     except (OSError, ValueError, RuntimeError) as e:
         print(f'timm-stra modes: {e}', file=sys.stderr)
         return 1
-    transform = create_transform(**config)  # timm's evaluation transform: resize, crop, normalise
-    mode = 'L' if config['input_size'][0] == 1 else 'RGB'
-    try:
-        masks = spatial_masks(model, transform(image.convert(mode))[None])
-    except ValueError as e:
-        print(f'timm-stra modes: {e}', file=sys.stderr)
-        return 1
-    picture = mask_picture(image, [m[0] for m in masks], args.tile_height)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    picture.save(args.out)
     print(f'{args.out}: {len(masks)} operators x {masks[0].shape[1]} modes, masks of '
-          f'{masks[0].shape[2]}x{masks[0].shape[3]} positions', file=sys.stderr)
+          f'{masks[0].shape[2]}x{masks[0].shape[3]} positions, over the {image.width}x{image.height} image the '
+          'model saw', file=sys.stderr)
     return 0
 
 
