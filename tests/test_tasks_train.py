@@ -232,6 +232,17 @@ def test_malformed_csv_row_stops_with_its_line(tmp_path, fer_csv, capsys):
     assert f'{path}:5' in capsys.readouterr().err
 
 
+def test_skipped_csv_row_is_counted_once(tmp_path, fer_csv, capsys):
+    lines = fer_csv.read_text().splitlines()
+    lines[4] = '2,1 2 3,Training'
+    path = tmp_path / 'fer2013.csv'
+    path.write_text('\n'.join(lines) + '\n')
+    run = tmp_path / 'run'
+    assert train_main(['fer', '--data', str(path), '--output', str(run), '--epochs', '1', '--skip-bad', *FAST]) == 0
+    assert '1 bad entries skipped' in capsys.readouterr().err  # one file for training and evaluation: one count
+    assert _jsonl(run)[-1]['skipped_bad'] == 1
+
+
 def test_unexpected_bin_is_refused(tmp_path, capsys):
     data = make_face_folders(tmp_path / 'faces', ids=2, per_id=4)
     (data / 'cfp_fp.bin').write_bytes(pickle.dumps({'images': [b'x'], 'labels': [1]}))

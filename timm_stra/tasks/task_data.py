@@ -10,8 +10,9 @@ fer         DIR/fer2013.csv, Usage == Training          PublicTest and PrivateTe
 """
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+import torch
 from torch.utils.data import Dataset
 
 from .data import FacePairs, Fer2013, ImageList, Market1501, read_fer2013, scan_identity_folders
@@ -48,12 +49,22 @@ def load_train_set(task: str, data, transform: Callable, skip_bad: bool = False,
         samples, names, skipped = scan_identity_folders(data, skip_bad=skip_bad, check=check, progress=progress)
         return TrainSet(ImageList(samples, transform), len(names), skipped)
     if task == 'fer':
-        splits, skipped = read_fer2013(data, skip_bad=skip_bad)
-        images, labels = splits['Training']
-        if len(labels) == 0:
-            raise ValueError(f'{data}: no Training rows in fer2013.csv.')
-        return TrainSet(Fer2013(images, labels, transform), 7, skipped)
+        return _fer_train_set(data, *read_fer2013(data, skip_bad=skip_bad), transform)
     raise ValueError(f'Unknown task {task!r}')
+
+
+def _fer_train_set(data, splits: Dict[str, Tuple[torch.Tensor, torch.Tensor]], skipped: int,
+                   transform: Callable) -> TrainSet:
+    images, labels = splits['Training']
+    if len(labels) == 0:
+        raise ValueError(f'{data}: no Training rows in fer2013.csv.')
+    return TrainSet(Fer2013(images, labels, transform), 7, skipped)
+
+
+def _fer_eval_sets(splits: Dict[str, Tuple[torch.Tensor, torch.Tensor]], skipped: int,
+                   transform: Callable) -> EvalSets:
+    sets = {name: Fer2013(*splits[name], transform) for name in ('PublicTest', 'PrivateTest') if len(splits[name][1])}
+    return EvalSets('fer', fer=sets, skipped=skipped)
 
 
 def find_face_bins(data, given: Sequence[str] = ()) -> List[Path]:
@@ -77,7 +88,17 @@ def load_eval_sets(task: str, data, transform: Callable, skip_bad: bool = False,
         bins = find_face_bins(data, face_bins)
         return EvalSets(task, face_pairs=[FacePairs(p, transform, check, progress) for p in bins])
     if task == 'fer':
-        splits, skipped = read_fer2013(data, skip_bad=skip_bad)
-        sets = {name: Fer2013(*splits[name], transform) for name in ('PublicTest', 'PrivateTest') if len(splits[name][1])}
-        return EvalSets(task, fer=sets, skipped=skipped)
+        return _fer_eval_sets(*read_fer2013(data, skip_bad=skip_bad), transform)
     raise ValueError(f'Unknown task {task!r}')
+
+
+def load_task_data(task: str, data, train_transform: Callable, eval_transform: Callable, skip_bad: bool = False,
+                   check: bool = True, face_bins: Sequence[str] = (), progress: bool = False
+                   ) -> Tuple[TrainSet, EvalSets]:
+    """``load_train_set`` and ``load_eval_sets`` together, each entry read once: FER's one file holds both, and its
+    bad rows are counted once (in the training set's ``skipped``)."""
+    if task == 'fer':
+        splits, skipped = read_fer2013(data, skip_bad=skip_bad)
+        return _fer_train_set(data, splits, skipped, train_transform), _fer_eval_sets(splits, 0, eval_transform)
+    return (load_train_set(task, data, train_transform, skip_bad, check, progress),
+            load_eval_sets(task, data, eval_transform, skip_bad, check, face_bins, progress))

@@ -35,7 +35,7 @@ from .evaluate import evaluate, markdown_table
 from .freeze import set_trainable
 from .recipes import TASKS, get_recipe
 from .rng import rng_state, seed_all, set_rng_state
-from .task_data import load_eval_sets, load_train_set
+from .task_data import load_task_data
 from .transforms import eval_transform, train_transform
 from .usage import UsageError
 
@@ -168,9 +168,8 @@ class Trainer:
         tf_train = train_transform(args.task, self.data_config, args.re_prob, args.crop_padding, args.hflip)
         tf_eval = eval_transform(args.task, self.data_config)
         check, progress = not args.no_check, not args.no_progress and env.is_main
-        self.train_set = load_train_set(args.task, args.data, tf_train, args.skip_bad, check, progress)
-        self.eval_sets = load_eval_sets(args.task, args.data, tf_eval, args.skip_bad, check, face_bins=args.bins,
-                                        progress=progress)
+        self.train_set, self.eval_sets = load_task_data(args.task, args.data, tf_train, tf_eval, args.skip_bad, check,
+                                                        face_bins=args.bins, progress=progress)
         if args.task == 'face' and not self.eval_sets.face_pairs and env.is_main:
             print(f'note: no .bin verification files in {args.data}; training without evaluation', file=sys.stderr)
         # 2. the model with the training set's classes
