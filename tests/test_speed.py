@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import timm_stra  # noqa: F401
-from timm_stra.benchmarks.cases import StridedIdentity, build_case
+from timm_stra.benchmarks.cases import CASES, StridedIdentity, build_case
 from timm_stra.benchmarks.page_faults import minor_page_faults
 from timm_stra.benchmarks.speed import main, plan, scaled_size
 
@@ -153,6 +153,15 @@ def test_in_process_run(capsys):
     out = capsys.readouterr().out
     assert 'each run in this one process' in out
     assert '| train | 2 | StRA (local + mode) |' in out and '| train | 2 | ResNet-50 twin |' in out
+
+
+def test_cpu_default_cases_leave_out_the_cuda_only_kernels(tmp_path):
+    path = tmp_path / 'bench.json'
+    argv = ['--task', 'fer', '--modes', 'infer', '--batch-sizes', '1', '--repeats', '1', '--warmup', '0', '--iters',
+            '1', '--no-sweep', '--no-progress', '--in-process', '--device', 'cpu', '--json', str(path)]
+    assert main(argv) == 0
+    cases = [row['case'] for row in json.loads(path.read_text())['summary']]
+    assert sorted(cases) == sorted(c for c in CASES if c != 'stra_triton')
 
 
 def test_compile_run(capsys, compiled_eagerly):
