@@ -8,7 +8,7 @@ import timm_stra
 from timm_stra.cli import main as cli_main
 from timm_stra.layers import DiversityRecorder
 from timm_stra.tasks.checkpoint import save_checkpoint
-from timm_stra.tools.mode_maps import mask_picture, spatial_masks
+from timm_stra.tools.mode_maps import load_image_as_shown, mask_picture, spatial_masks
 
 
 @pytest.fixture(scope='module')
@@ -94,20 +94,18 @@ def test_exif_rotation_is_applied(tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
     Image.new('RGB', (256, 128), (90, 120, 150)).save(path, exif=exif)
-    from timm_stra.tools.mode_maps import load_image
-    assert load_image(path).size == (128, 256)
+    assert load_image_as_shown(path).size == (128, 256)
 
 
 def test_16_bit_and_transparent_images_are_shown_as_a_viewer_shows_them(tmp_path):
-    from timm_stra.tools.mode_maps import load_image
     deep = tmp_path / 'deep.png'
     Image.fromarray(__import__('numpy').full((4, 4), 32896, dtype='uint16')).save(deep)  # mid-grey in 16 bits
     assert Image.open(deep).mode.startswith('I')
-    image = load_image(deep)
+    image = load_image_as_shown(deep)
     assert image.mode == 'L' and image.getpixel((0, 0)) == 128
     clear = tmp_path / 'clear.png'
     Image.new('RGBA', (4, 4), (0, 0, 0, 0)).save(clear)
-    assert load_image(clear).convert('RGB').getpixel((0, 0)) == (255, 255, 255)
+    assert load_image_as_shown(clear).convert('RGB').getpixel((0, 0)) == (255, 255, 255)
 
 
 def test_bad_output_name_or_tile_height_fail_before_any_work(tmp_path, capsys):

@@ -8,7 +8,8 @@ unchanged. ``mask_picture`` lays them out: one row per operator, its first tile 
 the operator's G masks, each scaled from its smallest to its largest value, upsampled to the
 image and blended over it: amber where a mode puts most of its mass, the image darkened where it
 puts least (a constant mask: darkened all over). The command draws them over the image as the
-model saw it: read as a viewer shows it (``load_image``), then resized and cropped by the model's
+model saw it: read as a viewer shows it (``load_image_as_shown``; not the training data's
+``tasks.data.image_list.load_image``, which only converts), then resized and cropped by the model's
 evaluation transform (``split_transform``). Only Pillow, which torchvision brings, draws it.
 
     timm-stra modes person.jpg --model runs/reid --out person-modes.png
@@ -103,7 +104,7 @@ def mask_picture(image: Image.Image, masks: Sequence[torch.Tensor], tile_height:
     return picture
 
 
-def load_image(path) -> Image.Image:
+def load_image_as_shown(path) -> Image.Image:
     """An image file as a viewer shows it: EXIF orientation applied, 16-bit, 32-bit and float pixels scaled to 8
     bits (16-bit by their range, the others from their smallest to their largest value), transparency over white.
     """
@@ -176,7 +177,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         fmt = _picture_format(args.out)
-        image = load_image(args.image)
+        image = load_image_as_shown(args.image)
         model = _load(args.model)
         config = resolve_model_data_config(model)
         # timm's evaluation transform: resize and crop (what the model sees, and what the picture shows), normalise
