@@ -1,8 +1,5 @@
 """The composite StRA operator and its ablation knobs."""
 import math
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
@@ -158,28 +155,6 @@ def test_compiled_under_autocast_with_an_input_that_needs_no_gradient(training, 
         got = torch.compile(op, backend='aot_eager', fullgraph=True)(x)
     assert got.dtype == want.dtype == torch.bfloat16
     torch.testing.assert_close(got, want, rtol=0.05, atol=0.05)
-
-
-def test_scripts_and_compiles_where_torch_has_no_compiler_is_compiling():
-    """torch < 2.3 (which pyproject allows) has no ``torch.compiler.is_compiling``: ``tracing.is_compiling`` falls back
-    on ``torch._dynamo``'s, and TorchScript, which compiles the code that calls it, must still script the operator.
-    Run in a fresh interpreter, with the attribute taken away before timm_stra is imported."""
-    script = textwrap.dedent('''
-        import torch, torch._dynamo
-        torch_is_compiling = torch.compiler.is_compiling
-        torch.compiler.is_compiling = None
-        torch._dynamo.is_compiling = torch_is_compiling  # what the fallback calls (torch < 2.3 has its own)
-        from timm_stra.layers import StRAttention
-        from timm_stra.layers.tracing import is_compiling
-        assert is_compiling is not torch_is_compiling
-        op = StRAttention(16, stride=2, groups=4).eval()
-        x = torch.randn(2, 16, 7, 6)
-        torch.testing.assert_close(torch.jit.script(op)(x), op(x))
-        assert not is_compiling()
-        torch.compiler.is_compiling = torch_is_compiling  # dynamo itself needs it
-        assert torch.compile(lambda: is_compiling(), backend='eager', fullgraph=True)()
-    ''')
-    subprocess.run([sys.executable, '-c', script], check=True, timeout=300)
 
 
 def _fast_and_reference(stride=1, mode='full'):

@@ -58,5 +58,4 @@ def _in_backward() -> bool:
     recomputes its forward. (A compiled graph recomputes without running this code again.)"""
     if is_compiling():
         return False
-    current_graph_task = getattr(torch._C, '_current_graph_task_id', None)  # torch >= 2.0
-    return current_graph_task is not None and current_graph_task() != -1
+    return torch._C._current_graph_task_id() != -1  # no public query exists

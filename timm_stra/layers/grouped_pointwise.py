@@ -35,10 +35,7 @@ from .tracing import is_compiling, plain_tensor
 
 
 def _use_matmul(x: torch.Tensor) -> bool:
-    eager_cpu = x.device.type == 'cpu' and x.is_contiguous()
-    if torch.jit.is_scripting():  # where is_compiling may be an unused stub (torch < 2.3)
-        return eager_cpu
-    return eager_cpu or is_compiling()
+    return (x.device.type == 'cpu' and x.is_contiguous()) or is_compiling()  # (False under TorchScript)
 
 
 def _products(nodes: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:

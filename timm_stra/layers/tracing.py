@@ -9,17 +9,11 @@ from torch.autograd import forward_ad
 from torch.fx import _symbolic_trace
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
-# newer torch tells symbolic tracing from export; in older releases is_fx_tracing meant the former
-_is_fx_symbolic_tracing = getattr(_symbolic_trace, 'is_fx_symbolic_tracing', _symbolic_trace.is_fx_tracing)
+# symbolic tracing only (torch.fx's is_fx_tracing is also true under export)
+_is_fx_symbolic_tracing = _symbolic_trace.is_fx_symbolic_tracing
 
-
-@torch.jit.unused  # TorchScript compiles the code that calls it (never running the call): a def, not a lambda
-def _dynamo_is_compiling() -> bool:
-    return torch._dynamo.is_compiling()
-
-
-# whether torch.compile (dynamo) is tracing this code; torch.compiler.is_compiling arrived in torch 2.3
-is_compiling = getattr(torch.compiler, 'is_compiling', None) or _dynamo_is_compiling
+# whether torch.compile (dynamo) is tracing this code
+is_compiling = torch.compiler.is_compiling
 
 
 @torch.jit.unused  # TorchScript never gets here (callers test torch.jit.is_scripting() first)
