@@ -111,3 +111,20 @@ def test_verification_needs_as_many_pairs_as_folds():
 def test_top1_accuracy():
     logits = torch.tensor([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4]])
     assert top1_accuracy(logits, torch.tensor([1, 0, 0, 1])) == pytest.approx(0.5)
+
+
+def test_top1_accuracy_refuses_labels_that_do_not_fit_the_logits():
+    logits = torch.eye(4)
+    with pytest.raises(ValueError, match=r'labels of shape \(4, 1\)'):  # broadcasting would give 0.25
+        top1_accuracy(logits, torch.arange(4)[:, None])
+    with pytest.raises(ValueError, match=r'labels of shape \(1,\)'):
+        top1_accuracy(logits, torch.tensor([0]))
+
+
+def test_verification_refuses_sides_that_do_not_pair_up():
+    a, b = _pairs_at([0.1] * 20)
+    issame = torch.ones(20, dtype=torch.bool)
+    with pytest.raises(ValueError, match=r'shapes \(20, 2\) and \(1, 2\)'):  # broadcasting would score 20 pairs
+        verification_accuracy(a, b[:1], issame)
+    with pytest.raises(ValueError, match=r'issame of shape \(19,\)'):
+        verification_accuracy(a, b, issame[:19])

@@ -32,6 +32,10 @@ def verification_accuracy(
     """
     if thresholds is None:
         thresholds = torch.arange(0, 400, dtype=torch.float64) / 100
+    if feats_a.dim() != 2 or feats_b.shape != feats_a.shape or issame.shape != feats_a.shape[:1]:
+        raise ValueError(f'verification_accuracy: features of shapes {tuple(feats_a.shape)} and '
+                         f'{tuple(feats_b.shape)} with issame of shape {tuple(issame.shape)}: give (P, D) '
+                         'features for each side of P pairs and (P,) flags.')
     issame = issame.bool().cpu()
     if len(issame) < num_folds:
         raise ValueError(f'{len(issame)} pairs cannot be split into {num_folds} folds.')
