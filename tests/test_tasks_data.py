@@ -1,6 +1,7 @@
 """The data readers on tiny files in the published formats, including broken and hostile ones."""
 import os
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,6 +10,7 @@ from synthetic import face_bin_bytes, make_face_folders, make_fer2013, make_mark
 from timm_stra.tasks.data import (
     BadDataError, FaceBinError, FacePairs, Market1501, load_face_bin, parse_market_name, read_fer2013,
     scan_identity_folders)
+from timm_stra.tasks.task_data import load_eval_sets
 
 
 def test_parse_market_names():
@@ -58,6 +60,32 @@ def test_market1501_bad_image_stops_or_is_skipped(tmp_path):
     assert data.skipped == 1 and str(bad) not in data.train.paths
 
 
+def test_market1501_split_without_images_is_refused(tmp_path):
+    """An empty query folder (or one left empty by --skip-bad) would crash the first evaluation, after training."""
+    make_market1501(tmp_path)
+    for path in (tmp_path / 'query').iterdir():
+        path.unlink()
+    with pytest.raises(BadDataError, match=f'{tmp_path / "query"}: no images to use: none named'):
+        Market1501.load(tmp_path)
+    Market1501.load(tmp_path, splits=('train',))  # training alone does not need it
+    (tmp_path / 'query' / '0005_c1s1_000000_01.jpg').write_bytes(b'')
+    with pytest.raises(BadDataError, match='all usable ones were skipped as bad \\(1 in all\\)'):
+        Market1501.load(tmp_path, skip_bad=True)
+
+
+def test_market1501_without_a_scorable_query_is_refused(tmp_path):
+    """Queries whose identities the gallery shows only under the query's own camera cannot be scored."""
+    make_market1501(tmp_path)
+    for path in (tmp_path / 'bounding_box_test').glob('000[5-7]_c[23]*'):
+        path.unlink()
+    with pytest.raises(BadDataError, match='no query identity appears in bounding_box_test/ under another camera'):
+        Market1501.load(tmp_path)
+    (tmp_path / 'bounding_box_test' / '0006_c2s1_000000_01.jpg').write_bytes(
+        (tmp_path / 'query' / '0006_c1s1_000000_01.jpg').read_bytes())
+    data = Market1501.load(tmp_path)  # one scorable query is enough (the metrics skip the others)
+    assert len(data.query) == 3
+
+
 def test_face_folders(tmp_path):
     make_face_folders(tmp_path, ids=3, per_id=2)
     (tmp_path / 'empty').mkdir()
@@ -69,6 +97,10 @@ def test_face_folders(tmp_path):
         scan_identity_folders(tmp_path)
     samples, names, skipped = scan_identity_folders(tmp_path, skip_bad=True)
     assert skipped == 1 and len(samples) == 5 and len(names) == 3
+    (tmp_path / 'id_001' / '1.jpg').write_bytes(b'')  # id_001 has no readable image left: no class for it
+    samples, names, skipped = scan_identity_folders(tmp_path, skip_bad=True)
+    assert skipped == 2 and names == ['id_000', 'id_002']
+    assert [(Path(path).parent.name, label) for path, label in samples] == [('id_000', 0)] * 2 + [('id_002', 1)] * 2
 
 
 def test_face_bin_round_trip(tmp_path):
@@ -78,6 +110,15 @@ def test_face_bin_round_trip(tmp_path):
     assert len(images) == 12 and issame == [True, False] * 3
     pairs = FacePairs(path, transform=lambda img: torch.tensor(img.size))
     assert len(pairs) == 12 and pairs[3][0].tolist() == [40, 40] and pairs.issame.tolist() == issame
+
+
+def test_face_bins_sharing_a_name_are_refused(tmp_path):
+    for sub in ('a', 'b'):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / 'lfw.bin').write_bytes(face_bin_bytes(pairs=10))
+    with pytest.raises(FaceBinError, match="are both named 'lfw'"):
+        load_eval_sets('face', tmp_path, transform=None, face_bins=[tmp_path / 'a' / 'lfw.bin',
+                                                                    tmp_path / 'b' / 'lfw.bin'])
 
 
 def test_face_bin_written_by_python2_style_protocol(tmp_path):
@@ -171,5 +212,17 @@ def test_fer2013_unreadable_text_is_named(tmp_path, text):
 def test_fer2013_bad_header(tmp_path):
     path = tmp_path / 'fer2013.csv'
     path.write_text('label,data\n0,1 2 3\n')
-    with pytest.raises(BadDataError, match='emotion,pixels,Usage'):
+    with pytest.raises(BadDataError, match='lacks the columns emotion, pixels and Usage') as e:
         read_fer2013(path, skip_bad=True)
+    assert '--skip-bad' not in str(e.value)  # a header cannot be skipped
+
+
+def test_fer2013_with_a_byte_order_mark(tmp_path):
+    """Some editors save CSV files with a UTF-8 byte-order mark before the header."""
+    path = make_fer2013(tmp_path / 'fer2013.csv', per_class=(1, 1, 1))
+    plain, _ = read_fer2013(path)
+    path.write_bytes(b'\xef\xbb\xbf' + path.read_bytes())
+    splits, skipped = read_fer2013(path)
+    assert skipped == 0
+    for usage, (images, labels) in plain.items():
+        assert torch.equal(splits[usage][0], images) and torch.equal(splits[usage][1], labels)

@@ -253,7 +253,7 @@ def test_unexpected_bin_is_refused(tmp_path, capsys):
 
 def test_bin_with_a_broken_image_stops_before_training(tmp_path, capsys):
     data = make_face_folders(tmp_path / 'faces', ids=2, per_id=4)
-    images, issame = pickle.loads(face_bin_bytes(pairs=4))
+    images, issame = pickle.loads(face_bin_bytes(pairs=10))
     images[5] = b'\xff\xd8 truncated'
     (data / 'agedb_30.bin').write_bytes(pickle.dumps((images, issame)))
     run = tmp_path / 'run'
@@ -261,6 +261,15 @@ def test_bin_with_a_broken_image_stops_before_training(tmp_path, capsys):
     err = capsys.readouterr().err
     assert 'agedb_30.bin: image 5 does not decode' in err
     assert not run.exists()  # stopped before the first epoch, not at its evaluation
+
+
+def test_bin_with_too_few_pairs_stops_before_training(tmp_path, capsys):
+    data = make_face_folders(tmp_path / 'faces', ids=2, per_id=4)
+    (data / 'lfw.bin').write_bytes(face_bin_bytes(pairs=3))
+    run = tmp_path / 'run'
+    assert train_main(['face', '--data', str(data), '--output', str(run), '--input-size', '32', '32', *FAST]) == 1
+    assert 'lfw.bin: 3 pairs; the 10-fold verification protocol needs at least 10' in capsys.readouterr().err
+    assert not run.exists()
 
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):

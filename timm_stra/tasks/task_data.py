@@ -15,7 +15,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch.utils.data import Dataset
 
-from .data import FacePairs, Fer2013, ImageList, Market1501, read_fer2013, scan_identity_folders
+from .data import FaceBinError, FacePairs, Fer2013, ImageList, Market1501, read_fer2013, scan_identity_folders
+from .metrics.face_verification import NUM_FOLDS
 
 
 @dataclass
@@ -75,6 +76,26 @@ def find_face_bins(data, given: Sequence[str] = ()) -> List[Path]:
     return [data] if data.is_file() else sorted(data.glob('*.bin'))
 
 
+def _face_pair_sets(bins: Sequence[Path], transform: Callable, check: bool, progress: bool) -> List[FacePairs]:
+    """The ``.bin`` files as pair sets, refused if two share a name (their metrics would) or one has fewer pairs
+    than the protocol's folds."""
+    names: Dict[str, Path] = {}
+    for path in bins:
+        if path.stem in names:
+            raise FaceBinError(f'{names[path.stem]} and {path} are both named {path.stem!r}; their metrics would be '
+                               'reported under the same name: rename one.')
+        names[path.stem] = path
+    sets = [FacePairs(path, transform) for path in bins]
+    for pairs in sets:
+        if len(pairs.issame) < NUM_FOLDS:
+            raise FaceBinError(f'{pairs.path}: {len(pairs.issame)} pairs; the {NUM_FOLDS}-fold verification '
+                               f'protocol needs at least {NUM_FOLDS}.')
+    if check:
+        for pairs in sets:
+            pairs.check(progress)
+    return sets
+
+
 def load_eval_sets(task: str, data, transform: Callable, skip_bad: bool = False, check: bool = True,
                    face_bins: Sequence[str] = (), progress: bool = False) -> EvalSets:
     """Read (and check, with a progress bar if ``progress``) the evaluation data of ``task`` under ``data``; bad
@@ -85,8 +106,7 @@ def load_eval_sets(task: str, data, transform: Callable, skip_bad: bool = False,
         query, gallery = (ImageList(list(zip(s.paths, s.pids)), transform) for s in (market.query, market.gallery))
         return EvalSets(task, market=market, query=query, gallery=gallery, skipped=market.skipped)
     if task == 'face':
-        bins = find_face_bins(data, face_bins)
-        return EvalSets(task, face_pairs=[FacePairs(p, transform, check, progress) for p in bins])
+        return EvalSets(task, face_pairs=_face_pair_sets(find_face_bins(data, face_bins), transform, check, progress))
     if task == 'fer':
         return _fer_eval_sets(*read_fer2013(data, skip_bad=skip_bad), transform)
     raise ValueError(f'Unknown task {task!r}')

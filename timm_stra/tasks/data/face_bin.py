@@ -88,9 +88,13 @@ class FacePairs(Dataset):
         self.issame = torch.tensor(issame, dtype=torch.bool)
         self.transform = transform
         if check:
-            for index in tqdm(range(len(self.images)), desc=f'checking {self.name}', unit='image', leave=False,
-                              disable=not progress):
-                self._decode(index)
+            self.check(progress)
+
+    def check(self, progress: bool = False) -> None:
+        """Decode every image once (a progress bar if ``progress``); raises ``FaceBinError`` naming a broken one."""
+        for index in tqdm(range(len(self.images)), desc=f'checking {self.name}', unit='image', leave=False,
+                          disable=not progress):
+            self._decode(index)
 
     def __len__(self) -> int:
         return len(self.images)

@@ -35,4 +35,18 @@ def scan_identity_folders(root, skip_bad: bool = False, check: bool = True,
         report = BadDataReport(skip_bad, f'face identity folders {root}')
         samples = check_images(samples, report, progress)
         skipped = report.finish()
+        samples, names = _drop_empty_identities(samples, names)
+        if not samples:
+            raise FileNotFoundError(f'No readable images under {root}: all {skipped} were skipped as bad.')
     return samples, names, skipped
+
+
+def _drop_empty_identities(samples: List[Tuple[str, int]], names: List[str]
+                           ) -> Tuple[List[Tuple[str, int]], List[str]]:
+    """Identities left without images (all skipped as bad) removed, the others labelled 0, 1, ... in order:
+    a class with no training image would still get a classifier row."""
+    kept = sorted({label for _, label in samples})
+    if len(kept) == len(names):
+        return samples, names
+    new_label = {old: new for new, old in enumerate(kept)}
+    return [(path, new_label[label]) for path, label in samples], [names[old] for old in kept]

@@ -66,16 +66,16 @@ def read_fer2013(path, skip_bad: bool = False) -> Tuple[Dict[str, Tuple[torch.Te
         path = path / 'fer2013.csv'
     report = BadDataReport(skip_bad, f'FER2013 file {path}')
     found = {u: ([], []) for u in USAGES}
-    with path.open(newline='') as f:
+    with path.open(newline='', encoding='utf-8-sig') as f:  # (a byte-order mark, as some editors write, is dropped)
         reader = csv.DictReader(f)
         try:
             fieldnames = reader.fieldnames
         except (csv.Error, UnicodeDecodeError) as e:
             fieldnames = f'unreadable ({e})'
         if not isinstance(fieldnames, list) or not {'emotion', 'pixels', 'Usage'} <= set(fieldnames):
-            report.skip_bad = False
-            report.add(f'{path}:1', f'header {fieldnames} lacks emotion,pixels,Usage')
-            report.finish()
+            raise BadDataError(f'{path}:1: the header {fieldnames} lacks the columns emotion, pixels and Usage: '
+                               'give the fer2013.csv of the Kaggle challenge (its first line is '
+                               '"emotion,pixels,Usage").')
         for row in _rows(reader, path):
             try:
                 if None in row or any(row[k] is None for k in ('emotion', 'pixels', 'Usage')):

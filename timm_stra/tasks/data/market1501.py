@@ -14,9 +14,9 @@ left out of training.
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Tuple
+from typing import Dict, List, Set, Tuple
 
-from .bad_data import BadDataReport
+from .bad_data import BadDataError, BadDataReport
 from .image_list import check_images, list_images
 
 _NAME = re.compile(r'^(-1|\d+)_c([1-9]\d*)[s_]')  # cameras from 1; 's' (Market) or '_' (Duke) after
@@ -71,7 +71,8 @@ class Market1501:
 
         Raises:
             FileNotFoundError: a split folder is missing.
-            BadDataError: a file name does not parse or an image does not decode (unless ``skip_bad``).
+            BadDataError: a file name does not parse or an image does not decode (unless ``skip_bad``); a split
+                has no image left; no query has a match in the gallery (nothing could be scored).
         """
         root = Path(root)
         report = BadDataReport(skip_bad, f'Market-1501 folder {root}')
@@ -100,7 +101,29 @@ class Market1501:
                 samples = [s for s in samples if s[0] in good]
             found[split] = ReIDSplit([s[0] for s in samples], [s[1] for s in samples], [s[2] for s in samples])
         skipped = report.finish()
+        _check_usable(root, {split: found[split] for split in splits}, skipped)
         train = found['train']
         relabel = {pid: i for i, pid in enumerate(sorted(set(train.pids)))}
         train.pids = [relabel[p] for p in train.pids]
         return cls(str(root), train, found['query'], found['gallery'], len(relabel), skipped)
+
+
+def _check_usable(root: Path, splits: Dict[str, ReIDSplit], skipped: int) -> None:
+    """Refuse splits that leave nothing to train on or to score, before a run starts rather than at its first
+    evaluation."""
+    for split, found in splits.items():
+        if not found:
+            why = f'all usable ones were skipped as bad ({skipped} in all)' if skipped else (
+                'none named PPPP_cXsY_FFFFFF_NN.jpg with an identity other than -1 (junk)'
+                + (' or 0000 (distractors)' if split == 'train' else ''))
+            raise BadDataError(f'{root / SPLITS[split]}: no images to use: {why}.')
+    if 'query' in splits and 'gallery' in splits:
+        gallery_cams: Dict[int, Set[int]] = {}
+        for pid, cam in zip(splits['gallery'].pids, splits['gallery'].camids):
+            gallery_cams.setdefault(pid, set()).add(cam)
+        if not any(gallery_cams.get(pid, set()) - {cam} for pid, cam in zip(splits['query'].pids,
+                                                                          splits['query'].camids)):
+            raise BadDataError(
+                f'{root}: no query identity appears in {SPLITS["gallery"]}/ under another camera, so no query can '
+                'be scored (the protocol ignores same-camera matches). Check that query/ and bounding_box_test/ '
+                'come from the same data set.')

@@ -11,12 +11,14 @@ from typing import Dict, Optional
 import torch
 import torch.nn.functional as F
 
+NUM_FOLDS = 10  # the protocol's cross-validation folds
+
 
 def verification_accuracy(
         feats_a: torch.Tensor,
         feats_b: torch.Tensor,
         issame: torch.Tensor,
-        num_folds: int = 10,
+        num_folds: int = NUM_FOLDS,
         thresholds: Optional[torch.Tensor] = None,
 ) -> Dict[str, float]:
     """Mean and std of the per-fold accuracies, and the mean chosen threshold.
