@@ -83,6 +83,30 @@ def test_resuming_an_older_checkpoint_points_latest_at_it(tmp_path, fer_csv, mon
     assert [r['epoch'] for r in _jsonl(run)] == [1]
 
 
+def test_a_new_run_into_an_earlier_runs_folder_is_refused(tmp_path, fer_csv, capsys):
+    """It would append to the earlier log, and the earlier run's higher-numbered checkpoints would outlast its own."""
+    run = tmp_path / 'run'
+    args = ['fer', '--data', str(fer_csv), '--input-size', '24', '24', '--output', str(run), *FAST]
+    assert train_main([*args, '--epochs', '2']) == 0
+    capsys.readouterr()
+    assert train_main([*args, '--epochs', '1', '--lr', '0.05']) == 1
+    assert f'{run} already holds a run (metrics.jsonl and checkpoints): pass --resume' in capsys.readouterr().err
+    assert [r['epoch'] for r in _jsonl(run)] == [1, 2] and resolve_checkpoint(run).name == 'epoch-0002'
+
+
+def test_an_evaluation_that_fails_keeps_the_epochs_checkpoint(tmp_path, fer_csv, monkeypatch):
+    from timm_stra.tasks import train as train_mod
+
+    def fail(*args, **kwargs):
+        raise RuntimeError('evaluation failed')
+    monkeypatch.setattr(train_mod, 'evaluate', fail)
+    run = tmp_path / 'run'
+    with pytest.raises(RuntimeError, match='evaluation failed'):
+        train_main(['fer', '--data', str(fer_csv), '--input-size', '24', '24', '--output', str(run), '--epochs', '1',
+                    *FAST])
+    assert resolve_checkpoint(run).name == 'epoch-0001'  # --resume continues after the trained epoch
+
+
 def test_reid_resume_across_the_warm_up_is_exact(tmp_path):
     # random crop (torch RNG) and random erasing (Python's random) on; the warm-up ends at the resume point
     data = make_market1501(tmp_path / 'market')

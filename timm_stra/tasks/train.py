@@ -4,7 +4,8 @@ DDP under ``torchrun``; atomic, resumable checkpoints; per-epoch JSONL metrics.
 
 Outputs in ``--output`` (rank 0 only): ``args.json``, ``metrics.jsonl`` (one line per epoch) and
 ``checkpoints/`` (see ``checkpoint.py``). ``--resume OUTPUT`` continues from the latest checkpoint
-to the same state an uninterrupted run would have (checkpoints are taken at epoch ends).
+to the same state an uninterrupted run would have (checkpoints are taken at epoch ends, before
+evaluating). A new run into another run's folder is refused.
 """
 import argparse
 import json
@@ -149,12 +150,24 @@ def _logged_up_to(text: str, epoch: int) -> List[str]:
     return kept
 
 
+def _refuse_earlier_run(out: Path, env: DistEnv) -> None:
+    """A new run into a folder holding another's log or checkpoints would mix the two (and the newest checkpoint
+    kept could be the old run's): refused, as rank 0 sees the folder."""
+    earlier = [name for name in ('metrics.jsonl', 'checkpoints') if (out / name).exists()]
+    earlier = all_gather_objects(earlier, env)[0]
+    if earlier:
+        raise UsageError(f'{out} already holds a run ({" and ".join(earlier)}): pass --resume {out} to continue it, '
+                         'or give another --output.')
+
+
 class Trainer:
     """One training run; ``run()`` trains from epoch ``start_epoch`` to ``args.epochs``."""
 
     def __init__(self, args: argparse.Namespace, env: DistEnv):
         self.args, self.env = args, env
         self.out = Path(args.output)
+        if not args.resume:
+            _refuse_earlier_run(self.out, env)
         self._build(args)
 
     def _build(self, args) -> None:
@@ -304,17 +317,18 @@ class Trainer:
             if skipped:
                 record['skipped_bad'] = skipped
             self.scheduler.step(epoch + 1)
+            state = self.state(epoch + 1)  # every rank joins the RNG gather
+            if env.is_main:  # saved before evaluating: a failing evaluation does not cost the epoch
+                save_checkpoint(self.out, epoch + 1, self.model, self.model_kwargs, self.data_config, state,
+                                keep=args.keep)
             last = epoch + 1 == args.epochs
             if (args.eval_interval and (epoch + 1) % args.eval_interval == 0 or last) and self._has_eval():
                 record.update(evaluate(self.model, self.eval_sets, env, args.eval_batch_size, args.workers,
                                        not args.no_progress))
             record['time_s'] = time.time() - t0
-            state = self.state(epoch + 1)  # every rank joins the RNG gather
             if env.is_main:
                 with (self.out / 'metrics.jsonl').open('a') as f:
                     f.write(json.dumps(record) + '\n')
-                save_checkpoint(self.out, epoch + 1, self.model, self.model_kwargs, self.data_config, state,
-                                keep=args.keep)
                 if not args.no_progress:
                     print(' '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}' for k, v in record.items()),
                           file=sys.stderr)
