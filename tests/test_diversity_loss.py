@@ -155,3 +155,28 @@ def test_under_data_parallel():
         timm_stra.diversity_per_sample(model)
     nn.DataParallel(model)(x)
     torch.testing.assert_close(timm_stra.diversity_per_sample(model), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_under_timm_fx_feature_extraction():
+    """timm's fx route keeps the recorders whole (registered no-trace modules): the traced model records the same
+    term, and tracing leaves nothing (an fx Proxy) behind in the model it traced."""
+    from timm.models import create_feature_extractor
+    model = timm.create_model('stra_resnet50_fer').train()
+    x = torch.randn(2, 1, 44, 44)
+    expected = _expected_per_sample(model, x)
+    with torch.no_grad():  # drop what the hook pass kept (computed without gradients)
+        timm_stra.diversity_per_sample(model)
+    traced = create_feature_extractor(model, return_nodes=['fc'])
+    assert all(not r.kept for r in model.modules() if type(r).__name__ == 'DiversityRecorder')
+    traced(x)
+    torch.testing.assert_close(timm_stra.diversity_per_sample(traced), expected)
+    features = timm.create_model('stra_resnet50_fer', features_only=True, feature_cls='fx').train()
+    features(x)
+    assert timm_stra.diversity_per_sample(features).shape == (2,)
+
+
+def test_torchscript_model_is_refused_not_silently_zero():
+    model = torch.jit.script(nn.Sequential(StRAttention(16, groups=4)).train())
+    model(torch.randn(2, 16, 5, 4))
+    with pytest.raises(RuntimeError, match='cannot read a TorchScript model'):
+        timm_stra.diversity_loss(model)

@@ -36,6 +36,16 @@ def _check_gradients(pairs: List[Tuple[nn.Module, DiversityRecorder]]) -> None:
                 'it is only for logging.')
 
 
+def _refuse_torchscript(model: nn.Module) -> None:
+    """A scripted StRA model records no term (TorchScript runs the recorders as identities): refused, rather than
+    a loss of 0 that would train the masks without their regulariser."""
+    if any(isinstance(m, torch.jit.ScriptModule) and getattr(m, 'original_name', '') == DiversityRecorder.__name__
+           for m in model.modules()):
+        raise RuntimeError(
+            'diversity_loss cannot read a TorchScript model: scripted StRA operators record no diversity term. '
+            'Train the eager model (or a torch.compile\'d one) and script it for inference.')
+
+
 def diversity_per_sample(model: nn.Module) -> torch.Tensor:
     """Per-sample sum over all StRA operators of the last training-mode forward, and forget it.
 
@@ -44,10 +54,12 @@ def diversity_per_sample(model: nn.Module) -> torch.Tensor:
         empty tensor for a model without mode attention (e.g. a ResNet twin).
 
     Raises:
-        RuntimeError: the model has StRA operators but none of them holds a term, i.e. no
+        RuntimeError: the model is TorchScript (whose operators record nothing); the model has StRA
+            operators but none of them holds a term, i.e. no
             training-mode forward ran since the last read; or, read with gradients on, a term
             has none while its masks have parameters to train (see ``_check_gradients``).
     """
+    _refuse_torchscript(model)
     pairs = _recorders(model)
     recorders = [r for _, r in pairs]
     if not recorders:

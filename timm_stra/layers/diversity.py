@@ -6,9 +6,10 @@ put all their mass on disjoint positions, ``G - 1`` at most when they coincide.
 from typing import Dict
 
 import torch
+from timm.layers import register_notrace_module
 from torch import nn
 
-from .tracing import is_compiling
+from .tracing import is_compiling, is_fx_symbolic_tracing
 
 
 def mask_diversity(masks: torch.Tensor) -> torch.Tensor:
@@ -24,6 +25,7 @@ def mask_diversity(masks: torch.Tensor) -> torch.Tensor:
     return flat.shape[1] - flat.amax(dim=1).sum(dim=-1)
 
 
+@register_notrace_module  # timm's fx feature extraction keeps it a module, so a traced model still records
 class DiversityRecorder(nn.Module):
     """Identity on the spatial masks that keeps each sample's diversity term.
 
@@ -31,9 +33,10 @@ class DiversityRecorder(nn.Module):
     device, so that ``timm_stra.diversity_loss(model)`` can read it after the
     forward pass. DataParallel replicas share the dict (they copy the module's
     ``__dict__`` shallowly), so each replica's slice of the batch is kept under its
-    device. Nothing is computed in eval mode or under TorchScript, and nothing kept when
-    gradient checkpointing runs the forward again during backward (that term would outlive
-    the step, holding the recomputed graph). A forward hook on this module sees the masks
+    device. Nothing is computed in eval mode or under TorchScript (``diversity_loss`` refuses a
+    scripted model), nothing kept while fx traces through it (timm's fx feature extraction keeps
+    it whole: ``register_notrace_module``) or when gradient checkpointing runs the forward again
+    during backward (that term would outlive the step, holding the recomputed graph). A forward hook on this module sees the masks
     themselves, in any mode (``timm-stra modes`` draws them: ``tools/mode_maps.py``).
 
     Shapes:
@@ -47,15 +50,18 @@ class DiversityRecorder(nn.Module):
     def forward(self, masks: torch.Tensor) -> torch.Tensor:
         if self.training and not torch.jit.is_scripting():
             term = mask_diversity(masks)  # computed in a recomputation too: checkpointing checks what the ops save
-            if not _in_backward():
+            if _keeps_term():
                 self.kept[str(masks.device)] = term
         return masks
 
 
 @torch.jit.unused  # TorchScript never gets here (the caller tests torch.jit.is_scripting() first)
-def _in_backward() -> bool:
-    """Whether autograd's engine is running a backward pass on this thread, as when a checkpointed block
-    recomputes its forward. (A compiled graph recomputes without running this code again.)"""
-    if is_compiling():
+def _keeps_term() -> bool:
+    """Whether a term computed now is kept: not while fx traces (it would be a Proxy), nor while autograd's
+    engine runs a backward pass on this thread, as when a checkpointed block recomputes its forward. (A compiled
+    graph recomputes without running this code again.)"""
+    if is_fx_symbolic_tracing():
         return False
-    return torch._C._current_graph_task_id() != -1  # no public query exists
+    if is_compiling():
+        return True
+    return torch._C._current_graph_task_id() == -1  # no public query exists

@@ -10,7 +10,7 @@ from torch.fx import _symbolic_trace
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 # symbolic tracing only (torch.fx's is_fx_tracing is also true under export)
-_is_fx_symbolic_tracing = _symbolic_trace.is_fx_symbolic_tracing
+is_fx_symbolic_tracing = _symbolic_trace.is_fx_symbolic_tracing
 
 # whether torch.compile (dynamo) is tracing this code
 is_compiling = torch.compiler.is_compiling
@@ -20,7 +20,7 @@ is_compiling = torch.compiler.is_compiling
 def running_eagerly() -> bool:
     """Whether a forward runs op by op: not recorded by ``torch.compile``, fx or jit tracing (a Triton launch or
     a hand-written backward is invisible to them)."""
-    return not is_compiling() and not torch.jit.is_tracing() and not _is_fx_symbolic_tracing()
+    return not is_compiling() and not torch.jit.is_tracing() and not is_fx_symbolic_tracing()
 
 
 @torch.jit.unused  # TorchScript never gets here (callers test torch.jit.is_scripting() first)
