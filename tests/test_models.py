@@ -79,8 +79,33 @@ def test_face_other_size_and_clear_error_for_wrong_size():
     with torch.no_grad():
         assert model(torch.randn(1, 3, 224, 192)).shape == (1, 512)
     small = timm.create_model('stra_resnet50_face').eval()
-    with pytest.raises(ValueError, match=r"takes 112x112 input images.*img_size=\(224, 192\)"):
+    with pytest.raises(ValueError, match=r"takes 112x112 images only.*img_size=\(224, 192\)"):
         small(torch.randn(1, 3, 224, 192))
+    with pytest.raises(ValueError, match=r"takes 112x112 input images"):  # the neck, given another map
+        small.forward_head(torch.randn(1, 2048, 3, 3))
+
+
+@pytest.mark.parametrize('size', [(128, 128), (100, 100), (112, 100)])
+def test_face_refuses_sizes_that_give_a_map_of_its_shape(size):
+    """97-128 pixels all give a 4x4 map at stride 32, laid out differently from 112's: refused (as timm's
+    fixed-size models do), in eager mode, scripted and through timm's fx feature extraction (where an unused
+    check would be dead code)."""
+    from timm.models import create_feature_extractor
+    model = timm.create_model('stra_resnet50_face', layers=[1, 1, 1, 1]).eval()
+    x = torch.randn(1, 3, *size)
+    assert model.forward_features(x).shape[-2:] == (4, 4)  # features of any size, as for every timm model
+    for run in (model, torch.jit.script(model), create_feature_extractor(model, return_nodes=['fc'])):
+        with pytest.raises((ValueError, torch.jit.Error), match=r'takes 112x112 images only'):
+            run(x)
+
+
+def test_face_pruned_head_has_no_classifier_to_reset():
+    model = timm.create_model('stra_resnet50_face', layers=[1, 1, 1, 1]).eval()
+    model.prune_intermediate_layers()
+    with pytest.raises(ValueError, match='head was pruned'):
+        model.reset_classifier(5, 'flatten')
+    model.reset_classifier(0)
+    assert model(torch.randn(1, 3, 112, 112)).shape == (1, 2048, 4, 4)
 
 
 def test_knobs_pass_through_create_model():
@@ -96,6 +121,8 @@ def test_knobs_pass_through_create_model():
 def test_bad_model_arguments():
     with pytest.raises(TypeError, match='only apply to StRA models'):
         timm.create_model('resnet50_reid', local_op='local')
+    with pytest.raises(TypeError, match="img_size sizes the 'face' head only"):  # (it was ignored)
+        timm.create_model('stra_resnet50_reid', img_size=(384, 128))
     with pytest.raises(ValueError, match='2048 channels cannot be split|512 channels cannot be split'):
         timm.create_model('stra_resnet50_reid', groups=7)
     with pytest.raises(ValueError, match="Unknown local_op 'deform'"):

@@ -17,7 +17,7 @@ from timm.models.resnet import Bottleneck, ResNet
 from ..layers.checks import check_choice
 from ..layers.stra_attn import set_triton
 from .blocks import StRABottleneck, make_last_stage
-from .heads import FaceNeck, ReIDNeck
+from .heads import FaceNeck, ReIDNeck, check_face_input_size
 
 STEMS = ('default', 'small')
 HEADS = ('classifier', 'reid', 'face')
@@ -49,6 +49,8 @@ class StRAResNet(ResNet):
             '' returns the un-pooled feature map (with ``num_classes=0``).
         drop_rate: dropout before the classifier ('face': the neck's dropout).
     """
+
+    img_size: Optional[Tuple[int, int]]  # (for TorchScript: None unless the head is 'face')
 
     def __init__(
             self,
@@ -98,6 +100,8 @@ class StRAResNet(ResNet):
             raise ValueError('fuse_last=False removes the last 1x1 conv of StRA blocks; the twin keeps them.')
         if head == 'face' and img_size is None:
             raise ValueError("The 'face' head flattens the feature map: give img_size, e.g. img_size=(112, 112).")
+        if head != 'face' and img_size is not None:
+            raise TypeError(f"img_size sizes the 'face' head only; a {head!r} head pools and takes any input size.")
 
         # Build stem and stages 1-3 with timm. The last stage is rebuilt below with its own stride and block,
         # so timm is asked for an empty one (only its downsample is made and dropped). timm decays the
@@ -187,6 +191,10 @@ class StRAResNet(ResNet):
             global_pool = self.head_pool
         if self.head_type == 'face':
             check_choice(global_pool, ('flatten', ''), "face model's global_pool")
+            if global_pool and num_classes and isinstance(self.neck, nn.Identity):
+                raise ValueError('This face model\'s head was pruned (prune_intermediate_layers), and the flattening '
+                                 'neck with it: a classifier would see the un-pooled map. Use num_classes=0 (the '
+                                 'map), or build the model anew for a classifier.')
             pool_type = ''
         else:
             pool_type = global_pool
@@ -225,6 +233,13 @@ class StRAResNet(ResNet):
         if not self.use_neck:
             self.neck = nn.Identity()
         return take_indices
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, in_chans, H, W) -> (B, num_classes); a face model with its neck takes only its ``img_size``."""
+        img_size = self.img_size  # (a local, which TorchScript refines from Optional)
+        if self.use_neck and img_size is not None:
+            check_face_input_size(x, img_size)
+        return self.forward_head(self.forward_features(x))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """(B, num_features, h, w) -> (B, num_classes), or the embedding / pooled features with ``pre_logits``."""
