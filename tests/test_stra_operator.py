@@ -88,6 +88,10 @@ def test_sasa_masks_positions_outside_the_map():
     (dict(dim=30, groups=8), ValueError, '30 channels cannot be split into 8 modes'),
     (dict(dim=32, local_op='deformable'), ValueError, "Unknown local_op 'deformable'"),
     (dict(dim=32, mode='half'), ValueError, "Unknown mode 'half'"),
+    (dict(dim=32, local_op='conv', kernel_size=4), ValueError, "local_op='conv': kernel_size must be odd"),
+    (dict(dim=32, local_op='group_conv', kernel_size=0), ValueError, "local_op='group_conv': kernel_size must be odd"),
+    (dict(dim=32, reduction=0), ValueError, 'reduction must be >= 1'),
+    (dict(dim=32, reduction=-1), ValueError, 'reduction must be >= 1'),
 ])
 def test_bad_configuration(kwargs, error, message):
     with pytest.raises(error, match=message):

@@ -73,6 +73,9 @@ class LocalAttention(nn.Module):
         check_divisible(dim, groups, 'LocalAttention')
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f'LocalAttention: kernel_size must be odd and >= 1, got {kernel_size}.')
+        if reduction < 1:
+            raise ValueError(f'LocalAttention: reduction must be >= 1 (the logit branch is dim // reduction wide), '
+                             f'got {reduction}.')
         if stride not in (1, 2):
             raise ValueError(f'LocalAttention: stride must be 1 or 2, got {stride}.')
         self.dim = dim

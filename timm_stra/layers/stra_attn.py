@@ -69,6 +69,8 @@ def create_local_op(
         return local_cls(dim, groups, kernel_size, stride, reduction, per_mode=per_mode, recompute=recompute, **dd)
     if local_op == 'sasa':
         return SelfAttention2d(dim, heads=8, kernel_size=7, stride=stride, qkv_groups=groups, **dd)
+    if kernel_size < 1 or kernel_size % 2 == 0:  # padded by kernel_size // 2, an even kernel would grow the map
+        raise ValueError(f"local_op={local_op!r}: kernel_size must be odd and >= 1, got {kernel_size}.")
     conv_groups = groups if local_op == 'group_conv' else 1
     return nn.Conv2d(
         dim, dim, kernel_size, stride=stride, padding=kernel_size // 2, groups=conv_groups, bias=False, **dd)
