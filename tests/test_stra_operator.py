@@ -72,16 +72,20 @@ def test_mask_diversity_bounds():
     assert mask_diversity(same).item() == pytest.approx(3.0)
 
 
-def test_sasa_masks_positions_outside_the_map():
-    """With zero keys and position embeddings, out-of-map neighbours must not dilute the average."""
-    op = SelfAttention2d(16, heads=2, kernel_size=7, qkv_groups=2)
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_sasa_masks_positions_outside_the_map(dtype):
+    """With zero keys and position embeddings, out-of-map neighbours must not dilute the average (in float64 to
+    float64's precision: the softmax is not rounded to float32 there)."""
+    op = SelfAttention2d(16, heads=2, kernel_size=7, qkv_groups=2).to(dtype)
     torch.nn.init.zeros_(op.key.weight)
     torch.nn.init.zeros_(op.rel_h)
     torch.nn.init.zeros_(op.rel_w)
-    x = torch.randn(1, 16, 3, 3)
+    x = torch.randn(1, 16, 3, 3, dtype=dtype)
     out = op(x)
     mean_value = op.value(x).mean(dim=(2, 3), keepdim=True).expand_as(out)
-    torch.testing.assert_close(out, mean_value)
+    torch.testing.assert_close(out, mean_value)  # (float64's default tolerance is 1e-7 relative)
+    if dtype == torch.float64:
+        torch.testing.assert_close(out, mean_value, rtol=1e-13, atol=1e-13)
 
 
 @pytest.mark.parametrize('kwargs, error, message', [
@@ -224,3 +228,18 @@ def test_vmap_and_jvp_in_eval_mode():
     torch.testing.assert_close(mapped[0][:, 0], ops[1](x), rtol=1e-4, atol=1e-5)
     primal, jvp = torch.func.jvp(ops[0], (x,), (tangent,))
     torch.testing.assert_close(jvp, torch.func.jvp(ops[1], (x,), (tangent,))[1], rtol=1e-4, atol=1e-5)
+
+
+def test_float64_runs_in_float64():
+    """The softmaxes take float32 statistics at least, not at most: a float64 operator matches the float64
+    reference to float64's precision (values and gradients), as gradcheck-style checks need."""
+    torch.manual_seed(0)
+    fast = StRAttention(32, groups=4).double().train()
+    ref = StRAttention(32, groups=4, reference=True).double().train()
+    ref.load_state_dict(fast.state_dict())
+    x = torch.randn(2, 32, 6, 5, dtype=torch.float64, requires_grad=True)
+    out_fast, out_ref = fast(x), ref(x)
+    torch.testing.assert_close(out_fast, out_ref, rtol=1e-12, atol=1e-12)
+    grad = torch.randn_like(out_fast)
+    (g_fast,), (g_ref,) = torch.autograd.grad(out_fast, x, grad), torch.autograd.grad(out_ref, x, grad)
+    torch.testing.assert_close(g_fast, g_ref, rtol=1e-10, atol=1e-10)

@@ -107,7 +107,7 @@ class LocalAttention(nn.Module):
         nu = F.pad(nu, (p, p, p, p)).unfold(2, k, s).unfold(3, k, s)
         omega = omega.reshape(B, G, k, k, H, W)[..., ::s, ::s]
         logits = (omega + nu.permute(0, 1, 4, 5, 2, 3)).reshape(B, G, k * k, out_h, out_w)
-        return torch.softmax(logits, dim=2, dtype=torch.float32).to(scores.dtype)
+        return torch.softmax(logits, dim=2, dtype=torch.promote_types(scores.dtype, torch.float32)).to(scores.dtype)
 
     def neighbour_weights(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) input -> (B, G, k*k, ceil(H / stride), ceil(W / stride)) weights (``attention`` of the

@@ -143,5 +143,5 @@ class ModeAttention(nn.Module):
 
 def _normalize_masks(logits: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """(B, G, H, W) mask logits -> masks summing to 1 over the positions (float32 softmax, cast to ``dtype``)."""
-    masks = torch.softmax(logits.flatten(2), dim=-1, dtype=torch.float32).to(dtype)
+    masks = torch.softmax(logits.flatten(2), dim=-1, dtype=torch.promote_types(dtype, torch.float32)).to(dtype)
     return masks.view_as(logits)

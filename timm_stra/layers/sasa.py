@@ -81,6 +81,6 @@ class SelfAttention2d(nn.Module):
         inside = F.unfold(torch.ones_like(x[:1, :1]), k, padding=k // 2, stride=s).view(1, 1, kk, L) > 0
         logits = torch.einsum('bhdl,bhdjl->bhjl', q, keys)              # B, heads, kk, L
         logits = logits.masked_fill(~inside, float('-inf'))
-        attn = torch.softmax(logits, dim=2, dtype=torch.float32).to(values.dtype)
+        attn = torch.softmax(logits, dim=2, dtype=torch.promote_types(values.dtype, torch.float32)).to(values.dtype)
         out = torch.einsum('bhjl,bhdjl->bhdl', attn, values)
         return out.reshape(B, C, out_h, out_w)
