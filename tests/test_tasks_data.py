@@ -1,6 +1,7 @@
 """The data readers on tiny files in the published formats, including broken and hostile ones."""
 import os
 import pickle
+import threading
 from pathlib import Path
 
 import pytest
@@ -8,8 +9,9 @@ import torch
 
 from synthetic import face_bin_bytes, make_face_folders, make_fer2013, make_market1501
 from timm_stra.tasks.data import (
-    BadDataError, FaceBinError, FacePairs, Market1501, load_face_bin, parse_market_name, read_fer2013,
+    BadDataError, CheckShare, FaceBinError, FacePairs, Market1501, load_face_bin, parse_market_name, read_fer2013,
     scan_identity_folders)
+from timm_stra.tasks.data.check_share import find_undecodable
 from timm_stra.tasks.task_data import load_eval_sets
 
 
@@ -101,6 +103,79 @@ def test_face_folders(tmp_path):
     samples, names, skipped = scan_identity_folders(tmp_path, skip_bad=True)
     assert skipped == 2 and names == ['id_000', 'id_002']
     assert [(Path(path).parent.name, label) for path, label in samples] == [('id_000', 0)] * 2 + [('id_002', 1)] * 2
+
+
+def _shares_between_threads(world_size):
+    """CheckShares for ``world_size`` threads whose gather meets at a barrier, as all_gather_objects does
+    between DDP processes."""
+    barrier, parts = threading.Barrier(world_size, timeout=60), [None] * world_size
+
+    def gather_for(rank):
+        def gather(findings):
+            parts[rank] = findings
+            barrier.wait()
+            gathered = list(parts)
+            barrier.wait()
+            return gathered
+        return gather
+    return [CheckShare(rank, world_size, gather_for(rank)) for rank in range(world_size)]
+
+
+def _in_threads(fn, shares):
+    results, errors = [None] * len(shares), [None] * len(shares)
+
+    def run(rank):
+        try:
+            results[rank] = fn(shares[rank])
+        except Exception as e:
+            errors[rank] = e
+    threads = [threading.Thread(target=run, args=(rank,)) for rank in range(len(shares))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results, errors
+
+
+def test_check_share_splits_the_decoding_and_agrees_on_the_findings():
+    decoded = [[], []]
+
+    def decode_for(rank):
+        def decode(index):
+            decoded[rank].append(index)
+            if index in (3, 4):
+                raise OSError(f'broken {index}')
+        return decode
+    shares = _shares_between_threads(2)
+    results, errors = _in_threads(lambda share: find_undecodable(7, decode_for(share.rank), share), shares)
+    assert errors == [None, None]
+    assert decoded == [[0, 2, 4, 6], [1, 3, 5]]  # each image decoded once, by one rank
+    assert results[0] == results[1] == [(3, 'OSError: broken 3'), (4, 'OSError: broken 4')]
+
+
+def test_identity_folders_checked_by_two_ranks_as_by_one(tmp_path):
+    make_face_folders(tmp_path, ids=3, per_id=3)
+    (tmp_path / 'id_001' / '1.jpg').write_bytes(b'')  # the 5th image: rank 0's share
+    (tmp_path / 'id_002' / '0.jpg').write_bytes(b'')  # the 7th: rank 0's too
+    (tmp_path / 'id_000' / '1.jpg').write_bytes(b'')  # the 2nd: rank 1's
+    alone = scan_identity_folders(tmp_path, skip_bad=True)
+    assert alone[2] == 3
+    results, errors = _in_threads(lambda share: scan_identity_folders(tmp_path, skip_bad=True, share=share),
+                                  _shares_between_threads(2))
+    assert errors == [None, None] and results == [alone, alone]
+    results, errors = _in_threads(lambda share: scan_identity_folders(tmp_path, share=share),
+                                  _shares_between_threads(2))
+    assert all(isinstance(e, BadDataError) and 'id_000/1.jpg' in str(e) and '3 unreadable' in str(e) for e in errors)
+
+
+def test_face_bin_checked_by_two_ranks_names_the_first_broken_image(tmp_path):
+    images, issame = pickle.loads(face_bin_bytes(pairs=10))
+    images[7] = images[12] = b'\xff\xd8 truncated'
+    path = tmp_path / 'lfw.bin'
+    path.write_bytes(pickle.dumps((images, issame)))
+    pairs = FacePairs(path)
+    results, errors = _in_threads(lambda share: pairs.check(share=share), _shares_between_threads(2))
+    assert all(isinstance(e, FaceBinError) and 'lfw.bin: image 7 does not decode' in str(e) for e in errors)
 
 
 def test_face_bin_round_trip(tmp_path):

@@ -1,14 +1,18 @@
-"""One process or many under ``torchrun``: setup, reductions, and gathering results in dataset order.
+"""One process or many under ``torchrun``: setup, reductions, sharing the up-front image check, and gathering
+results in dataset order.
 
 ``torchrun --nproc_per_node N`` sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``; the process
 group uses NCCL on GPUs and gloo on CPUs. Only rank 0 writes files.
 """
 import os
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, List, Optional
 
 import torch
 import torch.distributed as dist
+
+from .data.check_share import CheckShare
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,11 @@ def all_gather_objects(obj: Any, env: DistEnv) -> List[Any]:
     out = [None] * env.world_size
     dist.all_gather_object(out, obj)
     return out
+
+
+def check_share(env: DistEnv) -> CheckShare:
+    """This rank's part in decoding a data set's images up front: every world_size-th image, findings gathered."""
+    return CheckShare(env.rank, env.world_size, partial(all_gather_objects, env=env))
 
 
 def gather_in_order(indices: torch.Tensor, values: Optional[torch.Tensor], env: DistEnv) -> torch.Tensor:

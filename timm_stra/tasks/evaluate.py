@@ -16,7 +16,7 @@ from tqdm import tqdm
 from ..atomic import atomic_write_text
 from .checkpoint import load_model
 from .data import BadDataError, FaceBinError
-from .distributed import DistEnv, gather_in_order, init_distributed, shutdown
+from .distributed import DistEnv, check_share, gather_in_order, init_distributed, shutdown
 from .metrics import reid_cmc_map, top1_accuracy, verification_accuracy
 from .task_data import EvalSets, load_eval_sets
 from .transforms import eval_transform
@@ -149,7 +149,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         model, data_config = load_model(args.model)
         model.to(env.device)
         sets = load_eval_sets(args.task, args.data, eval_transform(args.task, data_config), args.skip_bad,
-                              face_bins=args.bins, progress=not args.no_progress and env.is_main)
+                              face_bins=args.bins, progress=not args.no_progress and env.is_main,
+                              share=check_share(env))
     except (BadDataError, FaceBinError, FileNotFoundError) as e:
         print(f'timm-stra eval {args.task}: {e}', file=sys.stderr)
         shutdown(env, barrier=False)

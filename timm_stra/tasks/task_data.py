@@ -15,7 +15,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch.utils.data import Dataset
 
-from .data import FaceBinError, FacePairs, Fer2013, ImageList, Market1501, read_fer2013, scan_identity_folders
+from .data import (CheckShare, FaceBinError, FacePairs, Fer2013, ImageList, Market1501, read_fer2013,
+                   scan_identity_folders)
 from .metrics.face_verification import NUM_FOLDS
 
 
@@ -40,14 +41,17 @@ class EvalSets:
 
 
 def load_train_set(task: str, data, transform: Callable, skip_bad: bool = False, check: bool = True,
-                   progress: bool = False) -> TrainSet:
-    """Read (and check, with a progress bar if ``progress``) the training data of ``task`` under ``data``."""
+                   progress: bool = False, share: CheckShare = CheckShare()) -> TrainSet:
+    """Read (and check, with a progress bar if ``progress``; under DDP each process decodes its ``share``) the
+    training data of ``task`` under ``data``."""
     if task == 'reid':
-        market = Market1501.load(data, splits=('train',), skip_bad=skip_bad, check=check, progress=progress)
+        market = Market1501.load(data, splits=('train',), skip_bad=skip_bad, check=check, progress=progress,
+                                 share=share)
         samples = list(zip(market.train.paths, market.train.pids))
         return TrainSet(ImageList(samples, transform), market.num_train_ids, market.skipped)
     if task == 'face':
-        samples, names, skipped = scan_identity_folders(data, skip_bad=skip_bad, check=check, progress=progress)
+        samples, names, skipped = scan_identity_folders(data, skip_bad=skip_bad, check=check, progress=progress,
+                                                        share=share)
         return TrainSet(ImageList(samples, transform), len(names), skipped)
     if task == 'fer':
         return _fer_train_set(data, *read_fer2013(data, skip_bad=skip_bad), transform)
@@ -76,7 +80,8 @@ def find_face_bins(data, given: Sequence[str] = ()) -> List[Path]:
     return [data] if data.is_file() else sorted(data.glob('*.bin'))
 
 
-def _face_pair_sets(bins: Sequence[Path], transform: Callable, check: bool, progress: bool) -> List[FacePairs]:
+def _face_pair_sets(bins: Sequence[Path], transform: Callable, check: bool, progress: bool,
+                    share: CheckShare) -> List[FacePairs]:
     """The ``.bin`` files as pair sets, refused if two share a name (their metrics would) or one has fewer pairs
     than the protocol's folds."""
     names: Dict[str, Path] = {}
@@ -92,33 +97,35 @@ def _face_pair_sets(bins: Sequence[Path], transform: Callable, check: bool, prog
                                f'protocol needs at least {NUM_FOLDS}.')
     if check:
         for pairs in sets:
-            pairs.check(progress)
+            pairs.check(progress, share)
     return sets
 
 
 def load_eval_sets(task: str, data, transform: Callable, skip_bad: bool = False, check: bool = True,
-                   face_bins: Sequence[str] = (), progress: bool = False) -> EvalSets:
-    """Read (and check, with a progress bar if ``progress``) the evaluation data of ``task`` under ``data``; bad
-    ``.bin`` files are refused."""
+                   face_bins: Sequence[str] = (), progress: bool = False, share: CheckShare = CheckShare()) -> EvalSets:
+    """Read (and check, with a progress bar if ``progress``; under DDP each process decodes its ``share``) the
+    evaluation data of ``task`` under ``data``; bad ``.bin`` files are refused."""
     if task == 'reid':
         market = Market1501.load(data, splits=('query', 'gallery'), skip_bad=skip_bad, check=check,
-                                 progress=progress)
+                                 progress=progress, share=share)
         query, gallery = (ImageList(list(zip(s.paths, s.pids)), transform) for s in (market.query, market.gallery))
         return EvalSets(task, market=market, query=query, gallery=gallery, skipped=market.skipped)
     if task == 'face':
-        return EvalSets(task, face_pairs=_face_pair_sets(find_face_bins(data, face_bins), transform, check, progress))
+        return EvalSets(task, face_pairs=_face_pair_sets(find_face_bins(data, face_bins), transform, check,
+                                                         progress, share))
     if task == 'fer':
         return _fer_eval_sets(*read_fer2013(data, skip_bad=skip_bad), transform)
     raise ValueError(f'Unknown task {task!r}')
 
 
 def load_task_data(task: str, data, train_transform: Callable, eval_transform: Callable, skip_bad: bool = False,
-                   check: bool = True, face_bins: Sequence[str] = (), progress: bool = False
+                   check: bool = True, face_bins: Sequence[str] = (), progress: bool = False,
+                   share: CheckShare = CheckShare()
                    ) -> Tuple[TrainSet, EvalSets]:
     """``load_train_set`` and ``load_eval_sets`` together, each entry read once: FER's one file holds both, and its
     bad rows are counted once (in the training set's ``skipped``)."""
     if task == 'fer':
         splits, skipped = read_fer2013(data, skip_bad=skip_bad)
         return _fer_train_set(data, splits, skipped, train_transform), _fer_eval_sets(splits, 0, eval_transform)
-    return (load_train_set(task, data, train_transform, skip_bad, check, progress),
-            load_eval_sets(task, data, eval_transform, skip_bad, check, face_bins, progress))
+    return (load_train_set(task, data, train_transform, skip_bad, check, progress, share),
+            load_eval_sets(task, data, eval_transform, skip_bad, check, face_bins, progress, share))

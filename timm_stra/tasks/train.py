@@ -31,7 +31,8 @@ from ..diversity import diversity_loss
 from .backbone_init import create_model, parse_backbone_init
 from .data import BadDataError, FaceBinError
 from .checkpoint import data_config_for, load_training_state, point_latest, resolve_checkpoint, save_checkpoint
-from .distributed import DistEnv, all_gather_objects, all_reduce_sum, broadcast_buffers, init_distributed, shutdown
+from .distributed import (DistEnv, all_gather_objects, all_reduce_sum, broadcast_buffers, check_share,
+                          init_distributed, shutdown)
 from .evaluate import evaluate, markdown_table
 from .freeze import set_trainable
 from .recipes import TASKS, get_recipe
@@ -182,7 +183,8 @@ class Trainer:
         tf_eval = eval_transform(args.task, self.data_config)
         check, progress = not args.no_check, not args.no_progress and env.is_main
         self.train_set, self.eval_sets = load_task_data(args.task, args.data, tf_train, tf_eval, args.skip_bad, check,
-                                                        face_bins=args.bins, progress=progress)
+                                                        face_bins=args.bins, progress=progress,
+                                                        share=check_share(env))
         if args.task == 'face' and not self.eval_sets.face_pairs and env.is_main:
             print(f'note: no .bin verification files in {args.data}; training without evaluation', file=sys.stderr)
         # 2. the model with the training set's classes

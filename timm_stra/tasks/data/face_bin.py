@@ -15,7 +15,8 @@ from typing import Callable, List, Optional, Tuple
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
-from tqdm import tqdm
+
+from .check_share import CheckShare, find_undecodable
 
 
 class FaceBinError(ValueError):
@@ -90,22 +91,32 @@ class FacePairs(Dataset):
         if check:
             self.check(progress)
 
-    def check(self, progress: bool = False) -> None:
-        """Decode every image once (a progress bar if ``progress``); raises ``FaceBinError`` naming a broken one."""
-        for index in tqdm(range(len(self.images)), desc=f'checking {self.name}', unit='image', leave=False,
-                          disable=not progress):
-            self._decode(index)
+    def check(self, progress: bool = False, share: CheckShare = CheckShare()) -> None:
+        """Decode every image once (this process's ``share`` of them, under DDP; a progress bar if ``progress``).
+
+        Raises:
+            FaceBinError: naming the first image that does not decode (on every process).
+        """
+        bad = find_undecodable(len(self.images), self._open, share, progress, desc=f'checking {self.name}')
+        if bad:
+            index, why = bad[0]
+            raise FaceBinError(self._broken(index, why))
 
     def __len__(self) -> int:
         return len(self.images)
 
+    def _open(self, index: int) -> Image.Image:
+        with Image.open(io.BytesIO(self.images[index])) as img:
+            return img.convert('RGB')
+
+    def _broken(self, index: int, why) -> str:
+        return f'{self.path}: image {index} does not decode ({why}). Download or export the file again.'
+
     def _decode(self, index: int) -> Image.Image:
         try:
-            with Image.open(io.BytesIO(self.images[index])) as img:
-                return img.convert('RGB')
+            return self._open(index)
         except Exception as e:
-            raise FaceBinError(f'{self.path}: image {index} does not decode ({e}). Download or export the file '
-                               'again.') from e
+            raise FaceBinError(self._broken(index, e)) from e
 
     def __getitem__(self, index: int):
         img = self._decode(index)

@@ -3,16 +3,17 @@ from pathlib import Path
 from typing import List, Tuple
 
 from .bad_data import BadDataReport
+from .check_share import CheckShare
 from .image_list import check_images, list_images
 
 
-def scan_identity_folders(root, skip_bad: bool = False, check: bool = True,
-                          progress: bool = False) -> Tuple[List[Tuple[str, int]], List[str], int]:
+def scan_identity_folders(root, skip_bad: bool = False, check: bool = True, progress: bool = False,
+                          share: CheckShare = CheckShare()) -> Tuple[List[Tuple[str, int]], List[str], int]:
     """(path, label) pairs, the identity names (label i is ``names[i]``, folders sorted by name) and
     the number of unreadable images skipped.
 
     Folders without images are ignored. With ``check`` every image is decoded once first (with a progress bar
-    if ``progress``).
+    if ``progress``; under DDP each process decodes its ``share``).
 
     Raises:
         FileNotFoundError: no identity folder with images under ``root``.
@@ -33,7 +34,7 @@ def scan_identity_folders(root, skip_bad: bool = False, check: bool = True,
     skipped = 0
     if check:
         report = BadDataReport(skip_bad, f'face identity folders {root}')
-        samples = check_images(samples, report, progress)
+        samples = check_images(samples, report, progress, share)
         skipped = report.finish()
         samples, names = _drop_empty_identities(samples, names)
         if not samples:

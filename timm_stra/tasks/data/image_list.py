@@ -4,9 +4,9 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 from PIL import Image
 from torch.utils.data import Dataset
-from tqdm import tqdm
 
 from .bad_data import BadDataReport
+from .check_share import CheckShare, find_undecodable
 
 Sample = Tuple[str, int]
 
@@ -18,21 +18,19 @@ def load_image(path: str, mode: str = 'RGB') -> Image.Image:
         return img.convert(mode)
 
 
-def check_images(samples: Sequence[Sample], report: BadDataReport, progress: bool = False) -> List[Sample]:
-    """Decode every image once; unreadable ones go to ``report`` and are left out of the result. ``progress``
-    shows a bar (a large data set takes minutes).
+def check_images(samples: Sequence[Sample], report: BadDataReport, progress: bool = False,
+                 share: CheckShare = CheckShare()) -> List[Sample]:
+    """Decode every image once (this process's ``share`` of them, under DDP); unreadable ones go to ``report`` and
+    are left out of the result, the same on every process. ``progress`` shows a bar (a large data set takes
+    minutes).
 
     Call ``report.finish()`` afterwards: it stops the run unless bad images may be skipped.
     """
-    good = []
-    for sample in tqdm(samples, desc='checking images', unit='image', leave=False, disable=not progress):
-        try:
-            load_image(sample[0])
-        except Exception as e:  # PIL raises many types for broken files
-            report.add(str(sample[0]), f'cannot read image ({type(e).__name__}: {e})')
-            continue
-        good.append(sample)
-    return good
+    bad = find_undecodable(len(samples), lambda index: load_image(samples[index][0]), share, progress)
+    for index, why in bad:
+        report.add(str(samples[index][0]), f'cannot read image ({why})')
+    bad_indices = {index for index, _ in bad}
+    return [sample for index, sample in enumerate(samples) if index not in bad_indices]
 
 
 class ImageList(Dataset):

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Dict, List, Set, Tuple
 
 from .bad_data import BadDataError, BadDataReport
+from .check_share import CheckShare
 from .image_list import check_images, list_images
 
 _NAME = re.compile(r'^(-1|\d+)_c([1-9]\d*)[s_]')  # cameras from 1; 's' (Market) or '_' (Duke) after
@@ -65,9 +66,10 @@ class Market1501:
     skipped: int = 0
 
     @classmethod
-    def load(cls, root, splits=('train', 'query', 'gallery'), skip_bad: bool = False,
-             check: bool = True, progress: bool = False) -> 'Market1501':
-        """Scan ``root``; with ``check`` every image is decoded once first (with a progress bar if ``progress``).
+    def load(cls, root, splits=('train', 'query', 'gallery'), skip_bad: bool = False, check: bool = True,
+             progress: bool = False, share: CheckShare = CheckShare()) -> 'Market1501':
+        """Scan ``root``; with ``check`` every image is decoded once first (with a progress bar if ``progress``;
+        under DDP each process decodes its ``share``).
 
         Raises:
             FileNotFoundError: a split folder is missing.
@@ -97,7 +99,7 @@ class Market1501:
                     continue
                 samples.append((str(path), pid, camid))
             if check:
-                good = set(p for p, _ in check_images([(p, 0) for p, _, _ in samples], report, progress))
+                good = set(p for p, _ in check_images([(p, 0) for p, _, _ in samples], report, progress, share))
                 samples = [s for s in samples if s[0] in good]
             found[split] = ReIDSplit([s[0] for s in samples], [s[1] for s in samples], [s[2] for s in samples])
         skipped = report.finish()
