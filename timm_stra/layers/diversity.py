@@ -36,8 +36,9 @@ class DiversityRecorder(nn.Module):
     device. Nothing is computed in eval mode or under TorchScript (``diversity_loss`` refuses a
     scripted model), nothing kept while fx traces through it (timm's fx feature extraction keeps
     it whole: ``register_notrace_module``) or when gradient checkpointing runs the forward again
-    during backward (that term would outlive the step, holding the recomputed graph). A forward hook on this module sees the masks
-    themselves, in any mode (``timm-stra modes`` draws them: ``tools/mode_maps.py``).
+    during backward (that term would outlive the step, holding the recomputed graph). A forward
+    hook on this module sees the masks themselves, in any mode (``timm-stra modes`` draws them:
+    ``tools/mode_maps.py``).
 
     Shapes:
         (B, G, H, W) -> (B, G, H, W), unchanged.
