@@ -195,6 +195,21 @@ def test_corrupt_pytorch_model_bin_names_the_file(tmp_path, zipped):
 
 def test_local_dir_of_other_arguments_is_a_clear_error(tmp_path):
     folder = save_for_hf(timm.create_model('stra_resnet50_reid', groups=4), tmp_path / 'g4')
-    with pytest.raises(PretrainedWeightsError, match='do not fit stra_resnet50_reid') as info:
+    with pytest.raises(PretrainedWeightsError, match='a saved model built with other arguments') as info:
         timm.create_model(f'local-dir:{folder}', pretrained=True, groups=8)
     assert str(folder / 'model.safetensors') in str(info.value)
+
+
+def test_a_new_classifier_loads_everything_else_strictly(tmp_path):
+    """With another num_classes timm drops the classifier and loads the rest leniently: a key the file lacks would
+    keep its fresh initialisation silently. Only the classifier may differ."""
+    saved = _randomise(timm.create_model('stra_resnet50_reid', layers=[1, 1, 1, 1], num_classes=0))
+    folder = save_for_hf(saved, tmp_path / 'reid')
+    tuned = timm.create_model(f'local-dir:{folder}', pretrained=True, num_classes=10)
+    assert tuned.fc.out_features == 10
+    ours = tuned.state_dict()
+    assert all(torch.equal(ours[k], v) for k, v in saved.state_dict().items())  # all but the new fc loaded
+    for kwargs, message in ((dict(local_op='conv'), 'keys the model does not have: layer4.0.conv2.local.score'),
+                            (dict(groups=4), 'shapes that differ')):
+        with pytest.raises(PretrainedWeightsError, match=f'built with other arguments than this one; .*{message}'):
+            timm.create_model(f'local-dir:{folder}', pretrained=True, num_classes=10, **kwargs)

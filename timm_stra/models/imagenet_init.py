@@ -58,13 +58,14 @@ def imagenet_filter_fn(state_dict: Mapping[str, torch.Tensor], model: nn.Module)
 
     The input conv is passed through when only its input channels differ, so that
     timm's ``load_pretrained`` adapts it to ``in_chans``. Weights of a saved timm-stra
-    model (``hf-hub:`` / ``local-dir:`` sources) pass through unchanged.
+    model (``hf-hub:`` / ``local-dir:`` sources) pass through unchanged once they are checked
+    to fit the model in full (``_saved_model_state``).
 
     Raises:
         IncompatibleWeightsError: the file does not fit the model outside the freshly initialised groups.
     """
     if getattr(model, 'pretrained_cfg', {}).get('source') in ('hf-hub', 'local-dir'):
-        return dict(state_dict)  # a saved timm-stra model (hf-hub:/local-dir:): timm loads it strictly as it is
+        return _saved_model_state(state_dict, model)
     ours = model.state_dict()
     operator_blocks = {k.split('.conv2.')[0] for k in ours if _OPERATOR.match(k)}
     first_conv = getattr(model, 'pretrained_cfg', {}).get('first_conv') or 'conv1'
@@ -130,3 +131,35 @@ def imagenet_filter_fn(state_dict: Mapping[str, torch.Tensor], model: nn.Module)
                  'freshly initialised: %s', name, loaded, dropped,
                  ', '.join(f'{g} ({n} tensors)' for g, n in fresh.items()) or 'nothing')
     return out
+
+
+def _saved_model_state(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
+    """A saved timm-stra model's weights, unchanged, once checked to fit ``model`` in every key and shape but the
+    classifier's when the model asks for another number of classes.
+
+    timm loads such a file strictly, except when ``num_classes`` differs from the saved one: it then drops the
+    classifier and loads the rest leniently, which would leave any other key the file lacks (say, of an operator
+    built with other arguments) at its fresh initialisation without a word.
+
+    Raises:
+        IncompatibleWeightsError: a key or shape outside the classifier differs.
+    """
+    cfg = getattr(model, 'pretrained_cfg', {})
+    new_classifier = getattr(model, 'num_classes', None) != cfg.get('num_classes')
+    ours = model.state_dict()
+
+    def checked(key: str) -> bool:
+        return not (new_classifier and _group(key) == 'classifier')
+    unexpected = [k for k in state_dict if k not in ours and checked(k)]
+    missing = [k for k in ours if k not in state_dict and checked(k) and not k.endswith(_COUNTERS)]
+    mismatched = [f'{k} {tuple(v.shape)} vs {tuple(ours[k].shape)}' for k, v in state_dict.items()
+                  if k in ours and v.shape != ours[k].shape and checked(k)]
+    if unexpected or missing or mismatched:
+        problems = [f'{what}: {_shorten(keys)}' for what, keys in (
+            ('keys the model does not have', unexpected), ('model keys the file lacks', missing),
+            ('shapes that differ (file vs model)', mismatched)) if keys]
+        raise IncompatibleWeightsError(
+            'a saved model built with other arguments than this one; ' + '; '.join(problems)
+            + ". Build it with the arguments it was saved with (its config.json, which timm.create_model('hf-hub:...')"
+            " and ('local-dir:...') read) and change only num_classes, or use pretrained=False.")
+    return dict(state_dict)
