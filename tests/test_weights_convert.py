@@ -87,6 +87,8 @@ def test_convert_embedding_model_reproduces_the_parity_operator(official, tmp_pa
                                rtol=0, atol=1e-5)
     with torch.no_grad():
         assert model.eval()(torch.randn(1, 3, 64, 32)).shape == (1, 512)
+    readme = (out / 'README.md').read_text()  # the authors' repository states no licence for the weights
+    assert 'license: other' in readme and "converted from the authors' released checkpoint" in readme
 
 
 def test_checkpoint_pickled_under_numpy_1_converts(official, tmp_path):
@@ -177,6 +179,32 @@ def test_checkpoint_of_another_architecture(tmp_path, capsys):
     checkpoint = tmp_path / 'resnet50.pth.tar'
     torch.save({'state_dict': timm.create_model('resnet50').state_dict()}, checkpoint)
     _assert_refused(checkpoint, tmp_path / 'out', capsys, 'no mapping for fc.weight')
+
+
+def test_checkpoint_without_batchnorm_step_counters_converts(official, tmp_path):
+    """Re-saved or stripped copies often lack num_batches_tracked: step counters, not weights."""
+    _, sd, _ = official
+    checkpoint = tmp_path / 'stripped.pth.tar'
+    torch.save({'state_dict': {k: v for k, v in sd.items() if not k.endswith('num_batches_tracked')}}, checkpoint)
+    out = tmp_path / 'stra-reid'
+    assert convert_main([str(checkpoint), str(out)]) == 0
+    converted = load_file(out / 'model.safetensors')
+    assert torch.equal(converted['layer4.1.conv2.local.value.weight'], sd['layer4.1.conv2.value_conv.weight'])
+
+
+def test_checkpoint_of_the_plain_twin_is_not_called_the_release(official, tmp_path):
+    """A checkpoint in the authors' layout with plain 3x3 convs in the last stage converts to the twin; its card
+    does not claim the released StRA model's weights."""
+    _, sd, _ = official
+    twin = timm.create_model('resnet50_reid')
+    plain = {k: v for k, v in sd.items() if not k.startswith('layer4.') or '.conv2.' not in k}
+    plain.update({f'layer4.{i}.conv2.weight': twin.layer4[i].conv2.weight.detach() for i in range(3)})
+    checkpoint = tmp_path / 'twin.pth.tar'
+    torch.save({'state_dict': plain}, checkpoint)
+    out = tmp_path / 'twin'
+    assert convert_main([str(checkpoint), str(out)]) == 0
+    readme = (out / 'README.md').read_text()
+    assert 'resnet50_reid' in readme and 'plain 3x3 convolutions' in readme and '84.2 mAP' not in readme
 
 
 def test_official_names_but_incomplete_model(official, tmp_path, capsys):

@@ -153,6 +153,19 @@ def test_model_card(tmp_path):
     assert card['details']['Image size'] == '1x44x44' and 'twin' in card['description']
 
 
+def test_model_card_describes_the_model_as_config_json_does(tmp_path):
+    """The card's input and arguments are the model's as it is now (in_chans, a reset classifier), as timm's
+    config.json records them, not the variant's defaults."""
+    model = timm.create_model('stra_resnet50_reid', in_chans=1, layers=[1, 1, 1, 1])
+    model.reset_classifier(10)
+    folder = save_for_hf(model, tmp_path / 'grey')
+    config = json.loads((folder / 'config.json').read_text())
+    details = model_card(model)['details']
+    assert details['Image size'] == 'x'.join(map(str, config['pretrained_cfg']['input_size'])) == '1x256x128'
+    assert details['Normalisation'].startswith(f"mean {tuple(config['pretrained_cfg']['mean'])}")
+    assert 'num_classes=10' in details['Model args'] and details['Output'] == '10 classes'
+
+
 def test_existing_folder_is_refused_and_kept(tmp_path):
     target = tmp_path / 'taken'
     target.mkdir()

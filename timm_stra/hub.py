@@ -13,7 +13,8 @@ from typing import Any, Dict, Optional, Union
 from torch import nn
 from timm.models import push_to_hf_hub
 from timm.models import save_for_hf as timm_save_for_hf
-from timm.models._hub import generate_readme  # the model card writer push_to_hf_hub uses (not re-exported)
+from timm.data.model_config import resolve_input_data_config  # what save_for_hf writes to config.json
+from timm.models._hub import generate_readme, get_model_args  # push_to_hf_hub's card writer; config.json's args
 
 from .atomic import atomic_output_dir
 
@@ -37,26 +38,32 @@ def _description(model: nn.Module, name: str) -> str:
     return f'A {name} model: {what}, for timm with the timm-stra plugin.'
 
 
-def model_card(model: nn.Module, repo_id: Optional[str] = None, weights: Optional[str] = None) -> Dict[str, Any]:
+def model_card(model: nn.Module, repo_id: Optional[str] = None, weights: Optional[str] = None,
+               license: Optional[str] = None) -> Dict[str, Any]:
     """The model card of ``model`` as the dict timm's ``generate_readme`` takes.
+
+    Its arguments, input size and normalisation are those ``config.json`` records (the model as it is now:
+    ``in_chans``, a reset classifier).
 
     Args:
         model: a timm-stra model (built by ``timm.create_model``).
         repo_id: Hub repo the card is for; the usage example loads from it
             (from ``local-dir:<this folder>`` when None).
         weights: one sentence on where the weights come from.
+        license: the weights' licence identifier (default: the pretrained config's, else apache-2.0).
     """
     cfg = model.pretrained_cfg
     name = cfg['architecture']
     source = f"hf-hub:{repo_id}" if repo_id else 'local-dir:<this folder>'
-    args = dict(getattr(model, '_model_args', {}))
+    args = get_model_args(model)
+    data = resolve_input_data_config(model)
     details = {
         'Model type': 'image classification' if model.num_classes else 'image feature extraction (embedding)',
         'Architecture': f'{name} (timm-stra)',
         'Model args': ', '.join(f'{k}={v!r}' for k, v in sorted(args.items())) or 'defaults',
         'Params (M)': round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
-        'Image size': 'x'.join(map(str, cfg['input_size'])),
-        'Normalisation': f"mean {tuple(cfg['mean'])}, std {tuple(round(s, 4) for s in cfg['std'])}",
+        'Image size': 'x'.join(map(str, data['input_size'])),
+        'Normalisation': f"mean {tuple(data['mean'])}, std {tuple(round(s, 4) for s in data['std'])}",
         'Output': f'{model.num_classes} classes' if model.num_classes else f'{model.head_hidden_size}-D embedding',
         'Papers': {'Structure-Regularized Attention for Deformable Object Representation':
                    'https://arxiv.org/abs/2106.06672'},
@@ -76,7 +83,7 @@ def model_card(model: nn.Module, repo_id: Optional[str] = None, weights: Optiona
         '```\n')
     return {
         'tags': [_task(model), 'timm', 'timm-stra'],
-        'license': cfg.get('license', 'apache-2.0'),
+        'license': license or cfg.get('license', 'apache-2.0'),
         'description': _description(model, name),
         'details': details,
         'usage': usage,
@@ -89,6 +96,7 @@ def save_for_hf(
         save_directory: Union[str, Path],
         repo_id: Optional[str] = None,
         weights: Optional[str] = None,
+        license: Optional[str] = None,
         **kwargs,
 ) -> Path:
     """Write ``config.json``, ``model.safetensors`` and ``README.md`` (model card) to a new folder.
@@ -104,12 +112,14 @@ def save_for_hf(
     save_directory = Path(save_directory)
     with atomic_output_dir(save_directory) as tmp:
         timm_save_for_hf(model, tmp, safe_serialization=True, **kwargs)
-        readme = generate_readme(model_card(model, repo_id, weights), save_directory.name, task_name=_task(model))
+        readme = generate_readme(model_card(model, repo_id, weights, license), save_directory.name,
+                                 task_name=_task(model))
         (tmp / 'README.md').write_text(readme, encoding='utf-8')
     return save_directory
 
 
-def push_to_hub(model: nn.Module, repo_id: str, weights: Optional[str] = None, **kwargs):
+def push_to_hub(model: nn.Module, repo_id: str, weights: Optional[str] = None, license: Optional[str] = None,
+                **kwargs):
     """Publish ``model`` to the Hugging Face Hub with timm's ``push_to_hf_hub`` and the timm-stra model card.
 
     Writes the same files as ``save_for_hf`` (safetensors only), but for the model card: timm writes
@@ -119,4 +129,4 @@ def push_to_hub(model: nn.Module, repo_id: str, weights: Optional[str] = None, *
     """
     kwargs.setdefault('safe_serialization', True)
     return push_to_hf_hub(
-        model, repo_id, model_card=model_card(model, repo_id, weights), task_name=_task(model), **kwargs)
+        model, repo_id, model_card=model_card(model, repo_id, weights, license), task_name=_task(model), **kwargs)

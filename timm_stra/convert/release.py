@@ -23,7 +23,10 @@ from .official import convert_official_state_dict
 PathLike = Union[str, Path]
 _PLAIN_CONV2 = re.compile(r'^layer4\.\d+\.conv2\.weight$')
 WEIGHTS_NOTE = ("converted from the authors' released checkpoint (shenao-zhang/StRA, Market-1501; "
-                'they report 84.2 mAP, 94.0 Rank-1) with timm-stra convert')
+                'they report 84.2 mAP, 94.0 Rank-1) with timm-stra convert; their repository states no licence '
+                'for it')
+TWIN_WEIGHTS_NOTE = ("converted with timm-stra convert from a checkpoint in the layout of the authors' code "
+                     '(shenao-zhang/StRA), with plain 3x3 convolutions in the last stage')
 
 
 def build_converted_model(state_dict: Dict[str, torch.Tensor], keep_classifier: bool, source: str) -> nn.Module:
@@ -43,6 +46,8 @@ def build_converted_model(state_dict: Dict[str, torch.Tensor], keep_classifier: 
         num_classes = 0
     model = timm.create_model(variant, num_classes=num_classes, pretrained_cfg_overlay=dict(tag='official'))
     ours = model.state_dict()
+    # BatchNorm step counters are not weights: a re-saved or stripped copy may lack them
+    state_dict = {**{k: v for k, v in ours.items() if k.endswith('num_batches_tracked')}, **state_dict}
     missing = sorted(set(ours) - set(state_dict))
     shapes = [f'{k} {tuple(v.shape)} vs {tuple(ours[k].shape)}'
               for k, v in state_dict.items() if k in ours and v.shape != ours[k].shape]
@@ -74,4 +79,5 @@ def convert_checkpoint(checkpoint: PathLike, out_dir: PathLike, keep_classifier:
     except ValueError as e:
         raise CheckpointError(f'{checkpoint}: {e}') from e
     model = build_converted_model(converted, keep_classifier, str(checkpoint))
-    return save_for_hf(model, out_dir, weights=WEIGHTS_NOTE)
+    note = WEIGHTS_NOTE if model.pretrained_cfg['architecture'] == 'stra_resnet50_reid' else TWIN_WEIGHTS_NOTE
+    return save_for_hf(model, out_dir, weights=note, license='other')
