@@ -1,6 +1,7 @@
 """timm_stra.atomic: folders and text files appear complete or not at all, on a real file system."""
 import contextlib
 import os
+import threading
 
 import pytest
 
@@ -106,3 +107,38 @@ def test_write_text_replaces_and_a_failed_write_keeps_the_old_text(tmp_path):
         atomic_write_text(path, 'a lone surrogate \udc80')
     assert path.read_text() == 'epoch-0002\n'
     assert [p.name for p in tmp_path.iterdir()] == ['latest']
+
+
+def test_overwrite_through_a_symbolic_link_replaces_the_folder_it_names(tmp_path):
+    target = _old_folder(tmp_path)
+    link = tmp_path / 'link'
+    link.symlink_to(target, target_is_directory=True)
+    with atomic_output_dir(link, overwrite=True) as tmp:
+        (tmp / 'c.txt').write_text('new c')
+    assert link.is_symlink() and _tree(link) == {'c.txt': 'new c'} == _tree(target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['link', 'out']  # the old folder is gone, not set aside
+
+
+def test_concurrent_writes_of_one_file_each_land_whole(tmp_path):
+    """Each write has its own temporary file: two threads writing one path (a picture, a record) cannot share
+    it, so each rename lands one whole text and nothing is left over."""
+    path = tmp_path / 'record.json'
+    texts = [str(i) * 100_000 for i in range(8)]
+    errors = []
+
+    def write(text):
+        try:
+            for _ in range(5):
+                atomic_write_text(path, text)
+        except Exception as e:
+            errors.append(e)
+    threads = [threading.Thread(target=write, args=(t,)) for t in texts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and path.read_text() in texts
+    assert [p.name for p in tmp_path.iterdir()] == ['record.json']
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask  # the usual permissions, not the temp file's private ones

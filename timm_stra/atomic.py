@@ -99,12 +99,15 @@ def atomic_output_dir(target: PathLike, overwrite: bool = False) -> Iterator[Pat
     Args:
         target: the folder to write.
         overwrite: replace an existing ``target`` folder (it stays as it was until the new one
-            is complete). Without it ``target`` must be absent or an empty folder.
+            is complete; a symbolic link stays, the folder it names is replaced). Without it ``target``
+            must be absent or an empty folder.
 
     Raises:
         FileExistsError: ``target`` is a file, or (without ``overwrite``) a non-empty folder.
     """
     target = Path(target)
+    if target.is_symlink():  # replace the folder it names, and keep the link
+        target = target.resolve()
     if not overwrite:
         refuse_existing(target)
     elif target.exists() and not target.is_dir():
@@ -136,9 +139,12 @@ def atomic_write_file(path: PathLike, write: Callable[[Path], None]) -> None:
     On error the temporary file is removed and ``path`` keeps its old content.
     """
     path = Path(path)
-    tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
+    fd, name = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.absolute().parent)  # one per call
+    os.close(fd)
+    tmp = Path(name)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's file is private: the usual permissions, as a new file gets
         _fsync(tmp)
         os.replace(tmp, path)
     except BaseException:
