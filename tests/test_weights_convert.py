@@ -165,6 +165,18 @@ def test_truncated_checkpoint(official, tmp_path, capsys):
     _assert_refused(truncated, tmp_path / 'out', capsys, 'truncated, corrupt')
 
 
+@pytest.mark.parametrize('content, phrase', [
+    (bytes(range(256)) * 20, 'truncated, corrupt or in another format (UnpicklingError: Unsupported operand'),
+    (b'<!DOCTYPE html><html><head><title>Google Drive - Virus scan warning</title>', 'is a web page (HTML)'),
+], ids=['garbled', 'html-page'])
+def test_unreadable_file_is_not_called_malicious(tmp_path, capsys, content, phrase):
+    """timm words every refusal of the weights-only unpickler as one of pickle globals: a garbled file, or the
+    page a failed download saved, is not code being refused."""
+    checkpoint = tmp_path / 'model.pth.tar'
+    checkpoint.write_bytes(content)
+    _assert_refused(checkpoint, tmp_path / 'out', capsys, phrase)
+
+
 def test_corrupt_safetensors(tmp_path, capsys):
     bad = tmp_path / 'model.safetensors'
     bad.write_bytes(b'\xff' * 64)

@@ -46,6 +46,14 @@ def _blocked_globals(error: BaseException) -> str:
     return ', '.join(sorted(set(re.findall(r'GLOBAL ([\w.]+)', text))))
 
 
+def _reason(error: BaseException) -> str:
+    """What went wrong reading a file, in a line: the underlying error when timm re-raised it in its words."""
+    cause = error.__cause__ or error
+    text = ' '.join(str(cause).split())
+    operand = re.search(r'Unsupported operand \d+', text)  # torch's weights-only unpickler on a garbled stream
+    return f'{type(cause).__name__}: {operand.group(0) if operand else text[:200]}'
+
+
 def read_state_dict(path: PathLike) -> Dict[str, torch.Tensor]:
     """The tensors of a ``.pth``/``.pth.tar``/``.bin``/``.safetensors`` checkpoint.
 
@@ -63,17 +71,25 @@ def read_state_dict(path: PathLike) -> Dict[str, torch.Tensor]:
         with torch.serialization.safe_globals(_numpy_data_globals()):
             state_dict = load_state_dict(str(path), use_ema=False, weights_only=True)
     except Exception as e:  # noqa: BLE001  (torch, pickle and safetensors raise many types for bad files)
-        if 'pickle globals' in str(e) or 'Unsupported global' in str(e):
-            found = _blocked_globals(e)
+        # timm words every refusal of torch's weights-only unpickler as one of pickle globals, a garbled file's too:
+        # only a global torch names is one
+        found = _blocked_globals(e)
+        if found:
             raise CheckpointError(
-                f'{path}: refused. Its pickle would import or call {found or "code"} while loading, which a '
+                f'{path}: refused. Its pickle would import or call {found} while loading, which a '
                 'checkpoint of weights never needs; nothing from it was run. Only tensors, numbers and '
                 'containers are accepted. If you made this file yourself, re-save its state_dict with torch.save.'
             ) from e
+        with path.open('rb') as f:
+            start = f.read(512).lstrip().lower()
+        if start.startswith((b'<!doctype html', b'<html')):
+            raise CheckpointError(
+                f'{path}: is a web page (HTML), not a checkpoint: the download saved the page a link led to (a '
+                'sign-in, confirmation or error page). Download the file itself again.') from e
         kind = 'safetensors file' if path.suffix == '.safetensors' else 'PyTorch checkpoint'
         raise CheckpointError(
             f'{path}: not a readable {kind}; it is truncated, corrupt or in another format '
-            f'({type(e).__name__}: {str(e)[:200]}). Download or save it again.') from e
+            f'({_reason(e)}). Download or save it again.') from e
     if not isinstance(state_dict, dict) or not state_dict:
         raise CheckpointError(f'{path}: holds no state dict (found {type(state_dict).__name__}).')
     bad = [k for k, v in state_dict.items() if not isinstance(v, torch.Tensor)]
