@@ -24,6 +24,8 @@ import timm
 import timm_stra  # noqa: F401  (registers the models)
 from ..atomic import atomic_write_text
 from ..tools.summary import markdown_table
+from .arguments import output_file
+from .device_options import parse_device
 from .macs import count_macs, count_params
 from .rows import EXTRA_ROWS, PAPER_ROWS, AblationRow
 
@@ -129,7 +131,8 @@ def failures(results: List[Dict[str, object]]) -> List[str]:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog='timm-stra table', description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--json', metavar='PATH', help='also write the rows (all counts, by op) to this JSON file')
+    parser.add_argument('--json', metavar='PATH', type=output_file,
+                        help='also write the rows (all counts, by op) to this JSON file')
     parser.add_argument('--check', action='store_true',
                         help='exit 1 unless every paper value is reproduced to its printed precision')
     parser.add_argument('--paper-only', action='store_true', help="only the paper's rows (no face/FER rows)")
@@ -137,8 +140,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="device the models are built on; counting needs shapes only (default: meta)")
     parser.add_argument('--no-progress', action='store_true', help='no progress bar')
     args = parser.parse_args(argv)
+    device = parse_device(parser, args, kinds=('meta', 'cpu', 'cuda'))
     rows = PAPER_ROWS if args.paper_only else PAPER_ROWS + EXTRA_ROWS
-    results = measure(rows, progress=not args.no_progress, device=args.device)
+    results = measure(rows, progress=not args.no_progress, device=str(device))
     print(to_markdown(results))
     print('\n' + NOTE)
     if args.json:

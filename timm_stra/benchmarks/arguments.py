@@ -1,6 +1,9 @@
-"""Command-line value types the benchmarks share: comma-separated lists of integers, numbers or names."""
+"""Command-line value types the benchmarks share: comma-separated lists of integers, numbers or names, bounded
+numbers, and output paths checked before the work that fills them."""
 import argparse
 import math
+import os
+from pathlib import Path
 from typing import Callable, List, Sequence
 
 
@@ -12,6 +15,9 @@ def int_list(text: str) -> List[int]:
         raise argparse.ArgumentTypeError(f'expected comma-separated integers, got {text!r}') from None
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f'expected positive integers, got {text!r}')
+    twice = sorted({v for v in values if values.count(v) > 1})
+    if twice:
+        raise argparse.ArgumentTypeError(f'{", ".join(map(str, twice))} given more than once')
     return values
 
 
@@ -38,3 +44,41 @@ def name_list(choices: Sequence[str]) -> Callable[[str], List[str]]:
             raise argparse.ArgumentTypeError(f'{", ".join(twice)} given more than once')
         return values
     return parse
+
+
+def at_least(lowest: int) -> Callable[[str], int]:
+    """A type for an integer of at least ``lowest``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f'expected an integer, got {text!r}') from None
+        if value < lowest:
+            raise argparse.ArgumentTypeError(f'expected {lowest} or more, got {value}')
+        return value
+    return parse
+
+
+def positive_float(text: str) -> float:
+    """A finite number above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected a number, got {text!r}') from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f'expected a number above 0, got {text!r}')
+    return value
+
+
+def output_file(text: str) -> str:
+    """A file a command writes when its work is done, checked when the command starts: not a folder, in a folder
+    that exists and can be written to (so that minutes of measurement are not lost to a typo)."""
+    path = Path(text)
+    folder = path.absolute().parent
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f'{text} is a folder: give the path of a file to write')
+    if not folder.is_dir():
+        raise argparse.ArgumentTypeError(f'{folder} does not exist: create it first, or give another path')
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f'cannot write in {folder}: give a path in a folder you can write to')
+    return text

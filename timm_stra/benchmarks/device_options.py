@@ -1,7 +1,7 @@
 """The options every benchmark takes for where and how it runs: ``--device``, ``--channels-last``, ``--bf16``,
 ``--compile``."""
 import argparse
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 import torch
 
@@ -14,11 +14,25 @@ def add_device_options(parser: argparse.ArgumentParser, default: Optional[str] =
     parser.add_argument('--bf16', action='store_true', help='bf16 autocast')
 
 
-def parse_device(parser: argparse.ArgumentParser, args: argparse.Namespace) -> torch.device:
-    """The device ``args`` asks for; a parser error if it asks for CUDA where there is none."""
-    device = torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
-    if device.type == 'cuda' and not torch.cuda.is_available():
-        parser.error(f'--device {args.device}: CUDA is not available.')
+def parse_device(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                 kinds: Sequence[str] = ('cpu', 'cuda')) -> torch.device:
+    """The device ``args`` asks for, of one of ``kinds``; a parser error for another, or for a CUDA device this
+    machine does not have."""
+    text = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
+    choices = ' or '.join(f'{k}[:N]' if k == 'cuda' else k for k in kinds)
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in kinds:
+        parser.error(f'--device {text}: choose {choices}.')
+    if device.type == 'cuda':
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not count:
+            parser.error(f'--device {text}: CUDA is not available.')
+        if device.index is not None and device.index >= count:
+            parser.error(f'--device {text}: this machine has {count} CUDA device{"s" if count > 1 else ""} '
+                         f'(cuda:0{f" to cuda:{count - 1}" if count > 1 else ""}).')
     return device
 
 

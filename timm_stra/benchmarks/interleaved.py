@@ -35,7 +35,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 
 from ..tools.summary import markdown_table
-from .arguments import int_list, name_list
+from .arguments import at_least, int_list, name_list, output_file
 from .cases import CASES, TASKS
 from .device_options import (add_compile_option, add_device_options, check_compile_warmup, parse_device,
                              precision_labels)
@@ -138,16 +138,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--cases', type=name_list(tuple(CASES)), default=list(DEFAULT_CASES),
                         help=f'comma-separated, from: {", ".join(CASES)} (default: {",".join(DEFAULT_CASES)}; '
                              'the ratios need limit and stra)')
-    parser.add_argument('--modes', type=name_list(MODES), default=list(MODES), help='infer, train or both')
+    parser.add_argument('--modes', type=name_list(MODES), default=list(MODES),
+                        help='comma-separated, from infer, train (default: infer,train)')
     parser.add_argument('--batch-sizes', type=int_list, default=[16], help='comma-separated (default 16)')
     parser.add_argument('--rounds', type=int, default=20,
                         help='timed rounds, one step of every case each (default 20); a multiple of the number of '
                              'cases (of twice that, for an odd number) completes the balanced orders')
     parser.add_argument('--warmup', type=int, default=2, help='untimed steps of every case first (default 2)')
-    parser.add_argument('--threads', type=int, default=0, help="CPU threads (default: torch's default)")
+    parser.add_argument('--threads', type=at_least(0), default=0, help="CPU threads (default 0: torch's default)")
     add_device_options(parser, default=None)
     add_compile_option(parser, 'every model')
-    parser.add_argument('--json', metavar='PATH', help='also write the machine, the settings, the rows and every '
+    parser.add_argument('--json', metavar='PATH', type=output_file, help='also write the machine, the settings, the rows and every '
                                                        "step's seconds here")
     parser.add_argument('--log-runs', action='store_true',
                         help="print each setting's rows to stderr as it finishes (what a run cut short still "

@@ -50,6 +50,7 @@ from tqdm import tqdm
 from ..layers import DiversityRecorder, StRAttention
 from ..layers.stra_triton import HAS_TRITON
 from ..tools.summary import markdown_table
+from .arguments import at_least, name_list
 from .cases import TASKS
 from .device_options import (CUDA_GRAPH_MODES, add_compile_option, add_device_options, check_compile_warmup,
                              parse_device, precision_labels)
@@ -196,29 +197,27 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog='python -m timm_stra.benchmarks.operator', description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--task', default='reid', choices=sorted(TASKS))
-    parser.add_argument('--batch-size', type=int, default=16)
-    parser.add_argument('--impls', default=None,
-                        help=f'comma-separated, from {IMPLEMENTATIONS} (default: all; on the CPU all but stra-triton)')
-    parser.add_argument('--modes', default=','.join(MODES), help=f'comma-separated, from {MODES}')
-    parser.add_argument('--repeats', type=int, default=5, help='interleaved rounds')
-    parser.add_argument('--iters', type=int, default=5, help='timed steps per case and round')
-    parser.add_argument('--warmup', type=int, default=2, help='untimed steps per case and mode, before the rounds')
-    parser.add_argument('--threads', type=int, default=None, help="CPU threads (default: torch's default)")
+    parser.add_argument('--batch-size', type=at_least(1), default=16)
+    parser.add_argument('--impls', type=name_list(IMPLEMENTATIONS), default=None,
+                        help=f'comma-separated, from {", ".join(IMPLEMENTATIONS)} (default: all; on the CPU all but '
+                             'stra-triton)')
+    parser.add_argument('--modes', type=name_list(MODES), default=list(MODES),
+                        help=f'comma-separated, from {", ".join(MODES)} (default: all)')
+    parser.add_argument('--repeats', type=at_least(1), default=5, help='interleaved rounds')
+    parser.add_argument('--iters', type=at_least(1), default=5, help='timed steps per case and round')
+    parser.add_argument('--warmup', type=at_least(0), default=2,
+                        help='untimed steps per case and mode, before the rounds')
+    parser.add_argument('--threads', type=at_least(0), default=0, help="CPU threads (default 0: torch's default)")
     add_device_options(parser)
     add_compile_option(parser, 'every operator')
     parser.add_argument('--no-progress', action='store_true')
     args = parser.parse_args(argv)
     device = parse_device(parser, args)
     default_impls = IMPLEMENTATIONS if device.type == 'cuda' and HAS_TRITON else CPU_IMPLEMENTATIONS
-    impls = args.impls.split(',') if args.impls else list(default_impls)
-    modes = args.modes.split(',')
-    bad = [i for i in impls if i not in IMPLEMENTATIONS] + [m for m in modes if m not in MODES]
-    if bad:
-        parser.error(f'unknown implementations or modes: {bad}')
+    impls = args.impls or list(default_impls)
+    modes = args.modes
     if 'train' in modes and args.batch_size < 2:
         parser.error('a training step needs a batch of 2 or more (BatchNorm)')
-    if args.repeats < 1 or args.iters < 1 or args.warmup < 0:
-        parser.error('--repeats and --iters must be >= 1 and --warmup >= 0')
     check_compile_warmup(parser, args)
     if args.threads:
         torch.set_num_threads(args.threads)

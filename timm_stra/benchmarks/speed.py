@@ -30,7 +30,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from ..tools.summary import markdown_table
-from .arguments import float_list, int_list, name_list
+from .arguments import at_least, float_list, int_list, name_list, output_file, positive_float
 from .cases import CASES, TASKS
 from .device_options import add_compile_option, add_device_options, check_compile_warmup, parse_device, precision_labels
 from .isolate import run_isolated
@@ -252,22 +252,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--cases', type=name_list(tuple(CASES)), default=None,
                         help='comma-separated, from: ' + ', '.join(CASES) + ' (default: all of them; on CPU all but '
                         'stra_triton, whose kernels run on CUDA only; twin is needed for the ratios to the twin)')
-    parser.add_argument('--modes', type=name_list(MODES), default=list(MODES), help='infer, train or both')
+    parser.add_argument('--modes', type=name_list(MODES), default=list(MODES),
+                        help='comma-separated, from infer, train (default: infer,train)')
     parser.add_argument('--batch-sizes', type=int_list, default=None,
                         help=f"default {CPU_DEFAULTS['batch_sizes']} on CPU, {CUDA_DEFAULTS['batch_sizes']} on CUDA")
     parser.add_argument('--repeats', type=int, default=None, help='interleaved repeats (default 3)')
     parser.add_argument('--warmup', type=int, default=None, help='untimed steps per run (default 1 CPU, 5 CUDA)')
     parser.add_argument('--iters', type=int, default=None, help='timed steps per run (default 1 CPU, 20 CUDA)')
-    parser.add_argument('--threads', type=int, default=0, help="CPU threads (default: torch's default)")
+    parser.add_argument('--threads', type=at_least(0), default=0, help="CPU threads (default 0: torch's default)")
     parser.add_argument('--sweep', type=float_list, default=[1, 2, 4],
                         help='pixel multiples of the resolution sweep (inference; default 1,2,4)')
     parser.add_argument('--sweep-batch', type=int, default=None, help='batch of the sweep (default 1 CPU, 16 CUDA)')
     parser.add_argument('--no-sweep', action='store_true', help='skip the resolution sweep')
-    parser.add_argument('--timeout', type=float, default=1800.,
+    parser.add_argument('--timeout', type=positive_float, default=1800.,
                         help='seconds before one run is abandoned (runs in fresh processes, not --in-process)')
     parser.add_argument('--in-process', action='store_true',
                         help='every run in this process, not a fresh one (quick on a GPU; see above)')
-    parser.add_argument('--json', metavar='PATH', help='also write machine, settings, summary and raw runs here')
+    parser.add_argument('--json', metavar='PATH', type=output_file,
+                        help='also write machine, settings, summary and raw runs here')
     parser.add_argument('--cpu-time', action='store_true',
                         help='add process CPU time columns (CPU runs; includes steal time on a virtual machine)')
     add_compile_option(parser, 'every model (--in-process lets later runs reuse the compiled code)')
@@ -300,8 +302,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     settings = plan(args.modes, args.batch_sizes, size, sweep, args.sweep_batch)
     if 'train' in args.modes and 1 in args.batch_sizes:
         print('note: no training step at batch 1 (BatchNorm needs 2 samples).', file=sys.stderr)
-    if not settings:
-        parser.error('nothing to measure (training needs --batch-sizes of 2 or more).')
+    if not any(img_size == size for _, _, img_size in settings):
+        parser.error(f'nothing to measure at the {args.task} input size {size[0]}x{size[1]} (training needs '
+                     '--batch-sizes of 2 or more).')
     machine = describe(device)
     start = time.perf_counter()
     raw = run_all(args.cases, settings, args.repeats, progress=not args.no_progress, isolate=not args.in_process,

@@ -43,7 +43,9 @@ def describe(name: str) -> Dict[str, object]:
 
 
 def markdown_table(rows: List[Dict[str, object]]) -> str:
-    """Rows of dicts (same keys) -> Markdown table; floats with 3 decimals."""
+    """Rows of dicts (same keys) -> Markdown table; floats with 3 decimals ('' for no rows)."""
+    if not rows:
+        return ''
     cols = list(rows[0])
 
     def fmt(v):

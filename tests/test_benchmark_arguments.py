@@ -1,0 +1,51 @@
+"""The benchmarks refuse bad arguments when they start, with a line that says what to give: not a traceback after
+the measurements, nor a table of empty batches."""
+import pytest
+import torch
+
+from timm_stra.benchmarks.ablation import main as table_main
+from timm_stra.benchmarks.interleaved import main as interleaved_main
+from timm_stra.benchmarks.operator import main as operator_main
+from timm_stra.benchmarks.speed import main as bench_main
+from timm_stra.tools.summary import markdown_table
+
+TOOLS = {'bench': bench_main, 'interleaved': interleaved_main, 'operator': operator_main, 'table': table_main}
+
+
+@pytest.mark.parametrize('tool, argv, message', [
+    ('bench', ['--json', '{missing}/b.json'], 'does not exist: create it first'),
+    ('interleaved', ['--json', '{missing}/b.json'], 'does not exist: create it first'),
+    ('table', ['--json', '{tmp}'], 'is a folder: give the path of a file'),
+    ('bench', ['--device', 'bogus'], '--device bogus: choose cpu or cuda[:N]'),
+    ('bench', ['--device', 'meta'], '--device meta: choose cpu or cuda[:N]'),
+    ('operator', ['--device', 'mps'], '--device mps: choose cpu or cuda[:N]'),
+    ('table', ['--device', 'xla:0'], '--device xla:0: choose meta or cpu or cuda[:N]'),
+    ('bench', ['--threads', '-1'], 'argument --threads: expected 0 or more, got -1'),
+    ('interleaved', ['--threads', '-2'], 'argument --threads: expected 0 or more, got -2'),
+    ('bench', ['--timeout', '0'], "argument --timeout: expected a number above 0, got '0'"),
+    ('operator', ['--batch-size', '0'], 'argument --batch-size: expected 1 or more, got 0'),
+    ('operator', ['--warmup', '-1'], 'argument --warmup: expected 0 or more, got -1'),
+    ('operator', ['--impls', 'stra,stra'], 'argument --impls: stra given more than once'),
+    ('bench', ['--batch-sizes', '16,16'], 'argument --batch-sizes: 16 given more than once'),
+    ('bench', ['--modes', 'both'], "argument --modes: ['both']: choose from infer, train"),
+    ('bench', ['--modes', 'train', '--batch-sizes', '1', '--sweep', '2'],
+     'nothing to measure at the fer input size 44x44'),  # (the sweep alone left the main table empty)
+])
+def test_bad_arguments_are_refused_with_what_to_do(tmp_path, capsys, tool, argv, message):
+    argv = [a.format(missing=tmp_path / 'missing', tmp=tmp_path) for a in argv]
+    task = [] if tool == 'table' else ['--task', 'fer']
+    with pytest.raises(SystemExit) as exit_info:
+        TOOLS[tool](argv + task + ['--no-progress'])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='checks the refusal where there is no CUDA')
+def test_cuda_where_there_is_none(capsys):
+    with pytest.raises(SystemExit):
+        table_main(['--device', 'cuda', '--no-progress'])  # the table built its models there: a driver traceback
+    assert '--device cuda: CUDA is not available.' in capsys.readouterr().err
+
+
+def test_markdown_table_of_no_rows_is_empty():
+    assert markdown_table([]) == ''
