@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from timm_stra.atomic import atomic_output_dir, atomic_write_text
+from timm_stra.atomic import atomic_output_dir, atomic_write_text, refuse_existing
 
 
 def _tree(folder):
@@ -142,3 +142,14 @@ def test_concurrent_writes_of_one_file_each_land_whole(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~mask  # the usual permissions, not the temp file's private ones
+
+
+def test_a_folder_that_cannot_be_written_is_refused_before_any_work(tmp_path):
+    (tmp_path / 'a-file').write_text('x')
+    with pytest.raises(NotADirectoryError, match='is a file, not a folder'):
+        refuse_existing(tmp_path / 'a-file' / 'out')
+    if os.geteuid() != 0:  # (root may write anywhere)
+        locked = tmp_path / 'locked'
+        locked.mkdir(mode=0o500)
+        with pytest.raises(PermissionError, match='no permission to write'):
+            refuse_existing(locked / 'new' / 'out')

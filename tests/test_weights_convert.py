@@ -234,3 +234,10 @@ def test_output_folder_that_exists_is_not_touched(official, tmp_path, capsys):
     assert convert_main([str(checkpoint), str(out)]) == 1
     assert 'already exists' in capsys.readouterr().err
     assert _leftovers(out) == ['keep.txt']
+
+
+def test_output_folder_under_a_file_is_refused_before_reading(official, tmp_path, capsys):
+    checkpoint, _, _ = official
+    (tmp_path / 'a-file').write_text('x')
+    assert convert_main([str(checkpoint), str(tmp_path / 'a-file' / 'out')]) == 1  # was a NotADirectoryError traceback
+    assert 'a-file is a file, not a folder: choose an output folder elsewhere' in capsys.readouterr().err

@@ -35,7 +35,8 @@ def _fsync(path: Path) -> None:
 
 
 def refuse_existing(target: PathLike) -> None:
-    """Raise ``FileExistsError`` unless ``target`` is free: absent, or an empty folder.
+    """Raise ``FileExistsError`` unless ``target`` is free (absent, or an empty folder), or ``NotADirectoryError`` /
+    ``PermissionError`` where it cannot be written (under a file, or in a folder without write permission).
 
     ``atomic_output_dir`` checks this itself; call it to fail early, before expensive work.
     """
@@ -43,6 +44,11 @@ def refuse_existing(target: PathLike) -> None:
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise FileExistsError(f'{target} already exists and is not an empty folder: choose a new output folder, '
                               'or delete this one first.')
+    ancestor = next(p for p in target.absolute().parents if p.exists())  # where the writer will create folders
+    if not ancestor.is_dir():
+        raise NotADirectoryError(f'{target}: {ancestor} is a file, not a folder: choose an output folder elsewhere.')
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise PermissionError(f'{target}: no permission to write in {ancestor}: choose an output folder elsewhere.')
 
 
 def _publish(tmp: Path) -> None:

@@ -19,8 +19,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         out = convert_checkpoint(args.checkpoint, args.out_dir, keep_classifier=args.keep_classifier)
-    except (FileNotFoundError, FileExistsError, CheckpointError) as e:
+    except (FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError, CheckpointError) as e:
         print(f'timm-stra convert: error: {e}', file=sys.stderr)
+        return 1
+    except OSError as e:  # e.g. a file system that refuses the folder, a full disk: nothing was left behind
+        print(f'timm-stra convert: error: cannot write {args.out_dir}: {e}', file=sys.stderr)
         return 1
     what = 'with the ID classifier' if args.keep_classifier else '512-D embedding'
     print(f"wrote {out} ({what}); load it with timm.create_model('local-dir:{out}', pretrained=True) "
