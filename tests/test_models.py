@@ -211,3 +211,9 @@ def test_models_table_names_a_filter_that_matches_nothing(capsys):
     assert "no timm-stra model matches 'resnet50'" in err and 'stra_resnet50_reid' in err
     assert models_main(['--filter', 'stra_resnet50_fer']) == 0
     assert '| stra_resnet50_fer |' in capsys.readouterr().out
+
+
+def test_models_table_counts_the_same_on_meta_as_on_the_cpu():
+    """`timm-stra models` builds on the meta device (shapes only): the same counts, without the arithmetic."""
+    from timm_stra.tools.summary import describe
+    assert describe('stra_resnet50_fer') == describe('stra_resnet50_fer', device='cpu')

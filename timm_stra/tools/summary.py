@@ -12,6 +12,7 @@ import timm
 import torch
 from timm.models import model_entrypoint
 from torch.utils.flop_counter import FlopCounterMode
+from tqdm import tqdm
 
 import timm_stra  # noqa: F401  (registers the models)
 
@@ -22,11 +23,12 @@ def stra_model_names(pretrained: bool = False) -> List[str]:
     return [n for n in names if model_entrypoint(n.split('.')[0]).__module__.startswith('timm_stra.')]
 
 
-def describe(name: str) -> Dict[str, object]:
-    """Params, GMACs and output shape of one model, built from scratch on the CPU."""
-    model = timm.create_model(name).eval()
+def describe(name: str, device: str = 'meta') -> Dict[str, object]:
+    """Params, GMACs and output shape of one model, built from scratch on ``device`` (``meta``: shapes only, no
+    memory or arithmetic; the CPU gives the same numbers, slower)."""
+    model = timm.create_model(name, device=device).eval()
     input_size = model.pretrained_cfg['input_size']
-    x = torch.randn(1, *input_size)
+    x = torch.randn(1, *input_size, device=device)
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:
         out = model(x)
@@ -60,11 +62,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog='timm-stra models', description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--filter', default='*', help='wildcard on model names (default: all)')
+    parser.add_argument('--no-progress', action='store_true', help='no progress bar')
     args = parser.parse_args(argv)
     names = [n for n in stra_model_names() if n in timm.list_models(args.filter)]
     if not names:
         print(f'timm-stra models: no timm-stra model matches {args.filter!r} (they are: '
               f"{', '.join(stra_model_names())}).", file=sys.stderr)
         return 1
-    print(markdown_table([describe(n) for n in names]))
+    print(markdown_table([describe(n) for n in tqdm(names, desc='models', unit='model', leave=False,
+                                                    disable=args.no_progress)]))
     return 0
