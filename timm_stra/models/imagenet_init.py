@@ -19,6 +19,9 @@ everything but the classifier must. Anything else (a key the model lacks, a mode
 key the file lacks outside these groups, a shape that differs anywhere but in
 ``fc``) means the file is not an ImageNet ResNet-50 for this model: the filter
 raises and names the keys, it never drops them silently.
+
+A saved timm-stra model (``hf-hub:`` / ``local-dir:``) passes through the same filter unchanged, once checked to
+fit the model in every key and shape but a classifier the caller asked to replace (``_saved_model_state``).
 """
 import logging
 import re
@@ -160,6 +163,7 @@ def _saved_model_state(state_dict: Mapping[str, torch.Tensor], model: nn.Module)
             ('shapes that differ (file vs model)', mismatched)) if keys]
         raise IncompatibleWeightsError(
             'a saved model built with other arguments than this one; ' + '; '.join(problems)
-            + ". Build it with the arguments it was saved with (its config.json, which timm.create_model('hf-hub:...')"
-            " and ('local-dir:...') read) and change only num_classes, or use pretrained=False.")
+            + '. Build it with the arguments it was saved with (those in its config.json, which '
+            "timm.create_model('hf-hub:...') and timm.create_model('local-dir:...') pass on) and change only "
+            'num_classes, or use pretrained=False.')
     return dict(state_dict)
