@@ -217,3 +217,15 @@ def test_models_table_counts_the_same_on_meta_as_on_the_cpu():
     """`timm-stra models` builds on the meta device (shapes only): the same counts, without the arithmetic."""
     from timm_stra.tools.summary import describe
     assert describe('stra_resnet50_fer') == describe('stra_resnet50_fer', device='cpu')
+
+
+@pytest.mark.parametrize('name', ['stra_resnet50_reid', 'stra_resnet50_face'])
+def test_fx_extractor_that_stops_early_runs_only_what_it_returns(name):
+    """The shape checks must not pull the rest of the network into a truncated graph (fx keeps what a kept node
+    depends on); a face extractor that stops before the head takes any input size, as forward_features does."""
+    from timm.models import create_feature_extractor
+    model = timm.create_model(name, layers=[1, 1, 1, 1]).eval()
+    extractor = create_feature_extractor(model, return_nodes=['layer1'])
+    called = [str(n.target) for n in extractor.graph.nodes if n.op in ('call_module', 'call_function')]
+    assert not [t for t in called if t.startswith(('layer2', 'layer3', 'layer4', 'neck', 'fc'))], called
+    assert extractor(torch.randn(1, 3, 128, 96))['layer1'].shape == (1, 256, 32, 24)

@@ -6,7 +6,6 @@ written in the TorchScript subset so that models stay scriptable.
 """
 import torch
 from timm.layers import register_notrace_function
-from torch.fx.node import has_side_effect
 
 
 def check_divisible(channels: int, groups: int, what: str) -> None:
@@ -26,7 +25,6 @@ def check_choice(value: str, choices, what: str) -> None:
         raise ValueError(f'Unknown {what} {value!r}; expected one of {sorted(choices)}.')
 
 
-@has_side_effect  # an assert: fx's dead-code elimination (feature extractors) keeps it
 @register_notrace_function
 def check_feature_map(x: torch.Tensor, channels: int, name: str) -> None:
     """Raise a ``ValueError`` unless ``x`` is a (B, ``channels``, H, W) tensor."""

@@ -11,7 +11,6 @@ from typing import Tuple
 import torch
 from torch import nn
 from timm.layers import register_notrace_function
-from torch.fx.node import has_side_effect
 
 
 class ReIDNeck(nn.Module):
@@ -31,7 +30,6 @@ class ReIDNeck(nn.Module):
         return self.norm(self.fc(x))
 
 
-@has_side_effect  # an assert: fx's dead-code elimination (feature extractors) keeps it
 @register_notrace_function
 def check_face_feature_size(x: torch.Tensor, feat_size: Tuple[int, int], input_size: Tuple[int, int]) -> None:
     """Raise a ``ValueError`` unless the feature map has the size the flattened head was built for."""
@@ -43,17 +41,21 @@ def check_face_feature_size(x: torch.Tensor, feat_size: Tuple[int, int], input_s
                 feat_size[0], feat_size[1], input_size[0], input_size[1], x.shape, input_size[0], input_size[1]))
 
 
-@has_side_effect  # an assert: fx's dead-code elimination (feature extractors) keeps it
 @register_notrace_function
-def check_face_input_size(x: torch.Tensor, input_size: Tuple[int, int]) -> None:
-    """Raise a ``ValueError`` unless ``x`` is a batch of images of the size a face model's flattened head was
-    built for (another size can give a map of the same shape, laid out differently)."""
+def face_features(x: torch.Tensor, features: torch.Tensor, input_size: Tuple[int, int]) -> torch.Tensor:
+    """``features`` of the images ``x``, passed on to a face model's flattening head if ``x`` has the size the head
+    was built for (another size can give a map of the same shape, laid out differently); else a ``ValueError``.
+
+    A pass-through rather than a check beside the forward: a traced graph keeps it on the way to the head only, so
+    an fx feature extractor that stops before the head neither runs it nor refuses other sizes.
+    """
     if x.dim() != 4 or x.shape[-2] != input_size[0] or x.shape[-1] != input_size[1]:
         raise ValueError(
             'This face model flattens its feature map, so it takes {}x{} images only; got input of shape {}. '
             'Resize the input to {}x{}, or build the model for your size, e.g. '
             "timm.create_model('stra_resnet50_face', img_size=(224, 192)).".format(
                 input_size[0], input_size[1], x.shape, input_size[0], input_size[1]))
+    return features
 
 
 class FaceNeck(nn.Module):

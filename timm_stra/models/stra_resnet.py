@@ -17,7 +17,7 @@ from timm.models.resnet import Bottleneck, ResNet
 from ..layers.checks import check_choice
 from ..layers.stra_attn import set_triton
 from .blocks import StRABottleneck, make_last_stage
-from .heads import FaceNeck, ReIDNeck, check_face_input_size
+from .heads import FaceNeck, ReIDNeck, face_features
 
 STEMS = ('default', 'small')
 HEADS = ('classifier', 'reid', 'face')
@@ -236,10 +236,11 @@ class StRAResNet(ResNet):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_chans, H, W) -> (B, num_classes); a face model with its neck takes only its ``img_size``."""
+        features = self.forward_features(x)
         img_size = self.img_size  # (a local, which TorchScript refines from Optional)
         if self.use_neck and img_size is not None:
-            check_face_input_size(x, img_size)
-        return self.forward_head(self.forward_features(x))
+            features = face_features(x, features, img_size)
+        return self.forward_head(features)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """(B, num_features, h, w) -> (B, num_classes), or the embedding / pooled features with ``pre_logits``."""
