@@ -222,6 +222,8 @@ def test_a_new_classifier_loads_everything_else_strictly(tmp_path):
     assert tuned.fc.out_features == 10
     ours = tuned.state_dict()
     assert all(torch.equal(ours[k], v) for k, v in saved.state_dict().items())  # all but the new fc loaded
+    grey = timm.create_model(f'local-dir:{folder}', pretrained=True, in_chans=1)  # timm adapts the first conv
+    torch.testing.assert_close(grey.conv1.weight, saved.conv1.weight.sum(dim=1, keepdim=True))
     for kwargs, message in ((dict(local_op='conv'), 'keys the model does not have: layer4.0.conv2.local.score'),
                             (dict(groups=4), 'shapes that differ')):
         with pytest.raises(PretrainedWeightsError, match=f'built with other arguments than this one; .*{message}'):

@@ -138,7 +138,8 @@ def imagenet_filter_fn(state_dict: Mapping[str, torch.Tensor], model: nn.Module)
 
 def _saved_model_state(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
     """A saved timm-stra model's weights, unchanged, once checked to fit ``model`` in every key and shape but the
-    classifier's when the model asks for another number of classes.
+    classifier's when the model asks for another number of classes, and the input channels of the first conv
+    (which timm adapts to ``in_chans``).
 
     timm loads such a file strictly, except when ``num_classes`` differs from the saved one: it then drops the
     classifier and loads the rest leniently, which would leave any other key the file lacks (say, of an operator
@@ -149,14 +150,21 @@ def _saved_model_state(state_dict: Mapping[str, torch.Tensor], model: nn.Module)
     """
     cfg = getattr(model, 'pretrained_cfg', {})
     new_classifier = getattr(model, 'num_classes', None) != cfg.get('num_classes')
+    first_conv = f"{cfg.get('first_conv') or 'conv1'}.weight"
     ours = model.state_dict()
 
     def checked(key: str) -> bool:
         return not (new_classifier and _group(key) == 'classifier')
+
+    def fits(key: str, value: torch.Tensor) -> bool:
+        target = ours[key].shape
+        if key == first_conv and value.dim() == 4 and value.shape[0] == target[0] and value.shape[2:] == target[2:]:
+            return True  # only the input channels differ: timm's load_pretrained adapts it to in_chans
+        return value.shape == target
     unexpected = [k for k in state_dict if k not in ours and checked(k)]
     missing = [k for k in ours if k not in state_dict and checked(k) and not k.endswith(_COUNTERS)]
     mismatched = [f'{k} {tuple(v.shape)} vs {tuple(ours[k].shape)}' for k, v in state_dict.items()
-                  if k in ours and v.shape != ours[k].shape and checked(k)]
+                  if k in ours and not fits(k, v) and checked(k)]
     if unexpected or missing or mismatched:
         problems = [f'{what}: {_shorten(keys)}' for what, keys in (
             ('keys the model does not have', unexpected), ('model keys the file lacks', missing),
