@@ -101,10 +101,16 @@ def test_an_evaluation_that_fails_keeps_the_epochs_checkpoint(tmp_path, fer_csv,
         raise RuntimeError('evaluation failed')
     monkeypatch.setattr(train_mod, 'evaluate', fail)
     run = tmp_path / 'run'
+    args = ['fer', '--data', str(fer_csv), '--input-size', '24', '24', '--output', str(run), '--epochs', '2', *FAST]
     with pytest.raises(RuntimeError, match='evaluation failed'):
-        train_main(['fer', '--data', str(fer_csv), '--input-size', '24', '24', '--output', str(run), '--epochs', '1',
-                    *FAST])
+        train_main([*args, '--eval-interval', '1'])
     assert resolve_checkpoint(run).name == 'epoch-0001'  # --resume continues after the trained epoch
+    logged = _jsonl(run)  # and its line is logged, saying what became of the evaluation
+    assert [r['epoch'] for r in logged] == [1] and 'loss' in logged[0]
+    assert logged[0]['evaluation_failed'] == 'RuntimeError: evaluation failed'
+    monkeypatch.undo()
+    assert train_main([*args, '--resume', str(run)]) == 0
+    assert [r['epoch'] for r in _jsonl(run)] == [1, 2] and 'public_test_top1' in _jsonl(run)[1]
 
 
 def test_reid_resume_across_the_warm_up_is_exact(tmp_path):

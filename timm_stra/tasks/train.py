@@ -324,20 +324,29 @@ class Trainer:
                 save_checkpoint(self.out, epoch + 1, self.model, self.model_kwargs, self.data_config, state,
                                 keep=args.keep)
             last = epoch + 1 == args.epochs
-            if (args.eval_interval and (epoch + 1) % args.eval_interval == 0 or last) and self._has_eval():
-                record.update(evaluate(self.model, self.eval_sets, env, args.eval_batch_size, args.workers,
-                                       not args.no_progress))
-            record['time_s'] = time.time() - t0
-            if env.is_main:
-                with (self.out / 'metrics.jsonl').open('a') as f:
-                    f.write(json.dumps(record) + '\n')
-                if not args.no_progress:
-                    print(' '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}' for k, v in record.items()),
-                          file=sys.stderr)
+            try:
+                if (args.eval_interval and (epoch + 1) % args.eval_interval == 0 or last) and self._has_eval():
+                    record.update(evaluate(self.model, self.eval_sets, env, args.eval_batch_size, args.workers,
+                                           not args.no_progress))
+            except BaseException as e:  # the epoch's line is logged anyway: --resume continues after it
+                record['evaluation_failed'] = f'{type(e).__name__}: {e}'
+                raise
+            finally:
+                record['time_s'] = time.time() - t0
+                self._log(record)
             history.append(record)
         if env.is_main and history:
             print(markdown_table({k: v for k, v in history[-1].items()}))
         return history
+
+    def _log(self, record: Dict[str, Any]) -> None:
+        """Append an epoch's record to ``metrics.jsonl`` (rank 0), and show it unless ``--no-progress``."""
+        if self.env.is_main:
+            with (self.out / 'metrics.jsonl').open('a') as f:
+                f.write(json.dumps(record) + '\n')
+            if not self.args.no_progress:
+                print(' '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}' for k, v in record.items()),
+                      file=sys.stderr)
 
     def _has_eval(self) -> bool:
         s = self.eval_sets
