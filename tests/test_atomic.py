@@ -153,3 +153,26 @@ def test_a_folder_that_cannot_be_written_is_refused_before_any_work(tmp_path):
         locked.mkdir(mode=0o500)
         with pytest.raises(PermissionError, match='no permission to write'):
             refuse_existing(locked / 'new' / 'out')
+
+
+def test_reading_the_umask_does_not_change_it_for_other_threads():
+    """Setting the umask to read it would race: a thread reading it meanwhile could see 0 and leave it there."""
+    from timm_stra.atomic import _umask
+    mask = os.umask(0o027)
+    try:
+        seen, stop = set(), threading.Event()
+
+        def watch():
+            while not stop.is_set():
+                seen.add(_umask())
+        watchers = [threading.Thread(target=watch) for _ in range(4)]
+        for t in watchers:
+            t.start()
+        for _ in range(2000):
+            seen.add(_umask())
+        stop.set()
+        for t in watchers:
+            t.join()
+        assert seen == {0o027} and _umask() == 0o027
+    finally:
+        os.umask(mask)

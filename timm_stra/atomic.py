@@ -18,7 +18,14 @@ PathLike = Union[str, Path]
 
 
 def _umask() -> int:
-    mask = os.umask(0)
+    """The process's umask, read where Linux reports it (``/proc/self/status``): setting it to read it, the only
+    other way, would race with other threads creating files meanwhile."""
+    with contextlib.suppress(OSError, ValueError):
+        with open('/proc/self/status') as status:
+            for line in status:
+                if line.startswith('Umask:'):
+                    return int(line.split()[1], 8)
+    mask = os.umask(0)  # elsewhere (other systems, Linux before 4.7)
     os.umask(mask)
     return mask
 
