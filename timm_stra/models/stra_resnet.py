@@ -101,7 +101,9 @@ class StRAResNet(ResNet):
         if head == 'face' and img_size is None:
             raise ValueError("The 'face' head flattens the feature map: give img_size, e.g. img_size=(112, 112).")
         if head != 'face' and img_size is not None:
-            raise TypeError(f"img_size sizes the 'face' head only; a {head!r} head pools and takes any input size.")
+            raise TypeError(f"img_size sizes the 'face' head only; a {head!r} head pools and takes any input size. "
+                            '(A saved config.json may record it, written before this was refused: delete img_size '
+                            'from its model_args.)')
 
         # Build stem and stages 1-3 with timm. The last stage is rebuilt below with its own stride and block,
         # so timm is asked for an empty one (only its downsample is made and dropped). timm decays the
