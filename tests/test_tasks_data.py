@@ -70,8 +70,11 @@ def test_market1501_split_without_images_is_refused(tmp_path):
     with pytest.raises(BadDataError, match=f'{tmp_path / "query"}: no images to use: none named'):
         Market1501.load(tmp_path)
     Market1501.load(tmp_path, splits=('train',))  # training alone does not need it
+    (tmp_path / 'bounding_box_train' / '0001_c1s1_000000_01.jpg').write_bytes(b'')  # skipped, but not a query
+    with pytest.raises(BadDataError, match=f'{tmp_path / "query"}: no images to use: none named'):
+        Market1501.load(tmp_path, skip_bad=True)
     (tmp_path / 'query' / '0005_c1s1_000000_01.jpg').write_bytes(b'')
-    with pytest.raises(BadDataError, match='all usable ones were skipped as bad \\(1 in all\\)'):
+    with pytest.raises(BadDataError, match='all usable ones were skipped as bad \\(1 of them\\)'):
         Market1501.load(tmp_path, skip_bad=True)
 
 

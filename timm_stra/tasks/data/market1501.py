@@ -78,7 +78,7 @@ class Market1501:
         """
         root = Path(root)
         report = BadDataReport(skip_bad, f'Market-1501 folder {root}')
-        found = {}
+        found, skipped_in = {}, {}
         for split in ('train', 'query', 'gallery'):
             if split not in splits:
                 found[split] = ReIDSplit()
@@ -88,7 +88,7 @@ class Market1501:
                 raise FileNotFoundError(
                     f'{folder} not found: a Market-1501 / DukeMTMC-reID folder holds bounding_box_train/, '
                     'query/ and bounding_box_test/.')
-            samples = []
+            samples, bad_before = [], report.count
             for path in list_images(folder):
                 try:
                     pid, camid = parse_market_name(path.name)
@@ -102,20 +102,22 @@ class Market1501:
                 good = set(p for p, _ in check_images([(p, 0) for p, _, _ in samples], report, progress, share))
                 samples = [s for s in samples if s[0] in good]
             found[split] = ReIDSplit([s[0] for s in samples], [s[1] for s in samples], [s[2] for s in samples])
+            skipped_in[split] = report.count - bad_before
         skipped = report.finish()
-        _check_usable(root, {split: found[split] for split in splits}, skipped)
+        _check_usable(root, {split: found[split] for split in splits}, skipped_in)
         train = found['train']
         relabel = {pid: i for i, pid in enumerate(sorted(set(train.pids)))}
         train.pids = [relabel[p] for p in train.pids]
         return cls(str(root), train, found['query'], found['gallery'], len(relabel), skipped)
 
 
-def _check_usable(root: Path, splits: Dict[str, ReIDSplit], skipped: int) -> None:
-    """Refuse splits that leave nothing to train on or to score, before a run starts rather than at its first
-    evaluation."""
+def _check_usable(root: Path, splits: Dict[str, ReIDSplit], skipped_in: Dict[str, int]) -> None:
+    """Refuse splits that leave nothing to train on or to score (``skipped_in``: each split's entries skipped as
+    bad), before a run starts rather than at its first evaluation."""
     for split, found in splits.items():
         if not found:
-            why = f'all usable ones were skipped as bad ({skipped} in all)' if skipped else (
+            skipped = skipped_in[split]
+            why = f'all usable ones were skipped as bad ({skipped} of them)' if skipped else (
                 'none named PPPP_cXsY_FFFFFF_NN.jpg with an identity other than -1 (junk)'
                 + (' or 0000 (distractors)' if split == 'train' else ''))
             raise BadDataError(f'{root / SPLITS[split]}: no images to use: {why}.')
