@@ -7,6 +7,7 @@ in the layout torchreid saves (legacy torch format, ``state_dict`` wrapper,
 """
 import json
 import os
+import pickle
 import runpy
 import sys
 from pathlib import Path
@@ -175,6 +176,17 @@ def test_unreadable_file_is_not_called_malicious(tmp_path, capsys, content, phra
     checkpoint = tmp_path / 'model.pth.tar'
     checkpoint.write_bytes(content)
     _assert_refused(checkpoint, tmp_path / 'out', capsys, phrase)
+
+
+def test_pickle_in_a_protocol_the_safe_loader_does_not_read_is_refused_naming_what_it_calls(tmp_path, capsys):
+    """pickle.dump writes protocol 4 or 5, whose framing torch's weights-only unpickler stops at, before any
+    global: the file is read as opcodes, never unpickled, to say what it would call."""
+    marker = tmp_path / 'executed'
+    checkpoint = tmp_path / 'model.pth'
+    checkpoint.write_bytes(pickle.dumps({'state_dict': {}, 'payload': _RunsCode(marker)}, protocol=4))
+    _assert_refused(checkpoint, tmp_path / 'out', capsys, 'refused', 'protocol 4 or later', 'system',
+                    'nothing from it was run')
+    assert not marker.exists()
 
 
 def test_corrupt_safetensors(tmp_path, capsys):

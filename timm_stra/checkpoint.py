@@ -6,6 +6,8 @@ refused before it runs. The ``state_dict`` wrapper of training checkpoints
 (torchreid, timm) is unwrapped and ``module.`` prefixes are dropped. NumPy scalars
 (torchreid stores ``rank1`` as one) are allowed as data: rebuilding one runs no code.
 """
+import contextlib
+import pickletools
 import re
 from pathlib import Path
 from typing import Dict, List, Union
@@ -46,6 +48,21 @@ def _blocked_globals(error: BaseException) -> str:
     return ', '.join(sorted(set(re.findall(r'GLOBAL ([\w.]+)', text))))
 
 
+def _pickled_globals(path: Path) -> List[str]:
+    """The Python objects a plain pickle file names (its GLOBAL, INST and STACK_GLOBAL opcodes), found by reading
+    its opcodes, never by unpickling; [] for a file that is not a pickle."""
+    names, strings = set(), []
+    with contextlib.suppress(Exception), path.open('rb') as f:  # (not a pickle, or garbled past some point)
+        for op, arg, _ in pickletools.genops(f):
+            if op.name in ('SHORT_BINUNICODE', 'BINUNICODE', 'BINUNICODE8', 'UNICODE'):
+                strings.append(arg)
+            elif op.name in ('GLOBAL', 'INST'):
+                names.add(arg.replace(' ', '.'))
+            elif op.name == 'STACK_GLOBAL' and len(strings) >= 2:
+                names.add(f'{strings[-2]}.{strings[-1]}')
+    return sorted(names)
+
+
 def _reason(error: BaseException) -> str:
     """What went wrong reading a file, in a line: the underlying error when timm re-raised it in its words."""
     cause = error.__cause__ or error
@@ -80,6 +97,12 @@ def read_state_dict(path: PathLike) -> Dict[str, torch.Tensor]:
                 'checkpoint of weights never needs; nothing from it was run. Only tensors, numbers and '
                 'containers are accepted. If you made this file yourself, re-save its state_dict with torch.save.'
             ) from e
+        named = _pickled_globals(path) if 'Unsupported operand' in _reason(e) else []
+        if named:
+            raise CheckpointError(
+                f'{path}: refused. It is a pickle in a form the safe loader does not read (protocol 4 or later, as '
+                f'pickle.dump writes), naming {", ".join(named[:5])}{" ..." if len(named) > 5 else ""}; nothing '
+                'from it was run. If you made this file yourself, re-save its state_dict with torch.save.') from e
         with path.open('rb') as f:
             start = f.read(512).lstrip().lower()
         if start.startswith((b'<!doctype html', b'<html')):
