@@ -229,3 +229,14 @@ def test_fx_extractor_that_stops_early_runs_only_what_it_returns(name):
     called = [str(n.target) for n in extractor.graph.nodes if n.op in ('call_module', 'call_function')]
     assert not [t for t in called if t.startswith(('layer2', 'layer3', 'layer4', 'neck', 'fc'))], called
     assert extractor(torch.randn(1, 3, 128, 96))['layer1'].shape == (1, 256, 32, 24)
+
+
+def test_output_cut_short_by_its_reader_is_not_a_traceback():
+    """`timm-stra models | head`: the reader stops early, as pipes do."""
+    import subprocess
+    import sys
+    proc = subprocess.Popen([sys.executable, '-m', 'timm_stra.cli', 'models', '--no-progress', '--filter',
+                             'stra_resnet50_fer'], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # before the table is printed (the models take seconds to build)
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 1 and 'Traceback' not in err, err

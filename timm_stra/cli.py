@@ -1,5 +1,6 @@
 """``timm-stra`` command line: one subcommand per tool, each a module with ``main(argv)``."""
 import importlib
+import os
 import sys
 from typing import List, Optional
 
@@ -33,7 +34,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"timm-stra: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[name][0])
-    return module.main(rest) or 0
+    try:
+        return module.main(rest) or 0
+    except BrokenPipeError:  # what reads the output stopped early (`| head`): no traceback, as other tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (Python flushes stdout at exit)
+        return 1
 
 
 if __name__ == '__main__':
