@@ -326,3 +326,18 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     assert load_training_state(latest) == {'epoch': 1, 'again': True}
     assert torch.equal(load_file(str(latest / 'model.safetensors'))['fc.weight'], model.fc.weight)
     assert sorted(p.name for p in latest.parent.iterdir()) == ['epoch-0001', 'latest']
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--freeze-epochs', '1', '--trainable-early'], "no modules: nothing to train during the frozen epochs"),
+    (['--freeze-epochs', '1', '--trainable-early', 'global_pool', 'act1'], "nothing to train during the frozen"),
+    (['--freeze-epochs', '1', '--trainable-early', 'layer5'], "['layer5'] are not modules of StRAResNet"),
+    (['--freeze-epochs', '-1'], '--freeze-epochs -1: give 0 (no frozen epochs) or more'),
+])
+def test_bad_freeze_options_are_refused_before_the_data_is_read(tmp_path, capsys, argv, message):
+    """An empty or parameter-free --trainable-early froze everything (a traceback from backward); a typo was found
+    only once the whole data set had been decoded."""
+    missing = tmp_path / 'no-such-data'  # refused before it is read: its absence is not what is reported
+    assert train_main(['reid', '--data', str(missing), '--output', str(tmp_path / 'run'), *argv, *FAST]) == 1
+    err = capsys.readouterr().err
+    assert message in err and 'no-such-data' not in err, err

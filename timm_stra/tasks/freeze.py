@@ -21,13 +21,11 @@ def set_trainable(model: nn.Module, names: Optional[Sequence[str]] = None) -> No
     recorders.
 
     Raises:
-        ValueError: a name is not a child of the model.
+        ValueError: as ``check_trainable``.
     """
     children = dict(model.named_children())
     if names is not None:
-        unknown = sorted(set(names) - set(children))
-        if unknown:
-            raise ValueError(f'{unknown} are not modules of {type(model).__name__} (it has {sorted(children)}).')
+        check_trainable(model, names)
     for name, child in children.items():
         trainable = names is None or name in names
         child.requires_grad_(trainable)
@@ -36,3 +34,18 @@ def set_trainable(model: nn.Module, names: Optional[Sequence[str]] = None) -> No
             for module in child.modules():
                 if isinstance(module, DiversityRecorder):
                     module.train()
+
+
+def check_trainable(model: nn.Module, names: Sequence[str]) -> None:
+    """Raise a ``ValueError`` unless ``names`` are top-level children of ``model`` that hold parameters to train.
+
+    ``model`` may have another classifier width than the one trained (only the names and what they hold matter).
+    """
+    children = dict(model.named_children())
+    unknown = sorted(set(names) - set(children))
+    if unknown:
+        raise ValueError(f'{unknown} are not modules of {type(model).__name__} (it has {sorted(children)}).')
+    if not any(p.numel() for name in names for p in children[name].parameters()):
+        with_params = [name for name, child in children.items() if any(True for _ in child.parameters())]
+        raise ValueError(f'{sorted(names) or "no modules"}: nothing to train during the frozen epochs (no '
+                         f'parameters); name some of {with_params}.')

@@ -34,7 +34,7 @@ from .checkpoint import data_config_for, load_training_state, point_latest, reso
 from .distributed import (DistEnv, all_gather_objects, all_reduce_sum, broadcast_buffers, check_share,
                           init_distributed, shutdown)
 from .evaluate import evaluate, markdown_table
-from .freeze import set_trainable
+from .freeze import check_trainable, set_trainable
 from .recipes import TASKS, get_recipe
 from .rng import rng_state, seed_all, set_rng_state
 from .task_data import load_task_data
@@ -151,6 +151,17 @@ def _logged_up_to(text: str, epoch: int) -> List[str]:
     return kept
 
 
+def _check_freeze(args: argparse.Namespace, model: nn.Module) -> None:
+    """``--freeze-epochs`` of 0 or more; with any, ``--trainable-early`` naming modules with parameters."""
+    if args.freeze_epochs < 0:
+        raise UsageError(f'--freeze-epochs {args.freeze_epochs}: give 0 (no frozen epochs) or more.')
+    if args.freeze_epochs:
+        try:
+            check_trainable(model, args.trainable_early)
+        except ValueError as e:
+            raise UsageError(f'--trainable-early: {e}') from e
+
+
 def _refuse_earlier_run(out: Path, env: DistEnv) -> None:
     """A new run into a folder holding another's log or checkpoints would mix the two (and the newest checkpoint
     kept could be the old run's): refused, as rank 0 sees the folder."""
@@ -177,6 +188,7 @@ class Trainer:
         #    size, mean and std come from the architecture's pretrained_cfg
         model = timm.create_model(args.model, **_model_kwargs(args, 1))
         self.data_config = data_config_for(model, args.input_size)
+        _check_freeze(args, model)  # before the data is read (minutes, for a large set)
         # a resumed run reads its weights from the checkpoint: no initialisation to load
         backbone = parse_backbone_init('' if args.resume else args.backbone_init, args.model)
         tf_train = train_transform(args.task, self.data_config, args.re_prob, args.crop_padding, args.hflip)
