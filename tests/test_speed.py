@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -196,3 +197,48 @@ def test_the_allocator_settings_name_what_is_set(monkeypatch):
     monkeypatch.setenv('MALLOC_TRIM_THRESHOLD_', '4294967296')
     monkeypatch.setenv('MALLOC_TOP_PAD_', '')  # set but empty: glibc ignores it, so do we
     assert allocator_settings() == 'THP_MEM_ALLOC_ENABLE=1, MALLOC_TRIM_THRESHOLD_=4294967296'
+
+
+def _children(pid: int):
+    out = subprocess.run(['pgrep', '-P', str(pid)], capture_output=True, text=True).stdout.split()
+    return [int(p) for p in out]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f'/proc/{pid}/stat') as f:
+            return f.read().split(')')[-1].split()[0] != 'Z'  # (a zombie has exited)
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='reads /proc and pgrep')
+def test_a_worker_leaves_when_the_process_that_started_it_is_killed():
+    """Workers are the forkserver's children, not the bench's: killed without cleaning up (SIGKILL, a timeout
+    outside), the bench must not leave a measurement running on."""
+    code = ('from timm_stra.benchmarks.isolate import run_isolated\n'
+            'from timm_stra.benchmarks.worker import Measurement\n'
+            "run_isolated(Measurement(case='limit', task='fer', mode='infer', batch=2, img_size=(44, 44), "
+            "device='cpu', warmup=1, iters=10 ** 6))\n")
+    bench = subprocess.Popen([sys.executable, '-c', code])
+    workers, deadline = [], time.time() + 120
+    while not workers and time.time() < deadline:
+        time.sleep(0.5)
+        workers = [w for server in _children(bench.pid) for w in _children(server)]
+    assert workers, 'no worker started'
+    bench.kill()
+    bench.wait()
+    deadline = time.time() + 30
+    while any(map(_alive, workers)) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not any(map(_alive, workers))
+
+
+def test_tensor_memory_peak_of_a_step_worked_out_by_hand():
+    """Two bias-free 1024x1024 linears on a batch of 256: the peak is in the first layer's backward, with the
+    weights (8 MiB), the second weight's gradient (4), the hidden gradient (1) and the first weight's gradient (4)
+    live: 17 MiB. (Replaying operators' self memory booked their frees at their start: 16.)"""
+    from timm_stra.benchmarks.tensor_memory import step_peak_mib
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(1024, 1024, bias=False), torch.nn.Linear(1024, 1024, bias=False))
+    assert step_peak_mib(model, torch.randn(256, 1024)) == pytest.approx(17.0, abs=0.01)
