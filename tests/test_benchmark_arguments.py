@@ -49,3 +49,27 @@ def test_cuda_where_there_is_none(capsys):
 
 def test_markdown_table_of_no_rows_is_empty():
     assert markdown_table([]) == ''
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--steps', '0'], 'argument --steps: expected 1 or more, got 0'),  # (a ZeroDivisionError)
+    (['--top', '-1'], 'argument --top: expected 1 or more, got -1'),  # (it listed all operators but one)
+    (['--mode', 'infer', '--batch-size', '0'], 'argument --batch-size: expected 1 or more, got 0'),
+])
+def test_step_profile_refuses_bad_counts(capsys, argv, message):
+    from timm_stra.benchmarks.step_profile import main as profile_main
+    with pytest.raises(SystemExit):
+        profile_main(argv + ['--task', 'fer'])
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('spec, message', [
+    ('{not json', 'not a measurement (JSONDecodeError'),
+    ('{"case": "stra", "task": "fer", "mode": "infer", "batch": 1}', "not a measurement (KeyError: 'img_size')"),
+    ('{"case": "stra", "task": "fer", "mode": "infer", "batch": 1, "img_size": [44, 44], "iters": 0}',
+     'iters must be 1 or more'),
+])
+def test_worker_entry_point_refuses_a_bad_spec(capsys, spec, message):
+    from timm_stra.benchmarks.worker import main as worker_main
+    assert worker_main([spec]) == 2
+    assert message in capsys.readouterr().err

@@ -22,6 +22,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from ..tools.summary import markdown_table
 from .cases import CASES, TASKS
+from .arguments import at_least
 from .device_options import add_compile_option, add_device_options, compile_warmup, parse_device, precision_labels
 from .worker import MODES, Measurement, build_step
 
@@ -82,11 +83,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--task', default='reid', choices=sorted(TASKS))
     parser.add_argument('--cases', default='stra,limit', help=f'comma-separated, from {sorted(CASES)}')
     parser.add_argument('--mode', default='train', choices=MODES)
-    parser.add_argument('--batch-size', type=int, default=16)
+    parser.add_argument('--batch-size', type=at_least(1), default=16)
     add_device_options(parser)
-    parser.add_argument('--steps', type=int, default=3,
+    parser.add_argument('--steps', type=at_least(1), default=3,
                         help='profiled steps (after two warm-up steps, and up to two more to compile)')
-    parser.add_argument('--top', type=int, default=15, help='operators (and CUDA kernels) listed per case')
+    parser.add_argument('--top', type=at_least(1), default=15, help='operators (and CUDA kernels) listed per case')
     add_compile_option(parser, 'the model')
     args = parser.parse_args(argv)
     cases = args.cases.split(',')

@@ -153,9 +153,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     if len(argv) != 1:
         print('usage: python -m timm_stra.benchmarks.worker \'{"case": ..., "task": ..., ...}\'', file=sys.stderr)
         return 2
-    spec = json.loads(argv[0])
-    spec['img_size'] = tuple(spec['img_size'])
-    print(json.dumps(run(Measurement(**spec))))
+    try:
+        spec = json.loads(argv[0])
+        spec['img_size'] = tuple(spec['img_size'])
+        measurement = Measurement(**spec)
+    except (ValueError, KeyError, TypeError) as e:  # (json's errors are ValueErrors)
+        print(f'python -m timm_stra.benchmarks.worker: not a measurement ({type(e).__name__}: {e}); give a JSON '
+              f'object with the fields of Measurement: {", ".join(Measurement.__dataclass_fields__)}.',
+              file=sys.stderr)
+        return 2
+    if measurement.iters < 1 or measurement.warmup < 0:
+        print('python -m timm_stra.benchmarks.worker: iters must be 1 or more and warmup 0 or more.', file=sys.stderr)
+        return 2
+    print(json.dumps(run(measurement)))
     return 0
 
 
