@@ -52,6 +52,18 @@ def _group(key: str) -> str:
     return ''
 
 
+def _first_conv_weight(model: nn.Module) -> str:
+    """State-dict key of the model's input conv weight."""
+    return f"{getattr(model, 'pretrained_cfg', {}).get('first_conv') or 'conv1'}.weight"
+
+
+def _only_in_chans_differ(key: str, value: torch.Tensor, target: torch.Tensor, first_conv: str) -> bool:
+    """Whether ``value`` is the input conv's weight for other input channels than ``target``'s, which timm's
+    ``load_pretrained`` adapts to ``in_chans``."""
+    return (key == first_conv and value.dim() == 4 and value.shape[0] == target.shape[0]
+            and value.shape[2:] == target.shape[2:])
+
+
 def _shorten(keys: List[str], limit: int = 6) -> str:
     return ', '.join(keys[:limit]) + (f' ... ({len(keys)} in all)' if len(keys) > limit else '')
 
@@ -71,7 +83,7 @@ def imagenet_filter_fn(state_dict: Mapping[str, torch.Tensor], model: nn.Module)
         return _saved_model_state(state_dict, model)
     ours = model.state_dict()
     operator_blocks = {k.split('.conv2.')[0] for k in ours if _OPERATOR.match(k)}
-    first_conv = getattr(model, 'pretrained_cfg', {}).get('first_conv') or 'conv1'
+    first_conv = _first_conv_weight(model)
     out: Dict[str, torch.Tensor] = {}
     loaded = 0
     unexpected, mismatched, missing = [], [], []
@@ -98,9 +110,8 @@ def imagenet_filter_fn(state_dict: Mapping[str, torch.Tensor], model: nn.Module)
         elif _group(key) == 'classifier':
             dropped += 1
             continue  # e.g. a 751-ID or 7-class classifier instead of the 1000-way one: starts fresh
-        elif key == f'{first_conv}.weight' and value.dim() == 4 and \
-                value.shape[0] == target.shape[0] and value.shape[2:] == target.shape[2:]:
-            out[key] = value  # only the input channels differ: timm's load_pretrained adapts it
+        elif _only_in_chans_differ(key, value, target, first_conv):
+            out[key] = value  # timm's load_pretrained adapts it
             loaded += 1
         else:
             mismatched.append(f'{key} {tuple(value.shape)} vs {tuple(target.shape)}')
@@ -150,17 +161,14 @@ def _saved_model_state(state_dict: Mapping[str, torch.Tensor], model: nn.Module)
     """
     cfg = getattr(model, 'pretrained_cfg', {})
     new_classifier = getattr(model, 'num_classes', None) != cfg.get('num_classes')
-    first_conv = f"{cfg.get('first_conv') or 'conv1'}.weight"
+    first_conv = _first_conv_weight(model)
     ours = model.state_dict()
 
     def checked(key: str) -> bool:
         return not (new_classifier and _group(key) == 'classifier')
 
     def fits(key: str, value: torch.Tensor) -> bool:
-        target = ours[key].shape
-        if key == first_conv and value.dim() == 4 and value.shape[0] == target[0] and value.shape[2:] == target[2:]:
-            return True  # only the input channels differ: timm's load_pretrained adapts it to in_chans
-        return value.shape == target
+        return value.shape == ours[key].shape or _only_in_chans_differ(key, value, ours[key], first_conv)
     unexpected = [k for k in state_dict if k not in ours and checked(k)]
     missing = [k for k in ours if k not in state_dict and checked(k) and not k.endswith(_COUNTERS)]
     mismatched = [f'{k} {tuple(v.shape)} vs {tuple(ours[k].shape)}' for k, v in state_dict.items()
