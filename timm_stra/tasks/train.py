@@ -250,10 +250,7 @@ class Trainer:
     def _wrap(self, epoch: int) -> nn.Module:
         """The model to run this epoch (DDP-wrapped anew when the set of trainable parameters changes)."""
         frozen = epoch < self.args.freeze_epochs
-        try:
-            set_trainable(self.model, self.args.trainable_early if frozen else None)
-        except ValueError as e:
-            raise UsageError(f'--trainable-early: {e}') from e
+        set_trainable(self.model, self.args.trainable_early if frozen else None)  # (names checked in _build)
         if not self.env.distributed:
             return self.model
         if getattr(self, '_ddp_frozen', None) is not frozen:
