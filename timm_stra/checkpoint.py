@@ -97,7 +97,8 @@ def read_state_dict(path: PathLike) -> Dict[str, torch.Tensor]:
                 'checkpoint of weights never needs; nothing from it was run. Only tensors, numbers and '
                 'containers are accepted. If you made this file yourself, re-save its state_dict with torch.save.'
             ) from e
-        named = _pickled_globals(path) if 'Unsupported operand' in _reason(e) else []
+        reason = _reason(e)
+        named = _pickled_globals(path) if 'Unsupported operand' in reason else []
         if named:
             raise CheckpointError(
                 f'{path}: refused. It is a pickle in a form the safe loader does not read (protocol 4 or later, as '
@@ -112,7 +113,7 @@ def read_state_dict(path: PathLike) -> Dict[str, torch.Tensor]:
         kind = 'safetensors file' if path.suffix == '.safetensors' else 'PyTorch checkpoint'
         raise CheckpointError(
             f'{path}: not a readable {kind}; it is truncated, corrupt or in another format '
-            f'({_reason(e)}). Download or save it again.') from e
+            f'({reason}). Download or save it again.') from e
     if not isinstance(state_dict, dict) or not state_dict:
         raise CheckpointError(f'{path}: holds no state dict (found {type(state_dict).__name__}).')
     bad = [k for k, v in state_dict.items() if not isinstance(v, torch.Tensor)]
