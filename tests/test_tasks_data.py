@@ -4,6 +4,7 @@ import pickle
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -205,6 +206,57 @@ def test_face_bin_written_by_python2_style_protocol(tmp_path):
     path = tmp_path / 'old.bin'
     path.write_bytes(pickle.dumps((bins, issame), protocol=2))
     assert load_face_bin(path) == (bins, issame)
+
+
+@pytest.mark.parametrize('protocol', [2, 4, 5])
+@pytest.mark.parametrize('as_array', [False, True], ids=['scalars', 'array'])
+def test_face_bin_flags_packed_from_numpy(tmp_path, protocol, as_array):
+    """Flags that are ``numpy.bool_`` scalars or a boolean array are read as Python bools, through the stand-ins
+    (the file names NumPy's own functions: scalar, or _reconstruct / _frombuffer)."""
+    bins, issame = pickle.loads(face_bin_bytes(pairs=4))
+    flags = np.array(issame) if as_array else [np.bool_(s) for s in issame]
+    path = tmp_path / 'numpy.bin'
+    path.write_bytes(pickle.dumps((bins, flags), protocol=protocol))
+    assert b'numpy' in path.read_bytes()
+    images, read = load_face_bin(path)
+    assert images == bins and read == issame and all(type(s) is bool for s in read)
+
+
+@pytest.mark.parametrize('flags, message', [
+    (np.array([1.0, 0.0, 1.0, 0.0]), "numpy dtype 'f8' is not allowed"),
+    (np.array([[True, False], [True, False]]), 'must be one-dimensional'),
+    ([np.float64(1.0)] * 4, "numpy dtype 'f8' is not allowed"),
+    (np.array([1, 0, 1, 0], dtype=np.int8), "numpy dtype 'i1' is not allowed"),
+])
+def test_face_bin_numpy_flags_other_than_booleans_refused(tmp_path, flags, message):
+    bins, _ = pickle.loads(face_bin_bytes(pairs=2))
+    path = tmp_path / 'odd.bin'
+    path.write_bytes(pickle.dumps((bins, flags), protocol=2))
+    with pytest.raises(FaceBinError, match=message):
+        load_face_bin(path)
+
+
+def test_face_bin_numpy_flag_bytes_checked(tmp_path):
+    """A boolean whose byte is neither 0 nor 1 (NumPy itself would read it as True) is refused as corrupt."""
+    bins, _ = pickle.loads(face_bin_bytes(pairs=1))
+    data = pickle.dumps((bins, [np.True_]), protocol=4)
+    assert data.count(b'C\x01\x01') == 1  # SHORT_BINBYTES b'\x01': the flag's byte
+    (tmp_path / 'odd.bin').write_bytes(data.replace(b'C\x01\x01', b'C\x01\x02'))
+    with pytest.raises(FaceBinError, match='neither 0 nor 1'):
+        load_face_bin(tmp_path / 'odd.bin')
+
+
+def test_face_bin_cannot_set_attributes_on_what_it_names(tmp_path):
+    """pickle's BUILD on a global would set attributes on it for the rest of the process (here the latin1
+    decoder's defaults, which would refuse every later protocol-2 file): refused, and nothing changed."""
+    payload = (b'\x80\x02c_codecs\nencode\nN}X\x0c\x00\x00\x00__defaults__X\x04\x00\x00\x00utf8\x85s\x86b'
+               b'0N.')  # GLOBAL _codecs.encode; BUILD (None, {'__defaults__': ('utf8',)}); POP; None
+    (tmp_path / 'evil.bin').write_bytes(payload)
+    with pytest.raises(FaceBinError, match='sets attributes on a global'):
+        load_face_bin(tmp_path / 'evil.bin')
+    bins, issame = pickle.loads(face_bin_bytes(pairs=2))
+    (tmp_path / 'old.bin').write_bytes(pickle.dumps((bins, issame), protocol=2))
+    assert load_face_bin(tmp_path / 'old.bin') == (bins, issame)
 
 
 class _Payload:

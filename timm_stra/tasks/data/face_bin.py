@@ -3,9 +3,9 @@
 A ``.bin`` is a pickle of ``(bins, issame_list)``: ``2 * n`` encoded images (JPEG/PNG
 bytes; pair i is images 2i and 2i+1) and ``n`` booleans (same person or not). insightface
 reads it with ``pickle.load(f, encoding='bytes')``, which would run any code a crafted file
-names. Here the unpickler refuses every global (so nothing can be imported or called)
-except ``_codecs.encode(text, 'latin1')``, the way Python 3 protocol-2 pickles store bytes,
-and the result must have exactly that structure.
+names. Here ``PairListUnpickler`` (``pair_unpickler.py``) resolves no global but a few
+stand-ins: for bytes as protocol 2 stores them, and for NumPy's booleans (never NumPy's own
+code); the result must have exactly that structure.
 """
 import io
 import pickle
@@ -17,32 +17,19 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from .check_share import CheckShare, find_undecodable
+from .pair_unpickler import PairListUnpickler
 
 
 class FaceBinError(ValueError):
     """A ``.bin`` file is not an insightface pair list (or tries to load code)."""
 
 
-def _latin1_encode(text, encoding='latin1', *args):
-    if not isinstance(text, str) or encoding not in ('latin1', 'latin-1') or args:
-        raise pickle.UnpicklingError('_codecs.encode is only accepted as encode(str, "latin1")')
-    return text.encode('latin1')
-
-
-class _PairListUnpickler(pickle.Unpickler):
-    """An unpickler that resolves no global but the latin1 bytes constructor."""
-
-    def find_class(self, module: str, name: str):
-        if (module, name) == ('_codecs', 'encode'):
-            return _latin1_encode
-        raise pickle.UnpicklingError(f'global {module}.{name} is not allowed in a face pair file')
-
-
 def load_face_bin(path) -> Tuple[List[bytes], List[bool]]:
     """Read and check an insightface ``.bin`` pair file.
 
     Returns:
-        (images, issame): ``2 * n`` encoded images and ``n`` booleans.
+        (images, issame): ``2 * n`` encoded images and ``n`` booleans (Python's, also where the file holds
+        NumPy's).
 
     Raises:
         FaceBinError: the file is not a pickle of (list of bytes, list of bools) with twice as many
@@ -53,7 +40,7 @@ def load_face_bin(path) -> Tuple[List[bytes], List[bool]]:
             'list of n booleans)')
     try:
         with path.open('rb') as f:
-            obj = _PairListUnpickler(f, encoding='bytes').load()
+            obj = PairListUnpickler(f, encoding='bytes').load()
     except FileNotFoundError:
         raise
     except Exception as e:
