@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from timm_stra.atomic import atomic_output_dir, atomic_write_text, refuse_existing
+from timm_stra.atomic import atomic_output_dir, atomic_write_text, refuse_existing, save_results
 
 
 def _tree(folder):
@@ -176,3 +176,14 @@ def test_reading_the_umask_does_not_change_it_for_other_threads():
         assert seen == {0o027} and _umask() == 0o027
     finally:
         os.umask(mask)
+
+
+def test_save_results_makes_the_folder_and_says_why_a_write_failed(tmp_path):
+    assert save_results(tmp_path / 'new' / 'deeper' / 'r.json', '{}') is None
+    assert (tmp_path / 'new' / 'deeper' / 'r.json').read_text() == '{}'
+    (tmp_path / 'file').write_text('x')
+    problem = save_results(tmp_path / 'file' / 'r.json', '{}')
+    assert problem == (f"could not write {tmp_path / 'file' / 'r.json'}: {tmp_path / 'file'} is a file, not a folder "
+                       '(the results are printed above)')
+    problem = save_results(tmp_path / 'file' / 'sub' / 'r.json', '{}')
+    assert problem == f"could not write {tmp_path / 'file' / 'sub' / 'r.json'}: Not a directory (the results are printed above)"

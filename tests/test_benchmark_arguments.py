@@ -73,3 +73,20 @@ def test_worker_entry_point_refuses_a_bad_spec(capsys, spec, message):
     from timm_stra.benchmarks.worker import main as worker_main
     assert worker_main([spec]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_json_file_that_cannot_be_written_after_the_run_fails_in_one_line(tmp_path, capsys, monkeypatch):
+    """The folder was checked at the start; the disk filling up during the run is reported after the table, in a
+    line, with exit code 1 (it was a traceback)."""
+    import errno
+    import timm_stra.atomic
+
+    def disk_full(path, text):
+        raise OSError(errno.ENOSPC, 'No space left on device')
+
+    monkeypatch.setattr(timm_stra.atomic, 'atomic_write_text', disk_full)
+    path = tmp_path / 'table.json'
+    assert table_main(['--paper-only', '--no-progress', '--json', str(path)]) == 1
+    out, err = capsys.readouterr()
+    assert '| ' in out and not path.exists()
+    assert err.strip() == f'timm-stra table: could not write {path}: No space left on device (the results are printed above)'

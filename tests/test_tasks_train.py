@@ -227,6 +227,14 @@ def test_face_trains_and_verifies_on_a_bin(tmp_path, capsys):
                       '--no-progress', '--output', str(out_json)]) == 0
     metrics = json.loads(out_json.read_text())['metrics']
     assert metrics['lfw_accuracy'] == pytest.approx(log[-1]['lfw_accuracy'])
+    # an --output that cannot be written fails in one line, after the table (was a traceback)
+    capsys.readouterr()
+    assert eval_main(['face', '--data', str(data / 'lfw.bin'), '--model', f'local-dir:{ckpt}', '--workers', '0',
+                      '--no-progress', '--output', str(out_json / 'under_a_file.json')]) == 1
+    out, err = capsys.readouterr()
+    assert 'lfw_accuracy' in out
+    assert err.strip().splitlines() == [f'timm-stra eval face: could not write {out_json / "under_a_file.json"}: '
+                                        f'{out_json} is a file, not a folder (the results are printed above)']
     # nothing to verify on is an error, not an empty table
     capsys.readouterr()
     (tmp_path / 'empty').mkdir()

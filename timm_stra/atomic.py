@@ -12,7 +12,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterator, List, Union
+from typing import Callable, Iterator, List, Optional, Union
 
 PathLike = Union[str, Path]
 
@@ -171,3 +171,17 @@ def atomic_write_text(path: PathLike, text: str) -> None:
     """Write ``text`` to ``path`` (replacing it) via a flushed temporary file in the same folder
     (``atomic_write_file``)."""
     atomic_write_file(path, lambda tmp: tmp.write_text(text))
+
+
+def save_results(path: PathLike, text: str) -> Optional[str]:
+    """Write a command's results (already shown to the user) to ``path`` with ``atomic_write_text``, creating its
+    folder. Returns ``None``, or why it could not be written, in one line (a full disk, a folder gone or not
+    writable): the caller says so and fails, rather than lose the run to a traceback."""
+    try:
+        Path(path).absolute().parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, text)
+    except FileExistsError as e:  # (mkdir's, for a file where a folder should be)
+        return f'could not write {path}: {e.filename} is a file, not a folder (the results are printed above)'
+    except OSError as e:
+        return f'could not write {path}: {e.strerror or e} (the results are printed above)'
+    return None

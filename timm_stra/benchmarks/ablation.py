@@ -22,7 +22,7 @@ from typing import Dict, Iterable, List, Optional
 import timm
 
 import timm_stra  # noqa: F401  (registers the models)
-from ..atomic import atomic_write_text
+from ..atomic import save_results
 from ..tools.summary import markdown_table
 from .arguments import output_file
 from .device_options import parse_device
@@ -146,8 +146,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(to_markdown(results))
     print('\n' + NOTE)
     if args.json:
-        atomic_write_text(args.json, json.dumps(
+        problem = save_results(args.json, json.dumps(
             {'convention': 'MACs of one image, eval mode, no classifier', 'rows': results}, indent=2))
+        if problem:
+            print(f'{parser.prog}: {problem}', file=sys.stderr)
+            return 1
     if args.check:
         bad = failures(results)
         if bad:

@@ -224,7 +224,10 @@ def main(argv: Optional[List[str]] = None) -> int:
           + 'No peak memory here: see `timm-stra bench`.\n')
     print(markdown_table(rows))
     if args.json:
-        write_run_record(args.json, machine, args, wall, rows=rows, raw=raw)
+        problem = write_run_record(args.json, machine, args, wall, rows=rows, raw=raw)
+        if problem:
+            print(f'{parser.prog}: {problem}', file=sys.stderr)
+            return 1
     return 0
 
 

@@ -342,5 +342,8 @@ def main(argv: Optional[List[str]] = None) -> int:
               'the first size, and the throughput ratio to the twin at that size.\n')
         print(sweep_table(rows, sizes, args.sweep_batch, size))
     if args.json:
-        write_run_record(args.json, machine, args, wall, summary=rows, raw=raw)
+        problem = write_run_record(args.json, machine, args, wall, summary=rows, raw=raw)
+        if problem:
+            print(f'{parser.prog}: {problem}', file=sys.stderr)
+            return 1
     return 0

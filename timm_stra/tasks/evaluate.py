@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from ..atomic import atomic_write_text
+from ..atomic import save_results
 from .checkpoint import load_model
 from .data import BadDataError, FaceBinError
 from .distributed import DistEnv, check_share, gather_in_order, init_distributed, shutdown
@@ -165,10 +165,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         metrics['skipped_bad'] = sets.skipped
     if env.is_main:
         print(markdown_table(metrics))
-        if args.output:
-            Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(args.output, json.dumps(
-                {'task': args.task, 'model': args.model, 'data': str(args.data), 'metrics': metrics}, indent=2))
+        problem = args.output and save_results(args.output, json.dumps(
+            {'task': args.task, 'model': args.model, 'data': str(args.data), 'metrics': metrics}, indent=2))
+        if problem:
+            print(f'timm-stra eval {args.task}: {problem}', file=sys.stderr)
+            shutdown(env)
+            return 1
     shutdown(env)
     return 0
 
