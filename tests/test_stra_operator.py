@@ -96,6 +96,8 @@ def test_sasa_masks_positions_outside_the_map(dtype):
     (dict(dim=32, local_op='group_conv', kernel_size=0), ValueError, "local_op='group_conv': kernel_size must be odd"),
     (dict(dim=32, reduction=0), ValueError, 'reduction must be >= 1'),
     (dict(dim=32, reduction=-1), ValueError, 'reduction must be >= 1'),
+    (dict(dim=32, local_op='conv', stride=3), ValueError, 'stride must be 1 or 2'),
+    (dict(dim=32, local_op='sasa', stride=0), ValueError, 'stride must be 1 or 2'),
 ])
 def test_bad_configuration(kwargs, error, message):
     with pytest.raises(error, match=message):
@@ -108,6 +110,18 @@ def test_bad_input():
         op(torch.randn(32, 4, 4))
     with pytest.raises(ValueError, match='built for 32 input channels, got a feature map with 16 channels'):
         op(torch.randn(1, 16, 4, 4))
+
+
+def test_bad_input_to_the_halves_on_their_own():
+    """The halves, exported too, say what is wrong where their products would give a shape error."""
+    x = torch.randn(2, 16, 5, 6)
+    for op in (LocalAttention(32, groups=4), ModeAttention(32, groups=4)):
+        with pytest.raises(ValueError, match=f'{type(op).__name__} was built for 32 input channels, got a feature '
+                                             'map with 16 channels'):
+            op(x)
+    with pytest.raises(ValueError, match=r'ModeAttention \(per_mode\) expects a \(B, G, H, W, C / G\) = '
+                                         r'\(B, 4, H, W, 8\) map, got shape torch.Size\(\[2, 4, 5, 6, 4\]\)'):
+        ModeAttention(32, groups=4, per_mode=True)(torch.randn(2, 4, 5, 6, 4))
 
 
 @pytest.mark.parametrize('stride', [1, 2])
@@ -243,3 +257,85 @@ def test_float64_runs_in_float64():
     grad = torch.randn_like(out_fast)
     (g_fast,), (g_ref,) = torch.autograd.grad(out_fast, x, grad), torch.autograd.grad(out_ref, x, grad)
     torch.testing.assert_close(g_fast, g_ref, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize('target', ['', 'local', 'local.value', 'local.score.conv1', 'local.score.bn1', 'mode.mask.bn2',
+                                    'mode.gate_norm', 'mode.interact_norm'])
+def test_full_backward_hooks_run_and_see_the_reference_gradients(target):
+    """A backward hook on a layer the fast paths would read without calling takes it through its plain path:
+    the hook runs once, with the reference's gradients (they used to be skipped silently)."""
+    seen = {}
+    for op in _fast_and_reference(stride=2):
+        op.train().get_submodule(target).register_full_backward_hook(
+            lambda module, grad_in, grad_out, key=op.local_op + str(op.recompute): seen.setdefault(key, []).append(
+                grad_out[0].clone()))
+        x = torch.randn(2, 32, 6, 5, generator=torch.Generator().manual_seed(1), requires_grad=True)
+        op(x).square().sum().backward()
+    (fast,), (ref,) = seen['localTrue'], seen['localFalse']
+    if fast.dim() == 5:  # the fast local half's output, per mode: (B, G, h, w, n)
+        fast = fast.permute(0, 1, 4, 2, 3).flatten(1, 2)
+    torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('stride', [1, 2])
+def test_mode_attention_input_edited_in_place_is_not_recomputed(stride):
+    """With a 1x1 window the local output is no view, so a forward pre-hook may edit mode attention's input in
+    place: backward must use the edited values (it recomputed the ones before the edit)."""
+    torch.manual_seed(0)
+    fast = StRAttention(32, stride=stride, groups=4, kernel_size=1).double().train()
+    ref = StRAttention(32, stride=stride, groups=4, kernel_size=1, reference=True).double().train()
+    ref.load_state_dict(fast.state_dict())
+    grads = []
+    for op in (fast, ref):
+        op.mode.register_forward_pre_hook(lambda module, args: (args[0].relu_(), None)[1])
+        x = torch.randn(2, 32, 6, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1),
+                        requires_grad=True)
+        op(x).square().sum().backward()
+        grads.append((x.grad, op.local.value.weight.grad, op.mode.mask.conv1.weight.grad))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize('transform', ['grad', 'vmap'])
+def test_functorch_transforms_over_the_parameters_only(transform):
+    """``torch.func`` over the parameters of ``functional_call`` (the input an unwrapped tensor, closed over)
+    takes the plain ops: the hand-written backward passes have no functorch rules and used to raise."""
+    fast, ref = (op.double().eval() for op in _fast_and_reference(stride=2))
+    x = torch.randn(2, 32, 6, 5, dtype=torch.float64)
+    results = []
+    for op in (fast, ref):
+        params = {name: p.detach() for name, p in op.named_parameters()}
+        buffers = dict(op.named_buffers())
+        if transform == 'grad':
+            out = torch.func.grad(lambda p: torch.func.functional_call(op, (p, buffers), (x,)).square().sum())(params)
+        else:
+            stacked = {name: torch.stack([p, 2 * p]) for name, p in params.items()}
+            out = {'': torch.func.vmap(lambda p: torch.func.functional_call(op, (p, buffers), (x,)))(stacked)}
+        results.append(out)
+    for name in results[0]:
+        torch.testing.assert_close(results[0][name], results[1][name], rtol=1e-9, atol=1e-9)
+
+
+def test_jit_trace_records_no_python_ops_and_saves(tmp_path):
+    """``torch.jit.trace`` takes the plain ops (a hand-written autograd node is a Python op, which cannot be
+    saved), and its check of the trace passes with gradients on."""
+    op = _fast_and_reference(stride=2)[0].eval()
+    x = torch.randn(2, 32, 6, 5)
+    traced = torch.jit.trace(op, x)
+    assert not [node for node in traced.inlined_graph.nodes() if node.kind() == 'prim::PythonOp']
+    traced.save(str(tmp_path / 'op.pt'))
+    torch.testing.assert_close(torch.jit.load(str(tmp_path / 'op.pt'))(x), op(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('half', ['local', 'mode', 'operator'])
+def test_second_derivatives_are_refused_by_name(half):
+    """The hand-written backward passes are differentiable once: asking for more says so (the local half's
+    said 'functions with out=... arguments don't support automatic differentiation')."""
+    op = _fast_and_reference()[0].train()
+    module = {'local': op.local, 'mode': op.mode, 'operator': op}[half]
+    x = torch.randn(2, 32, 6, 5, requires_grad=True)
+    if half == 'mode':
+        x = op.local(x).detach().requires_grad_()  # (per-mode layout)
+    (grad,) = torch.autograd.grad(module(x).square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match='differentiate twice a function that was marked with @once_differentiable'):
+        grad.sum().backward()

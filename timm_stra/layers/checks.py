@@ -36,3 +36,12 @@ def check_feature_map(x: torch.Tensor, channels: int, name: str) -> None:
         raise ValueError(
             '{} was built for {} input channels, got a feature map with {} channels (shape {}).'.format(
                 name, channels, x.shape[1], x.shape))
+
+
+@register_notrace_function
+def check_per_mode_map(x: torch.Tensor, groups: int, channels: int, name: str) -> None:
+    """Raise a ``ValueError`` unless ``x`` is a (B, ``groups``, H, W, ``channels`` / ``groups``) per-mode map."""
+    if x.dim() != 5 or x.shape[1] != groups or x.shape[4] * groups != channels:
+        raise ValueError(
+            '{} (per_mode) expects a (B, G, H, W, C / G) = (B, {}, H, W, {}) map, got shape {}.'.format(
+                name, groups, channels // groups, x.shape))

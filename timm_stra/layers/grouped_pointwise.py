@@ -148,8 +148,10 @@ def grouped_pointwise_nodes(nodes: torch.Tensor, weight: torch.Tensor, bias: Opt
         nodes: (B, G, in / G, N), any strides with one unit stride per group's matrix;
         weight: (out, in / G, 1, 1) -> (B, G, out / G, N), contiguous.
     """
-    # plain ops also under functorch transforms and forward-mode AD, which _GroupedPointwise has no rules for
-    if torch.jit.is_scripting() or _compiling_under_autocast(nodes) or not (is_compiling() or plain_tensor(nodes)):
+    # plain ops also under jit tracing (which would record a Python op), functorch transforms and forward-mode AD,
+    # which _GroupedPointwise has no rules for
+    if (torch.jit.is_scripting() or torch.jit.is_tracing() or _compiling_under_autocast(nodes)
+            or not (is_compiling() or plain_tensor(nodes))):
         return _products(nodes, weight, bias)
     return _GroupedPointwise.apply(nodes, weight, bias)
 

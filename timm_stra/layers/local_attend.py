@@ -41,6 +41,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 from timm.layers import register_notrace_function
+from torch.autograd.function import once_differentiable
 
 from .autocast import without_autocast
 from .grouped_pointwise import grouped_pointwise_channels_last
@@ -250,6 +251,7 @@ class _LocalAttend(torch.autograd.Function):
         return _query_rows(out, attn.shape[3], compact)
 
     @staticmethod
+    @once_differentiable  # its products write into buffers: no double backward (the reference operators have one)
     @without_autocast
     def backward(ctx, grad_out: torch.Tensor):
         attn, x, weight = ctx.saved_tensors
@@ -357,12 +359,12 @@ def local_attend(
         each mode; each slab's (out_h * out_w, n) block is contiguous. A compact result is
         contiguous; otherwise the slabs are not (a view into the row-window outputs, which hold
         dropped windows too). ``compact=None`` makes it compact when it has gradients, since what
-        follows may keep it for backward. TorchScript, ``torch.compile``, functorch transforms and
-        forward-mode AD take ``local_attend_autograd``.
+        follows may keep it for backward. TorchScript, ``torch.compile``, jit tracing, functorch transforms
+        and forward-mode AD take ``local_attend_autograd``.
     """
     # an empty batch has no row buffer to window; a compiler fuses the plain ops' shifted sums (see there);
     # functorch transforms (vmap, jvp) and forward-mode AD need plain ops too (_LocalAttend has no rules for them)
-    if torch.jit.is_scripting() or x.shape[0] == 0 or is_compiling() or not plain_tensor(x):
+    if torch.jit.is_scripting() or x.shape[0] == 0 or is_compiling() or torch.jit.is_tracing() or not plain_tensor(x):
         return local_attend_autograd(attn, x, weight, groups, kernel_size, stride)
     needs_grad = torch.is_grad_enabled() and (attn.requires_grad or x.requires_grad or weight.requires_grad)
     if compact is None:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checks import check_divisible
+from .checks import check_divisible, check_feature_map
 from .local_attend import ValueRows, local_attend, local_attend_recompute, local_attend_sharing_rows, local_sum
 from .recompute_saved import will_run
 from .replay import has_hooks
@@ -112,6 +112,7 @@ class LocalAttention(nn.Module):
     def neighbour_weights(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) input -> (B, G, k*k, ceil(H / stride), ceil(W / stride)) weights (``attention`` of the
         logit branch's output)."""
+        check_feature_map(x, self.dim, 'LocalAttention')
         H, W = x.shape[2], x.shape[3]
         return self.attention(self.score(x), (H - 1) // self.stride + 1, (W - 1) // self.stride + 1)
 

@@ -11,7 +11,7 @@ from typing import Final, Tuple
 import torch
 from torch import nn
 
-from .checks import check_divisible
+from .checks import check_divisible, check_feature_map, check_per_mode_map
 from .diversity import DiversityRecorder
 from .mode_gating import gated_output, mode_gating, mode_interaction, stack_gates
 from .replay import replayable_norm
@@ -81,8 +81,10 @@ class ModeAttention(nn.Module):
     def _nodes(self, x: torch.Tensor) -> Tuple[torch.Tensor, int, int]:
         """The input as per-mode nodes (B, G, H*W, C / G), a view, with H and W."""
         if self.per_mode:
+            check_per_mode_map(x, self.groups, self.dim, 'ModeAttention')
             B, G, H, W, n = x.shape
             return x.reshape(B, G, H * W, n), H, W
+        check_feature_map(x, self.dim, 'ModeAttention')
         B, C, H, W = x.shape
         return x.reshape(B, self.groups, C // self.groups, H * W).transpose(2, 3), H, W
 

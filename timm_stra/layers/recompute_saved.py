@@ -2,7 +2,7 @@
 
 ``recompute_saved(tensor, recompute)`` is a context for the forward of the ops that read
 ``tensor``. Whatever they save for backward that is ``tensor`` or a view of it is replaced by
-a small handle; the first handle backward unpacks calls ``recompute()`` (without autograd,
+a small handle (unless it was written to in place since the context began); the first handle backward unpacks calls ``recompute()`` (without autograd,
 under the forward's autocast setting), later ones reuse that result, and the last one lets
 it go. Every other saved tensor is kept, with autograd's check that nothing wrote to it in
 place before backward. StRA uses it for the output of local attention, which every part of
@@ -72,11 +72,13 @@ class recompute_saved(torch.autograd.graph.saved_tensors_hooks):
         storage = tensor.untyped_storage()
         # storage identity: the tensor is alive throughout, so no other tensor can share this address
         key = (storage.data_ptr(), storage.nbytes(), tensor.device, tensor.dtype)
+        version = tensor._version  # (shared with its views)
         recomputed = _Recomputed(recompute, tensor.device.type)
 
         def pack(t: torch.Tensor):
             s = t.untyped_storage()
-            if (s.data_ptr(), s.nbytes(), t.device, t.dtype) != key:
+            # kept as it is, too, once written to in place within the context: recompute() gives the values before
+            if (s.data_ptr(), s.nbytes(), t.device, t.dtype) != key or t._version != version:
                 # detached where it has a grad_fn: an op's own output, kept with its grad_fn, would close a
                 # cycle gc cannot see (a forward that never gets a backward would then never be freed); the
                 # detached tensor shares the version counter, whose value now backward checks as autograd would

@@ -24,17 +24,22 @@ Saved = Tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]
 
 def replayable_norm(norm: nn.Module) -> bool:
     """``NormReplay`` can replay ``norm`` exactly: a plain ``nn.BatchNorm2d`` (not synchronised, not frozen) without
-    forward hooks (``has_hooks``)."""
+    hooks (``has_hooks``)."""
     return type(norm) is nn.BatchNorm2d and not has_hooks(norm)
 
 
+_GLOBAL_HOOKS = ('_global_forward_hooks', '_global_forward_pre_hooks', '_global_backward_hooks',
+                 '_global_backward_pre_hooks')
+
+
 def has_hooks(*modules: nn.Module) -> bool:
-    """Forward hooks or pre-hooks on any of ``modules`` or on every module (``register_module_forward_hook``): a
-    hand-written backward or a kernel, which does not call the modules, would not see what they change."""
-    if getattr(nn.modules.module, '_global_forward_hooks', None) or getattr(
-            nn.modules.module, '_global_forward_pre_hooks', None):
+    """Forward or backward hooks (pre-hooks too) on any of ``modules`` or on every module
+    (``register_module_forward_hook``, ``register_module_full_backward_hook``, ...): a hand-written backward or a
+    kernel, which does not call the modules, would neither run them nor see what they change."""
+    if any(getattr(nn.modules.module, name, None) for name in _GLOBAL_HOOKS):
         return True
-    return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
+    return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
+               for m in modules)
 
 
 class NormReplay:

@@ -125,6 +125,8 @@ class StRAttention(nn.Module):
         check_choice(local_op, LOCAL_OPS, 'local_op')
         check_choice(mode, MODES, 'mode')
         check_divisible(dim, groups, 'StRAttention')
+        if stride not in (1, 2):
+            raise ValueError(f'StRAttention: stride must be 1 or 2 (as the 3x3 convolution it replaces), got {stride}.')
         self.dim = dim
         self.local_op = local_op
         self.mode_type = mode

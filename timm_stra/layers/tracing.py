@@ -38,10 +38,12 @@ def eager_autograd(x: torch.Tensor) -> bool:
 @torch.jit.unused
 def plain_tensor(x: torch.Tensor) -> bool:
     """Whether ``x`` is a plain tensor that nothing else sees ops on: not a subclass (fake, distributed), not
-    wrapped by functorch (vmap, grad), no dispatch mode active and no forward-mode AD level open. A kernel
+    wrapped by functorch (vmap, grad) nor under a functorch transform of other tensors, no dispatch mode active
+    and no forward-mode AD level open. A kernel
     launched on its memory would bypass all of those."""
     if type(x) is not torch.Tensor or _get_current_dispatch_mode() is not None:
         return False
     if forward_ad._current_level >= 0:
         return False
-    return not torch._C._functorch.is_functorch_wrapped_tensor(x)
+    # a transform over the parameters alone (torch.func.grad / vmap of functional_call) leaves x unwrapped
+    return not (torch._C._functorch.is_functorch_wrapped_tensor(x) or torch._C._are_functorch_transforms_active())
