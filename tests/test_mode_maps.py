@@ -80,13 +80,20 @@ def _person(tmp_path, name='person.png', size=(128, 128)):
 
 
 def test_picture_shows_the_crop_the_model_saw(tmp_path, capsys):
-    # a square image for a 256x128 ReID model: the transform resizes it to 128 wide and crops 256 high... of a
-    # 128x128 image upscaled to 256x256, the middle half of its columns; the tiles have the model's 1:2 aspect
+    # a square image for a 256x128 ReID model: squashed to 256x128 whole, as training and `eval` fit it (the
+    # model's pretrained_cfg says crop_mode='squash'), not its middle half; the tiles have the model's 1:2 aspect
+    path = tmp_path / 'person.png'
+    image = Image.new('RGB', (128, 128), (40, 60, 200))
+    image.paste((220, 30, 30), (0, 0, 16, 128))  # a red band along the left edge: outside a centre crop
+    image.save(path)
     out = tmp_path / 'modes.png'
-    assert cli_main(['modes', str(_person(tmp_path)), '--model', 'stra_resnet50_reid', '--out', str(out),
+    assert cli_main(['modes', str(path), '--model', 'stra_resnet50_reid', '--out', str(out),
                      '--tile-height', '64']) == 0
-    assert Image.open(out).size == (9 * 32, 3 * 64)
-    assert 'over the 128x256 image the model saw' in capsys.readouterr().err
+    picture = Image.open(out).convert('RGB')
+    assert picture.size == (9 * 32, 3 * 64)
+    red, green, blue = picture.getpixel((1, 32))  # the first tile is the image as the model saw it
+    assert red > 150 and blue < 100
+    assert 'over the 256x128 (HxW) image the model saw' in capsys.readouterr().err
 
 
 def test_exif_rotation_is_applied(tmp_path):

@@ -62,3 +62,28 @@ def test_pipelines_give_the_model_input():
     fer = {'input_size': (1, 44, 44), 'interpolation': 'bilinear', 'mean': (0.5,), 'std': (0.5,)}
     assert train_transform('fer', fer)(_img('L', (48, 48))).shape == (1, 44, 44)
     assert torch.equal(eval_transform('fer', fer)(_img('L', (48, 48))), eval_transform('fer', fer)(_img('L', (48, 48))))
+
+
+@pytest.mark.parametrize('name, task, kwargs', [
+    ('stra_resnet50_reid', 'reid', {}),
+    ('resnet50_reid', 'reid', {}),
+    ('stra_resnet50_face', 'face', {}),
+    ('stra_resnet50_face', 'face', {'img_size': (224, 192)}),  # VGGFace2's shape: squashed, as the task does
+    ('stra_resnet50_fer', 'fer', {}),
+])
+def test_timm_fits_an_image_as_the_task_does(tmp_path, name, task, kwargs):
+    """timm's evaluation transform from a saved model's config.json (what `timm-stra modes` and the model card's
+    snippet use) fits an image as training and `eval` do: a ReID model squashes a photo to 256x128, not a centre
+    crop of it. The image is 3:1, so squash and crop differ."""
+    import timm
+    from timm.data import create_transform, resolve_data_config
+    from timm_stra.hub import save_for_hf
+    from timm_stra.tasks.checkpoint import data_config_for
+    save_for_hf(timm.create_model(name, **kwargs), tmp_path / 'model')
+    model = timm.create_model(f'local-dir:{tmp_path / "model"}', pretrained=True)
+    config = resolve_data_config(model=model)
+    image = Image.new('RGB', (30, 90), (200, 30, 30))
+    image.paste((30, 30, 200), (0, 0, 30, 30))  # the top third blue: a centre crop would cut it
+    image = image.convert('L') if config['input_size'][0] == 1 else image
+    theirs, ours = create_transform(**config)(image), eval_transform(task, data_config_for(model))(image)
+    assert theirs.shape == ours.shape and torch.equal(theirs, ours)

@@ -42,19 +42,23 @@ def _cfg(**kwargs) -> Dict[str, Any]:
     }
 
 
+# crop_mode: how timm's eval transform (create_transform(**resolve_data_config(model=...))) fits an image, as the
+# task pipelines do (tasks/transforms.py): ReID and FER squashed to size, square faces a centre crop of the
+# shorter-side resize, faces of another shape squashed (_face_size_overlay)
 def _reid_cfg(**kwargs) -> Dict[str, Any]:
-    return _cfg(num_classes=751, input_size=(3, 256, 128), pool_size=(16, 8), crop_pct=1.0, **kwargs)
+    return _cfg(num_classes=751, input_size=(3, 256, 128), pool_size=(16, 8), crop_pct=1.0, crop_mode='squash',
+                **kwargs)
 
 
 def _face_cfg(**kwargs) -> Dict[str, Any]:
     return _cfg(
-        num_classes=0, input_size=(3, 112, 112), pool_size=(4, 4), crop_pct=1.0,
+        num_classes=0, input_size=(3, 112, 112), pool_size=(4, 4), crop_pct=1.0, crop_mode='center',
         mean=FACE_MEAN, std=FACE_STD, fixed_input_size=True, **kwargs)
 
 
 def _fer_cfg(**kwargs) -> Dict[str, Any]:
     return _cfg(
-        num_classes=7, input_size=(1, 44, 44), pool_size=(6, 6), crop_pct=1.0,
+        num_classes=7, input_size=(1, 44, 44), pool_size=(6, 6), crop_pct=1.0, crop_mode='squash',
         mean=(0.5,), std=(0.5,), **kwargs)
 
 
@@ -82,9 +86,10 @@ default_cfgs = generate_default_cfgs({
 
 
 def _face_size_overlay(img_size) -> Dict[str, Any]:
-    """Keep ``pretrained_cfg`` (input and pool size) true to a face model built for another ``img_size``."""
+    """Keep ``pretrained_cfg`` (input and pool size, crop mode) true to a face model built for another ``img_size``."""
     size: Tuple[int, int] = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
-    return dict(input_size=(3, *size), pool_size=tuple((s - 1) // 32 + 1 for s in size))
+    return dict(input_size=(3, *size), pool_size=tuple((s - 1) // 32 + 1 for s in size),
+                crop_mode='center' if size[0] == size[1] else 'squash')
 
 
 # build arguments that are not part of the architecture (not recorded for config.json)

@@ -191,8 +191,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f'timm-stra modes: {e}', file=sys.stderr)
         return 1
     print(f'{args.out}: {len(masks)} operators x {masks[0].shape[1]} modes, masks of '
-          f'{masks[0].shape[2]}x{masks[0].shape[3]} positions, over the {image.width}x{image.height} image the '
-          'model saw', file=sys.stderr)
+          f'{masks[0].shape[2]}x{masks[0].shape[3]} positions, over the {image.height}x{image.width} (HxW) image '
+          'the model saw', file=sys.stderr)
     return 0
 
 
