@@ -240,3 +240,19 @@ def test_output_cut_short_by_its_reader_is_not_a_traceback():
     proc.stdout.close()  # before the table is printed (the models take seconds to build)
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=300) == 1 and 'Traceback' not in err, err
+
+
+def test_usage_cut_short_by_its_reader_ends_without_a_traceback():
+    """`timm-stra --help | true`: the reader is gone before the first write (its end of the pipe is closed
+    before the command starts), so the write fails; the command ends quietly with status 1."""
+    import os
+    import subprocess
+    import sys
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = subprocess.run([sys.executable, '-m', 'timm_stra.cli', '--help'], stdout=write, stderr=subprocess.PIPE,
+                              text=True, timeout=120)
+    finally:
+        os.close(write)
+    assert done.returncode == 1 and 'Traceback' not in done.stderr, done.stderr

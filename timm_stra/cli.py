@@ -25,7 +25,14 @@ def _usage() -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    try:
+        return _run(sys.argv[1:] if argv is None else argv)
+    except BrokenPipeError:  # what reads the output stopped early (`| head`): no traceback, as other tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (Python flushes stdout at exit)
+        return 1
+
+
+def _run(argv: List[str]) -> int:
     if not argv or argv[0] in ('-h', '--help'):
         print(_usage())
         return 0
@@ -33,12 +40,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if name not in COMMANDS:
         print(f"timm-stra: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[name][0])
-    try:
-        return module.main(rest) or 0
-    except BrokenPipeError:  # what reads the output stopped early (`| head`): no traceback, as other tools do
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (Python flushes stdout at exit)
-        return 1
+    return importlib.import_module(COMMANDS[name][0]).main(rest) or 0
 
 
 if __name__ == '__main__':
