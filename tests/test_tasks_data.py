@@ -342,9 +342,12 @@ def test_fer2013_unreadable_text_is_named(tmp_path, text):
 def test_fer2013_bad_header(tmp_path):
     path = tmp_path / 'fer2013.csv'
     path.write_text('label,data\n0,1 2 3\n')
-    with pytest.raises(BadDataError, match='lacks the columns emotion, pixels and Usage') as e:
+    with pytest.raises(BadDataError, match='lacks the columns emotion, pixels, Usage: ') as e:
         read_fer2013(path, skip_bad=True)
     assert '--skip-bad' not in str(e.value)  # a header cannot be skipped
+    path.write_text('emotion,pix,Usage\n0,1 2 3,Training\n')
+    with pytest.raises(BadDataError, match="the header \\['emotion', 'pix', 'Usage'\\] lacks the column pixels: "):
+        read_fer2013(path)
 
 
 def test_fer2013_with_a_byte_order_mark(tmp_path):

@@ -72,10 +72,12 @@ def read_fer2013(path, skip_bad: bool = False) -> Tuple[Dict[str, Tuple[torch.Te
             fieldnames = reader.fieldnames
         except (csv.Error, UnicodeDecodeError) as e:
             fieldnames = f'unreadable ({e})'
-        if not isinstance(fieldnames, list) or not {'emotion', 'pixels', 'Usage'} <= set(fieldnames):
-            raise BadDataError(f'{path}:1: the header {fieldnames} lacks the columns emotion, pixels and Usage: '
-                               'give the fer2013.csv of the Kaggle challenge (its first line is '
-                               '"emotion,pixels,Usage").')
+        columns = ('emotion', 'pixels', 'Usage')
+        missing = [c for c in columns if not isinstance(fieldnames, list) or c not in fieldnames]
+        if missing:
+            raise BadDataError(f"{path}:1: the header {fieldnames} lacks the column{'s' * (len(missing) > 1)} "
+                               f"{', '.join(missing)}: give the fer2013.csv of the Kaggle challenge (its first "
+                               'line is "emotion,pixels,Usage").')
         for row in _rows(reader, path):
             try:
                 if None in row or any(row[k] is None for k in ('emotion', 'pixels', 'Usage')):
