@@ -359,3 +359,18 @@ def test_fer2013_with_a_byte_order_mark(tmp_path):
     assert skipped == 0
     for usage, (images, labels) in plain.items():
         assert torch.equal(splits[usage][0], images) and torch.equal(splits[usage][1], labels)
+
+
+def test_market_bad_entries_of_every_split_reported_together(tmp_path):
+    """Training reads a Market-1501 folder in one pass: a corrupt training image and a badly named query are
+    named in one error (the query's used to wait for the next run, once the first was mended)."""
+    from timm_stra.tasks.task_data import load_task_data
+    root = make_market1501(tmp_path / 'market')
+    broken = next((root / 'bounding_box_train').glob('*.jpg'))
+    broken.write_bytes(b'\xff\xd8 truncated')
+    (root / 'query' / 'bad_name.jpg').write_bytes((next((root / 'query').glob('*.jpg'))).read_bytes())
+    with pytest.raises(BadDataError) as e:
+        load_task_data('reid', root, None, None)
+    assert str(broken) in str(e.value) and 'bad_name.jpg' in str(e.value)
+    train, evals = load_task_data('reid', root, None, None, skip_bad=True)
+    assert train.skipped + evals.skipped == 2 and len(evals.query) == 3

@@ -45,10 +45,8 @@ def load_train_set(task: str, data, transform: Callable, skip_bad: bool = False,
     """Read (and check, with a progress bar if ``progress``; under DDP each process decodes its ``share``) the
     training data of ``task`` under ``data``."""
     if task == 'reid':
-        market = Market1501.load(data, splits=('train',), skip_bad=skip_bad, check=check, progress=progress,
-                                 share=share)
-        samples = list(zip(market.train.paths, market.train.pids))
-        return TrainSet(ImageList(samples, transform), market.num_train_ids, market.skipped)
+        return _reid_train_set(Market1501.load(data, splits=('train',), skip_bad=skip_bad, check=check,
+                                               progress=progress, share=share), transform)
     if task == 'face':
         samples, names, skipped = scan_identity_folders(data, skip_bad=skip_bad, check=check, progress=progress,
                                                         share=share)
@@ -56,6 +54,16 @@ def load_train_set(task: str, data, transform: Callable, skip_bad: bool = False,
     if task == 'fer':
         return _fer_train_set(data, *read_fer2013(data, skip_bad=skip_bad), transform)
     raise ValueError(f'Unknown task {task!r}')
+
+
+def _reid_train_set(market: Market1501, transform: Callable) -> TrainSet:
+    samples = list(zip(market.train.paths, market.train.pids))
+    return TrainSet(ImageList(samples, transform), market.num_train_ids, market.skipped)
+
+
+def _reid_eval_sets(market: Market1501, transform: Callable, skipped: int) -> EvalSets:
+    query, gallery = (ImageList(list(zip(s.paths, s.pids)), transform) for s in (market.query, market.gallery))
+    return EvalSets('reid', market=market, query=query, gallery=gallery, skipped=skipped)
 
 
 def _fer_train_set(data, splits: Dict[str, Tuple[torch.Tensor, torch.Tensor]], skipped: int,
@@ -108,8 +116,7 @@ def load_eval_sets(task: str, data, transform: Callable, skip_bad: bool = False,
     if task == 'reid':
         market = Market1501.load(data, splits=('query', 'gallery'), skip_bad=skip_bad, check=check,
                                  progress=progress, share=share)
-        query, gallery = (ImageList(list(zip(s.paths, s.pids)), transform) for s in (market.query, market.gallery))
-        return EvalSets(task, market=market, query=query, gallery=gallery, skipped=market.skipped)
+        return _reid_eval_sets(market, transform, market.skipped)
     if task == 'face':
         return EvalSets(task, face_pairs=_face_pair_sets(find_face_bins(data, face_bins), transform, check,
                                                          progress, share))
@@ -122,8 +129,12 @@ def load_task_data(task: str, data, train_transform: Callable, eval_transform: C
                    check: bool = True, face_bins: Sequence[str] = (), progress: bool = False,
                    share: CheckShare = CheckShare()
                    ) -> Tuple[TrainSet, EvalSets]:
-    """``load_train_set`` and ``load_eval_sets`` together, each entry read once: FER's one file holds both, and its
-    bad rows are counted once (in the training set's ``skipped``)."""
+    """``load_train_set`` and ``load_eval_sets`` together, each entry read once. A Market-1501 folder is read and
+    checked in one pass, so that its bad entries are reported together, whatever split holds them; FER's one file
+    holds both sets. Their bad entries are counted once (in the training set's ``skipped``)."""
+    if task == 'reid':
+        market = Market1501.load(data, skip_bad=skip_bad, check=check, progress=progress, share=share)
+        return _reid_train_set(market, train_transform), _reid_eval_sets(market, eval_transform, 0)
     if task == 'fer':
         splits, skipped = read_fer2013(data, skip_bad=skip_bad)
         return _fer_train_set(data, splits, skipped, train_transform), _fer_eval_sets(splits, 0, eval_transform)
