@@ -89,9 +89,15 @@ def test_one_log_line_counts_loaded_and_fresh_groups(hub, caplog):
         timm.create_model('stra_resnet50_reid', pretrained=True)
     lines = [r.getMessage() for r in caplog.records if r.name.startswith('timm_stra')]
     assert len(lines) == 1
-    assert 'stra_resnet50_reid: loaded 262 ImageNet ResNet-50 tensors' in lines[0]
+    assert 'stra_resnet50_reid: loaded 262 ImageNet ResNet-50 tensors, dropped 5 (replaced 3x3 convs: 3, ' \
+           '1000-way fc: 2)' in lines[0]
     for group in ('StRA operators (117 tensors)', 'neck (6 tensors)', 'classifier (2 tensors)'):
         assert group in lines[0]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger='timm_stra'):  # the twin keeps its 3x3 convs: only the fc is dropped
+        timm.create_model('resnet50_reid', pretrained=True)
+    (line,) = [r.getMessage() for r in caplog.records if r.name.startswith('timm_stra')]
+    assert 'dropped 2 (1000-way fc: 2)' in line
 
 
 def test_conv_ablation_keeps_the_3x3_convs(hub):

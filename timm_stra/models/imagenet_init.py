@@ -87,7 +87,7 @@ def imagenet_filter_fn(state_dict: Mapping[str, torch.Tensor], model: nn.Module)
     out: Dict[str, torch.Tensor] = {}
     loaded = 0
     unexpected, mismatched, missing = [], [], []
-    dropped = 0
+    dropped = {'replaced 3x3 convs': 0, '1000-way fc': 0}
     for key, value in state_dict.items():
         if key not in ours:
             replaced = _REPLACED_CONV.match(key)
@@ -97,9 +97,9 @@ def imagenet_filter_fn(state_dict: Mapping[str, torch.Tensor], model: nn.Module)
                     out[as_local] = value
                     loaded += 1
                 else:
-                    dropped += 1
+                    dropped['replaced 3x3 convs'] += 1
             elif key.startswith('fc.'):
-                dropped += 1
+                dropped['1000-way fc'] += 1
             else:
                 unexpected.append(key)
             continue
@@ -108,7 +108,7 @@ def imagenet_filter_fn(state_dict: Mapping[str, torch.Tensor], model: nn.Module)
             out[key] = value
             loaded += key.split('.')[-1] != _COUNTERS
         elif _group(key) == 'classifier':
-            dropped += 1
+            dropped['1000-way fc'] += 1
             continue  # e.g. a 751-ID or 7-class classifier instead of the 1000-way one: starts fresh
         elif _only_in_chans_differ(key, value, target, first_conv):
             out[key] = value  # timm's load_pretrained adapts it
@@ -141,8 +141,8 @@ def imagenet_filter_fn(state_dict: Mapping[str, torch.Tensor], model: nn.Module)
             + '; '.join(problems) + '. Use the pretrained tags tv_in1k or a1_in1k (timm/resnet50.*), '
             'or pretrained=False.')
     name = getattr(model, 'pretrained_cfg', {}).get('architecture', type(model).__name__)
-    _logger.info('%s: loaded %d ImageNet ResNet-50 tensors, dropped %d (replaced 3x3 convs, 1000-way fc); '
-                 'freshly initialised: %s', name, loaded, dropped,
+    _logger.info('%s: loaded %d ImageNet ResNet-50 tensors, dropped %d (%s); freshly initialised: %s', name, loaded,
+                 sum(dropped.values()), ', '.join(f'{what}: {n}' for what, n in dropped.items() if n) or 'none',
                  ', '.join(f'{g} ({n} tensors)' for g, n in fresh.items()) or 'nothing')
     return out
 
