@@ -162,7 +162,7 @@ def test_cpu_default_cases_leave_out_the_cuda_only_kernels(tmp_path):
             '1', '--no-sweep', '--no-progress', '--in-process', '--device', 'cpu', '--json', str(path)]
     assert main(argv) == 0
     cases = [row['case'] for row in json.loads(path.read_text())['summary']]
-    assert sorted(cases) == sorted(c for c in CASES if c != 'stra_triton')
+    assert sorted(cases) == sorted(c for c in CASES if c not in ('stra_triton', 'stra_keep'))
 
 
 def test_compile_run(capsys, compiled_eagerly):
@@ -236,9 +236,9 @@ def test_a_worker_leaves_when_the_process_that_started_it_is_killed():
 
 def test_tensor_memory_peak_of_a_step_worked_out_by_hand():
     """Two bias-free 1024x1024 linears on a batch of 256: the peak is in the first layer's backward, with the
-    weights (8 MiB), the second weight's gradient (4), the hidden gradient (1) and the first weight's gradient (4)
-    live: 17 MiB. (Replaying operators' self memory booked their frees at their start: 16.)"""
+    weights (8 MiB), the input (1), the second weight's gradient (4), the hidden gradient (1) and the first weight's
+    gradient (4) live: 18 MiB. (Replaying operators' self memory booked their frees at their start: 17.)"""
     from timm_stra.benchmarks.tensor_memory import step_peak_mib
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(1024, 1024, bias=False), torch.nn.Linear(1024, 1024, bias=False))
-    assert step_peak_mib(model, torch.randn(256, 1024)) == pytest.approx(17.0, abs=0.01)
+    assert step_peak_mib(model, torch.randn(256, 1024)) == pytest.approx(18.0, abs=0.01)

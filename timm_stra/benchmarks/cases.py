@@ -10,7 +10,9 @@ Cases, each built for the task's input size:
   unfold-based local attention and the mode attention in the paper's order, as the authors' release;
 * ``sasa_mode``: SASA + Mode, the strongest ablation baseline of Table 2;
 * ``stra_triton``: StRA with ``use_triton`` (``set_triton``): its operators' inference on CUDA as
-  Triton kernels; elsewhere, and in training, the same as ``stra``.
+  Triton kernels; elsewhere, and in training, the same as ``stra``;
+* ``stra_keep``: StRA with ``recompute=False``: its operators keep for backward what ``stra``'s
+  recompute there (more memory, a little less time). Not among the benchmarks' default cases.
 """
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
@@ -53,6 +55,7 @@ class Case:
     kwargs: Dict[str, Any] = field(default_factory=dict)
     limit: bool = False
     triton: bool = False
+    by_default: bool = True  # among the cases a benchmark compares when not told which
 
 
 CASES: Dict[str, Case] = {c.name: c for c in (
@@ -62,6 +65,7 @@ CASES: Dict[str, Case] = {c.name: c for c in (
     Case('reference', 'StRA, unfold reference', stra=True, kwargs=dict(reference=True)),
     Case('sasa_mode', 'SASA + Mode', stra=True, kwargs=dict(local_op='sasa', mode='full')),
     Case('stra_triton', 'StRA, Triton inference', stra=True, triton=True),
+    Case('stra_keep', 'StRA, recompute=False', stra=True, kwargs=dict(recompute=False), by_default=False),
 )}
 
 

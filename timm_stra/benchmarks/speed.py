@@ -239,9 +239,10 @@ def sweep_table(rows: List[Dict[str, object]], sizes: Sequence[Tuple[int, int]],
 
 # defaults that keep a CPU run under 10 minutes on 2 cores; a GPU gets more steps
 # on the CPU ``stra_triton`` is ``stra`` (its kernels run on CUDA only): not measured twice by default
-CPU_DEFAULTS = dict(cases=[c for c in CASES if c != 'stra_triton'], batch_sizes=[1, 16], repeats=3, warmup=1, iters=1,
-                    sweep_batch=1)
-CUDA_DEFAULTS = dict(cases=list(CASES), batch_sizes=[16, 64], repeats=3, warmup=5, iters=20, sweep_batch=16)
+CPU_DEFAULTS = dict(cases=[c for c, spec in CASES.items() if spec.by_default and c != 'stra_triton'],
+                    batch_sizes=[1, 16], repeats=3, warmup=1, iters=1, sweep_batch=1)
+CUDA_DEFAULTS = dict(cases=[c for c, spec in CASES.items() if spec.by_default], batch_sizes=[16, 64], repeats=3,
+                     warmup=5, iters=20, sweep_batch=16)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -250,8 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--task', default='reid', choices=tuple(TASKS), help='model family and input size')
     add_device_options(parser, default=None)
     parser.add_argument('--cases', type=name_list(tuple(CASES)), default=None,
-                        help='comma-separated, from: ' + ', '.join(CASES) + ' (default: all of them; on CPU all but '
-                        'stra_triton, whose kernels run on CUDA only; twin is needed for the ratios to the twin)')
+                        help='comma-separated, from: ' + ', '.join(CASES) + ' (default: all but stra_keep; on CPU also '
+                        'without stra_triton, whose kernels run on CUDA only; twin is needed for the ratios to the twin)')
     parser.add_argument('--modes', type=name_list(MODES), default=list(MODES),
                         help='comma-separated, from infer, train (default: infer,train)')
     parser.add_argument('--batch-sizes', type=int_list, default=None,

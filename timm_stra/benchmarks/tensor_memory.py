@@ -4,7 +4,7 @@
 holds whatever the allocator keeps and so moves by a few percent with the order
 of allocations. This counts the tensors themselves: torch's profiler records
 every allocation and free (``profile_memory=True``); replaying them in order
-from the parameters and buffers gives the peak of live tensor bytes during one
+from the parameters, buffers and input batch gives the peak of live tensor bytes during one
 forward + backward step, allocations inside an operator included. Deterministic,
 so one run is enough; no timing is taken.
 """
@@ -39,7 +39,7 @@ def live_tensor_bytes(fn: Callable[[], Any]) -> Tuple[Any, int, int]:
 
 
 def step_peak_mib(model: torch.nn.Module, x: torch.Tensor) -> float:
-    """Peak live tensor MiB (parameters and buffers included) of one training step of ``model`` on ``x``."""
+    """Peak live tensor MiB of one training step of ``model`` on ``x``, its parameters, buffers and ``x`` included."""
     model.train()
 
     def step():
@@ -49,7 +49,7 @@ def step_peak_mib(model: torch.nn.Module, x: torch.Tensor) -> float:
 
     step()  # warm-up: lazy allocations (e.g. oneDNN primitives) happen outside the counted step
     _, peak, _ = live_tensor_bytes(step)
-    resident = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+    resident = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers(), x))
     return (resident + peak) / 2 ** 20
 
 
@@ -79,7 +79,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error(f'unknown cases {unknown}')
     rows = measure(args.task, cases, args.batch_size)
     size = 'x'.join(map(str, TASKS[args.task].input_size))
-    print(f'Peak live tensor memory of a training step, {args.task} {size}, batch {args.batch_size}:\n')
+    print(f'Peak live tensor memory of a training step, {args.task} {size}, batch {args.batch_size} '
+          '(weights, buffers and the input batch included):\n')
     baseline = f"vs {rows[0]['case']}"
     print(f'| case | peak MiB | {baseline} |\n| --- | --- | --- |')
     for row in rows:
