@@ -256,3 +256,39 @@ def test_usage_cut_short_by_its_reader_ends_without_a_traceback():
     finally:
         os.close(write)
     assert done.returncode == 1 and 'Traceback' not in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize('name, kwargs', [
+    ('stra_resnet50_reid', {}),
+    ('stra_resnet50_face', {}),
+    ('stra_resnet50_fer', {}),
+    ('stra_resnet50_reid', {'reference': True}),
+    ('stra_resnet50_reid', {'local_op': 'sasa', 'mode': 'no_interaction'}),
+])
+def test_plain_torch_fx_traces_and_the_traced_model_keeps_its_diversity_term(name, kwargs):
+    """``torch.fx.symbolic_trace`` (not only timm's tracer) traces the models: the traced graph gives the model's
+    output and, in training, the same diversity term (the recorders are called, not traced through)."""
+    from timm_stra import diversity_loss
+    model = timm.create_model(name, layers=[1, 1, 1, 1], **kwargs).train()
+    traced = torch.fx.symbolic_trace(model)
+    x = torch.randn(2, *model.pretrained_cfg['input_size'])
+    torch.manual_seed(0)  # (the face head's dropout)
+    out, term = model(x), diversity_loss(model)
+    torch.manual_seed(0)
+    torch.testing.assert_close(traced(x), out)
+    torch.testing.assert_close(diversity_loss(traced), term)
+    assert term.requires_grad and term > 0
+
+
+def test_torchvision_feature_extraction_takes_the_models():
+    """torchvision's ``create_feature_extractor`` (its own tracer, in train and eval mode) on a face model: the
+    neck's embedding, and the face size check kept."""
+    from torchvision.models.feature_extraction import create_feature_extractor
+    model = timm.create_model('stra_resnet50_face', layers=[1, 1, 1, 1]).eval()
+    extractor = create_feature_extractor(model, return_nodes={'layer4': 'map', 'neck': 'embedding'})
+    x = torch.randn(2, 3, 112, 112)
+    features = extractor(x)
+    assert features['map'].shape == (2, 2048, 4, 4)
+    torch.testing.assert_close(features['embedding'], model(x))  # (a face model's output is its embedding)
+    with pytest.raises(ValueError, match='takes 112x112 images only'):
+        extractor(torch.randn(2, 3, 96, 96))

@@ -34,8 +34,8 @@ class DiversityRecorder(nn.Module):
     forward pass. DataParallel replicas share the dict (they copy the module's
     ``__dict__`` shallowly), so each replica's slice of the batch is kept under its
     device. Nothing is computed in eval mode or under TorchScript (``diversity_loss`` refuses a
-    scripted model), nothing kept while fx traces through it (timm's fx feature extraction keeps
-    it whole: ``register_notrace_module``) or when gradient checkpointing runs the forward again
+    scripted model), nothing kept while fx traces it (every fx tracer keeps it whole: timm's by
+    ``register_notrace_module``, the others by ``_traced_call``) or when gradient checkpointing runs the forward again
     during backward (that term would outlive the step, holding the recomputed graph). A forward
     hook on this module sees the masks themselves, in any mode (``timm-stra modes`` draws them:
     ``tools/mode_maps.py``).
@@ -49,11 +49,26 @@ class DiversityRecorder(nn.Module):
         self.kept: Dict[str, torch.Tensor] = {}
 
     def forward(self, masks: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting() and self._traced_through(masks):
+            return self._traced_call(masks)
         if self.training and not torch.jit.is_scripting():
             term = mask_diversity(masks)  # computed in a recomputation too: checkpointing checks what the ops save
             if _keeps_term():
                 self.kept[str(masks.device)] = term
         return masks
+
+    @torch.jit.unused
+    def _traced_through(self, masks: torch.Tensor) -> bool:
+        """Whether an fx tracer that does not keep this module whole (plain ``torch.fx``, torchvision's feature
+        extraction; timm's keeps it, ``register_notrace_module``) is tracing into its forward."""
+        return isinstance(masks, torch.fx.Proxy)
+
+    @torch.jit.unused
+    def _traced_call(self, masks: torch.Tensor) -> torch.Tensor:
+        """Record a call of this module in the traced graph, as timm's tracer does, instead of its inside: the
+        traced model then runs it and keeps the term (``diversity_loss`` would otherwise read nothing from it)."""
+        tracer = masks.tracer
+        return tracer.create_proxy('call_module', tracer.path_of_module(self), (masks,), {})
 
 
 @torch.jit.unused  # TorchScript never gets here (the caller tests torch.jit.is_scripting() first)

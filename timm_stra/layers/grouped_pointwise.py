@@ -33,6 +33,10 @@ from timm.layers import register_notrace_function
 from .autocast import AutocastState, without_autocast
 from .tracing import is_compiling, plain_tensor
 
+# fx leaves for plain torch.fx too, not only timm's tracer (register_notrace_function): layers/tracing.py
+torch.fx.wrap('grouped_pointwise')
+torch.fx.wrap('grouped_pointwise_nodes')
+
 
 def _use_matmul(x: torch.Tensor) -> bool:
     return (x.device.type == 'cpu' and x.is_contiguous()) or is_compiling()  # (False under TorchScript)

@@ -23,6 +23,10 @@ from .recompute_saved import will_run
 from .replay import has_hooks
 from .score_branch import ScoreBranch
 
+# fx leaves for plain torch.fx too, not only timm's tracer (register_notrace_function): layers/tracing.py
+torch.fx.wrap('check_feature_map')
+torch.fx.wrap('local_attend')
+
 
 def score_hidden_chs(channels: int, reduction: int, groups: int) -> int:
     """Width of the logit branch: ``channels // reduction`` rounded down to a multiple of ``groups`` (>= groups).

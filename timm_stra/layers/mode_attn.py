@@ -18,6 +18,10 @@ from .replay import replayable_norm
 from .score_branch import ScoreBranch
 from .tracing import eager_autograd
 
+# fx leaves for plain torch.fx too, not only timm's tracer (register_notrace_function): layers/tracing.py
+torch.fx.wrap('check_feature_map')
+torch.fx.wrap('check_per_mode_map')
+
 
 class ModeAttention(nn.Module):
     """StRA mode attention.

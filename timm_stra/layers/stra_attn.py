@@ -37,6 +37,9 @@ from .sasa import SelfAttention2d
 from .stra_triton import HAS_TRITON, INTERPRETING, kernels_apply, stra_inference
 from .tracing import eager_autograd, plain_tensor, running_eagerly
 
+# fx leaves for plain torch.fx too, not only timm's tracer (register_notrace_function): layers/tracing.py
+torch.fx.wrap('check_feature_map')
+
 LOCAL_OPS = ('local', 'conv', 'group_conv', 'sasa')
 MODES = ('full', 'no_interaction', 'none')
 

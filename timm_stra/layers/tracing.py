@@ -3,6 +3,12 @@
 StRA's eager training paths (replays, recomputation, in-place writes into results) pay off
 only when autograd records a graph eagerly; a compiler decides for itself what to keep and
 may mis-trace some of those tricks, so they ask here first.
+
+Under torch.fx the input checks and the hand-written operators are leaves, called as they are: timm's
+tracer takes them from ``register_notrace_function``; plain ``torch.fx.symbolic_trace`` and torchvision's
+feature extraction from the ``torch.fx.wrap`` calls in the modules that call them (``wrap`` patches a name
+in its caller's module while tracing). The diversity recorder records a call of itself for any tracer
+(``DiversityRecorder``), so a traced model keeps its term.
 """
 import torch
 from torch.autograd import forward_ad

@@ -12,6 +12,9 @@ import torch
 from torch import nn
 from timm.layers import register_notrace_function
 
+# fx leaves for plain torch.fx too, not only timm's tracer (register_notrace_function): layers/tracing.py
+torch.fx.wrap('check_face_feature_size')
+
 
 class ReIDNeck(nn.Module):
     """Pooled features to a BN-normalised embedding.

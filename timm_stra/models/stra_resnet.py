@@ -19,6 +19,9 @@ from ..layers.stra_attn import set_triton
 from .blocks import StRABottleneck, make_last_stage
 from .heads import FaceNeck, ReIDNeck, face_features
 
+# fx leaves for plain torch.fx too, not only timm's tracer (register_notrace_function): layers/tracing.py
+torch.fx.wrap('face_features')
+
 STEMS = ('default', 'small')
 HEADS = ('classifier', 'reid', 'face')
 STRA_DEFAULTS = dict(
