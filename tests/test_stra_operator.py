@@ -328,14 +328,19 @@ def test_jit_trace_records_no_python_ops_and_saves(tmp_path):
 
 
 @pytest.mark.parametrize('half', ['local', 'mode', 'operator'])
-def test_second_derivatives_are_refused_by_name(half):
-    """The hand-written backward passes are differentiable once: asking for more says so (the local half's
-    said 'functions with out=... arguments don't support automatic differentiation')."""
-    op = _fast_and_reference()[0].train()
+@pytest.mark.parametrize('recompute', [True, False])
+def test_second_derivatives_are_refused_by_name(half, recompute):
+    """The hand-written backward passes are first-order: asking for a differentiable gradient (create_graph=True,
+    as a gradient penalty does) raises at once. (With once_differentiable, torch.autograd.grad(penalty, x) skipped
+    its error node and returned a partial gradient or none; the local half said 'functions with out=... arguments
+    don't support automatic differentiation'.)"""
+    torch.manual_seed(0)
+    op = StRAttention(32, stride=2, groups=4, recompute=recompute).train()
     module = {'local': op.local, 'mode': op.mode, 'operator': op}[half]
     x = torch.randn(2, 32, 6, 5, requires_grad=True)
     if half == 'mode':
         x = op.local(x).detach().requires_grad_()  # (per-mode layout)
-    (grad,) = torch.autograd.grad(module(x).square().sum(), x, create_graph=True)
-    with pytest.raises(RuntimeError, match='differentiate twice a function that was marked with @once_differentiable'):
-        grad.sum().backward()
+    with pytest.raises(RuntimeError, match='is first-order only: .* Build the model with reference=True'):
+        torch.autograd.grad(module(x).square().sum(), x, create_graph=True)
+    (grad,) = torch.autograd.grad(module(x).square().sum(), x)  # first order: as before
+    assert grad.shape == x.shape and grad.abs().sum() > 0

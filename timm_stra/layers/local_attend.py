@@ -41,9 +41,9 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 from timm.layers import register_notrace_function
-from torch.autograd.function import once_differentiable
 
 from .autocast import without_autocast
+from .first_order import first_order_only
 from .grouped_pointwise import grouped_pointwise_channels_last
 from .tracing import is_compiling, plain_tensor
 
@@ -251,7 +251,7 @@ class _LocalAttend(torch.autograd.Function):
         return _query_rows(out, attn.shape[3], compact)
 
     @staticmethod
-    @once_differentiable  # its products write into buffers: no double backward (the reference operators have one)
+    @first_order_only
     @without_autocast
     def backward(ctx, grad_out: torch.Tensor):
         attn, x, weight = ctx.saved_tensors

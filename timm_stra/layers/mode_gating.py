@@ -26,9 +26,9 @@ import math
 from typing import List, Optional, Tuple
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from .autocast import without_autocast
+from .first_order import first_order_only
 from .replay import NormReplay
 
 # F.normalize's default: the row norm of the interaction affinities is clamped to it
@@ -110,7 +110,7 @@ class _ModeGating(torch.autograd.Function):
         return out
 
     @staticmethod
-    @once_differentiable
+    @first_order_only
     @without_autocast
     def backward(ctx, grad_out: torch.Tensor):
         nodes, masks, vectors, stacked, *rest = ctx.saved_tensors

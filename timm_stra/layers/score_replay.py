@@ -25,9 +25,9 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
-from torch.autograd.function import once_differentiable
 
 from .autocast import without_autocast
+from .first_order import first_order_only
 from .grouped_pointwise import grouped_pointwise, grouped_pointwise_backward, grouped_pointwise_nodes, \
     grouped_pointwise_nodes_backward
 from .replay import NormReplay
@@ -104,7 +104,7 @@ class _ScoreReplay(torch.autograd.Function):
         return y
 
     @staticmethod
-    @once_differentiable
+    @first_order_only
     @without_autocast
     def backward(ctx, grad_y: torch.Tensor):
         x = ctx.saved_tensors[0]
