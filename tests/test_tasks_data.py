@@ -246,14 +246,41 @@ def test_face_bin_numpy_flag_bytes_checked(tmp_path):
         load_face_bin(tmp_path / 'odd.bin')
 
 
+def _after_the_array_state(data: bytes, insert) -> bytes:
+    """``data`` (a protocol-2 pickle whose last BUILD gives a NumPy array its state) with ``insert(state_memo)``
+    spliced in after that BUILD."""
+    import pickletools
+    ops = list(pickletools.genops(data))
+    last = max(i for i, (op, _, _) in enumerate(ops) if op.name == 'BUILD')
+    state_memo = ops[last - 1][1]  # the BINPUT that memoised the state tuple just before it
+    cut = ops[last][2] + 1
+    return data[:cut] + insert(state_memo) + data[cut:]
+
+
+@pytest.mark.parametrize('crafted, message', [
+    (lambda memo: b'h' + bytes([memo]) + b'b', 'an array given its state twice'),  # BINGET state; BUILD again
+    (lambda memo: b'\x88a', "object has no attribute 'append'"),  # NEWTRUE; APPEND a flag to the array
+])
+def test_face_bin_numpy_array_cannot_be_given_other_flags(tmp_path, crafted, message):
+    """What NumPy would read differently or refuse (an array's state given twice: NumPy replaces, a list would
+    extend; a flag appended) is refused, not accepted with more flags than the array declares."""
+    bins, _ = pickle.loads(face_bin_bytes(pairs=3))
+    data = pickle.dumps((bins, np.array([True, False, True])), protocol=2)
+    (tmp_path / 'odd.bin').write_bytes(_after_the_array_state(data, crafted))
+    with pytest.raises(FaceBinError, match=message):
+        load_face_bin(tmp_path / 'odd.bin')
+
+
 def test_face_bin_cannot_set_attributes_on_what_it_names(tmp_path):
     """pickle's BUILD on a global would set attributes on it for the rest of the process (here the latin1
-    decoder's defaults, which would refuse every later protocol-2 file): refused, and nothing changed."""
+    decoder's defaults): refused, and nothing changed."""
+    from timm_stra.tasks.data.pair_unpickler import latin1_encode
     payload = (b'\x80\x02c_codecs\nencode\nN}X\x0c\x00\x00\x00__defaults__X\x04\x00\x00\x00utf8\x85s\x86b'
                b'0N.')  # GLOBAL _codecs.encode; BUILD (None, {'__defaults__': ('utf8',)}); POP; None
     (tmp_path / 'evil.bin').write_bytes(payload)
     with pytest.raises(FaceBinError, match='sets attributes on a global'):
         load_face_bin(tmp_path / 'evil.bin')
+    assert latin1_encode.__defaults__ == ('latin1',)
     bins, issame = pickle.loads(face_bin_bytes(pairs=2))
     (tmp_path / 'old.bin').write_bytes(pickle.dumps((bins, issame), protocol=2))
     assert load_face_bin(tmp_path / 'old.bin') == (bins, issame)

@@ -17,7 +17,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from .check_share import CheckShare, find_undecodable
-from .pair_unpickler import PairListUnpickler
+from .pair_unpickler import PairListUnpickler, plain_flags
 
 
 class FaceBinError(ValueError):
@@ -47,10 +47,10 @@ def load_face_bin(path) -> Tuple[List[bytes], List[bool]]:
         raise FaceBinError(f'{path}: refused ({type(e).__name__}: {e}); {hint}.') from None
     if not isinstance(obj, (tuple, list)) or len(obj) != 2:
         raise FaceBinError(f'{path}: holds a {type(obj).__name__}, not a pair (images, issame); {hint}.')
-    bins, issame = obj
+    bins, issame = obj[0], plain_flags(obj[1])
     if not isinstance(bins, (list, tuple)) or not all(isinstance(b, (bytes, bytearray)) for b in bins):
         raise FaceBinError(f'{path}: the first element is not a list of bytes; {hint}.')
-    if not isinstance(issame, (list, tuple)) or not all(isinstance(s, bool) for s in issame):
+    if type(issame) not in (list, tuple) or not all(isinstance(s, bool) for s in issame):
         raise FaceBinError(f'{path}: the second element is not a list of booleans; {hint}.')
     if len(bins) != 2 * len(issame) or not issame:
         raise FaceBinError(f'{path}: {len(bins)} images for {len(issame)} pairs (need 2 per pair); {hint}.')

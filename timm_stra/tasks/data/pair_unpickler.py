@@ -9,7 +9,7 @@ file names. ``PairListUnpickler`` resolves no global but these stand-ins, and ru
 
   - a scalar: ``numpy.core.multiarray.scalar(dtype('b1'), b'\\x01')`` -> ``True``;
   - an array (protocols 2-4): ``_reconstruct(ndarray, (0,), b'b')``, then its state
-    ``(1, (n,), dtype('b1'), False, n bytes)`` -> a list of ``n`` bools;
+    ``(1, (n,), dtype('b1'), False, n bytes)`` -> a ``BoolArray`` of ``n`` bools (``plain_flags``);
   - an array (protocol 5): ``numpy.core.numeric._frombuffer(n bytes, dtype('b1'), (n,), 'C')`` -> the same.
 
   NumPy 2 names its modules ``numpy._core``, NumPy 1 (and Python 2 pickles) ``numpy.core``: both are taken.
@@ -58,6 +58,7 @@ def _flags(data, count: int) -> List[bool]:
 
 class BoolDtype:
     """Stands in for ``numpy.dtype('b1')``, the only dtype taken (it pickles as ``dtype('b1', False, True)``)."""
+    __slots__ = ()
 
     def __init__(self, name, align=False, copy=True):
         if name not in ('b1', b'b1'):
@@ -94,15 +95,30 @@ def _ndarray_name():
 _NDARRAY = SealedGlobal(_ndarray_name)
 
 
-class BoolArray(list):
-    """A boolean array being unpickled: empty until its state fills it with Python bools."""
+class BoolArray:
+    """A boolean array being unpickled: no flags until its state gives them, once (it is no list: a crafted file
+    cannot append to it). ``plain_flags`` takes the flags out."""
+    __slots__ = ('flags',)
+
+    def __init__(self):
+        self.flags = None
 
     def __setstate__(self, state):
+        if self.flags is not None:
+            raise pickle.UnpicklingError('numpy booleans: an array given its state twice')
         if not (isinstance(state, tuple) and len(state) == 5 and state[0] == 1):
             raise pickle.UnpicklingError('numpy booleans: an array state this reader does not know')
         _, shape, dtype, fortran_order, data = state
         _dtype(dtype)
-        self.extend(_flags(data, _shape(shape)))
+        self.flags = _flags(data, _shape(shape))
+
+
+def plain_flags(obj):
+    """``obj``'s flags as a list where it is a ``BoolArray`` with its state (else ``obj`` itself, for the caller to
+    check)."""
+    if isinstance(obj, BoolArray) and obj.flags is not None:
+        return obj.flags
+    return obj
 
 
 def reconstruct_array(cls, shape, typecode) -> BoolArray:
