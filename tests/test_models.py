@@ -282,7 +282,8 @@ def test_plain_torch_fx_traces_and_the_traced_model_keeps_its_diversity_term(nam
 
 def test_torchvision_feature_extraction_takes_the_models():
     """torchvision's ``create_feature_extractor`` (its own tracer, in train and eval mode) on a face model: the
-    neck's embedding, and the face size check kept."""
+    neck's embedding, the face size check kept, and in training the diversity term of the eager model."""
+    from timm_stra import diversity_loss
     from torchvision.models.feature_extraction import create_feature_extractor
     model = timm.create_model('stra_resnet50_face', layers=[1, 1, 1, 1]).eval()
     extractor = create_feature_extractor(model, return_nodes={'layer4': 'map', 'neck': 'embedding'})
@@ -292,3 +293,24 @@ def test_torchvision_feature_extraction_takes_the_models():
     torch.testing.assert_close(features['embedding'], model(x))  # (a face model's output is its embedding)
     with pytest.raises(ValueError, match='takes 112x112 images only'):
         extractor(torch.randn(2, 3, 96, 96))
+    extractor.train(), model.train()
+    torch.manual_seed(0)
+    extractor(x)
+    term = diversity_loss(extractor)
+    torch.manual_seed(0)
+    model(x)
+    torch.testing.assert_close(term, diversity_loss(model))
+    assert term.requires_grad and term > 0
+
+
+def test_an_fx_traced_recorder_on_its_own_is_an_identity():
+    """The diversity recorder traced as the root (nothing to name it in) or called in an fx graph pass (a tracer
+    without a module tree) stays an identity that keeps nothing, as before it recorded calls of itself."""
+    from timm_stra.layers.diversity import DiversityRecorder
+    masks = torch.softmax(torch.randn(2, 4, 9), -1).view(2, 4, 3, 3)
+    root = DiversityRecorder().train()
+    assert torch.equal(torch.fx.symbolic_trace(root)(masks), masks) and not root.kept
+    graph = torch.fx.Graph()
+    recorder = DiversityRecorder().train()
+    graph.output(recorder(torch.fx.Proxy(graph.placeholder('masks'))).node)
+    assert torch.equal(torch.fx.GraphModule(torch.nn.Module(), graph)(masks), masks) and not recorder.kept

@@ -68,7 +68,11 @@ class DiversityRecorder(nn.Module):
         """Record a call of this module in the traced graph, as timm's tracer does, instead of its inside: the
         traced model then runs it and keeps the term (``diversity_loss`` would otherwise read nothing from it)."""
         tracer = masks.tracer
-        return tracer.create_proxy('call_module', tracer.path_of_module(self), (masks,), {})
+        path_of_module = getattr(tracer, 'path_of_module', None)  # (an fx graph pass's tracer has none)
+        path = path_of_module(self) if path_of_module is not None else ''
+        if not path:  # the traced root itself, or no module tree to name it in: an identity, as before
+            return masks
+        return tracer.create_proxy('call_module', path, (masks,), {})
 
 
 @torch.jit.unused  # TorchScript never gets here (the caller tests torch.jit.is_scripting() first)
