@@ -186,4 +186,5 @@ def test_save_results_makes_the_folder_and_says_why_a_write_failed(tmp_path):
     assert problem == (f"could not write {tmp_path / 'file' / 'r.json'}: {tmp_path / 'file'} is a file, not a folder "
                        '(the results are printed above)')
     problem = save_results(tmp_path / 'file' / 'sub' / 'r.json', '{}')
-    assert problem == f"could not write {tmp_path / 'file' / 'sub' / 'r.json'}: Not a directory (the results are printed above)"
+    assert problem == (f"could not write {tmp_path / 'file' / 'sub' / 'r.json'}: Not a directory "
+                       '(the results are printed above)')

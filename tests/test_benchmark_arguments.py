@@ -89,4 +89,5 @@ def test_a_json_file_that_cannot_be_written_after_the_run_fails_in_one_line(tmp_
     assert table_main(['--paper-only', '--no-progress', '--json', str(path)]) == 1
     out, err = capsys.readouterr()
     assert '| ' in out and not path.exists()
-    assert err.strip() == f'timm-stra table: could not write {path}: No space left on device (the results are printed above)'
+    assert err.strip() == (f'timm-stra table: could not write {path}: No space left on device '
+                           '(the results are printed above)')

@@ -100,7 +100,8 @@ def test_tiny_run(tmp_path, capsys):
         if case == 'twin':
             assert r['speed_vs_twin'] == 1.0 and r['peak_vs_twin'] == 1.0
         assert r['time_vs_stra'] is None  # no StRA case in this run
-        assert r['time_vs_limit'] == pytest.approx(r['seconds'] / rows['limit', tuple(r['img_size'])]['seconds'])  # 1 round
+        limit = rows['limit', tuple(r['img_size'])]
+        assert r['time_vs_limit'] == pytest.approx(r['seconds'] / limit['seconds'])  # 1 round
     assert rows['limit', (44, 44)]['time_vs_limit'] == 1.0
     assert '| time vs limit | time vs StRA |' in out
     counted = minor_page_faults() is not None

@@ -55,7 +55,7 @@ def test_fer_trains_and_resumes_to_the_same_state(tmp_path, fer_csv, capsys):
         assert {k: v for k, v in a.items() if k != 'time_s'} == {k: v for k, v in b.items() if k != 'time_s'}
     a, b = _weights(full, 2), _weights(part, 2)
     assert max((a[k].double() - b[k].double()).abs().max().item() for k in a) <= 1e-6
-    sa, sb = load_training_state(full / 'checkpoints' / 'epoch-0002'), load_training_state(part / 'checkpoints' / 'epoch-0002')
+    sa, sb = (load_training_state(run / 'checkpoints' / 'epoch-0002') for run in (full, part))
     assert sa['epoch'] == sb['epoch'] == 2
     assert torch.equal(sa['rng'][0]['torch'], sb['rng'][0]['torch'])
     # a csv without test rows leaves nothing to evaluate: an error, not an empty table

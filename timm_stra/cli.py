@@ -12,7 +12,8 @@ COMMANDS = {
     'eval': ('timm_stra.tasks.evaluate', "score a checkpoint for reid|face|fer with the paper's metrics"),
     'table': ('timm_stra.benchmarks.ablation', "reproduce the paper's params/FLOPs ablation table (--check)"),
     'bench': ('timm_stra.benchmarks.speed', 'throughput and peak memory: StRA, twin, limit, reference, SASA + Mode'),
-    'modes': ('timm_stra.tools.mode_maps', "what the modes see: a picture of every operator's spatial masks on an image"),
+    'modes': ('timm_stra.tools.mode_maps',
+              "what the modes see: a picture of every operator's spatial masks on an image"),
 }
 
 

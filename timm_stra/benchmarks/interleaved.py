@@ -148,8 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--threads', type=at_least(0), default=0, help="CPU threads (default 0: torch's default)")
     add_device_options(parser, default=None)
     add_compile_option(parser, 'every model')
-    parser.add_argument('--json', metavar='PATH', type=output_file, help='also write the machine, the settings, the rows and every '
-                                                       "step's seconds here")
+    parser.add_argument('--json', metavar='PATH', type=output_file,
+                        help="also write the machine, the settings, the rows and every step's seconds here")
     parser.add_argument('--log-runs', action='store_true',
                         help="print each setting's rows to stderr as it finishes (what a run cut short still "
                              'leaves; the table comes at the end)')

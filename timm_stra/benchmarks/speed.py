@@ -251,8 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--task', default='reid', choices=tuple(TASKS), help='model family and input size')
     add_device_options(parser, default=None)
     parser.add_argument('--cases', type=name_list(tuple(CASES)), default=None,
-                        help='comma-separated, from: ' + ', '.join(CASES) + ' (default: all but stra_keep; on CPU also '
-                        'without stra_triton, whose kernels run on CUDA only; twin is needed for the ratios to the twin)')
+                        help='comma-separated, from: ' + ', '.join(CASES) + ' (default: all but stra_keep; on CPU '
+                        'also without stra_triton, whose kernels run on CUDA only; twin is needed for the ratios to '
+                        'the twin)')
     parser.add_argument('--modes', type=name_list(MODES), default=list(MODES),
                         help='comma-separated, from infer, train (default: infer,train)')
     parser.add_argument('--batch-sizes', type=int_list, default=None,

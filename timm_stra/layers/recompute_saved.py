@@ -2,12 +2,13 @@
 
 ``recompute_saved(tensor, recompute)`` is a context for the forward of the ops that read
 ``tensor``. Whatever they save for backward that is ``tensor`` or a view of it is replaced by
-a small handle (unless it was written to in place since the context began); the first handle backward unpacks calls ``recompute()`` (without autograd,
-under the forward's autocast setting), later ones reuse that result, and the last one lets
-it go. Every other saved tensor is kept, with autograd's check that nothing wrote to it in
-place before backward. StRA uses it for the output of local attention, which every part of
-mode attention keeps (the mask branch, the pooling and the affinity products) and which one
-product rebuilds from what local attention keeps anyway.
+a small handle (unless it was written to in place since the context began); the first handle
+backward unpacks calls ``recompute()`` (without autograd, under the forward's autocast
+setting), later ones reuse that result, and the last one lets it go. Every other saved
+tensor is kept, with autograd's check that nothing wrote to it in place before backward.
+StRA uses it for the output of local attention, which every part of mode attention keeps
+(the mask branch, the pooling and the affinity products) and which one product rebuilds
+from what local attention keeps anyway.
 
 These are saved-tensor hooks, which would take the place of any set outside the context
 (``torch.utils.checkpoint``, ``save_on_cpu``): ``outer_hooks_active()`` tells callers to do

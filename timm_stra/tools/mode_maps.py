@@ -88,7 +88,8 @@ def mask_picture(image: Image.Image, masks: Sequence[torch.Tensor], tile_height:
                          '[m[i] for m in masks].')
     width = max(1, round(image.width * tile_height / image.height))
     tile = image.convert('RGB').resize((width, tile_height), Image.BILINEAR)
-    pixels = torch.frombuffer(bytearray(tile.tobytes()), dtype=torch.uint8).view(tile_height, width, 3).float()  # H, W, 3
+    pixels = torch.frombuffer(bytearray(tile.tobytes()), dtype=torch.uint8)
+    pixels = pixels.view(tile_height, width, 3).float()  # H, W, 3
     columns = 1 + max(m.shape[0] for m in masks)
     picture = Image.new('RGB', (columns * width, len(masks) * tile_height), 'black')
     for row, operator_masks in enumerate(masks):
