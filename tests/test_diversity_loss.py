@@ -26,7 +26,7 @@ def _expected_per_sample(model, x):
 
 @pytest.mark.parametrize('batch_size', [1, 3, 17])
 def test_any_batch_size(batch_size):
-    model = timm.create_model('stra_resnet50_fer').train()
+    model = timm.create_model('stra_resnet50_fer', layers=[1, 1, 1, 2]).train()  # (two operators to sum over)
     x = torch.randn(batch_size, 1, 44, 44)
     expected = _expected_per_sample(model, x)
     with torch.no_grad():  # drop what the hook pass kept (computed without gradients)
@@ -85,12 +85,16 @@ def test_under_gradient_checkpointing():
     model = timm.create_model('stra_resnet50_fer', layers=[1, 1, 1, 2]).train()
     x = torch.randn(2, 1, 44, 44)
     results = []
+    calls = []
+    model.layer4[1].register_forward_pre_hook(lambda module, args: calls.append(1))  # (recomputation stops early)
     for checkpointing in (False, True):
         model.zero_grad()
         model.set_grad_checkpointing(checkpointing)
+        calls.clear()
         out = model(x)
         loss = timm_stra.diversity_loss(model)
         (out.square().mean() + loss).backward()
+        assert len(calls) == (2 if checkpointing else 1)  # checkpointed: the block ran again in backward
         results.append((loss.detach(), [m.grad.clone() for m in model.layer4.parameters()]))
         # the blocks ran again in backward: that recomputation keeps nothing (no stale term, no graph held)
         with pytest.raises(RuntimeError, match='No diversity term recorded'):

@@ -138,9 +138,14 @@ def test_with_the_reference_the_legend_bounds_its_ratio_to_stra(capsys, task):
     assert '| infer | 1 | StRA, unfold reference | 1 |' in text
 
 
-@pytest.mark.parametrize('argv', [['--rounds', '0'], ['--modes', 'train', '--batch-sizes', '1'],
-                                  ['--cases', 'fast'], ['--cases', 'stra,limit,stra'],
-                                  ['--compile', '--warmup', '0']])
-def test_bad_arguments_exit(argv):
-    with pytest.raises(SystemExit):
+@pytest.mark.parametrize('argv, message', [
+    (['--rounds', '0'], '--rounds must be >= 1'),
+    (['--modes', 'train', '--batch-sizes', '1'], 'nothing to measure (a training step needs a batch of 2 or more'),
+    (['--cases', 'fast'], "argument --cases: ['fast']: choose from"),
+    (['--cases', 'stra,limit,stra'], 'stra given more than once'),
+    (['--compile', '--warmup', '0'], '--compile default needs --warmup 1 or more'),
+])
+def test_bad_arguments_exit(capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
         main(argv + ['--no-progress'])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err

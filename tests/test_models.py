@@ -33,8 +33,9 @@ def test_variant_shapes_and_embedding(name):
     with torch.no_grad():
         features = model.forward_features(x)
         assert features.shape == (2, *feat_shape)
-        assert model(x).shape == (2, embed)
-        torch.testing.assert_close(model.forward_head(features, pre_logits=True), model(x))
+        out = model(x)
+        assert out.shape == (2, embed)
+        torch.testing.assert_close(model.forward_head(features, pre_logits=True), out)
 
 
 def test_stra_blocks_only_in_last_stage_and_twin_is_plain():
@@ -189,19 +190,26 @@ def test_features_only_and_intermediates():
 
 
 def test_gradient_checkpointing_matches():
-    model = timm.create_model('stra_resnet50_fer').train()
+    """Checkpointed blocks run their forward again in backward (counted as they start: the recomputation stops
+    early, once it has what backward needs), with the same output and gradients."""
+    model = timm.create_model('stra_resnet50_fer', layers=[1, 1, 1, 2]).train()
+    calls = []
+    for name in ('layer1.0', 'layer4.0', 'layer4.1'):
+        model.get_submodule(name).register_forward_pre_hook(lambda module, args, name=name: calls.append(name))
     x = torch.randn(2, 1, 44, 44)
-    out = model(x)
-    out.sum().backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
-    model.zero_grad()
-    model.set_grad_checkpointing(True)
-    torch.manual_seed(0)
-    out_ckpt = model(x)
-    out_ckpt.sum().backward()
+    results = []
+    for checkpointing in (False, True):
+        model.zero_grad()
+        model.set_grad_checkpointing(checkpointing)
+        calls.clear()
+        out = model(x)
+        out.sum().backward()
+        assert sorted(calls) == sorted(['layer1.0', 'layer4.0', 'layer4.1'] * (2 if checkpointing else 1))
+        results.append((out, {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (out, grads), (out_ckpt, grads_ckpt) = results
     torch.testing.assert_close(out_ckpt, out, rtol=1e-4, atol=1e-5)
-    for n, p in model.named_parameters():
-        torch.testing.assert_close(p.grad, grads[n], rtol=1e-3, atol=1e-4, msg=n)
+    for n in grads:
+        torch.testing.assert_close(grads_ckpt[n], grads[n], rtol=1e-3, atol=1e-4, msg=n)
 
 
 def test_models_table_names_a_filter_that_matches_nothing(capsys):

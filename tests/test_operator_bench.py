@@ -59,11 +59,16 @@ def test_saved_memory_is_of_a_training_forward_whatever_the_order_of_the_modes()
     assert saved(('train', 'infer')) == saved(('train',)) and saved(('train',))[0] > 0
 
 
-@pytest.mark.parametrize('argv', [['--impls', 'fast'], ['--modes', 'train', '--batch-size', '1'], ['--repeats', '0'],
-                                  ['--iters', '0']])
-def test_bad_arguments_exit(argv):
-    with pytest.raises(SystemExit):
+@pytest.mark.parametrize('argv, message', [
+    (['--impls', 'fast'], "argument --impls: ['fast']: choose from"),
+    (['--modes', 'train', '--batch-size', '1'], 'a training step needs a batch of 2 or more'),
+    (['--repeats', '0'], 'argument --repeats: expected 1 or more, got 0'),
+    (['--iters', '0'], 'argument --iters: expected 1 or more, got 0'),
+])
+def test_bad_arguments_exit(capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
         main(argv + ['--no-progress'])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_channels_last_bf16_run(capsys):

@@ -70,15 +70,19 @@ def test_peak_memory_is_of_the_timed_steps_not_the_warm_up():
     assert float(out[0]) < 100 and out[1] == '3'
 
 
-@pytest.mark.parametrize('argv', [
-    ['--batch-sizes', '0'], ['--cases', 'fast'], ['--sweep', 'x'],
-    ['--modes', 'train', '--batch-sizes', '1', '--no-sweep'],  # training needs 2 samples: nothing to measure
-    ['--compile', '--warmup', '0', '--no-sweep'],  # the first step compiles: it must not be timed
-    ['--compile', 'reduce-overhead', '--warmup', '1', '--no-sweep'],  # the second records CUDA graphs
+@pytest.mark.parametrize('argv, message', [
+    (['--batch-sizes', '0'], "argument --batch-sizes: expected positive integers, got '0'"),
+    (['--cases', 'fast'], "argument --cases: ['fast']: choose from"),
+    (['--sweep', 'x'], "argument --sweep: expected comma-separated numbers, got 'x'"),
+    (['--modes', 'train', '--batch-sizes', '1', '--no-sweep'], 'nothing to measure at the fer input size'),
+    (['--compile', '--warmup', '0', '--no-sweep'], '--compile default needs --warmup 1 or more'),  # (untimed)
+    (['--compile', 'reduce-overhead', '--warmup', '1', '--no-sweep'],  # the second step records CUDA graphs
+     '--compile reduce-overhead needs --warmup 2 or more'),
 ])
-def test_bad_arguments_exit(argv):
-    with pytest.raises(SystemExit):
+def test_bad_arguments_exit(capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
         main(argv + ['--task', 'fer', '--no-progress'])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_tiny_run(tmp_path, capsys):
@@ -111,8 +115,9 @@ def test_tiny_run(tmp_path, capsys):
     assert {key: r['page_faults'] for key, r in rows.items()} == faults  # one repeat: its step's count
 
 
-def test_tensor_memory_counts_a_step_exactly():
-    """The replayed allocation events see the activations: a deeper model holds more, the twin more than the limit."""
+def test_tensor_memory_sees_the_activations():
+    """The replayed allocation events see the activations: a model with one more layer holds about its output
+    more (the exact count is ``test_tensor_memory_peak_of_a_step_worked_out_by_hand``)."""
     from timm_stra.benchmarks.tensor_memory import step_peak_mib
     small = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3), torch.nn.ReLU())
     big = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3), torch.nn.ReLU())

@@ -22,10 +22,14 @@ def test_main_prints_tables(capsys):
     assert '| case | ms/step (self, total) | aten calls/step |' in out and 'StRA (local + mode):' in out
 
 
-@pytest.mark.parametrize('argv', [['--cases', 'fast'], ['--batch-size', '1']])
-def test_bad_arguments_exit(argv):
-    with pytest.raises(SystemExit):
+@pytest.mark.parametrize('argv, message', [
+    (['--cases', 'fast'], "unknown cases ['fast']; choose from"),
+    (['--batch-size', '1'], 'a training step needs a batch of 2 or more'),
+])
+def test_bad_arguments_exit(capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
         main(argv)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')

@@ -61,7 +61,12 @@ def test_pipelines_give_the_model_input():
     assert out.shape == (3, 112, 112) and out[0].max().item() == pytest.approx((1 - 0.5) / (128 / 255))  # (x-127.5)/128
     fer = {'input_size': (1, 44, 44), 'interpolation': 'bilinear', 'mean': (0.5,), 'std': (0.5,)}
     assert train_transform('fer', fer)(_img('L', (48, 48))).shape == (1, 44, 44)
-    assert torch.equal(eval_transform('fer', fer)(_img('L', (48, 48))), eval_transform('fer', fer)(_img('L', (48, 48))))
+    patterned = Image.frombytes('L', (48, 48), bytes(range(256)) * 9)  # a flip or a crop would show
+    evaluated = [eval_transform('fer', fer)(patterned) for _ in range(8)]
+    assert all(torch.equal(e, evaluated[0]) for e in evaluated)  # deterministic
+    torch.manual_seed(0)
+    trained = [train_transform('fer', fer)(patterned) for _ in range(16)]
+    assert any(not torch.equal(t, trained[0]) for t in trained)  # (the training flip: this image would show it)
 
 
 @pytest.mark.parametrize('name, task, kwargs', [

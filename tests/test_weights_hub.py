@@ -199,7 +199,8 @@ def test_corrupt_pytorch_model_bin_names_the_file(tmp_path, zipped):
     timm_save_for_hf(model, str(folder), safe_serialization=False)
     weights = folder / 'pytorch_model.bin'
     torch.save(model.state_dict(), weights, _use_new_zipfile_serialization=zipped)
-    assert timm.create_model(f'local-dir:{folder}', pretrained=True) is not None  # whole, it loads
+    loaded = timm.create_model(f'local-dir:{folder}', pretrained=True)  # whole, it loads
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
     weights.write_bytes(weights.read_bytes()[:len(weights.read_bytes()) // 2])
     with pytest.raises(PretrainedWeightsError, match='truncated or corrupt') as info:
         timm.create_model(f'local-dir:{folder}', pretrained=True)
