@@ -271,6 +271,19 @@ def test_face_bin_numpy_array_cannot_be_given_other_flags(tmp_path, crafted, mes
         load_face_bin(tmp_path / 'odd.bin')
 
 
+def test_face_bin_numpy_array_of_protocol_5_cannot_be_appended_to(tmp_path):
+    """Protocol 5 builds the array with _frombuffer: its flags come as a tuple, which a flag cannot be appended to
+    (NumPy's array has no append either)."""
+    import pickletools
+    bins, _ = pickle.loads(face_bin_bytes(pairs=3))
+    data = pickle.dumps((bins, np.array([True, False, True])), protocol=5)
+    assert b'_frombuffer' in data
+    array = max(pos for op, _, pos in pickletools.genops(data) if op.name == 'REDUCE')  # the array's (the last)
+    (tmp_path / 'odd.bin').write_bytes(data[:array + 1] + b'\x88a' + data[array + 1:])  # NEWTRUE; APPEND
+    with pytest.raises(FaceBinError, match="'tuple' object has no attribute 'append'"):
+        load_face_bin(tmp_path / 'odd.bin')
+
+
 def test_face_bin_cannot_set_attributes_on_what_it_names(tmp_path):
     """pickle's BUILD on a global would set attributes on it for the rest of the process (here the latin1
     decoder's defaults): refused, and nothing changed."""

@@ -128,10 +128,10 @@ def reconstruct_array(cls, shape, typecode) -> BoolArray:
     return BoolArray()
 
 
-def array_from_buffer(data, dtype, shape, order='C') -> List[bool]:
-    """``numpy.core.numeric._frombuffer`` (protocol 5)."""
+def array_from_buffer(data, dtype, shape, order='C') -> Tuple[bool, ...]:
+    """``numpy.core.numeric._frombuffer`` (protocol 5): a tuple, which a crafted file cannot append to."""
     _dtype(dtype)
-    return _flags(data, _shape(shape))
+    return tuple(_flags(data, _shape(shape)))
 
 
 _GLOBALS: Mapping[Tuple[str, str], Any] = MappingProxyType({
