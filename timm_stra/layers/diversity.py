@@ -35,8 +35,8 @@ class DiversityRecorder(nn.Module):
     ``__dict__`` shallowly), so each replica's slice of the batch is kept under its
     device. Nothing is computed in eval mode or under TorchScript (``diversity_loss`` refuses a
     scripted model), nothing kept while fx traces it (every fx tracer keeps it whole: timm's by
-    ``register_notrace_module``, the others by ``_traced_call``) or when gradient checkpointing runs the forward again
-    during backward (that term would outlive the step, holding the recomputed graph). A forward
+    ``register_notrace_module``, the others by ``_traced_call``) or when gradient checkpointing runs
+    the forward again during backward (that term would outlive the step, holding the recomputed graph). A forward
     hook on this module sees the masks themselves, in any mode (``timm-stra modes`` draws them:
     ``tools/mode_maps.py``).
 
