@@ -135,7 +135,8 @@ def _ddp_worker(rank, world_size, init_file, results):
     (out.square().mean() + loss).backward()  # a task loss too, as in training: every parameter is used
     grad = model[0].mode.mask.conv2.weight.grad.clone()
     dist.all_reduce(grad)  # DDP already averaged: every rank holds the same gradient
-    results[rank] = (loss.item(), expected.item(), torch.allclose(grad / world_size, model[0].mode.mask.conv2.weight.grad))
+    mask_grad = model[0].mode.mask.conv2.weight.grad
+    results[rank] = (loss.item(), expected.item(), torch.allclose(grad / world_size, mask_grad))
     dist.destroy_process_group()
 
 

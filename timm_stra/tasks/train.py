@@ -80,7 +80,8 @@ def build_parser(task: str) -> argparse.ArgumentParser:
     g.add_argument('--batch-size', type=int, default=r.batch_size, help='per process')
     g.add_argument('--opt', default=r.opt, help='timm optimizer name')
     g.add_argument('--lr', type=float, default=r.lr, help='initial learning rate')
-    g.add_argument('--weight-decay', type=float, default=r.weight_decay, help='weight decay (on every parameter, as the official run)')
+    g.add_argument('--weight-decay', type=float, default=r.weight_decay,
+                   help='weight decay (on every parameter, as the official run)')
     g.add_argument('--wd-skip-bias-norm', action='store_true',
                    help="no weight decay on biases and norm layers (timm's usual filter)")
     g.add_argument('--momentum', type=float, default=r.momentum, help='SGD momentum')
@@ -110,7 +111,8 @@ def build_parser(task: str) -> argparse.ArgumentParser:
                         'loaded: --skip-bad cannot skip it)')
     g.add_argument('--bins', nargs='*', default=(), help='face: verification .bin files (default: *.bin in --data)')
     g = p.add_argument_group('run')
-    g.add_argument('--eval-interval', type=int, default=r.eval_interval, help='evaluate every N epochs (0: only at the end)')
+    g.add_argument('--eval-interval', type=int, default=r.eval_interval,
+                   help='evaluate every N epochs (0: only at the end)')
     g.add_argument('--eval-batch-size', type=int, default=r.eval_batch_size, help='batch size when evaluating')
     g.add_argument('--keep', type=int, default=2, help='checkpoints kept')
     g.add_argument('--seed', type=int, default=42, help='random seed (rank r augments with seed + r)')
