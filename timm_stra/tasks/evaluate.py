@@ -163,16 +163,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     metrics = evaluate(model, sets, env, args.batch_size, args.workers, not args.no_progress)
     if sets.skipped:
         metrics['skipped_bad'] = sets.skipped
+    status = 0
     if env.is_main:
         print(markdown_table(metrics))
         problem = args.output and save_results(args.output, json.dumps(
             {'task': args.task, 'model': args.model, 'data': str(args.data), 'metrics': metrics}, indent=2))
         if problem:
             print(f'timm-stra eval {args.task}: {problem}', file=sys.stderr)
-            shutdown(env)
-            return 1
+            status = 1
     shutdown(env)
-    return 0
+    return status
 
 
 if __name__ == '__main__':
