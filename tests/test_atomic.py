@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from timm_stra.atomic import atomic_output_dir, atomic_write_text, refuse_existing, save_results
+from timm_stra.atomic import atomic_output_dir, atomic_write_text, check_file_target, refuse_existing, save_results
 
 
 def _tree(folder):
@@ -144,18 +144,29 @@ def test_concurrent_writes_of_one_file_each_land_whole(tmp_path):
     assert path.stat().st_mode & 0o777 == 0o666 & ~mask  # the usual permissions, not the temp file's private ones
 
 
-def test_a_folder_under_a_file_is_refused_before_any_work(tmp_path):
+@pytest.mark.parametrize('check', [refuse_existing, check_file_target])
+def test_a_target_under_a_file_is_refused_before_any_work(tmp_path, check):
     (tmp_path / 'a-file').write_text('x')
-    with pytest.raises(NotADirectoryError, match='is a file, not a folder'):
-        refuse_existing(tmp_path / 'a-file' / 'out')
+    for target in (tmp_path / 'a-file' / 'out', tmp_path / 'a-file' / 'sub' / 'out'):
+        with pytest.raises(NotADirectoryError, match=f"{tmp_path / 'a-file'} is a file, not a folder"):
+            check(target)
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason='root may write anywhere')
-def test_a_folder_that_cannot_be_written_is_refused_before_any_work(tmp_path):
+@pytest.mark.parametrize('check', [refuse_existing, check_file_target])
+def test_a_target_that_cannot_be_written_is_refused_before_any_work(tmp_path, check):
     locked = tmp_path / 'locked'
     locked.mkdir(mode=0o500)
-    with pytest.raises(PermissionError, match='no permission to write'):
-        refuse_existing(locked / 'new' / 'out')
+    with pytest.raises(PermissionError, match=f'no permission to write in {locked}'):
+        check(locked / 'new' / 'out')
+
+
+def test_a_results_file_may_replace_a_file_or_need_folders_but_is_not_a_folder(tmp_path):
+    (tmp_path / 'old.json').write_text('{}')
+    check_file_target(tmp_path / 'old.json')  # replaced, as save_results does
+    check_file_target(tmp_path / 'new' / 'deeper' / 'r.json')  # save_results creates the folders
+    with pytest.raises(IsADirectoryError, match='is a folder: give the path of a file to write'):
+        check_file_target(tmp_path)
 
 
 def test_reading_the_umask_does_not_change_it_for_other_threads():

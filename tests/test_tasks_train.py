@@ -2,6 +2,7 @@
 
 Models are the registered ones, shrunk for 2 CPU cores with ``layers=[1,1,1,1]`` and small inputs.
 """
+import errno
 import json
 import pickle
 from pathlib import Path
@@ -13,6 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from hub_cache import imagenet_resnet50
 from synthetic import one_thread_fixture, face_bin_bytes, make_face_folders, make_fer2013, make_market1501
+import timm_stra.atomic
 from timm_stra.tasks import checkpoint as ckpt_mod
 from timm_stra.tasks.checkpoint import load_training_state, resolve_checkpoint, save_checkpoint
 from timm_stra.tasks.evaluate import main as eval_main
@@ -220,7 +222,12 @@ def test_backbone_init_of_another_architecture_stops_before_training(tmp_path, c
     assert not run.exists()
 
 
-def test_face_trains_and_verifies_on_a_bin(tmp_path, capsys):
+
+def _disk_full(path, text):
+    raise OSError(errno.ENOSPC, 'No space left on device')
+
+
+def test_face_trains_and_verifies_on_a_bin(tmp_path, capsys, monkeypatch):
     data = make_face_folders(tmp_path / 'faces', ids=4, per_id=6)
     (data / 'lfw.bin').write_bytes(face_bin_bytes(pairs=10))
     run = tmp_path / 'run'
@@ -238,14 +245,23 @@ def test_face_trains_and_verifies_on_a_bin(tmp_path, capsys):
                       '--no-progress', '--output', str(out_json)]) == 0
     metrics = json.loads(out_json.read_text())['metrics']
     assert metrics['lfw_accuracy'] == pytest.approx(log[-1]['lfw_accuracy'])
-    # an --output that cannot be written fails in one line, after the table (was a traceback)
+    # an --output that cannot be written is refused before the evaluation (it was found after it)
     capsys.readouterr()
+    for target, why in ((out_json / 'under_a_file.json', f'{out_json} is a file, not a folder'),
+                        (tmp_path, f'{tmp_path} is a folder: give the path of a file to write')):
+        with pytest.raises(SystemExit):
+            eval_main(['face', '--data', str(data / 'lfw.bin'), '--model', f'local-dir:{ckpt}', '--output', str(target)])
+        out, err = capsys.readouterr()
+        assert why in err.strip().splitlines()[-1] and 'lfw_accuracy' not in out
+    # one that cannot be written after it (the disk filled up) fails in one line, after the table (was a traceback)
+    monkeypatch.setattr(timm_stra.atomic, 'atomic_write_text', _disk_full)
     assert eval_main(['face', '--data', str(data / 'lfw.bin'), '--model', f'local-dir:{ckpt}', '--workers', '0',
-                      '--no-progress', '--output', str(out_json / 'under_a_file.json')]) == 1
+                      '--no-progress', '--output', str(tmp_path / 'new' / 'eval.json')]) == 1
     out, err = capsys.readouterr()
     assert 'lfw_accuracy' in out
-    assert err.strip().splitlines() == [f'timm-stra eval face: could not write {out_json / "under_a_file.json"}: '
-                                        f'{out_json} is a file, not a folder (the results are printed above)']
+    assert err.strip().splitlines() == [f'timm-stra eval face: could not write {tmp_path / "new" / "eval.json"}: '
+                                        'No space left on device (the results are printed above)']
+    monkeypatch.undo()
     # nothing to verify on is an error, not an empty table
     capsys.readouterr()
     (tmp_path / 'empty').mkdir()

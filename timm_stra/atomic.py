@@ -51,11 +51,26 @@ def refuse_existing(target: PathLike) -> None:
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise FileExistsError(f'{target} already exists and is not an empty folder: choose a new output folder, '
                               'or delete this one first.')
+    _check_can_create(target, 'an output folder')
+
+
+def check_file_target(target: PathLike) -> None:
+    """Raise ``IsADirectoryError``, ``NotADirectoryError`` or ``PermissionError`` unless a file can be written (or
+    replaced) at ``target`` by ``save_results``, which creates the folders it lacks: call it before long work, so
+    that a typo does not cost the results."""
+    target = Path(target)
+    if target.is_dir():
+        raise IsADirectoryError(f'{target} is a folder: give the path of a file to write.')
+    _check_can_create(target, 'a path')
+
+
+def _check_can_create(target: Path, what: str) -> None:
+    """Raise unless ``target``'s nearest existing ancestor is a folder this process can write in."""
     ancestor = next(p for p in target.absolute().parents if p.exists())  # where the writer will create folders
     if not ancestor.is_dir():
-        raise NotADirectoryError(f'{target}: {ancestor} is a file, not a folder: choose an output folder elsewhere.')
+        raise NotADirectoryError(f'{target}: {ancestor} is a file, not a folder: choose {what} elsewhere.')
     if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise PermissionError(f'{target}: no permission to write in {ancestor}: choose an output folder elsewhere.')
+        raise PermissionError(f'{target}: no permission to write in {ancestor}: choose {what} elsewhere.')
 
 
 def _publish(tmp: Path) -> None:
