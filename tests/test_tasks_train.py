@@ -337,6 +337,30 @@ def test_bin_with_too_few_pairs_stops_before_training(tmp_path, capsys):
     assert not run.exists()
 
 
+
+def test_every_bad_face_entry_is_named_in_one_message(tmp_path, capsys):
+    """A bad identity-folder image and two bad .bin files are named together (they took three runs to find)."""
+    data = make_face_folders(tmp_path / 'faces', ids=2, per_id=4)
+    bad = data / 'id_001' / '2.jpg'
+    bad.write_bytes(b'\xff\xd8 truncated')
+    images, issame = pickle.loads(face_bin_bytes(pairs=10))
+    images[5] = b'\xff\xd8 truncated'
+    (data / 'agedb_30.bin').write_bytes(pickle.dumps((images, issame)))
+    (data / 'lfw.bin').write_bytes(face_bin_bytes(pairs=3))
+    (data / 'cfp_fp.bin').write_bytes(face_bin_bytes(pairs=10))  # a good one among them
+    run = tmp_path / 'run'
+    args = ['face', '--data', str(data), '--output', str(run), '--input-size', '32', '32', *FAST]
+    assert train_main(args) == 1
+    err = capsys.readouterr().err
+    for text in (str(bad), '--skip-bad', '2 verification files refused', 'agedb_30.bin: image 5 does not decode',
+                 'lfw.bin: 3 pairs; the 10-fold verification protocol needs at least 10'):
+        assert text in err, (text, err)
+    assert 'cfp_fp' not in err and not run.exists()
+    # --skip-bad skips the folder's image; the .bin files are still refused, both of them
+    assert train_main([*args, '--skip-bad']) == 1
+    err = capsys.readouterr().err
+    assert str(bad) not in err and '2 verification files refused' in err and not run.exists()
+
 def test_checkpoint_write_is_atomic(tmp_path):
     model = timm.create_model('resnet50_fer', layers=[1, 1, 1, 1])
     data_config = ckpt_mod.data_config_for(model)

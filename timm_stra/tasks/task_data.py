@@ -15,7 +15,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch.utils.data import Dataset
 
-from .data import (CheckShare, FaceBinError, FacePairs, Fer2013, ImageList, Market1501, read_fer2013,
+from .data import (BadDataError, CheckShare, FaceBinError, FacePairs, Fer2013, ImageList, Market1501, read_fer2013,
                    scan_identity_folders)
 from .metrics.face_verification import NUM_FOLDS
 
@@ -90,22 +90,32 @@ def find_face_bins(data, given: Sequence[str] = ()) -> List[Path]:
 
 def _face_pair_sets(bins: Sequence[Path], transform: Callable, check: bool, progress: bool,
                     share: CheckShare) -> List[FacePairs]:
-    """The ``.bin`` files as pair sets, refused if two share a name (their metrics would) or one has fewer pairs
-    than the protocol's folds."""
+    """The ``.bin`` files as pair sets. Refused, every file's problem in one ``FaceBinError``: two files of the same
+    name (their metrics would be), a file that is not a pair list, one with fewer pairs than the protocol's folds,
+    one with an image that does not decode (with ``check``)."""
     names: Dict[str, Path] = {}
     for path in bins:
         if path.stem in names:
             raise FaceBinError(f'{names[path.stem]} and {path} are both named {path.stem!r}; their metrics would be '
                                'reported under the same name: rename one.')
         names[path.stem] = path
-    sets = [FacePairs(path, transform) for path in bins]
-    for pairs in sets:
-        if len(pairs.issame) < NUM_FOLDS:
-            raise FaceBinError(f'{pairs.path}: {len(pairs.issame)} pairs; the {NUM_FOLDS}-fold verification '
-                               f'protocol needs at least {NUM_FOLDS}.')
-    if check:
-        for pairs in sets:
-            pairs.check(progress, share)
+    sets, problems = [], []
+    for path in bins:
+        try:
+            pairs = FacePairs(path, transform)
+            if len(pairs.issame) < NUM_FOLDS:
+                raise FaceBinError(f'{pairs.path}: {len(pairs.issame)} pairs; the {NUM_FOLDS}-fold verification '
+                                   f'protocol needs at least {NUM_FOLDS}.')
+            if check:
+                pairs.check(progress, share)
+        except FaceBinError as e:
+            problems.append(str(e))
+        else:
+            sets.append(pairs)
+    if len(problems) > 1:
+        raise FaceBinError(f'{len(problems)} verification files refused:\n  ' + '\n  '.join(problems))
+    if problems:
+        raise FaceBinError(problems[0])
     return sets
 
 
@@ -131,12 +141,28 @@ def load_task_data(task: str, data, train_transform: Callable, eval_transform: C
                    ) -> Tuple[TrainSet, EvalSets]:
     """``load_train_set`` and ``load_eval_sets`` together, each entry read once. A Market-1501 folder is read and
     checked in one pass, so that its bad entries are reported together, whatever split holds them; FER's one file
-    holds both sets. Their bad entries are counted once (in the training set's ``skipped``)."""
+    holds both sets. Their bad entries are counted once (in the training set's ``skipped``). For face the identity
+    folders and the ``.bin`` files are both read before either is refused (one ``BadDataError`` where both hold
+    something bad)."""
     if task == 'reid':
         market = Market1501.load(data, skip_bad=skip_bad, check=check, progress=progress, share=share)
         return _reid_train_set(market, train_transform), _reid_eval_sets(market, eval_transform, 0)
     if task == 'fer':
         splits, skipped = read_fer2013(data, skip_bad=skip_bad)
         return _fer_train_set(data, splits, skipped, train_transform), _fer_eval_sets(splits, 0, eval_transform)
-    return (load_train_set(task, data, train_transform, skip_bad, check, progress, share),
-            load_eval_sets(task, data, eval_transform, skip_bad, check, face_bins, progress, share))
+    if task == 'face':  # two sources: read both before refusing either, so that one message names all that is bad
+        train_set, problems = None, []
+        try:
+            train_set = load_train_set(task, data, train_transform, skip_bad, check, progress, share)
+        except BadDataError as e:
+            problems.append(e)
+        try:
+            eval_sets = load_eval_sets(task, data, eval_transform, skip_bad, check, face_bins, progress, share)
+        except FaceBinError as e:
+            problems.append(e)
+        if len(problems) > 1:
+            raise BadDataError('\n'.join(str(e) for e in problems))
+        if problems:
+            raise problems[0]
+        return train_set, eval_sets
+    raise ValueError(f'Unknown task {task!r}')
