@@ -1,4 +1,6 @@
 """The registered models: variants, twins, knobs and timm behaviour beyond timm's own suite."""
+import re
+
 import pytest
 import timm
 import torch
@@ -132,6 +134,13 @@ def test_bad_model_arguments():
         timm.create_model('stra_resnet50', output_stride=16)
     with pytest.raises(TypeError):
         timm.create_model('stra_resnet50_reid', not_an_argument=1)
+    # a stage too many was ignored, one too few or an empty one failed in the forward with a shape error
+    for layers in ((3, 4, 6, 3, 3), (3, 4, 6), (3, 4, 6, 0)):
+        with pytest.raises(ValueError, match=re.escape(f'layers={layers}: give the blocks of the four stages')):
+            timm.create_model('stra_resnet50', layers=layers, device='meta')
+    for size in ((112, 112, 3), 0, (112, -8)):  # (a bare assert in timm, or a negative-size tensor)
+        with pytest.raises(ValueError, match=re.escape(f'img_size={size!r}: give the input size as an int or')):
+            timm.create_model('stra_resnet50_face', img_size=size, device='meta')
 
 
 def test_unpooled_output_and_reset_classifier():

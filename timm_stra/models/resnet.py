@@ -16,14 +16,14 @@ The module is named ``resnet`` like timm's: ``timm.list_models(module='resnet')`
 includes these models, and timm's own test-suite exercises their
 ``forward_intermediates`` as it does for every ResNet.
 """
-from typing import Any, Dict, Tuple
+from typing import Any, Dict
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 from .imagenet_init import imagenet_filter_fn
 from .pretrained_errors import check_has_weights, pretrained_read_errors
-from .stra_resnet import StRAResNet
+from .stra_resnet import StRAResNet, feature_size, image_size
 
 PAPER = dict(
     paper_ids='arXiv:2106.06672',
@@ -87,8 +87,8 @@ default_cfgs = generate_default_cfgs({
 
 def _face_size_overlay(img_size) -> Dict[str, Any]:
     """Keep ``pretrained_cfg`` (input and pool size, crop mode) true to a face model built for another ``img_size``."""
-    size: Tuple[int, int] = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
-    return dict(input_size=(3, *size), pool_size=tuple((s - 1) // 32 + 1 for s in size),
+    size = image_size(img_size)
+    return dict(input_size=(3, *size), pool_size=feature_size(size, 32),
                 crop_mode='center' if size[0] == size[1] else 'squash')
 
 

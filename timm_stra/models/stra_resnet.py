@@ -5,7 +5,7 @@ Stem and the first three stages are timm's (state-dict names ``conv1``, ``bn1``,
 block (``StRABottleneck``, or timm's ``Bottleneck`` for the twins); the head is
 timm's classifier, optionally behind a task neck (``neck``: person ReID or face).
 """
-from typing import List, Optional, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -28,8 +28,24 @@ STRA_DEFAULTS = dict(
     local_op='local', mode='full', groups=8, kernel_size=3, reduction=4, reference=False, recompute=True)
 
 
-def _to_2tuple(size: Union[int, Tuple[int, int]]) -> Tuple[int, int]:
-    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+def image_size(img_size: Union[int, Sequence[int]]) -> Tuple[int, int]:
+    """``img_size`` as (height, width): an int or two positive ints (a list from a ``config.json`` too)."""
+    size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+    if len(size) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size):
+        raise ValueError(f'img_size={img_size!r}: give the input size as an int or (height, width), positive '
+                         'ints, e.g. img_size=(112, 112).')
+    return size
+
+
+def feature_size(img_size: Tuple[int, int], reduction: int) -> Tuple[int, int]:
+    """The (h, w) of the last feature map for an (H, W) input, at the network's total ``reduction``."""
+    return tuple((s - 1) // reduction + 1 for s in img_size)
+
+
+def _check_layers(layers: Sequence[int]) -> None:
+    if len(layers) != 4 or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in layers):
+        raise ValueError(f'layers={tuple(layers)!r}: give the blocks of the four stages, each at least 1, e.g. '
+                         'layers=(3, 4, 6, 3) (ResNet-50).')
 
 
 class StRAResNet(ResNet):
@@ -86,6 +102,7 @@ class StRAResNet(ResNet):
             dtype=None,
     ):
         dd = {'device': device, 'dtype': dtype}
+        _check_layers(layers)
         check_choice(stem, STEMS, 'stem')
         check_choice(head, HEADS, 'head')
         if last_stride not in (1, 2):
@@ -158,12 +175,11 @@ class StRAResNet(ResNet):
 
         self.head_type = head
         self.embed_dim = embed_dim
-        self.img_size = _to_2tuple(img_size) if img_size is not None else None
+        self.img_size = image_size(img_size) if img_size is not None else None
         if head == 'reid':
             self.neck = ReIDNeck(self.num_features, embed_dim, **dd)
         elif head == 'face':
-            feat_size = tuple((s - 1) // reductions[-1] + 1 for s in self.img_size)
-            self.neck = FaceNeck(self.num_features, feat_size, self.img_size, embed_dim, drop_rate, **dd)
+            self.neck = FaceNeck(self.num_features, feature_size(self.img_size, reductions[-1]), self.img_size, embed_dim, drop_rate, **dd)
             self.drop_rate = 0.  # the neck holds the face head's dropout
         else:
             self.neck = nn.Identity()
