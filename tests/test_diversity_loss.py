@@ -59,6 +59,15 @@ def test_read_clears_and_eval_records_nothing():
         timm_stra.diversity_loss(model)
 
 
+def test_an_operator_left_in_eval_mode_is_named():
+    model = nn.Sequential(StRAttention(16, groups=4), StRAttention(16, groups=2)).train()
+    model[1].eval()
+    model(torch.randn(2, 16, 4, 4))
+    with pytest.raises(RuntimeError, match=r'No diversity term recorded by 1\.mode, where the model\'s 1 other StRA '
+                                           'operator recorded one: these did not run in training mode'):
+        timm_stra.diversity_loss(model)
+
+
 def test_model_without_mode_attention_gives_zero():
     twin = timm.create_model('resnet50_fer').train()
     twin(torch.randn(2, 1, 44, 44))

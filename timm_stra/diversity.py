@@ -15,16 +15,33 @@ from torch import nn
 from .layers.diversity import DiversityRecorder
 
 
-def _recorders(model: nn.Module) -> List[Tuple[nn.Module, DiversityRecorder]]:
-    """Every ``DiversityRecorder`` of ``model``, with the module that holds it (its StRA operator's mode attention)."""
-    return [(owner, child) for owner in model.modules() for child in owner.children()
+def _recorders(model: nn.Module) -> List[Tuple[str, nn.Module, DiversityRecorder]]:
+    """Every ``DiversityRecorder`` of ``model``, with the name and module of its holder (its StRA operator's mode
+    attention)."""
+    return [(name, owner, child) for name, owner in model.named_modules() for child in owner.children()
             if isinstance(child, DiversityRecorder)]
 
 
-def _check_gradients(pairs: List[Tuple[nn.Module, DiversityRecorder]]) -> None:
+def _check_recorded(pairs: List[Tuple[str, nn.Module, DiversityRecorder]]) -> None:
+    """Every operator must hold a term: one missing would drop its masks' regulariser from the loss unseen."""
+    missing = [name or type(owner).__name__ for name, owner, recorder in pairs if not recorder.kept]
+    if len(missing) == len(pairs):
+        raise RuntimeError(
+            'No diversity term recorded: call diversity_loss(model) once after each training-mode forward '
+            '(model.train()); eval-mode forwards do not compute it.')
+    if missing:
+        others = len(pairs) - len(missing)
+        raise RuntimeError(
+            f'No diversity term recorded by {", ".join(missing)}, where the model\'s {others} other StRA '
+            f'operator{"s" if others > 1 else ""} recorded one: these did not run in training mode (set to eval() '
+            'on their own?) or did not run at all. Put the whole model in training mode, or freeze their parameters '
+            '(requires_grad_(False)) and keep them training.')
+
+
+def _check_gradients(pairs: List[Tuple[str, nn.Module, DiversityRecorder]]) -> None:
     """With gradients on, a term must carry them wherever its masks have parameters to train (the mask branch of
     the mode attention that holds the recorder)."""
-    for owner, recorder in pairs:
+    for _, owner, recorder in pairs:
         masks = getattr(owner, 'mask', owner)
         if any(not t.requires_grad for t in recorder.kept.values()) and \
                 any(p.requires_grad for p in masks.parameters()):
@@ -54,22 +71,19 @@ def diversity_per_sample(model: nn.Module) -> torch.Tensor:
         empty tensor for a model without mode attention (e.g. a ResNet twin).
 
     Raises:
-        RuntimeError: the model is TorchScript (whose operators record nothing); the model has StRA
-            operators but none of them holds a term, i.e. no
-            training-mode forward ran since the last read; or, read with gradients on, a term
-            has none while its masks have parameters to train (see ``_check_gradients``).
+        RuntimeError: the model is TorchScript (whose operators record nothing); one of its StRA operators
+            holds no term (none: no training-mode forward ran since the last read; some: the others did not
+            run in training mode, named in the message); or, read with gradients on, a term has none while
+            its masks have parameters to train (see ``_check_gradients``).
     """
     _refuse_torchscript(model)
     pairs = _recorders(model)
-    recorders = [r for _, r in pairs]
+    recorders = [r for _, _, r in pairs]
     if not recorders:
         param = next(model.parameters(), None)
         return torch.zeros(0, device=param.device if param is not None else None)
+    _check_recorded(pairs)
     kept = [r.kept for r in recorders]
-    if any(not k for k in kept):
-        raise RuntimeError(
-            'No diversity term recorded: call diversity_loss(model) once after each training-mode forward '
-            '(model.train()); eval-mode forwards do not compute it.')
     if torch.is_grad_enabled():
         _check_gradients(pairs)
     devices = sorted(kept[0], key=lambda d: torch.device(d).index or 0)
