@@ -115,6 +115,33 @@ def test_an_evaluation_that_fails_keeps_the_epochs_checkpoint(tmp_path, fer_csv,
     assert [r['epoch'] for r in _jsonl(run)] == [1, 2] and 'public_test_top1' in _jsonl(run)[1]
 
 
+
+def test_resume_refuses_a_changed_setting_before_reading_the_data(tmp_path, fer_csv, capsys):
+    """--resume continued with whatever options were given (another seed, batch size, recipe), without a word."""
+    args = ['fer', '--data', str(fer_csv), '--input-size', '24', '24', '--eval-interval', '0', *FAST]
+    run = tmp_path / 'run'
+    assert train_main([*args, '--output', str(run), '--epochs', '1']) == 0
+    capsys.readouterr()
+    changed = ['--seed', '7', '--lr', '0.5', '--re-prob', '0.3', '--amp']
+    assert train_main([*args, '--output', str(run), '--epochs', '2', '--resume', str(run), *changed,
+                       '--data', str(tmp_path / 'gone.csv')]) == 1  # (refused before the data is looked for)
+    err = capsys.readouterr().err
+    ckpt = run / 'checkpoints' / 'epoch-0001'
+    assert err.strip() == (
+        f'timm-stra train fer: --resume {ckpt}: --amp on (the run: off); --lr 0.5 (the run: 0.01); --re-prob 0.3 '
+        '(the run: 0.0); --seed 7 (the run: 42). A resumed run continues with the settings it was started with (its '
+        'args.json): give them again, or start a new run with another --output.'), err
+    assert [r['epoch'] for r in _jsonl(run)] == [1]
+    # a checkpoint written before settings were kept is checked for its seed
+    state = load_training_state(ckpt)
+    del state['settings']
+    state['seed'] = 42
+    torch.save(state, ckpt / 'state.pt')
+    assert train_main([*args, '--output', str(run), '--epochs', '2', '--resume', str(run), '--seed', '7']) == 1
+    assert '--seed 7 (the run: 42)' in capsys.readouterr().err
+    assert train_main([*args, '--output', str(run), '--epochs', '2', '--resume', str(run), '--workers', '0']) == 0
+    assert [r['epoch'] for r in _jsonl(run)] == [1, 2]
+
 def test_reid_resume_across_the_warm_up_is_exact(tmp_path):
     # random crop (torch RNG) and random erasing (Python's random) on; the warm-up ends at the resume point
     data = make_market1501(tmp_path / 'market')

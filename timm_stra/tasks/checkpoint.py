@@ -6,7 +6,7 @@ Each checkpoint is a folder ``OUTPUT/checkpoints/epoch-NNNN/`` with
 * ``config.json``: timm's hub config (architecture, ``model_args``, ``pretrained_cfg`` with the
   input size and normalisation), so ``timm.create_model('local-dir:<folder>', pretrained=True)``
   rebuilds the trained model;
-* ``state.pt``: optimizer, scheduler, AMP scaler, epoch, RNG states; tensors, dicts, lists and
+* ``state.pt``: optimizer, scheduler, AMP scaler, epoch, RNG states, the run's settings; tensors, dicts, lists and
   numbers only, read back with ``torch.load(weights_only=True)``.
 
 Writing is atomic (``timm_stra.atomic``): the folder is written under a temporary name, flushed

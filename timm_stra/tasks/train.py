@@ -5,7 +5,7 @@ DDP under ``torchrun``; atomic, resumable checkpoints; per-epoch JSONL metrics.
 Outputs in ``--output`` (rank 0 only): ``args.json``, ``metrics.jsonl`` (one line per epoch) and
 ``checkpoints/`` (see ``checkpoint.py``). ``--resume OUTPUT`` continues from the latest checkpoint
 to the same state an uninterrupted run would have (checkpoints are taken at epoch ends, before
-evaluating). A new run into another run's folder is refused.
+evaluating), given the run's settings again (``run_settings.py``). A new run into another run's folder is refused.
 """
 import argparse
 import json
@@ -39,6 +39,7 @@ from .recipes import TASKS, get_recipe
 from .rng import rng_state, seed_all, set_rng_state
 from .task_data import load_task_data
 from .transforms import eval_transform, train_transform
+from .run_settings import check_resumed_settings, run_settings
 from .usage import UsageError
 
 
@@ -186,6 +187,14 @@ class Trainer:
 
     def _build(self, args) -> None:
         env = self.env
+        self.resumed = None
+        if args.resume:  # (before the data is read: a changed setting is refused at once)
+            checkpoint = resolve_checkpoint(args.resume)
+            self.resumed = checkpoint, load_training_state(checkpoint)
+            if 'settings' in self.resumed[1]:  # (checkpoints written before they were kept hold only the seed)
+                check_resumed_settings(self.resumed[1]['settings'], args, checkpoint)
+            else:
+                check_resumed_settings({**run_settings(args), 'seed': self.resumed[1]['seed']}, args, checkpoint)
         # 1. data, read and checked before anything trains (bad data stops the run here); the input
         #    size, mean and std come from the architecture's pretrained_cfg
         model = timm.create_model(args.model, **_model_kwargs(args, 1))
@@ -228,13 +237,12 @@ class Trainer:
                                  num_workers=args.workers, pin_memory=env.device.type == 'cuda', drop_last=True,
                                  generator=self.loader_rng)
         self.start_epoch = 0
-        if args.resume:
-            self._resume(args.resume)
+        if self.resumed:
+            self._resume(*self.resumed)
+            self.resumed = None
 
-    def _resume(self, path: str) -> None:
-        ckpt = resolve_checkpoint(path)
+    def _resume(self, ckpt: Path, state: Dict[str, Any]) -> None:
         self.model.load_state_dict(load_file(str(ckpt / 'model.safetensors'), device=str(self.env.device)))
-        state = load_training_state(ckpt)
         self.optimizer.load_state_dict(state['optimizer'])
         self.scheduler.load_state_dict(state['scheduler'])
         self.scaler.load_state_dict(state['scaler'])
@@ -309,7 +317,7 @@ class Trainer:
 
     def state(self, epoch: int) -> Dict[str, Any]:
         return {'epoch': epoch, 'optimizer': self.optimizer.state_dict(), 'scheduler': self.scheduler.state_dict(),
-                'scaler': self.scaler.state_dict(), 'sampler_epoch': epoch, 'seed': self.args.seed,
+                'scaler': self.scaler.state_dict(), 'settings': run_settings(self.args),
                 'rng': all_gather_objects(rng_state(), self.env)}
 
     def run(self) -> List[Dict[str, Any]]:
