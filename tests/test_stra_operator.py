@@ -1,5 +1,6 @@
 """The composite StRA operator and its ablation knobs."""
 import math
+import re
 
 import pytest
 import torch
@@ -122,6 +123,25 @@ def test_bad_input_to_the_halves_on_their_own():
     with pytest.raises(ValueError, match=r'ModeAttention \(per_mode\) expects a \(B, G, H, W, C / G\) = '
                                          r'\(B, 4, H, W, 8\) map, got shape torch.Size\(\[2, 4, 5, 6, 4\]\)'):
         ModeAttention(32, groups=4, per_mode=True)(torch.randn(2, 4, 5, 6, 4))
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(dim=28, heads=8), '28 channels cannot be split into 8 heads; choose heads that divide 28'),  # (said modes)
+    (dict(dim=32, qkv_groups=3), '32 channels cannot be split into 3 query, key and value groups; choose qkv_groups that'),
+    (dict(dim=32, kernel_size=-1), 'kernel_size must be odd and >= 1, got -1'),  # (a negative-size tensor)
+    (dict(dim=32, kernel_size=4), 'kernel_size must be odd and >= 1, got 4'),
+])
+def test_sasa_bad_configuration(kwargs, message):
+    with pytest.raises(ValueError, match=re.escape(f'SelfAttention2d: {message}')):
+        SelfAttention2d(**kwargs)
+
+
+def test_sasa_bad_input():
+    op = SelfAttention2d(32)
+    with pytest.raises(ValueError, match=r'SelfAttention2d expects a \(B, C, H, W\) feature map, got a tensor with 3'):
+        op(torch.randn(32, 4, 4))  # (it was 'not enough values to unpack')
+    with pytest.raises(ValueError, match='SelfAttention2d was built for 32 input channels, got a feature map with 16'):
+        op(torch.randn(1, 16, 4, 4))
 
 
 @pytest.mark.parametrize('stride', [1, 2])

@@ -8,14 +8,16 @@ import torch
 from timm.layers import register_notrace_function
 
 
-def check_divisible(channels: int, groups: int, what: str) -> None:
-    """Raise a ``ValueError`` unless ``channels`` splits into ``groups`` equal groups."""
+def check_divisible(channels: int, groups: int, what: str, noun: str = 'modes (groups)',
+                    argument: str = 'groups') -> None:
+    """Raise a ``ValueError`` unless ``channels`` splits into ``groups`` equal groups (called ``noun`` in the
+    message, set by the layer's ``argument``)."""
     if groups < 1:
-        raise ValueError(f'{what}: the number of modes (groups) must be >= 1, got {groups}.')
+        raise ValueError(f'{what}: the number of {noun} must be >= 1, got {argument}={groups}.')
     if channels % groups != 0:
         raise ValueError(
-            f'{what}: {channels} channels cannot be split into {groups} modes (groups); '
-            f'choose groups that divide {channels}, e.g. one of '
+            f'{what}: {channels} channels cannot be split into {groups} {noun}; '
+            f'choose {argument} that divide {channels}, e.g. one of '
             f'{[g for g in range(1, min(channels, 64) + 1) if channels % g == 0]}.')
 
 

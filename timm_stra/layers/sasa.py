@@ -10,16 +10,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checks import check_divisible
+from .checks import check_divisible, check_feature_map
+
+# fx leaves for plain torch.fx too, not only timm's tracer (register_notrace_function)
+torch.fx.wrap('check_feature_map')
 
 
 class SelfAttention2d(nn.Module):
     """SASA layer.
 
     Args:
-        dim: channels C, divisible by ``heads`` and ``qkv_groups``; C / heads even.
+        dim: channels C, divisible by ``heads`` and ``qkv_groups`` (and at least 2: half of the channels take
+            the row embedding, half the column one).
         heads: attention heads.
-        kernel_size: window size (odd).
+        kernel_size: window size (odd, at least 1).
         stride: 1 or 2 (queries at every ``stride``-th position).
         qkv_groups: groups of the query, key and value 1x1 convolutions.
 
@@ -39,10 +43,12 @@ class SelfAttention2d(nn.Module):
     ):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
-        check_divisible(dim, heads, 'SelfAttention2d (heads)')
-        check_divisible(dim, qkv_groups, 'SelfAttention2d (qkv groups)')
-        if kernel_size % 2 == 0:
-            raise ValueError(f'SelfAttention2d: kernel_size must be odd, got {kernel_size}.')
+        check_divisible(dim, heads, 'SelfAttention2d', 'heads', 'heads')
+        check_divisible(dim, qkv_groups, 'SelfAttention2d', 'query, key and value groups', 'qkv_groups')
+        if dim < 2:
+            raise ValueError(f'SelfAttention2d: dim must be at least 2 (row and column embeddings), got {dim}.')
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f'SelfAttention2d: kernel_size must be odd and >= 1, got {kernel_size}.')
         if stride not in (1, 2):
             raise ValueError(f'SelfAttention2d: stride must be 1 or 2, got {stride}.')
         self.dim = dim
@@ -68,6 +74,7 @@ class SelfAttention2d(nn.Module):
         return torch.cat([rows, cols], dim=0).flatten(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_feature_map(x, self.dim, 'SelfAttention2d')
         B, C, H, W = x.shape
         k, s, heads = self.kernel_size, self.stride, self.heads
         kk = k * k
