@@ -29,11 +29,6 @@ class AblationRow:
     map: Optional[str] = None
     rank1: Optional[str] = None
 
-    @property
-    def knobs(self) -> str:
-        """The knobs as they are passed, e.g. ``local_op='sasa', mode='none'``."""
-        return ', '.join(f'{k}={v!r}' for k, v in self.kwargs.items())
-
 
 def _reid(local_op: str, mode: str) -> Tuple[str, Dict[str, str]]:
     return 'stra_resnet50_reid', dict(local_op=local_op, mode=mode)
