@@ -28,6 +28,9 @@ def test_reid_hand_worked_case():
     assert out['num_valid_queries'] == 2
     assert out['mAP'] == pytest.approx((1 / 2 + 5 / 6) / 2)
     assert out['cmc'] == pytest.approx([0.5, 1.0, 1.0, 1.0, 1.0])
+    # a curve longer than the gallery (7 images) has max_rank entries, 1 beyond (it stopped at 7)
+    out = reid_cmc_map(queries, gallery, q_pids, g_pids, q_cams, g_cams, max_rank=10)
+    assert out['cmc'] == pytest.approx([0.5] + [1.0] * 9)
 
 
 def _reid_loop(qf, gf, q_pids, g_pids, q_cams, g_cams, max_rank):

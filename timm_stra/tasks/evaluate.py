@@ -82,8 +82,7 @@ def evaluate(model: torch.nn.Module, sets: EvalSets, env: DistEnv, batch_size: i
         gf = extract(lambda x: embed(model, x), sets.gallery, desc='gallery', **kw)
         out = reid_cmc_map(qf, gf, torch.tensor(q.pids), torch.tensor(g.pids), torch.tensor(q.camids),
                            torch.tensor(g.camids))
-        cmc = out['cmc']
-        return {'mAP': 100 * out['mAP'], **{f'rank{k}': 100 * cmc[min(k, len(cmc)) - 1] for k in (1, 5, 10)}}
+        return {'mAP': 100 * out['mAP'], **{f'rank{k}': 100 * out['cmc'][k - 1] for k in (1, 5, 10)}}
     if sets.task == 'face':
         metrics = {}
         for pairs in sets.face_pairs:

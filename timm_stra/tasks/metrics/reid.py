@@ -38,7 +38,8 @@ def reid_cmc_map(
         gallery_feats: (N, D).
         query_pids, query_camids: (Q,) integer identities and cameras.
         gallery_pids, gallery_camids: (N,).
-        max_rank: length of the CMC curve.
+        max_rank: length of the CMC curve (beyond the gallery's size it stays at 1: every valid query's
+            first match is within it).
         chunk_size: queries ranked at once.
 
     Returns:
@@ -57,8 +58,6 @@ def reid_cmc_map(
     qf = F.normalize(query_feats.float(), dim=1)
     gf = F.normalize(gallery_feats.float(), dim=1)
     g_pids, g_cams = gallery_pids.to(qf.device), gallery_camids.to(qf.device)
-    num_gallery = gf.shape[0]
-    max_rank = min(max_rank, num_gallery)
     ap_sum, hits, num_valid = 0., torch.zeros(max_rank, dtype=torch.float64), 0
     for start in range(0, qf.shape[0], chunk_size):
         q = qf[start:start + chunk_size]
