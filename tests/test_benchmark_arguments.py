@@ -7,7 +7,7 @@ from timm_stra.benchmarks.ablation import main as table_main
 from timm_stra.benchmarks.interleaved import main as interleaved_main
 from timm_stra.benchmarks.operator import main as operator_main
 from timm_stra.benchmarks.speed import main as bench_main
-from timm_stra.tools.summary import markdown_table
+from timm_stra.markdown import markdown_table
 
 TOOLS = {'bench': bench_main, 'interleaved': interleaved_main, 'operator': operator_main, 'table': table_main}
 

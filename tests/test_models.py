@@ -236,6 +236,19 @@ def test_models_table_counts_the_same_on_meta_as_on_the_cpu():
     assert describe('stra_resnet50_fer') == describe('stra_resnet50_fer', device='cpu')
 
 
+def test_models_table_counts_as_the_ablation_table_does():
+    """`timm-stra models` and `timm-stra table` gave three GMACs figures for one model (torch's raw flop count of
+    the implementation's products, beside the table's two): it is the table's "all products", plus the classifier."""
+    from timm_stra.benchmarks.ablation import measure_row
+    from timm_stra.benchmarks.rows import PAPER_ROWS
+    from timm_stra.tools.summary import describe
+    row = next(r for r in PAPER_ROWS if r.label == 'Local + Mode (StRA)')
+    described, measured = describe(row.model), measure_row(row)
+    classifier = timm.create_model(row.model, device='meta').get_classifier()
+    assert described['GMACs'] == pytest.approx(measured['gmacs_total'] + classifier.weight.numel() / 1e9, rel=1e-9)
+    assert described['params w/o classifier (M)'] == pytest.approx(measured['params_m'], rel=1e-9)
+
+
 @pytest.mark.parametrize('name', ['stra_resnet50_reid', 'stra_resnet50_face'])
 def test_fx_extractor_that_stops_early_runs_only_what_it_returns(name):
     """The shape checks must not pull the rest of the network into a truncated graph (fx keeps what a kept node

@@ -23,7 +23,7 @@ import timm
 
 import timm_stra  # noqa: F401  (registers the models)
 from ..atomic import save_results
-from ..tools.summary import markdown_table
+from ..markdown import markdown_table
 from .arguments import output_file
 from .device_options import parse_device
 from .macs import count_macs, count_params

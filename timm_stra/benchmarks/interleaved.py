@@ -34,7 +34,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from ..tools.summary import markdown_table
+from ..markdown import markdown_table
 from .arguments import at_least, int_list, name_list, output_file
 from .cases import CASES, TASKS
 from .device_options import (add_compile_option, add_device_options, check_compile_warmup, parse_device,

@@ -29,7 +29,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from ..tools.summary import markdown_table
+from ..markdown import markdown_table
 from .arguments import at_least, float_list, int_list, name_list, output_file, positive_float
 from .cases import CASES, TASKS
 from .device_options import add_compile_option, add_device_options, check_compile_warmup, parse_device, precision_labels

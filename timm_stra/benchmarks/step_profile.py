@@ -20,7 +20,7 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-from ..tools.summary import markdown_table
+from ..markdown import markdown_table
 from .cases import CASES, TASKS
 from .arguments import at_least
 from .device_options import add_compile_option, add_device_options, compile_warmup, parse_device, precision_labels

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from ..atomic import check_file_target, save_results
+from ..markdown import markdown_table
 from .checkpoint import load_model
 from .data import BadDataError, FaceBinError
 from .distributed import DistEnv, check_share, gather_in_order, init_distributed, shutdown
@@ -102,11 +103,9 @@ def evaluate(model: torch.nn.Module, sets: EvalSets, env: DistEnv, batch_size: i
     raise ValueError(f'Unknown task {sets.task!r}')
 
 
-def markdown_table(metrics: Dict[str, float]) -> str:
-    """Metrics as a two-column Markdown table."""
-    lines = ['| metric | value |', '| --- | --- |']
-    lines += [f'| {k} | {v:.4f} |' if isinstance(v, float) else f'| {k} | {v} |' for k, v in metrics.items()]
-    return '\n'.join(lines)
+def metrics_table(metrics: Dict[str, object]) -> str:
+    """Metrics as a two-column Markdown table (floats with 4 decimals)."""
+    return markdown_table([{'metric': k, 'value': v} for k, v in metrics.items()], decimals=4)
 
 
 def _results_file(text: str) -> str:
@@ -174,7 +173,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         metrics['skipped_bad'] = sets.skipped
     status = 0
     if env.is_main:
-        print(markdown_table(metrics))
+        print(metrics_table(metrics))
         problem = args.output and save_results(args.output, json.dumps(
             {'task': args.task, 'model': args.model, 'data': str(args.data), 'metrics': metrics}, indent=2))
         if problem:

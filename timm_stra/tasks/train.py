@@ -33,7 +33,7 @@ from .data import BadDataError, FaceBinError
 from .checkpoint import data_config_for, load_training_state, point_latest, resolve_checkpoint, save_checkpoint
 from .distributed import (DistEnv, all_gather_objects, all_reduce_sum, broadcast_buffers, check_share,
                           init_distributed, shutdown)
-from .evaluate import evaluate, markdown_table
+from .evaluate import evaluate, metrics_table
 from .freeze import check_trainable, set_trainable
 from .recipes import TASKS, get_recipe
 from .rng import rng_state, seed_all, set_rng_state
@@ -355,7 +355,7 @@ class Trainer:
                 self._log(record)
             history.append(record)
         if env.is_main and history:
-            print(markdown_table({k: v for k, v in history[-1].items()}))
+            print(metrics_table(history[-1]))
         return history
 
     def _log(self, record: Dict[str, Any]) -> None:

@@ -1,8 +1,8 @@
 """``timm-stra models``: build every registered timm-stra model and print a Markdown table.
 
 Columns: parameters (all, and without the classifier), GMACs of one image at the
-model's input size (every op torch's flop counter knows, multiply-accumulates =
-FLOPs / 2) and the output shape.
+model's input size (every product, the classifier's too, counted as the "all products"
+column of ``timm-stra table``: ``benchmarks/macs.py``) and the output shape.
 """
 import argparse
 import sys
@@ -11,10 +11,12 @@ from typing import Dict, List, Optional
 import timm
 import torch
 from timm.models import model_entrypoint
-from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 import timm_stra  # noqa: F401  (registers the models)
+
+from ..benchmarks.macs import count_macs, count_params
+from ..markdown import markdown_table
 
 
 def stra_model_names(pretrained: bool = False) -> List[str]:
@@ -27,35 +29,17 @@ def describe(name: str, device: str = 'meta') -> Dict[str, object]:
     """Params, GMACs and output shape of one model, built from scratch on ``device`` (``meta``: shapes only, no
     memory or arithmetic; the CPU gives the same numbers, slower)."""
     model = timm.create_model(name, device=device).eval()
-    input_size = model.pretrained_cfg['input_size']
-    x = torch.randn(1, *input_size, device=device)
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        out = model(x)
-    classifier = model.get_classifier()
+    input_size = tuple(model.pretrained_cfg['input_size'])
+    with torch.no_grad():
+        out = model(torch.randn(1, *input_size, device=device))
     return {
         'model': name,
         'input': 'x'.join(map(str, input_size)),
-        'params (M)': sum(p.numel() for p in model.parameters()) / 1e6,
-        'params w/o classifier (M)': sum(p.numel() for p in model.parameters()) / 1e6
-        - sum(p.numel() for p in classifier.parameters()) / 1e6,
-        'GMACs': counter.get_total_flops() / 2e9,
+        'params (M)': count_params(model, exclude_classifier=False) / 1e6,
+        'params w/o classifier (M)': count_params(model) / 1e6,
+        'GMACs': count_macs(model, input_size).total / 1e9,
         'output': tuple(out.shape[1:]),
     }
-
-
-def markdown_table(rows: List[Dict[str, object]]) -> str:
-    """Rows of dicts (same keys) -> Markdown table; floats with 3 decimals ('' for no rows)."""
-    if not rows:
-        return ''
-    cols = list(rows[0])
-
-    def fmt(v):
-        return f'{v:.3f}' if isinstance(v, float) else str(v)
-
-    lines = ['| ' + ' | '.join(cols) + ' |', '|' + '|'.join(' --- ' for _ in cols) + '|']
-    lines += ['| ' + ' | '.join(fmt(r[c]) for c in cols) + ' |' for r in rows]
-    return '\n'.join(lines)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
