@@ -13,8 +13,8 @@ TOOLS = {'bench': bench_main, 'interleaved': interleaved_main, 'operator': opera
 
 
 @pytest.mark.parametrize('tool, argv, message', [
-    ('bench', ['--json', '{missing}/b.json'], 'does not exist: create it first'),
-    ('interleaved', ['--json', '{missing}/b.json'], 'does not exist: create it first'),
+    ('bench', ['--json', '{file}/b.json'], 'is a file, not a folder: choose a path elsewhere'),
+    ('interleaved', ['--json', '{file}/sub/b.json'], 'is a file, not a folder: choose a path elsewhere'),
     ('table', ['--json', '{tmp}'], 'is a folder: give the path of a file'),
     ('bench', ['--device', 'bogus'], '--device bogus: choose cpu or cuda[:N]'),
     ('bench', ['--device', 'meta'], '--device meta: choose cpu or cuda[:N]'),
@@ -32,7 +32,8 @@ TOOLS = {'bench': bench_main, 'interleaved': interleaved_main, 'operator': opera
      'nothing to measure at the fer input size 44x44'),  # (the sweep alone left the main table empty)
 ])
 def test_bad_arguments_are_refused_with_what_to_do(tmp_path, capsys, tool, argv, message):
-    argv = [a.format(missing=tmp_path / 'missing', tmp=tmp_path) for a in argv]
+    (tmp_path / 'a-file').write_text('x')
+    argv = [a.format(file=tmp_path / 'a-file', tmp=tmp_path) for a in argv]
     task = [] if tool == 'table' else ['--task', 'fer']
     with pytest.raises(SystemExit) as exit_info:
         TOOLS[tool](argv + task + ['--no-progress'])

@@ -6,6 +6,7 @@ folder, so that neither a crash nor a power cut can leave a half-written target.
 ``save_for_hf`` / ``timm-stra convert`` output folders (new folders only) and for training
 checkpoints and their ``latest`` pointer (which replace older ones), benchmark records and pictures.
 """
+import argparse
 import contextlib
 import errno
 import os
@@ -62,6 +63,17 @@ def check_file_target(target: PathLike) -> None:
     if target.is_dir():
         raise IsADirectoryError(f'{target} is a folder: give the path of a file to write.')
     _check_can_create(target, 'a path')
+
+
+def results_file(text: str) -> str:
+    """An ``argparse`` type for a results file (``--json``, ``--output``) that ``save_results`` writes when a
+    command's work is done: ``check_file_target`` when the command starts, so that a typo does not cost minutes of
+    work."""
+    try:
+        check_file_target(text)
+    except OSError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
 
 
 def _check_can_create(target: Path, what: str) -> None:

@@ -22,9 +22,8 @@ from typing import Dict, Iterable, List, Optional
 import timm
 
 import timm_stra  # noqa: F401  (registers the models)
-from ..atomic import save_results
+from ..atomic import results_file, save_results
 from ..markdown import markdown_table
-from .arguments import output_file
 from .device_options import parse_device
 from .macs import count_macs, count_params
 from .rows import EXTRA_ROWS, PAPER_ROWS, AblationRow
@@ -131,7 +130,7 @@ def failures(results: List[Dict[str, object]]) -> List[str]:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog='timm-stra table', description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--json', metavar='PATH', type=output_file,
+    parser.add_argument('--json', metavar='PATH', type=results_file,
                         help='also write the rows (all counts, by op) to this JSON file')
     parser.add_argument('--check', action='store_true',
                         help='exit 1 unless every paper value is reproduced to its printed precision')

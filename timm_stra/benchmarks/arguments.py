@@ -2,8 +2,6 @@
 numbers, and output paths checked before the work that fills them."""
 import argparse
 import math
-import os
-from pathlib import Path
 from typing import Callable, List, Sequence
 
 
@@ -70,15 +68,3 @@ def positive_float(text: str) -> float:
     return value
 
 
-def output_file(text: str) -> str:
-    """A file a command writes when its work is done, checked when the command starts: not a folder, in a folder
-    that exists and can be written to (so that minutes of measurement are not lost to a typo)."""
-    path = Path(text)
-    folder = path.absolute().parent
-    if path.is_dir():
-        raise argparse.ArgumentTypeError(f'{text} is a folder: give the path of a file to write')
-    if not folder.is_dir():
-        raise argparse.ArgumentTypeError(f'{folder} does not exist: create it first, or give another path')
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise argparse.ArgumentTypeError(f'cannot write in {folder}: give a path in a folder you can write to')
-    return text

@@ -34,8 +34,9 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
+from ..atomic import results_file
 from ..markdown import markdown_table
-from .arguments import at_least, int_list, name_list, output_file
+from .arguments import at_least, int_list, name_list
 from .cases import CASES, TASKS
 from .device_options import (add_compile_option, add_device_options, check_compile_warmup, parse_device,
                              precision_labels)
@@ -148,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--threads', type=at_least(0), default=0, help="CPU threads (default 0: torch's default)")
     add_device_options(parser, default=None)
     add_compile_option(parser, 'every model')
-    parser.add_argument('--json', metavar='PATH', type=output_file,
+    parser.add_argument('--json', metavar='PATH', type=results_file,
                         help="also write the machine, the settings, the rows and every step's seconds here")
     parser.add_argument('--log-runs', action='store_true',
                         help="print each setting's rows to stderr as it finishes (what a run cut short still "

@@ -29,8 +29,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from ..atomic import results_file
 from ..markdown import markdown_table
-from .arguments import at_least, float_list, int_list, name_list, output_file, positive_float
+from .arguments import at_least, float_list, int_list, name_list, positive_float
 from .cases import CASES, TASKS
 from .device_options import add_compile_option, add_device_options, check_compile_warmup, parse_device, precision_labels
 from .isolate import run_isolated
@@ -270,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help='seconds before one run is abandoned (runs in fresh processes, not --in-process)')
     parser.add_argument('--in-process', action='store_true',
                         help='every run in this process, not a fresh one (quick on a GPU; see above)')
-    parser.add_argument('--json', metavar='PATH', type=output_file,
+    parser.add_argument('--json', metavar='PATH', type=results_file,
                         help='also write machine, settings, summary and raw runs here')
     parser.add_argument('--cpu-time', action='store_true',
                         help='add process CPU time columns (CPU runs; includes steal time on a virtual machine)')

@@ -214,7 +214,7 @@ def _attend(attn: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, groups: i
         ((B, G, R / s, w, n) outputs of every row window, dropped ones included, the first ``count`` computed;
         (B*G*R, W, n) row buffer; the weights ``attn``), all in the buffer's dtype (autocast's, under autocast).
     """
-    B, h, w, W = attn.shape[0], attn.shape[3], attn.shape[4], x.shape[3]
+    B, w, W = attn.shape[0], attn.shape[4], x.shape[3]
     buffer = _project_into_rows(x, weight, groups, kernel_size, stride)
     windows = slab_rows(x.shape[2], kernel_size, stride) // stride  # per slab
     count = _window_count(B * groups, x.shape[2], kernel_size, stride)

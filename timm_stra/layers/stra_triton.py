@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from .mode_gating import NORMALIZE_EPS
-from .stra_triton_kernels import HAS_TRITON, INTERPRETING, triton
+from .stra_triton_kernels import HAS_TRITON, INTERPRETING, triton  # noqa: F401  (INTERPRETING: for stra_attn)
 
 if HAS_TRITON:
     from .stra_triton_kernels import _attend_kernel, _gate_kernel, _score_value_kernel

@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from ..atomic import check_file_target, save_results
+from ..atomic import results_file, save_results
 from ..markdown import markdown_table
 from .checkpoint import load_model
 from .data import BadDataError, FaceBinError
@@ -108,15 +108,6 @@ def metrics_table(metrics: Dict[str, object]) -> str:
     return markdown_table([{'metric': k, 'value': v} for k, v in metrics.items()], decimals=4)
 
 
-def _results_file(text: str) -> str:
-    """``--output``, checked before the evaluation: a file that ``save_results`` can write."""
-    try:
-        check_file_target(text)
-    except OSError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    return text
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog='timm-stra eval', description='Score a trained model with the paper\'s metrics (SPEC 5).')
@@ -130,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--batch-size', type=int, default=128)
     p.add_argument('--workers', type=int, default=4)
     p.add_argument('--device', default=None, help='cpu or cuda (default: cuda if available)')
-    p.add_argument('--output', default=None, type=_results_file,
+    p.add_argument('--output', default=None, type=results_file,
                    help='write the metrics here as JSON (missing folders are created)')
     p.add_argument('--skip-bad', action='store_true', help='skip (and count) unreadable images or rows')
     p.add_argument('--no-progress', action='store_true')

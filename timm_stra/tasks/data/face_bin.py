@@ -8,7 +8,6 @@ stand-ins: for bytes as protocol 2 stores them, and for NumPy's booleans (never 
 code); the result must have exactly that structure.
 """
 import io
-import pickle
 from pathlib import Path
 from typing import Callable, List, Optional, Tuple
 
