@@ -1,5 +1,5 @@
-"""Command-line value types the benchmarks share: comma-separated lists of integers, numbers or names, bounded
-numbers, and output paths checked before the work that fills them."""
+"""Command-line value types the benchmarks share: comma-separated lists of integers, numbers or names, and bounded
+numbers (results files: ``atomic.results_file``)."""
 import argparse
 import math
 from typing import Callable, List, Sequence
