@@ -18,9 +18,9 @@ of the stage once:
 
 Inference (``torch.inference_mode``) and training (forward, and backward of fixed dense
 output gradients, as the next layer would give them) steps; repeats are interleaved
-(each round times every case, in the order of that round's row of a balanced Latin
-square, ``orders.py``) and the table gives the median step time over all timed steps and its
-ratio to ``stra``. "saved MiB" is what the step's forward allocates and keeps for
+(each round times ``--iters`` steps of every case, in the order of that round's row of a balanced
+Latin square, ``orders.py``, with Python's garbage collector off: ``interleaved.time_interleaved``)
+and the table gives the median over the rounds of the mean step time, and its ratio to ``stra``'s. "saved MiB" is what the step's forward allocates and keeps for
 backward (its inputs, parameters and outputs are not counted; under ``--bf16`` the
 bf16 copies autocast makes of the weights are, as autocast keeps them for backward):
 exact, not timed; on CPU from the profiler's record of allocations, on CUDA from the
@@ -38,8 +38,8 @@ first, as an optimizer's ``zero_grad(set_to_none=True)`` would (gradients left i
 graphs' memory must not be accumulated into).
 """
 import argparse
+import functools
 import statistics
-import time
 from typing import Dict, List, Optional, Tuple
 
 import timm
@@ -54,7 +54,7 @@ from .arguments import at_least, name_list
 from .cases import TASKS
 from .device_options import (CUDA_GRAPH_MODES, add_compile_option, add_device_options, check_compile_warmup,
                              parse_device, precision_labels)
-from .orders import round_orders
+from .interleaved import time_interleaved
 from .tensor_memory import live_tensor_bytes
 
 OpShape = Tuple[int, int, int, int]  # channels, height, width (of the input), stride
@@ -111,6 +111,12 @@ def _step(ops: nn.ModuleList, inputs: List[torch.Tensor], mode: str, out_grads: 
         torch.cuda.synchronize(inputs[0].device)
 
 
+def _steps(count: int, *args) -> None:
+    """``count`` consecutive ``_step(*args)`` (one timed call of ``time_interleaved``)."""
+    for _ in range(count):
+        _step(*args)
+
+
 def saved_mib(ops: nn.ModuleList, inputs: List[torch.Tensor], bf16: bool = False) -> float:
     """MiB of tensors a training forward of ``ops`` allocates and keeps for backward (its inputs and parameters,
     which the network holds anyway, and its outputs, which the next layer holds, are not counted). The diversity
@@ -162,21 +168,18 @@ def measure(task: str, batch: int, impls=CPU_IMPLEMENTATIONS, modes=MODES, repea
     if compile:  # after that eager pass: the first warm-up step compiles
         for op in (op for stage in ops.values() for op in stage):
             op.compile(mode=compile)
-    times: Dict[Tuple[str, str], List[float]] = {(m, i): [] for m in modes for i in impls}
+    times: Dict[Tuple[str, str], List[float]] = {}
     bar = tqdm(total=len(modes) * repeats * len(impls), desc=f'{task} operators', disable=not progress, leave=False)
     for mode in modes:
+        steps = {}
         for impl in impls:
             ops[impl].train(mode == 'train')
+            steps[impl] = functools.partial(_steps, iters, ops[impl], grad_inputs if mode == 'train' else inputs,
+                                            mode, out_grads[impl], bf16)
             for _ in range(warmup):
                 _step(ops[impl], grad_inputs if mode == 'train' else inputs, mode, out_grads[impl], bf16)
-        orders = round_orders(impls)
-        for r in range(repeats):
-            for impl in orders[r % len(orders)]:
-                for _ in range(iters):
-                    start = time.perf_counter()
-                    _step(ops[impl], grad_inputs if mode == 'train' else inputs, mode, out_grads[impl], bf16)
-                    times[mode, impl].append((time.perf_counter() - start) * 1e3)
-                bar.update()
+        seconds = time_interleaved(steps, repeats, 0, torch.device(device), tick=lambda case: bar.update())
+        times.update({(mode, impl): [1e3 * t / iters for t in seconds[impl]] for impl in impls})
     bar.close()
     rows = []
     for mode in modes:
