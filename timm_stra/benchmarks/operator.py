@@ -56,11 +56,11 @@ from .device_options import (CUDA_GRAPH_MODES, add_compile_option, add_device_op
                              parse_device, precision_labels)
 from .interleaved import time_interleaved
 from .tensor_memory import live_tensor_bytes
+from .worker import MODES
 
 OpShape = Tuple[int, int, int, int]  # channels, height, width (of the input), stride
 IMPLEMENTATIONS = ('stra', 'stra-keep', 'reference', 'conv3x3', 'stra-triton')
 CPU_IMPLEMENTATIONS = IMPLEMENTATIONS[:4]  # stra-triton is stra where there is no CUDA
-MODES = ('infer', 'train')
 
 
 def stage_shapes(task: str) -> List[OpShape]:
