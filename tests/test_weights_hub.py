@@ -27,7 +27,9 @@ from timm_stra.hub import push_to_hub
 torch.manual_seed(0)
 model = timm.create_model('stra_resnet50_fer', mode='no_interaction', num_classes=3)
 save_file(model.state_dict(), sys.argv[1])
+model = model.to(memory_format=torch.channels_last)  # as trained on a GPU: weights safetensors would refuse
 print(push_to_hub(model, 'someone/stra-fer'))
+assert not model.layer1[0].conv2.weight.is_contiguous()  # the model is left as it was
 """
 
 CASES = [
@@ -86,6 +88,17 @@ def test_save_and_reload_from_local_dir(tmp_path, name, kwargs):
     reloaded = timm.create_model(f'local-dir:{folder}', pretrained=True).eval()
     assert reloaded.stra_args == model.stra_args
     _assert_same_model(model, reloaded)
+
+
+def test_a_channels_last_model_is_saved_and_left_channels_last(tmp_path):
+    """safetensors refuses non-contiguous tensors: timm's writer failed on a model run channels last."""
+    model = _randomise(timm.create_model('stra_resnet50_fer', layers=[1, 1, 1, 1]))
+    model = model.to(memory_format=torch.channels_last)
+    folder = save_for_hf(model, tmp_path / 'model')
+    assert not model.layer1[0].conv2.weight.is_contiguous()
+    assert not all(t.is_contiguous() for t in model.state_dict().values())  # the writer's hook is gone
+    reloaded = timm.create_model(f'local-dir:{folder}', pretrained=True, layers=[1, 1, 1, 1]).eval()
+    _assert_same_model(model, reloaded.to(memory_format=torch.channels_last))  # (the same sums, to the bit)
 
 
 def test_reload_from_hf_hub_offline_cache(tmp_path, monkeypatch):

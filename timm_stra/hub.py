@@ -5,11 +5,14 @@ Both functions use timm's own writers (``timm.models.save_for_hf`` and
 ``num_classes`` and, under ``model_args``, every constructor argument the model was
 built with (``local_op``, ``mode``, ``groups``, ``img_size``, ...), which timm passes
 back when it rebuilds the model from ``hf-hub:<repo>`` or ``local-dir:<folder>``.
-The weights go to ``model.safetensors``; ``README.md`` is the model card.
+The weights go to ``model.safetensors`` (as contiguous tensors whatever the model's memory format: safetensors
+refuses the channels-last weights of a model run in that layout); ``README.md`` is the model card.
 """
+import contextlib
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Iterator, Optional, Union
 
+import torch
 from torch import nn
 from timm.models import push_to_hf_hub
 from timm.models import save_for_hf as timm_save_for_hf
@@ -24,6 +27,23 @@ CITATION = """@article{zhang2021stra,
   journal={arXiv preprint arXiv:2106.06672},
   year={2021}
 }"""
+
+
+@contextlib.contextmanager
+def contiguous_state_dict(model: nn.Module) -> Iterator[nn.Module]:
+    """Within: ``model.state_dict()`` holds contiguous tensors (copies of the others), so that timm's writers can
+    save a model whose weights are channels last (safetensors refuses non-contiguous tensors); the model itself
+    is untouched, and so is its state dict afterwards."""
+    def contiguous(module: nn.Module, state_dict: Dict[str, Any], prefix: str, local_metadata: Dict) -> None:
+        for key, value in state_dict.items():
+            if isinstance(value, torch.Tensor) and not value.is_contiguous():
+                state_dict[key] = value.contiguous()
+
+    handle = model.register_state_dict_post_hook(contiguous)
+    try:
+        yield model
+    finally:
+        handle.remove()
 
 
 def _task(model: nn.Module) -> str:
@@ -110,7 +130,7 @@ def save_for_hf(
         The folder.
     """
     save_directory = Path(save_directory)
-    with atomic_output_dir(save_directory) as tmp:
+    with atomic_output_dir(save_directory) as tmp, contiguous_state_dict(model):
         timm_save_for_hf(model, tmp, safe_serialization=True, **kwargs)
         readme = generate_readme(model_card(model, repo_id, weights, license), save_directory.name,
                                  task_name=_task(model))
@@ -128,5 +148,6 @@ def push_to_hub(model: nn.Module, repo_id: str, weights: Optional[str] = None, l
     Load it with ``timm.create_model('hf-hub:<repo_id>', pretrained=True)`` after ``import timm_stra``.
     """
     kwargs.setdefault('safe_serialization', True)
-    return push_to_hf_hub(
-        model, repo_id, model_card=model_card(model, repo_id, weights, license), task_name=_task(model), **kwargs)
+    with contiguous_state_dict(model):
+        return push_to_hf_hub(
+            model, repo_id, model_card=model_card(model, repo_id, weights, license), task_name=_task(model), **kwargs)

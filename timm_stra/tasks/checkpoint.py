@@ -22,11 +22,11 @@ from typing import Any, Dict, Optional, Tuple
 
 import timm
 import torch
-from safetensors.torch import save_file
 from timm.data import resolve_model_data_config
-from timm.models._hub import save_config_for_hf  # the config writer of save_for_hf (not re-exported)
+from timm.models import save_for_hf
 
 from ..atomic import atomic_output_dir, atomic_write_text
+from ..hub import contiguous_state_dict
 
 MODEL_FILE = 'model.safetensors'
 CONFIG_FILE = 'config.json'
@@ -34,12 +34,14 @@ STATE_FILE = 'state.pt'
 LATEST = 'latest'
 
 
-def write_model_config(model: torch.nn.Module, path: Path, model_args: Dict[str, Any],
+def write_model_folder(model: torch.nn.Module, folder: Path, model_args: Dict[str, Any],
                        data_config: Dict[str, Any]) -> None:
-    """timm hub ``config.json`` for ``model`` built with ``model_args``, by timm's own writer."""
+    """``model.safetensors`` and timm's hub ``config.json`` for ``model`` built with ``model_args``, by timm's own
+    writer (``save_for_hf``; weights contiguous whatever the model's memory format)."""
     args = {k: v for k, v in model_args.items() if k != 'num_classes'}
     data = {k: data_config[k] for k in ('input_size', 'interpolation', 'mean', 'std')}
-    save_config_for_hf(model, str(path), model_args=json.loads(json.dumps(args)), data_config=data)
+    with contiguous_state_dict(model):
+        save_for_hf(model, folder, model_args=json.loads(json.dumps(args)), data_config=data, safe_serialization=True)
 
 
 def save_checkpoint(output_dir, epoch: int, model: torch.nn.Module, model_args: Dict[str, Any],
@@ -50,7 +52,7 @@ def save_checkpoint(output_dir, epoch: int, model: torch.nn.Module, model_args: 
         output_dir: the run's output folder.
         epoch: epochs completed.
         model: the (unwrapped) model.
-        model_args, data_config: for ``config.json`` (see ``write_model_config``).
+        model_args, data_config: for ``config.json`` (see ``write_model_folder``).
         state: training state (tensors, containers, numbers, strings only).
     """
     root = Path(output_dir) / 'checkpoints'
@@ -58,10 +60,7 @@ def save_checkpoint(output_dir, epoch: int, model: torch.nn.Module, model_args: 
     name = f'epoch-{epoch:04d}'
     final = root / name  # replaced if it exists: the same epoch written again (a run resumed from an older one)
     with atomic_output_dir(final, overwrite=True) as tmp:
-        weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        architecture = model.pretrained_cfg['architecture']
-        save_file(weights, str(tmp / MODEL_FILE), metadata={'epoch': str(epoch), 'architecture': architecture})
-        write_model_config(model, tmp / CONFIG_FILE, model_args, data_config)
+        write_model_folder(model, tmp, model_args, data_config)
         torch.save(state, tmp / STATE_FILE)
     atomic_write_text(root / LATEST, name + '\n')
     done = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith('epoch-'))
