@@ -160,6 +160,34 @@ def test_in_process_run(capsys):
     out = capsys.readouterr().out
     assert 'each run in this one process' in out
     assert '| train | 2 | StRA (local + mode) |' in out and '| train | 2 | ResNet-50 twin |' in out
+    # one CPU process's peak resident set carries over from run to run: no memory columns (they read 0.01x)
+    assert "Memory: not given ('-')" in out
+    assert all(line.split(' | ')[9:13] == ['-'] * 4 for line in out.splitlines() if line.startswith('| train | 2 |'))
+
+
+def test_the_sweep_runs_with_inference_only_and_stays_out_of_the_main_table(capsys):
+    argv = ['--task', 'fer', '--cases', 'twin', '--modes', 'train', '--batch-sizes', '2', '--repeats', '1',
+            '--warmup', '0', '--iters', '1', '--sweep', '1,2', '--sweep-batch', '1', '--no-progress', '--in-process']
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert 'Resolution sweep' not in out and '| infer |' not in out and '| train | 2 | ResNet-50 twin |' in out
+    assert main([*argv[:5], 'infer,train', *argv[6:]]) == 0
+    out = capsys.readouterr().out  # the sweep's batch-1 inference is in the sweep's table, not in the main one
+    assert 'Resolution sweep' in out and '| infer | 1 |' not in out and '| infer | 2 | ResNet-50 twin |' in out
+
+
+def test_a_run_that_fails_is_reported_after_the_tables(tmp_path, capsys):
+    """A run that times out (or dies) was a traceback that lost every other run's measurement."""
+    path = tmp_path / 'bench.json'
+    argv = ['--task', 'fer', '--cases', 'twin', '--modes', 'infer', '--batch-sizes', '2', '--repeats', '1',
+            '--no-sweep', '--no-progress', '--timeout', '0.001', '--json', str(path)]
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    assert '## Speed and memory' in captured.out
+    assert captured.err.strip().splitlines() == ['timm-stra bench: 1 of 1 runs failed (left out of the tables):',
+                                                 '  twin infer b2 44x44 #1: the run timed out after 0.001 s.']
+    record = json.loads(path.read_text())
+    assert record['raw'] == [] and record['failed'] == ['twin infer b2 44x44 #1: the run timed out after 0.001 s.']
 
 
 def test_cpu_default_cases_leave_out_the_cuda_only_kernels(tmp_path):

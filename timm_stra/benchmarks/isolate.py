@@ -57,7 +57,7 @@ def run_isolated(measurement: Measurement, timeout: float = 1800.) -> Dict[str, 
     try:
         if not parent.poll(timeout):
             proc.kill()
-            raise RuntimeError(f'{measurement} timed out after {timeout:.0f} s.')
+            raise RuntimeError(f'{measurement} timed out after {timeout:g} s.')
         status, payload = parent.recv()
     except EOFError:
         proc.join(5)

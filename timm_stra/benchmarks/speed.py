@@ -20,6 +20,7 @@ shows how each operator's cost grows with the map.
 """
 import argparse
 import contextlib
+import copy
 import gc
 import math
 import statistics
@@ -90,10 +91,13 @@ def run_all(
         isolate: bool = True,
         timeout: float = 1800.,
         log: Optional[Callable[[str], None]] = None,
+        failures: Optional[List[str]] = None,
         **measurement_kwargs,
 ) -> List[Dict[str, object]]:
     """Every (setting, case) ``repeats`` times, interleaved; one fresh process per measurement unless not
-    ``isolate``. ``log`` is given one line per run as it finishes (its median step and peak memory)."""
+    ``isolate``. ``log`` is given one line per run as it finishes (its median step and peak memory). A run that
+    fails or times out raises ``RuntimeError``, or where ``failures`` is a list, is added to it (why, in a line)
+    and the other runs go on."""
     jobs = schedule(cases, settings, repeats)
     bar = None
     if progress:
@@ -105,7 +109,16 @@ def run_all(
             if bar is not None:
                 bar.set_postfix_str(f'{case} {mode} b{batch} {size[0]}x{size[1]} #{r + 1}')
             measurement = Measurement(case=case, mode=mode, batch=batch, img_size=size, **measurement_kwargs)
-            result = run_isolated(measurement, timeout) if isolate else _run_here(measurement)
+            try:
+                result = run_isolated(measurement, timeout) if isolate else _run_here(measurement)
+            except RuntimeError as e:  # (a worker's failure, time-out or death; in process, out of memory)
+                if failures is None:
+                    raise
+                reason = str(e).splitlines()[0].replace(str(measurement), 'the run')
+                failures.append(f'{case} {mode} b{batch} {size[0]}x{size[1]} #{r + 1}: {reason}')
+                if bar is not None:
+                    bar.update()
+                continue
             results.append(dict(result, repeat=r))
             if log is not None:
                 line = (f"run {len(results)}/{len(jobs)}: {case} {mode} b{batch} {size[0]}x{size[1]} #{r + 1}: "
@@ -185,7 +198,7 @@ def _x(v: Optional[float]) -> str:
 
 
 def main_table(rows: List[Dict[str, object]], size: Tuple[int, int], cpu: bool = False,
-               faults: bool = False) -> str:
+               faults: bool = False, memory: bool = True) -> str:
     """Throughput and memory at the task resolution, one line per (mode, batch, case).
 
     Throughput: the median over repeats, and the best step of all repeats (the run least
@@ -193,7 +206,7 @@ def main_table(rows: List[Dict[str, object]], size: Tuple[int, int], cpu: bool =
     time over that of the limit / of StRA in the same setting and repeat round, median over the
     rounds (``paired_ratio``; below 1 is faster). ``cpu`` adds the process CPU time
     columns (meaningless for a GPU run; on a virtual machine it includes steal time), ``faults``
-    a timed step's minor page faults (``page_faults``; median).
+    a timed step's minor page faults (``page_faults``; median); without ``memory`` the memory columns are '-'.
     """
     lines = [{
         'mode': r['mode'], 'batch': r['batch'], 'case': CASES[r['case']].label,
@@ -206,6 +219,8 @@ def main_table(rows: List[Dict[str, object]], size: Tuple[int, int], cpu: bool =
         'page faults/step': '-' if r.get('page_faults') is None else f"{r['page_faults']:,.0f}",
     } for r in rows if tuple(r['img_size']) == tuple(size)]
     for line in lines:
+        if not memory:
+            line.update({key: '-' for key in ('peak MiB', 'peak vs twin', 'step MiB', 'step vs twin')})
         if not cpu:
             del line['CPU-ms/image'], line['CPU time vs twin']
         if not faults:
@@ -290,7 +305,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     defaults = CUDA_DEFAULTS if torch.device(device).type == 'cuda' else CPU_DEFAULTS
     for key, value in defaults.items():
         if getattr(args, key) is None:
-            setattr(args, key, value)
+            setattr(args, key, copy.copy(value))  # (not the module's own lists)
     for key in ('repeats', 'iters', 'sweep_batch'):
         if getattr(args, key) < 1:
             parser.error(f'--{key.replace("_", "-")} must be >= 1.')
@@ -301,17 +316,19 @@ def main(argv: Optional[List[str]] = None) -> int:
         print('note: no twin among --cases, so no ratios to the twin.', file=sys.stderr)
     task = TASKS[args.task]
     size = tuple(task.input_size[1:])
-    sweep = [] if args.no_sweep else args.sweep
+    sweep = [] if args.no_sweep or 'infer' not in args.modes else args.sweep  # (the sweep times inference)
+    asked = plan(args.modes, args.batch_sizes, size, [], args.sweep_batch)
     settings = plan(args.modes, args.batch_sizes, size, sweep, args.sweep_batch)
     if 'train' in args.modes and 1 in args.batch_sizes:
         print('note: no training step at batch 1 (BatchNorm needs 2 samples).', file=sys.stderr)
-    if not any(img_size == size for _, _, img_size in settings):
+    if not asked:
         parser.error(f'nothing to measure at the {args.task} input size {size[0]}x{size[1]} (training needs '
                      '--batch-sizes of 2 or more).')
     machine = describe(device)
     start = time.perf_counter()
+    failures: List[str] = []
     raw = run_all(args.cases, settings, args.repeats, progress=not args.no_progress, isolate=not args.in_process,
-                  timeout=args.timeout, task=args.task,
+                  timeout=args.timeout, failures=failures, task=args.task,
                   device=device, threads=args.threads, channels_last=args.channels_last, bf16=args.bf16,
                   warmup=args.warmup, iters=args.iters, compile=args.compile,
                   log=(lambda line: print(line, file=sys.stderr, flush=True)) if args.log_runs else None)
@@ -334,19 +351,31 @@ def main(argv: Optional[List[str]] = None) -> int:
     where = 'this one process' if args.in_process else 'a fresh process'
     print(f'Runs: {args.repeats} interleaved repeats x {args.warmup} warm-up + {args.iters} timed steps, '
           f"medians; each run in {where}; {len(raw)} runs in {wall / 60:.1f} min. "
-          f"Memory: {raw[0]['memory_kind'] if raw else '-'}; 'step' = peak minus memory after the model was built. "
+          + (f"Memory: {raw[0]['memory_kind'] if raw else '-'}; 'step' = peak minus memory after the model was "
+             'built. ' if not (args.in_process and on_cpu) else
+             "Memory: not given ('-'): in one CPU process a run's peak resident set holds what earlier runs left "
+             'in the allocator. ')
+          + "Ratios: 'vs twin' of images/s (above 1: faster than the twin); 'time vs' of step time and 'peak vs' / "
+          "'step vs' of memory (below 1: faster, smaller). "
           + ("'best': the fastest timed step over all repeats, the least disturbed by other load. "
              if len(raw) > 0 else '')
           + (PAGE_FAULTS_LEGEND if faults_counted else '') + (cpu_note if args.cpu_time and on_cpu else '') + '\n')
-    print(main_table(rows, size, cpu=args.cpu_time and on_cpu, faults=faults_counted))
+    memory = not (args.in_process and on_cpu)
+    print(main_table([r for r in rows if (r['mode'], r['batch'], tuple(r['img_size'])) in asked], size,
+                     cpu=args.cpu_time and on_cpu, faults=faults_counted, memory=memory))
     if sweep:
         sizes = [scaled_size(size, p) for p in sweep]
         print(f'\nResolution sweep (inference, batch {args.sweep_batch}): ms/image (median; best), its growth over '
               'the first size, and the throughput ratio to the twin at that size.\n')
         print(sweep_table(rows, sizes, args.sweep_batch, size))
+    status = 0
     if args.json:
-        problem = write_run_record(args.json, machine, args, wall, summary=rows, raw=raw)
+        problem = write_run_record(args.json, machine, args, wall, summary=rows, raw=raw, failed=failures)
         if problem:
             print(f'{parser.prog}: {problem}', file=sys.stderr)
-            return 1
-    return 0
+            status = 1
+    if failures:  # the tables and the record hold what the other runs measured
+        print(f'{parser.prog}: {len(failures)} of {len(raw) + len(failures)} runs failed (left out of the tables):\n  '
+              + '\n  '.join(failures), file=sys.stderr)
+        status = 1
+    return status
