@@ -20,7 +20,8 @@ Inference (``torch.inference_mode``) and training (forward, and backward of fixe
 output gradients, as the next layer would give them) steps; repeats are interleaved
 (each round times ``--iters`` steps of every case, in the order of that round's row of a balanced
 Latin square, ``orders.py``, with Python's garbage collector off: ``interleaved.time_interleaved``)
-and the table gives the median over the rounds of the mean step time, and its ratio to ``stra``'s. "saved MiB" is what the step's forward allocates and keeps for
+and the table gives the median over the rounds of the mean step time, and the median over the rounds of
+its ratio to ``stra``'s in the same round. "saved MiB" is what the step's forward allocates and keeps for
 backward (its inputs, parameters and outputs are not counted; under ``--bf16`` the
 bf16 copies autocast makes of the weights are, as autocast keeps them for backward):
 exact, not timed; on CPU from the profiler's record of allocations, on CUDA from the
@@ -183,14 +184,16 @@ def measure(task: str, batch: int, impls=CPU_IMPLEMENTATIONS, modes=MODES, repea
     bar.close()
     rows = []
     for mode in modes:
-        base = statistics.median(times[mode, 'stra']) if 'stra' in impls else None
+        base = times[mode, 'stra'] if 'stra' in impls else None
         for impl in impls:
             ms = statistics.median(times[mode, impl])
+            # the ratio within each round (a machine's slower drifts move whole rounds), median over the rounds
+            ratio = statistics.median(t / b for t, b in zip(times[mode, impl], base)) if base else None
             if mode == 'train':  # what the timing left them in: the last mode timed
                 ops[impl].train()
             rows.append({
                 'mode': mode, 'operators': impl, 'ms per stage (median)': ms,
-                'vs stra': f'{ms / base:.2f}x' if base else '-',
+                'vs stra': f'{ratio:.2f}x' if base else '-',
                 'saved MiB': saved_mib(ops[impl], grad_inputs, bf16) if mode == 'train' and count_saved else '-',
             })
     return rows
