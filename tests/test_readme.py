@@ -25,3 +25,17 @@ def test_model_examples_run():
     assert blocks, 'the Models section has no python example'
     for block in blocks:
         exec(compile(block, 'README.md', 'exec'), {'timm': timm, 'timm_stra': timm_stra})
+
+
+def test_the_ablation_table_is_what_timm_stra_table_prints():
+    """Every number of the README's ablation table, the extra rows and ours too (the paper's values have their own
+    test): a change of the models or of the counting shows here, not as a stale README."""
+    from timm_stra.benchmarks.ablation import measure, to_markdown
+    from timm_stra.benchmarks.rows import EXTRA_ROWS, PAPER_ROWS
+    table = to_markdown(measure(PAPER_ROWS + EXTRA_ROWS))
+    header = table.splitlines()[0]
+    text = README.read_text()
+    assert header in text, 'the README has no ablation table'
+    start = text.index(header)
+    written = text[start:text.index('\n\n', start)]
+    assert written == table
