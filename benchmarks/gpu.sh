@@ -28,12 +28,22 @@
 #   PYTHON=python3   the interpreter (the lent GPU machines name python3 as the one with PyTorch)
 #   DEADLINE   seconds from the start after which no command runs (unset: none; 540 ends inside a
 #              10-minute call): each command is cut to what is left, and skipped when under 30 s are left
-# Exits non-zero if any command failed, timed out or was skipped.
+# Exits non-zero if any command failed, timed out or was skipped; 2 at once for an unknown part or speed run.
 set -uo pipefail
 out=${1:-bench-gpu}
 parts=" ${PARTS:-tests profile speed operator compile compile-profile interleaved triton} "
 speed_runs=${SPEED:-fp32:reid fp32:face fp32:fer bf16:reid bf16:face bf16:fer}
 cmd_timeout=${CMD_TIMEOUT:-300}
+known_parts=" tests profile speed operator compile compile-profile interleaved triton "
+for part in $parts; do  # a misspelt part would run nothing and succeed: refused before anything runs
+    [[ $known_parts == *" $part "* ]] && continue
+    echo "gpu.sh: unknown part '$part' in PARTS; the parts:$known_parts" >&2; exit 2
+done
+for spec in $speed_runs; do
+    [[ $spec =~ ^(fp32|bf16):(reid|face|fer|imagenet)$ ]] && continue
+    echo "gpu.sh: unknown speed run '$spec' in SPEED: give fp32 or bf16, a colon, reid, face, fer or imagenet" >&2
+    exit 2
+done
 py=${PYTHON:-python3}
 deadline=$((SECONDS + ${DEADLINE:-100000}))
 mkdir -p "$out"

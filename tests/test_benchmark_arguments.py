@@ -92,3 +92,18 @@ def test_a_json_file_that_cannot_be_written_after_the_run_fails_in_one_line(tmp_
     assert '| ' in out and not path.exists()
     assert err.strip() == (f'timm-stra table: could not write {path}: No space left on device '
                            '(the results are printed above)')
+
+
+@pytest.mark.parametrize('env, message', [
+    ({'PARTS': 'tests speeed'}, "gpu.sh: unknown part 'speeed' in PARTS; the parts: tests profile speed"),
+    ({'PARTS': 'speed', 'SPEED': 'fp32:reid fp16:face'}, "gpu.sh: unknown speed run 'fp16:face' in SPEED"),
+])
+def test_gpu_script_refuses_a_part_it_does_not_have(tmp_path, env, message):
+    """A misspelt part ran nothing and reported success, on device time that is rationed."""
+    import os
+    import subprocess
+    from pathlib import Path
+    script = Path(__file__).resolve().parents[1] / 'benchmarks' / 'gpu.sh'
+    result = subprocess.run(['bash', str(script), str(tmp_path / 'out')], env={**os.environ, **env,
+                            'PYTHON': 'false'}, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and result.stderr.startswith(message), result.stderr
