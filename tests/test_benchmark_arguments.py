@@ -64,6 +64,17 @@ def test_step_profile_refuses_bad_counts(capsys, argv, message):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize('argv, message', [
+    (['--cases', 'twin,stra,twin'], 'argument --cases: twin given more than once'),
+    (['--cases', 'stra,,fast'], "argument --cases: ['fast']: choose from twin"),  # (was: unknown cases [''])
+])
+def test_tensor_memory_refuses_bad_cases(capsys, argv, message):
+    from timm_stra.benchmarks.tensor_memory import main as memory_main
+    with pytest.raises(SystemExit):
+        memory_main(argv + ['--task', 'fer', '--no-progress'])
+    assert message in capsys.readouterr().err
+
+
 @pytest.mark.parametrize('spec, message', [
     ('{not json', 'not a measurement (JSONDecodeError'),
     ('{"case": "stra", "task": "fer", "mode": "infer", "batch": 1}', "not a measurement (KeyError: 'img_size')"),

@@ -139,7 +139,8 @@ def test_with_the_reference_the_legend_bounds_its_ratio_to_stra(capsys, task):
 
 
 @pytest.mark.parametrize('argv, message', [
-    (['--rounds', '0'], '--rounds must be >= 1'),
+    (['--rounds', '0'], 'argument --rounds: expected 1 or more, got 0'),
+    (['--warmup', '-1'], 'argument --warmup: expected 0 or more, got -1'),
     (['--modes', 'train', '--batch-sizes', '1'], 'nothing to measure (a training step needs a batch of 2 or more'),
     (['--cases', 'fast'], "argument --cases: ['fast']: choose from"),
     (['--cases', 'stra,limit,stra'], 'stra given more than once'),

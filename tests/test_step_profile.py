@@ -23,7 +23,8 @@ def test_main_prints_tables(capsys):
 
 
 @pytest.mark.parametrize('argv, message', [
-    (['--cases', 'fast'], "unknown cases ['fast']; choose from"),
+    (['--cases', 'fast'], "argument --cases: ['fast']: choose from twin, stra"),
+    (['--cases', 'stra,stra'], 'argument --cases: stra given more than once'),
     (['--batch-size', '1'], 'a training step needs a batch of 2 or more'),
 ])
 def test_bad_arguments_exit(capsys, argv, message):

@@ -142,10 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--modes', type=name_list(MODES), default=list(MODES),
                         help='comma-separated, from infer, train (default: infer,train)')
     parser.add_argument('--batch-sizes', type=int_list, default=[16], help='comma-separated (default 16)')
-    parser.add_argument('--rounds', type=int, default=20,
+    parser.add_argument('--rounds', type=at_least(1), default=20,
                         help='timed rounds, one step of every case each (default 20); a multiple of the number of '
                              'cases (of twice that, for an odd number) completes the balanced orders')
-    parser.add_argument('--warmup', type=int, default=2, help='untimed steps of every case first (default 2)')
+    parser.add_argument('--warmup', type=at_least(0), default=2, help='untimed steps of every case first (default 2)')
     parser.add_argument('--threads', type=at_least(0), default=0, help="CPU threads (default 0: torch's default)")
     add_device_options(parser, default=None)
     add_compile_option(parser, 'every model')
@@ -162,8 +162,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     device = parse_device(parser, args)
-    if args.rounds < 1 or args.warmup < 0:
-        parser.error('--rounds must be >= 1 and --warmup >= 0.')
     check_compile_warmup(parser, args)
     settings = [(mode, b) for mode in args.modes for b in args.batch_sizes if not (mode == 'train' and b < 2)]
     if not settings:

@@ -19,10 +19,11 @@ from typing import Dict, List, Optional
 import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
+from tqdm import tqdm
 
 from ..markdown import markdown_table
 from .cases import CASES, TASKS
-from .arguments import at_least
+from .arguments import at_least, name_list
 from .device_options import add_compile_option, add_device_options, compile_warmup, parse_device, precision_labels
 from .worker import MODES, Measurement, build_step
 
@@ -81,7 +82,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog='python -m timm_stra.benchmarks.step_profile', description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--task', default='reid', choices=sorted(TASKS))
-    parser.add_argument('--cases', default='stra,limit', help=f'comma-separated, from {sorted(CASES)}')
+    parser.add_argument('--cases', type=name_list(tuple(CASES)), default=['stra', 'limit'],
+                        help=f'comma-separated, from {", ".join(CASES)}')
     parser.add_argument('--mode', default='train', choices=MODES)
     parser.add_argument('--batch-size', type=at_least(1), default=16)
     add_device_options(parser)
@@ -89,11 +91,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help='profiled steps (after two warm-up steps, and up to two more to compile)')
     parser.add_argument('--top', type=at_least(1), default=15, help='operators (and CUDA kernels) listed per case')
     add_compile_option(parser, 'the model')
+    parser.add_argument('--no-progress', action='store_true', help='no progress bar')
     args = parser.parse_args(argv)
-    cases = args.cases.split(',')
-    unknown = [c for c in cases if c not in CASES]
-    if unknown:
-        parser.error(f'unknown cases {unknown}; choose from {sorted(CASES)}')
     if args.mode == 'train' and args.batch_size < 2:
         parser.error('a training step needs a batch of 2 or more (BatchNorm)')
     device = parse_device(parser, args)
@@ -101,7 +100,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f'Profile of a {args.mode} step, {args.task}, batch {args.batch_size}, {device}{flags}; '
           f'self time per operator ({"kernel time" if device.type == "cuda" else "CPU time"}).\n')
     results = [profile_case(c, args.task, args.mode, args.batch_size, device, args.channels_last, args.bf16,
-                            args.steps, args.top, args.compile) for c in cases]
+                            args.steps, args.top, args.compile)
+               for c in tqdm(args.cases, desc='profiling', unit='case', disable=args.no_progress, leave=False)]
     print(markdown_table([{k: v for k, v in r.items() if not k.startswith('top') and v is not None} for r in results]))
     for r in results:
         print(f"\n{CASES[r['case']].label}:\n")

@@ -5,7 +5,8 @@ holds whatever the allocator keeps and so moves by a few percent with the order
 of allocations. This counts the tensors themselves: torch's profiler records
 every allocation and free (``profile_memory=True``); replaying them in order
 from the parameters, buffers and input batch gives the peak of live tensor bytes during one
-forward + backward step, allocations inside an operator included. Deterministic,
+forward + backward step, allocations inside an operator included (no optimizer: SGD's momentum, a
+buffer the size of each parameter, is left out; ``timm-stra bench``'s step has it). Deterministic,
 so one run is enough; no timing is taken.
 """
 import argparse
@@ -13,9 +14,10 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch.profiler import ProfilerActivity, profile
+from tqdm import tqdm
 
 from ..diversity import diversity_loss
-from .arguments import at_least
+from .arguments import at_least, name_list
 from .cases import CASES, TASKS, build_case
 
 
@@ -53,10 +55,10 @@ def step_peak_mib(model: torch.nn.Module, x: torch.Tensor) -> float:
     return (resident + peak) / 2 ** 20
 
 
-def measure(task: str, cases: List[str], batch: int) -> List[Dict[str, object]]:
+def measure(task: str, cases: List[str], batch: int, progress: bool = False) -> List[Dict[str, object]]:
     """One row per case: peak MiB and the ratio to the first case's (``vs <its label>``)."""
     rows = []
-    for case in cases:
+    for case in tqdm(cases, desc=f'{task} b{batch}', unit='case', disable=not progress, leave=False):
         model = build_case(case, task)
         x = torch.randn(batch, *TASKS[task].input_size)
         rows.append({'case': CASES[case].label, 'peak MiB': step_peak_mib(model, x)})
@@ -70,17 +72,14 @@ def main(argv: Optional[List[str]] = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--task', default='reid', choices=sorted(TASKS))
     parser.add_argument('--batch-size', type=at_least(2), default=16, help='a training step needs 2 or more')
-    parser.add_argument('--cases', default='twin,stra,limit,reference',
-                        help=f'comma-separated, the first is the baseline; from {sorted(CASES)}')
+    parser.add_argument('--cases', type=name_list(tuple(CASES)), default=['twin', 'stra', 'limit', 'reference'],
+                        help=f'comma-separated, the first is the baseline; from {", ".join(CASES)}')
+    parser.add_argument('--no-progress', action='store_true', help='no progress bar')
     args = parser.parse_args(argv)
-    cases = args.cases.split(',')
-    unknown = [c for c in cases if c not in CASES]
-    if unknown:
-        parser.error(f'unknown cases {unknown}')
-    rows = measure(args.task, cases, args.batch_size)
+    rows = measure(args.task, args.cases, args.batch_size, progress=not args.no_progress)
     size = 'x'.join(map(str, TASKS[args.task].input_size))
-    print(f'Peak live tensor memory of a training step, {args.task} {size}, batch {args.batch_size} '
-          '(weights, buffers and the input batch included):\n')
+    print(f'Peak live tensor memory of a training step (forward and backward, no optimizer), {args.task} {size}, '
+          f'batch {args.batch_size} (weights, buffers and the input batch included):\n')
     baseline = f"vs {rows[0]['case']}"
     print(f'| case | peak MiB | {baseline} |\n| --- | --- | --- |')
     for row in rows:
