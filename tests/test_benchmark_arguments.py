@@ -80,6 +80,10 @@ def test_tensor_memory_refuses_bad_cases(capsys, argv, message):
     ('{"case": "stra", "task": "fer", "mode": "infer", "batch": 1}', "not a measurement (KeyError: 'img_size')"),
     ('{"case": "stra", "task": "fer", "mode": "infer", "batch": 1, "img_size": [44, 44], "iters": 0}',
      'iters must be 1 or more'),
+    ('{"case": "fast", "task": "fer", "mode": "infer", "batch": 1, "img_size": [44, 44]}',
+     "case 'fast': choose from twin"),  # (a traceback)
+    ('{"case": "twin", "task": "fer", "mode": "infer", "batch": 0, "img_size": [44, 44]}',
+     'batch must be 1 or more'),  # (measured as 0 images/s)
 ])
 def test_worker_entry_point_refuses_a_bad_spec(capsys, spec, message):
     from timm_stra.benchmarks.worker import main as worker_main

@@ -213,8 +213,8 @@ def main(argv: Optional[List[str]] = None) -> int:
           + f"; device {device}"
           + (f" ({', '.join(flags)})" if flags else '') + '.')
     print(f'{args.rounds} rounds of one step of every case (orders from a balanced Latin square), in this one '
-          f'process, after {args.warmup} warm-up steps each, in {wall / 60:.1f} min. "time vs X": the step time over '
-          'X\'s in the same round, median '
+          f'process, after {args.warmup} warm-up step{"" if args.warmup == 1 else "s"} each, in {wall / 60:.1f} min. '
+          '"time vs X": the step time over X\'s in the same round, median '
           'over the rounds, its interquartile range (IQR) and the 95% confidence interval of that median '
           '(sign test: distribution-free, for independent rounds); below 1 is faster. '
           + (REFERENCE_BOUND_LEGEND if task.keeps_last_conv and {'stra', 'limit', 'reference'} <= set(args.cases)

@@ -162,8 +162,14 @@ def main(argv: Optional[List[str]] = None) -> int:
               f'object with the fields of Measurement: {", ".join(Measurement.__dataclass_fields__)}.',
               file=sys.stderr)
         return 2
-    if measurement.iters < 1 or measurement.warmup < 0:
-        print('python -m timm_stra.benchmarks.worker: iters must be 1 or more and warmup 0 or more.', file=sys.stderr)
+    from .cases import CASES, TASKS
+    problem = ('iters must be 1 or more and warmup 0 or more' if measurement.iters < 1 or measurement.warmup < 0 else
+               'batch must be 1 or more' if measurement.batch < 1 else
+               f'case {measurement.case!r}: choose from {", ".join(CASES)}' if measurement.case not in CASES else
+               f'task {measurement.task!r}: choose from {", ".join(TASKS)}' if measurement.task not in TASKS else
+               f'mode {measurement.mode!r}: choose from {", ".join(MODES)}' if measurement.mode not in MODES else '')
+    if problem:
+        print(f'python -m timm_stra.benchmarks.worker: {problem}.', file=sys.stderr)
         return 2
     print(json.dumps(run(measurement)))
     return 0
