@@ -127,7 +127,8 @@ def test_bad_input_to_the_halves_on_their_own():
 
 @pytest.mark.parametrize('kwargs, message', [
     (dict(dim=28, heads=8), '28 channels cannot be split into 8 heads; choose heads that divide 28'),  # (said modes)
-    (dict(dim=32, qkv_groups=3), '32 channels cannot be split into 3 query, key and value groups; choose qkv_groups that'),
+    (dict(dim=32, qkv_groups=3), '32 channels cannot be split into 3 query, key and value groups; choose '
+                                 'qkv_groups that'),
     (dict(dim=32, kernel_size=-1), 'kernel_size must be odd and >= 1, got -1'),  # (a negative-size tensor)
     (dict(dim=32, kernel_size=4), 'kernel_size must be odd and >= 1, got 4'),
 ])

@@ -277,7 +277,8 @@ def test_face_trains_and_verifies_on_a_bin(tmp_path, capsys, monkeypatch):
     for target, why in ((out_json / 'under_a_file.json', f'{out_json} is a file, not a folder'),
                         (tmp_path, f'{tmp_path} is a folder: give the path of a file to write')):
         with pytest.raises(SystemExit):
-            eval_main(['face', '--data', str(data / 'lfw.bin'), '--model', f'local-dir:{ckpt}', '--output', str(target)])
+            eval_main(['face', '--data', str(data / 'lfw.bin'), '--model', f'local-dir:{ckpt}',
+                       '--output', str(target)])
         out, err = capsys.readouterr()
         assert why in err.strip().splitlines()[-1] and 'lfw_accuracy' not in out
     # one that cannot be written after it (the disk filled up) fails in one line, after the table (was a traceback)

@@ -179,7 +179,8 @@ class StRAResNet(ResNet):
         if head == 'reid':
             self.neck = ReIDNeck(self.num_features, embed_dim, **dd)
         elif head == 'face':
-            self.neck = FaceNeck(self.num_features, feature_size(self.img_size, reductions[-1]), self.img_size, embed_dim, drop_rate, **dd)
+            self.neck = FaceNeck(self.num_features, feature_size(self.img_size, reductions[-1]), self.img_size,
+                                 embed_dim, drop_rate, **dd)
             self.drop_rate = 0.  # the neck holds the face head's dropout
         else:
             self.neck = nn.Identity()
