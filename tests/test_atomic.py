@@ -1,7 +1,9 @@
 """timm_stra.atomic: folders and text files appear complete or not at all, on a real file system."""
 import contextlib
 import os
+import re
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -157,8 +159,16 @@ def test_a_target_under_a_file_is_refused_before_any_work(tmp_path, check):
 def test_a_target_that_cannot_be_written_is_refused_before_any_work(tmp_path, check):
     locked = tmp_path / 'locked'
     locked.mkdir(mode=0o500)
-    with pytest.raises(PermissionError, match=f'no permission to write in {locked}'):
+    with pytest.raises(PermissionError, match=re.escape(f'cannot write in {locked} (Permission denied)')):
         check(locked / 'new' / 'out')
+
+
+@pytest.mark.skipif(not Path('/sys/kernel').is_dir(), reason='a Linux virtual file system')
+@pytest.mark.parametrize('check', [refuse_existing, check_file_target])
+def test_a_file_system_that_takes_no_files_is_refused_even_for_root(check):
+    """os.access says yes to root for /sys; a results file there was refused only after the work."""
+    with pytest.raises(PermissionError, match=re.escape('cannot write in /sys/kernel (')):
+        check(Path('/sys/kernel/timm-stra-results.json'))
 
 
 def test_a_results_file_may_replace_a_file_or_need_folders_but_is_not_a_folder(tmp_path):

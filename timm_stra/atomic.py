@@ -77,12 +77,16 @@ def results_file(text: str) -> str:
 
 
 def _check_can_create(target: Path, what: str) -> None:
-    """Raise unless ``target``'s nearest existing ancestor is a folder this process can write in."""
+    """Raise unless ``target``'s nearest existing ancestor is a folder this process can write in (tried)."""
     ancestor = next(p for p in target.absolute().parents if p.exists())  # where the writer will create folders
     if not ancestor.is_dir():
         raise NotADirectoryError(f'{target}: {ancestor} is a file, not a folder: choose {what} elsewhere.')
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise PermissionError(f'{target}: no permission to write in {ancestor}: choose {what} elsewhere.')
+    try:  # (a file made and removed: os.access says yes to root where a read-only or virtual file system says no)
+        with tempfile.TemporaryFile(dir=ancestor):
+            pass
+    except OSError as e:
+        raise PermissionError(f'{target}: cannot write in {ancestor} ({e.strerror or e}): choose {what} '
+                              'elsewhere.') from None
 
 
 def _publish(tmp: Path) -> None:
