@@ -1,15 +1,15 @@
 """The options every benchmark takes for where and how it runs: ``--device``, ``--channels-last``, ``--bf16``,
 ``--compile``."""
 import argparse
-from typing import List, Optional, Sequence
+from typing import List, Sequence
 
 import torch
 
 
-def add_device_options(parser: argparse.ArgumentParser, default: Optional[str] = 'cpu') -> None:
-    """``--device`` (``default=None``: CUDA where available), ``--channels-last`` and ``--bf16``."""
-    where = 'cuda if available' if default is None else default
-    parser.add_argument('--device', default=default, help=f'cpu or cuda[:N] (default: {where})')
+def add_device_options(parser: argparse.ArgumentParser) -> None:
+    """``--device`` (by default CUDA where available, as every benchmark takes it), ``--channels-last`` and
+    ``--bf16``."""
+    parser.add_argument('--device', default=None, help='cpu or cuda[:N] (default: cuda if available)')
     parser.add_argument('--channels-last', action='store_true', help='channels_last memory format')
     parser.add_argument('--bf16', action='store_true', help='bf16 autocast')
 

@@ -147,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
                              'cases (of twice that, for an odd number) completes the balanced orders')
     parser.add_argument('--warmup', type=at_least(0), default=2, help='untimed steps of every case first (default 2)')
     parser.add_argument('--threads', type=at_least(0), default=0, help="CPU threads (default 0: torch's default)")
-    add_device_options(parser, default=None)
+    add_device_options(parser)
     add_compile_option(parser, 'every model')
     parser.add_argument('--json', metavar='PATH', type=results_file,
                         help="also write the machine, the settings, the rows and every step's seconds here")

@@ -265,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='timm-stra bench', description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--task', default='reid', choices=tuple(TASKS), help='model family and input size')
-    add_device_options(parser, default=None)
+    add_device_options(parser)
     parser.add_argument('--cases', type=name_list(tuple(CASES)), default=None,
                         help='comma-separated, from: ' + ', '.join(CASES) + ' (default: all but stra_keep; on CPU '
                         'also without stra_triton, whose kernels run on CUDA only; twin is needed for the ratios to '
