@@ -8,7 +8,8 @@ import timm_stra
 from timm_stra.cli import main as cli_main
 from timm_stra.layers import DiversityRecorder
 from timm_stra.tasks.checkpoint import save_checkpoint
-from timm_stra.tools.mode_maps import load_image_as_shown, mask_picture, spatial_masks
+from timm_stra.tools.mode_maps import mask_picture, spatial_masks
+from timm_stra.tools.shown_image import load_image_as_shown
 
 
 @pytest.fixture(scope='module')

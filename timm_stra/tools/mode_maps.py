@@ -8,7 +8,7 @@ unchanged. ``mask_picture`` lays them out: one row per operator, its first tile 
 the operator's G masks, each scaled from its smallest to its largest value, upsampled to the
 image and blended over it: amber where a mode puts most of its mass, the image darkened where it
 puts least (a constant mask: darkened all over). The command draws them over the image as the
-model saw it: read as a viewer shows it (``load_image_as_shown``; not the training data's
+model saw it: read as a viewer shows it (``shown_image.load_image_as_shown``; not the training data's
 ``tasks.data.image_list.load_image``, which only converts), then resized and cropped by the model's
 evaluation transform (``split_transform``). Only Pillow, which torchvision brings, draws it.
 
@@ -19,10 +19,9 @@ import sys
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps
+from PIL import Image
 from timm.data import create_transform, resolve_model_data_config
 from timm.data.transforms import MaybeToTensor
 from torch import nn
@@ -30,6 +29,7 @@ from torchvision import transforms
 
 from ..atomic import atomic_write_file
 from ..layers.diversity import DiversityRecorder
+from .shown_image import load_image_as_shown
 
 HIGHLIGHT = torch.tensor([255., 210., 0.])  # where a mode puts most of its mass (amber over the darkened image)
 
@@ -103,29 +103,6 @@ def mask_picture(image: Image.Image, masks: Sequence[torch.Tensor], tile_height:
             data = blended.round().clamp(0, 255).to(torch.uint8).numpy().tobytes()
             picture.paste(Image.frombytes('RGB', (width, tile_height), data), ((1 + g) * width, row * tile_height))
     return picture
-
-
-def load_image_as_shown(path) -> Image.Image:
-    """An image file as a viewer shows it: EXIF orientation applied, 16-bit, 32-bit and float pixels scaled to 8
-    bits (16-bit by their range, the others from their smallest to their largest value), transparency over white.
-    """
-    image = Image.open(path)
-    image.load()
-    image = ImageOps.exif_transpose(image)
-    if image.mode in ('I;16', 'I;16L', 'I;16B', 'I;16N', 'I', 'F'):
-        image = Image.fromarray(_to_8bit(np.asarray(image), image.mode))
-    if image.mode in ('RGBA', 'LA', 'PA') or (image.mode == 'P' and 'transparency' in image.info):
-        rgba = image.convert('RGBA')
-        image = Image.alpha_composite(Image.new('RGBA', rgba.size, (255, 255, 255, 255)), rgba).convert('RGB')
-    return image
-
-
-def _to_8bit(values: np.ndarray, mode: str) -> np.ndarray:
-    values = values.astype(np.float64)
-    if mode.startswith('I;16'):
-        return (values / 257).round().astype(np.uint8)
-    low, high = values.min(), values.max()
-    return ((values - low) * (255 / max(high - low, 1e-12))).round().astype(np.uint8)
 
 
 def split_transform(transform: transforms.Compose) -> Tuple[Callable, Callable]:
