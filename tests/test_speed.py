@@ -152,6 +152,25 @@ def test_paired_ratios_are_taken_within_each_round():
     assert paired_ratio(runs, base[:1]) == 1.0 and paired_ratio(runs, []) is None
 
 
+def test_time_ratios_get_their_interval_from_six_rounds_on():
+    """The sign-test interval of the per-round ratios (it was worked out by hand for the README)."""
+    from timm_stra.benchmarks.speed import main_table, summarize
+
+    def runs(case, seconds):
+        return [dict(mode='train', batch=2, img_size=[44, 44], case=case, repeat=r, seconds=t, cpu_seconds=t,
+                     all_seconds=[t], peak_mb=100., base_mb=50., page_faults=None, threads_used=2)
+                for r, t in enumerate(seconds)]
+    limit = [1.0] * 8
+    stra = [1.01, 1.02, 1.03, 1.04, 1.05, 1.06, 1.07, 1.30]
+    rows = {r['case']: r for r in summarize(runs('limit', limit) + runs('stra', stra))}
+    assert rows['stra']['time_vs_limit'] == pytest.approx(1.045)
+    assert rows['stra']['time_vs_limit_interval'] == (1.01, 1.30)  # n = 8: the extremes (j = 1, 99.2%)
+    assert '| 1.04x [1.01-1.30] |' in main_table(list(rows.values()), (44, 44))  # (1.045 printed 1.04)
+    few = {r['case']: r for r in summarize(runs('limit', limit[:5]) + runs('stra', stra[:5]))}
+    assert few['stra']['time_vs_limit_interval'] is None
+    assert '| 1.03x |' in main_table(list(few.values()), (44, 44))
+
+
 def test_in_process_run(capsys):
     """``--in-process`` measures every case in this process: same rows as the isolated runs."""
     argv = ['--task', 'fer', '--cases', 'twin,stra', '--modes', 'train', '--batch-sizes', '2', '--repeats', '1',

@@ -37,6 +37,7 @@ from .cases import CASES, TASKS
 from .device_options import add_compile_option, add_device_options, check_compile_warmup, parse_device, precision_labels
 from .isolate import run_isolated
 from .machine import describe, load_average
+from .median_interval import median_interval
 from .orders import round_orders
 from .page_faults import PAGE_FAULTS_LEGEND
 from .record import write_run_record
@@ -147,14 +148,19 @@ def _run_here(measurement: Measurement) -> Dict[str, object]:
     return run(measurement)
 
 
-def paired_ratio(runs: List[Dict[str, object]], base_runs: List[Dict[str, object]]) -> Optional[float]:
-    """Median over the repeat rounds both ran in of (step seconds / base's step seconds in that round).
+def paired_ratios(runs: List[Dict[str, object]], base_runs: List[Dict[str, object]]) -> List[float]:
+    """(step seconds / base's step seconds in that round), for every repeat round both ran in.
 
     Runs of one round are minutes apart at most, so a ratio within a round is spared the machine's
     slower drifts (load from other tenants, memory warming up) that move whole rounds.
     """
     base = {r['repeat']: r['seconds'] for r in base_runs}
-    ratios = [r['seconds'] / base[r['repeat']] for r in runs if r['repeat'] in base]
+    return [r['seconds'] / base[r['repeat']] for r in runs if r['repeat'] in base]
+
+
+def paired_ratio(runs: List[Dict[str, object]], base_runs: List[Dict[str, object]]) -> Optional[float]:
+    """Median of ``paired_ratios`` (``None`` where no round has both)."""
+    ratios = paired_ratios(runs, base_runs)
     return statistics.median(ratios) if ratios else None
 
 
@@ -183,8 +189,9 @@ def summarize(raw: List[Dict[str, object]], twin: str = 'twin') -> List[Dict[str
         ref = rows.get(key[:3] + (twin,))
         # the issue's yardsticks: time per step over the limit's (attention for free) and over StRA's
         for case, column in (('limit', 'time_vs_limit'), ('stra', 'time_vs_stra')):
-            case_runs = groups.get(key[:3] + (case,))
-            row[column] = paired_ratio(groups[key], case_runs) if case_runs else None
+            ratios = paired_ratios(groups[key], groups.get(key[:3] + (case,), []))
+            row[column] = statistics.median(ratios) if ratios else None
+            row[f'{column}_interval'] = median_interval(ratios)  # (None for fewer than 6 rounds)
         row['speed_vs_twin'] = row['images_per_s'] / ref['images_per_s'] if ref else None
         row['cpu_vs_twin'] = ref['cpu_ms_per_image'] / row['cpu_ms_per_image'] if ref else None
         row['best_vs_twin'] = row['best_images_per_s'] / ref['best_images_per_s'] if ref else None
@@ -193,8 +200,11 @@ def summarize(raw: List[Dict[str, object]], twin: str = 'twin') -> List[Dict[str
     return list(rows.values())
 
 
-def _x(v: Optional[float]) -> str:
-    return '-' if v is None else f'{v:.2f}x'
+def _x(v: Optional[float], interval: Optional[Tuple[float, float]] = None) -> str:
+    """``1.04x``, with its 95% interval where there is one: ``1.04x [0.98-1.10]``."""
+    if v is None:
+        return '-'
+    return f'{v:.2f}x' + (f' [{interval[0]:.2f}-{interval[1]:.2f}]' if interval else '')
 
 
 def main_table(rows: List[Dict[str, object]], size: Tuple[int, int], cpu: bool = False,
@@ -204,14 +214,16 @@ def main_table(rows: List[Dict[str, object]], size: Tuple[int, int], cpu: bool =
     Throughput: the median over repeats, and the best step of all repeats (the run least
     disturbed by other load on a shared machine). "time vs limit" / "time vs StRA": the step
     time over that of the limit / of StRA in the same setting and repeat round, median over the
-    rounds (``paired_ratio``; below 1 is faster). ``cpu`` adds the process CPU time
+    rounds (``paired_ratio``; below 1 is faster), with the median's 95% confidence interval from 6 rounds on
+    (``median_interval``). ``cpu`` adds the process CPU time
     columns (meaningless for a GPU run; on a virtual machine it includes steal time), ``faults``
     a timed step's minor page faults (``page_faults``; median); without ``memory`` the memory columns are '-'.
     """
     lines = [{
         'mode': r['mode'], 'batch': r['batch'], 'case': CASES[r['case']].label,
         'images/s (median)': f"{r['images_per_s']:.2f}", 'vs twin': _x(r['speed_vs_twin']),
-        'time vs limit': _x(r['time_vs_limit']), 'time vs StRA': _x(r['time_vs_stra']),
+        'time vs limit': _x(r['time_vs_limit'], r['time_vs_limit_interval']),
+        'time vs StRA': _x(r['time_vs_stra'], r['time_vs_stra_interval']),
         'images/s (best)': f"{r['best_images_per_s']:.2f}", 'best vs twin': _x(r['best_vs_twin']),
         'CPU-ms/image': f"{r['cpu_ms_per_image']:.0f}", 'CPU time vs twin': _x(r['cpu_vs_twin']),
         'peak MiB': f"{r['peak_mb']:.0f}", 'peak vs twin': _x(r['peak_vs_twin']),
@@ -355,8 +367,9 @@ def main(argv: Optional[List[str]] = None) -> int:
              'built. ' if not (args.in_process and on_cpu) else
              "Memory: not given ('-'): in one CPU process a run's peak resident set holds what earlier runs left "
              'in the allocator. ')
-          + "Ratios: 'vs twin' of images/s (above 1: faster than the twin); 'time vs' of step time and 'peak vs' / "
-          "'step vs' of memory (below 1: faster, smaller). "
+          + "Ratios: 'vs twin' of images/s (above 1: faster than the twin); 'time vs' of step time (from 6 repeats "
+          "on with the median's 95% confidence interval, [low-high]) and 'peak vs' / 'step vs' of memory (below 1: "
+          "faster, smaller). "
           + ("'best': the fastest timed step over all repeats, the least disturbed by other load. "
              if len(raw) > 0 else '')
           + (PAGE_FAULTS_LEGEND if faults_counted else '') + (cpu_note if args.cpu_time and on_cpu else '') + '\n')
