@@ -9,11 +9,29 @@ from packaging.requirements import Requirement
 PACKAGE = Path(__file__).resolve().parents[1] / 'timm_stra'
 
 
+def _optional_imports(tree: ast.AST) -> set:
+    """The import nodes inside a ``try`` whose handlers catch ``ImportError``: optional (the code runs without)."""
+    optional = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Try) and any(
+                isinstance(h.type, ast.Name) and h.type.id in ('ImportError', 'ModuleNotFoundError') or
+                isinstance(h.type, ast.Tuple) and any(getattr(e, 'id', '') in ('ImportError', 'ModuleNotFoundError')
+                                                      for e in h.type.elts)
+                for h in node.handlers):
+            optional.update(id(n) for stmt in node.body for n in ast.walk(stmt))
+    return optional
+
+
 def _imported_top_level_modules():
-    """Every absolute import's top-level module in the package's source, with the files importing it."""
+    """Every absolute import's top-level module in the package's source, with the files importing it (optional
+    imports, in a ``try`` that catches ``ImportError``, left out)."""
     modules = {}
     for path in PACKAGE.rglob('*.py'):
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        tree = ast.parse(path.read_text(), str(path))
+        optional = _optional_imports(tree)
+        for node in ast.walk(tree):
+            if id(node) in optional:
+                continue
             if isinstance(node, ast.Import):
                 names = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and node.level == 0:
@@ -53,3 +71,9 @@ def test_every_import_is_a_declared_dependency_or_brought_by_one():
         if not owners & allowed:
             outside[module] = sorted(files)
     assert outside == {}, f'imported, but neither declared in pyproject.toml nor required by what is: {outside}'
+
+
+def test_triton_is_an_optional_import():
+    """torch brings triton only on Linux (and not every build): the package must import without it."""
+    modules = _imported_top_level_modules()
+    assert 'triton' not in modules, modules.get('triton')
