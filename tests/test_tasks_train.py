@@ -118,29 +118,38 @@ def test_an_evaluation_that_fails_keeps_the_epochs_checkpoint(tmp_path, fer_csv,
 
 def test_resume_refuses_a_changed_setting_before_reading_the_data(tmp_path, fer_csv, capsys):
     """--resume continued with whatever options were given (another seed, batch size, recipe), without a word."""
-    args = ['fer', '--data', str(fer_csv), '--input-size', '24', '24', '--eval-interval', '0', *FAST]
+    common = ['fer', '--data', str(fer_csv), '--eval-interval', '0', '--workers', '0', '--no-progress',
+              '--batch-size', '8', '--output', str(tmp_path / 'run')]
     run = tmp_path / 'run'
-    assert train_main([*args, '--output', str(run), '--epochs', '1']) == 0
+    assert train_main([*common, '--input-size', '24', '24', '--model-kwargs', 'layers=[1,1,1,1]', 'drop_rate=0.0',
+                       '--epochs', '1']) == 0
     capsys.readouterr()
-    changed = ['--seed', '7', '--lr', '0.5', '--re-prob', '0.3', '--amp']
-    assert train_main([*args, '--output', str(run), '--epochs', '2', '--resume', str(run), *changed,
+    changed = ['--seed', '7', '--lr', '0.5', '--re-prob', '0.3', '--amp', '--model-kwargs', 'drop_rate=0.1',
+               'layers=[1,1,1,1]']  # and no --input-size
+    assert train_main([*common, '--epochs', '2', '--resume', str(run), *changed,
                        '--data', str(tmp_path / 'gone.csv')]) == 1  # (refused before the data is looked for)
     err = capsys.readouterr().err
     ckpt = run / 'checkpoints' / 'epoch-0001'
     assert err.strip() == (
-        f'timm-stra train fer: --resume {ckpt}: --amp on (the run: off); --lr 0.5 (the run: 0.01); --re-prob 0.3 '
-        '(the run: 0.0); --seed 7 (the run: 42). A resumed run continues with the settings it was started with (its '
-        'args.json): give them again, or start a new run with another --output.'), err
+        f'timm-stra train fer: --resume {ckpt}: --amp on (the run: off); --input-size (not given) (the run: 24 24); '
+        '--lr 0.5 (the run: 0.01); --model-kwargs drop_rate=0.1 layers=[1, 1, 1, 1] (the run: drop_rate=0.0 '
+        'layers=[1, 1, 1, 1]); --re-prob 0.3 (the run: 0.0); --seed 7 (the run: 42). A resumed run continues with '
+        'the settings it was started with (its args.json): give them again, or start a new run with another '
+        '--output.'), err
     assert [r['epoch'] for r in _jsonl(run)] == [1]
+    # the same model arguments in another order are the same settings
+    same = [*common, '--input-size', '24', '24', '--model-kwargs', 'drop_rate=0.0', 'layers=[1,1,1,1]']
+    assert train_main([*same, '--epochs', '2', '--resume', str(run)]) == 0
+    assert [r['epoch'] for r in _jsonl(run)] == [1, 2]
     # a checkpoint written before settings were kept is checked for its seed
+    ckpt = run / 'checkpoints' / 'epoch-0002'
     state = load_training_state(ckpt)
     del state['settings']
     state['seed'] = 42
     torch.save(state, ckpt / 'state.pt')
-    assert train_main([*args, '--output', str(run), '--epochs', '2', '--resume', str(run), '--seed', '7']) == 1
+    assert train_main([*same, '--epochs', '3', '--resume', str(run), '--seed', '7']) == 1
     assert '--seed 7 (the run: 42)' in capsys.readouterr().err
-    assert train_main([*args, '--output', str(run), '--epochs', '2', '--resume', str(run), '--workers', '0']) == 0
-    assert [r['epoch'] for r in _jsonl(run)] == [1, 2]
+
 
 def test_reid_resume_across_the_warm_up_is_exact(tmp_path):
     # random crop (torch RNG) and random erasing (Python's random) on; the warm-up ends at the resume point

@@ -6,18 +6,23 @@ from typing import Any, Dict
 
 from .usage import UsageError
 
-# options that do not change what a run learns: where things are, how fast they are read, what is shown and
-# kept, evaluation; and --epochs, which a resumed run may extend (the learning-rate schedule is restored from the
-# checkpoint, as it was built for the run's first --epochs)
+# options that do not change what a run learns: where things are, what is shown and kept, evaluation; --epochs,
+# which a resumed run may extend (the learning-rate schedule is restored from the checkpoint, as it was built for
+# the run's first --epochs); and where it runs: --device and --workers, free so that a run can move to another
+# machine, though a resumed run repeats the uninterrupted one exactly only with the same (every data loading
+# process seeds its own augmentations, and the batches go to them in turn)
 FREE_ON_RESUME = frozenset((
     'data', 'output', 'resume', 'backbone_init', 'workers', 'device', 'no_progress', 'no_check', 'skip_bad', 'bins',
     'eval_interval', 'eval_batch_size', 'keep', 'epochs'))
 
 
 def run_settings(args: argparse.Namespace) -> Dict[str, Any]:
-    """The options of ``args`` that decide the run's course, as plain JSON values (for a checkpoint's state)."""
-    return json.loads(json.dumps({k: v for k, v in sorted(vars(args).items()) if k not in FREE_ON_RESUME},
-                                 default=str))
+    """The options of ``args`` that decide the run's course, as plain JSON values (for a checkpoint's state);
+    ``--model-kwargs`` as a dict (the last of a key given twice, as the model gets them), in any order."""
+    settings = {k: v for k, v in vars(args).items() if k not in FREE_ON_RESUME}
+    if 'model_kwargs' in settings:
+        settings['model_kwargs'] = dict(sorted(dict(settings['model_kwargs']).items()))
+    return json.loads(json.dumps(dict(sorted(settings.items())), default=str))
 
 
 def check_resumed_settings(saved: Dict[str, Any], args: argparse.Namespace, checkpoint) -> None:
@@ -25,13 +30,19 @@ def check_resumed_settings(saved: Dict[str, Any], args: argparse.Namespace, chec
     now = run_settings(args)
     changed = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
     if changed:
-        options = '; '.join(f'--{k.replace("_", "-")} {_shown(now.get(k))} (the run: {_shown(saved.get(k))})'
-                            for k in changed)
+        options = '; '.join(f'{_option(k)} {_shown(now.get(k))} (the run: {_shown(saved.get(k))})' for k in changed)
         raise UsageError(f'--resume {checkpoint}: {options}. A resumed run continues with the settings it was '
                          'started with (its args.json): give them again, or start a new run with another --output.')
 
 
+def _option(key: str) -> str:
+    return 'the task' if key == 'task' else f'--{key.replace("_", "-")}'
+
+
 def _shown(value) -> str:
+    """A setting as it is given on the command line."""
+    if isinstance(value, dict):  # --model-kwargs
+        return ' '.join(f'{k}={json.dumps(v)}' for k, v in value.items()) or '(none)'
     if isinstance(value, list):
         return ' '.join(str(v) for v in value) or '(none)'
-    return 'off' if value is False else 'on' if value is True else str(value)
+    return 'off' if value is False else 'on' if value is True else '(not given)' if value is None else str(value)
