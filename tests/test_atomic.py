@@ -171,6 +171,14 @@ def test_a_file_system_that_takes_no_files_is_refused_even_for_root(check):
         check(Path('/sys/kernel/timm-stra-results.json'))
 
 
+@pytest.mark.parametrize('check', [refuse_existing, check_file_target])
+def test_a_target_under_a_dangling_link_is_refused(tmp_path, check):
+    (tmp_path / 'link').symlink_to(tmp_path / 'gone')
+    with pytest.raises(NotADirectoryError, match=re.escape(f"{tmp_path / 'link'} is a link to {tmp_path / 'gone'}, "
+                                                           'which does not exist')):
+        check(tmp_path / 'link' / 'sub' / 'out.json')
+
+
 def test_a_results_file_may_replace_a_file_or_need_folders_but_is_not_a_folder(tmp_path):
     (tmp_path / 'old.json').write_text('{}')
     check_file_target(tmp_path / 'old.json')  # replaced, as save_results does

@@ -1,6 +1,7 @@
 """The registered models: variants, twins, knobs and timm behaviour beyond timm's own suite."""
 import re
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -141,6 +142,9 @@ def test_bad_model_arguments():
     for size in ((112, 112, 3), 0, (112, -8)):  # (a bare assert in timm, or a negative-size tensor)
         with pytest.raises(ValueError, match=re.escape(f'img_size={size!r}: give the input size as an int or')):
             timm.create_model('stra_resnet50_face', img_size=size, device='meta')
+    # NumPy's integers are integers (a size read from an array)
+    model = timm.create_model('stra_resnet50_face', img_size=np.int64(96), layers=np.array([1, 1, 1, 1]), device='meta')
+    assert model.img_size == (96, 96) and model.pretrained_cfg['input_size'] == (3, 96, 96)
 
 
 def test_unpooled_output_and_reset_classifier():

@@ -78,7 +78,11 @@ def results_file(text: str) -> str:
 
 def _check_can_create(target: Path, what: str) -> None:
     """Raise unless ``target``'s nearest existing ancestor is a folder this process can write in (tried)."""
-    ancestor = next(p for p in target.absolute().parents if p.exists())  # where the writer will create folders
+    # where the writer will create folders (a dangling link stops it too: it cannot make a folder there)
+    ancestor = next(p for p in target.absolute().parents if p.exists() or p.is_symlink())
+    if ancestor.is_symlink() and not ancestor.exists():
+        raise NotADirectoryError(f'{target}: {ancestor} is a link to {os.readlink(ancestor)}, which does not '
+                                 f'exist: choose {what} elsewhere, or create what the link names.')
     if not ancestor.is_dir():
         raise NotADirectoryError(f'{target}: {ancestor} is a file, not a folder: choose {what} elsewhere.')
     try:  # (a file made and removed: os.access says yes to root where a read-only or virtual file system says no)

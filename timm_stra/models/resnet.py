@@ -23,7 +23,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 
 from .imagenet_init import imagenet_filter_fn
 from .pretrained_errors import check_has_weights, pretrained_read_errors
-from .stra_resnet import StRAResNet, feature_size, image_size
+from .stra_resnet import StRAResNet, feature_size, image_size, stage_blocks
 
 PAPER = dict(
     paper_ids='arXiv:2106.06672',
@@ -98,6 +98,11 @@ _RUNTIME_ARGS = ('pretrained_cfg', 'pretrained_cfg_overlay', 'cache_dir', 'pretr
 
 
 def _create(variant: str, pretrained: bool, model_args: Dict[str, Any], **kwargs) -> StRAResNet:
+    # sizes as Python ints (checked: a clear error before timm reads them; config.json records them)
+    if kwargs.get('img_size') is not None:
+        kwargs['img_size'] = image_size(kwargs['img_size'])
+    if kwargs.get('layers') is not None:
+        kwargs['layers'] = stage_blocks(kwargs['layers'])
     overlay = kwargs.pop('pretrained_cfg_overlay', None)
     if model_args.get('head') == 'face' and kwargs.get('img_size') is not None:
         overlay = {**_face_size_overlay(kwargs['img_size']), **(overlay or {})}

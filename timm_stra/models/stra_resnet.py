@@ -5,6 +5,7 @@ Stem and the first three stages are timm's (state-dict names ``conv1``, ``bn1``,
 block (``StRABottleneck``, or timm's ``Bottleneck`` for the twins); the head is
 timm's classifier, optionally behind a task neck (``neck``: person ReID or face).
 """
+import numbers
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -28,13 +29,21 @@ STRA_DEFAULTS = dict(
     local_op='local', mode='full', groups=8, kernel_size=3, reduction=4, reference=False, recompute=True)
 
 
+def _is_count(value) -> bool:
+    """An integer (Python's or NumPy's), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def image_size(img_size: Union[int, Sequence[int]]) -> Tuple[int, int]:
     """``img_size`` as (height, width): an int or two positive ints (a list from a ``config.json`` too)."""
-    size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
-    if len(size) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size):
+    try:
+        size = (img_size, img_size) if _is_count(img_size) else tuple(img_size)
+    except TypeError:  # (not a number, nor a sequence of them)
+        size = ()
+    if len(size) != 2 or not all(_is_count(s) and s > 0 for s in size):
         raise ValueError(f'img_size={img_size!r}: give the input size as an int or (height, width), positive '
                          'ints, e.g. img_size=(112, 112).')
-    return size
+    return int(size[0]), int(size[1])
 
 
 def feature_size(img_size: Tuple[int, int], reduction: int) -> Tuple[int, int]:
@@ -42,10 +51,16 @@ def feature_size(img_size: Tuple[int, int], reduction: int) -> Tuple[int, int]:
     return tuple((s - 1) // reduction + 1 for s in img_size)
 
 
-def _check_layers(layers: Sequence[int]) -> None:
-    if len(layers) != 4 or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in layers):
-        raise ValueError(f'layers={tuple(layers)!r}: give the blocks of the four stages, each at least 1, e.g. '
+def stage_blocks(layers: Sequence[int]) -> Tuple[int, ...]:
+    """``layers`` as a tuple of four block counts, each at least 1 (Python ints, also where NumPy's were given)."""
+    try:
+        blocks = tuple(layers)
+    except TypeError:
+        blocks = ()
+    if len(blocks) != 4 or not all(_is_count(n) and n >= 1 for n in blocks):
+        raise ValueError(f'layers={layers!r}: give the blocks of the four stages, each at least 1, e.g. '
                          'layers=(3, 4, 6, 3) (ResNet-50).')
+    return tuple(int(n) for n in blocks)
 
 
 class StRAResNet(ResNet):
@@ -102,7 +117,7 @@ class StRAResNet(ResNet):
             dtype=None,
     ):
         dd = {'device': device, 'dtype': dtype}
-        _check_layers(layers)
+        layers = stage_blocks(layers)
         check_choice(stem, STEMS, 'stem')
         check_choice(head, HEADS, 'head')
         if last_stride not in (1, 2):
