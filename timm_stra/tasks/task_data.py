@@ -90,9 +90,9 @@ def find_face_bins(data, given: Sequence[str] = ()) -> List[Path]:
 
 def _face_pair_sets(bins: Sequence[Path], transform: Callable, check: bool, progress: bool,
                     share: CheckShare) -> List[FacePairs]:
-    """The ``.bin`` files as pair sets. Refused, every file's problem in one ``FaceBinError``: two files of the same
-    name (their metrics would be), a file that is not a pair list, one with fewer pairs than the protocol's folds,
-    one with an image that does not decode (with ``check``)."""
+    """The ``.bin`` files as pair sets. Two files of the same name (their metrics would be) are refused at once;
+    then every file's problem in one ``FaceBinError``: a file that is not a pair list, one with fewer pairs than
+    the protocol's folds, one with an image that does not decode (with ``check``)."""
     names: Dict[str, Path] = {}
     for path in bins:
         if path.stem in names:
