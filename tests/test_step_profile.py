@@ -17,7 +17,8 @@ def test_profile_finds_the_operators_of_stra_and_not_of_the_limit():
 
 
 def test_main_prints_tables(capsys):
-    assert main(['--task', 'fer', '--batch-size', '2', '--steps', '1', '--top', '3', '--cases', 'stra']) == 0
+    assert main(['--task', 'fer', '--batch-size', '2', '--steps', '1', '--top', '3', '--cases', 'stra',
+                 '--device', 'cpu']) == 0  # (CUDA by default)
     out = capsys.readouterr().out
     assert '| case | ms/step (self, total) | aten calls/step |' in out and 'StRA (local + mode):' in out
 
@@ -51,7 +52,7 @@ def test_compiled_profile(capsys, compiled_eagerly):
     """``--compile`` profiles the compiled model and says so. Dynamo traces for real; the eager backend stands in
     for inductor's code generation (minutes on 2 cores)."""
     assert main(['--task', 'fer', '--batch-size', '2', '--steps', '1', '--top', '3', '--cases', 'stra',
-                 '--compile', 'reduce-overhead']) == 0
+                 '--compile', 'reduce-overhead', '--device', 'cpu']) == 0
     out = capsys.readouterr().out
     assert [mode for _, mode in compiled_eagerly] == ['reduce-overhead']
     assert 'torch.compile mode=reduce-overhead' in out and 'StRA (local + mode):' in out

@@ -112,6 +112,12 @@ def _step(ops: nn.ModuleList, inputs: List[torch.Tensor], mode: str, out_grads: 
         torch.cuda.synchronize(inputs[0].device)
 
 
+def per_round_ratio(times: List[float], base: List[float]) -> float:
+    """Median over the rounds of ``times[r] / base[r]``: the ratio within each round, which a machine's slower
+    drifts (they move whole rounds) leave alone, where a ratio of the two medians would take them in."""
+    return statistics.median(t / b for t, b in zip(times, base, strict=True))
+
+
 def _steps(count: int, *args) -> None:
     """``count`` consecutive ``_step(*args)`` (one timed call of ``time_interleaved``)."""
     for _ in range(count):
@@ -187,8 +193,7 @@ def measure(task: str, batch: int, impls=CPU_IMPLEMENTATIONS, modes=MODES, repea
         base = times[mode, 'stra'] if 'stra' in impls else None
         for impl in impls:
             ms = statistics.median(times[mode, impl])
-            # the ratio within each round (a machine's slower drifts move whole rounds), median over the rounds
-            ratio = statistics.median(t / b for t, b in zip(times[mode, impl], base)) if base else None
+            ratio = per_round_ratio(times[mode, impl], base) if base else None
             if mode == 'train':  # what the timing left them in: the last mode timed
                 ops[impl].train()
             rows.append({
