@@ -171,11 +171,14 @@ def test_time_ratios_get_their_interval_from_six_rounds_on():
     assert '| 1.03x |' in main_table(list(few.values()), (44, 44))
 
 
-def test_in_process_run(capsys):
+def test_in_process_run(capsys, tmp_path):
     """``--in-process`` measures every case in this process: same rows as the isolated runs."""
     argv = ['--task', 'fer', '--cases', 'twin,stra', '--modes', 'train', '--batch-sizes', '2', '--repeats', '1',
-            '--warmup', '0', '--iters', '1', '--no-sweep', '--no-progress', '--in-process', '--device', 'cpu']
+            '--warmup', '0', '--iters', '1', '--no-sweep', '--no-progress', '--in-process', '--device', 'cpu',
+            '--json', str(tmp_path / 'b.json')]
     assert main(argv) == 0
+    summary = json.loads((tmp_path / 'b.json').read_text())['summary']
+    assert {r['peak_vs_twin'] for r in summary} == {None} and {r['step_mb'] for r in summary} == {None}
     out = capsys.readouterr().out
     assert 'each run in this one process' in out
     assert '| train | 2 | StRA (local + mode) |' in out and '| train | 2 | ResNet-50 twin |' in out

@@ -226,13 +226,12 @@ def main_table(rows: List[Dict[str, object]], size: Tuple[int, int], cpu: bool =
         'time vs StRA': _x(r['time_vs_stra'], r['time_vs_stra_interval']),
         'images/s (best)': f"{r['best_images_per_s']:.2f}", 'best vs twin': _x(r['best_vs_twin']),
         'CPU-ms/image': f"{r['cpu_ms_per_image']:.0f}", 'CPU time vs twin': _x(r['cpu_vs_twin']),
-        'peak MiB': f"{r['peak_mb']:.0f}", 'peak vs twin': _x(r['peak_vs_twin']),
-        'step MiB': f"{r['step_mb']:.0f}", 'step vs twin': _x(r['step_mem_vs_twin']),
+        'peak MiB': f"{r['peak_mb']:.0f}" if memory else '-', 'peak vs twin': _x(r['peak_vs_twin'] if memory else None),
+        'step MiB': f"{r['step_mb']:.0f}" if memory else '-',
+        'step vs twin': _x(r['step_mem_vs_twin'] if memory else None),
         'page faults/step': '-' if r.get('page_faults') is None else f"{r['page_faults']:,.0f}",
     } for r in rows if tuple(r['img_size']) == tuple(size)]
     for line in lines:
-        if not memory:
-            line.update({key: '-' for key in ('peak MiB', 'peak vs twin', 'step MiB', 'step vs twin')})
         if not cpu:
             del line['CPU-ms/image'], line['CPU time vs twin']
         if not faults:
@@ -348,8 +347,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     machine['load_average_after'] = load_average()
     machine['threads_used'] = raw[0]['threads_used'] if raw else None
     rows = summarize(raw)
-
     on_cpu = torch.device(device).type == 'cpu'
+    memory = not (args.in_process and on_cpu)
+    if not memory:  # one process's peak resident set carries what earlier runs left: no figure, in the record too
+        for row in rows:
+            row.update(peak_mb=None, step_mb=None, peak_vs_twin=None, step_mem_vs_twin=None)
+
     faults_counted = on_cpu and any(r['page_faults'] is not None for r in rows)
     cpu_note = ("'CPU-ms/image': process CPU time (all threads), less sensitive than wall time to other load; "
                 'its ratio is twin CPU time / case CPU time (like the speed ratio: above 1 is faster).')
@@ -373,7 +376,6 @@ def main(argv: Optional[List[str]] = None) -> int:
           + ("'best': the fastest timed step over all repeats, the least disturbed by other load. "
              if len(raw) > 0 else '')
           + (PAGE_FAULTS_LEGEND if faults_counted else '') + (cpu_note if args.cpu_time and on_cpu else '') + '\n')
-    memory = not (args.in_process and on_cpu)
     print(main_table([r for r in rows if (r['mode'], r['batch'], tuple(r['img_size'])) in asked], size,
                      cpu=args.cpu_time and on_cpu, faults=faults_counted, memory=memory))
     if sweep:
