@@ -37,9 +37,9 @@ from .evaluate import evaluate, metrics_table
 from .freeze import check_trainable, set_trainable
 from .recipes import TASKS, get_recipe
 from .rng import rng_state, seed_all, set_rng_state
+from .run_settings import check_resumed_settings, run_settings
 from .task_data import load_task_data
 from .transforms import eval_transform, train_transform
-from .run_settings import check_resumed_settings, run_settings
 from .usage import UsageError
 
 
@@ -187,14 +187,13 @@ class Trainer:
 
     def _build(self, args) -> None:
         env = self.env
-        self.resumed = None
+        resumed = None
         if args.resume:  # (before the data is read: a changed setting is refused at once)
             checkpoint = resolve_checkpoint(args.resume)
-            self.resumed = checkpoint, load_training_state(checkpoint)
-            if 'settings' in self.resumed[1]:  # (checkpoints written before they were kept hold only the seed)
-                check_resumed_settings(self.resumed[1]['settings'], args, checkpoint)
-            else:
-                check_resumed_settings({**run_settings(args), 'seed': self.resumed[1]['seed']}, args, checkpoint)
+            resumed = checkpoint, load_training_state(checkpoint)
+            # (checkpoints written before the settings were kept hold only the seed)
+            saved = resumed[1].get('settings', {**run_settings(args), 'seed': resumed[1].get('seed')})
+            check_resumed_settings(saved, args, checkpoint)
         # 1. data, read and checked before anything trains (bad data stops the run here); the input
         #    size, mean and std come from the architecture's pretrained_cfg
         model = timm.create_model(args.model, **_model_kwargs(args, 1))
@@ -237,9 +236,8 @@ class Trainer:
                                  num_workers=args.workers, pin_memory=env.device.type == 'cuda', drop_last=True,
                                  generator=self.loader_rng)
         self.start_epoch = 0
-        if self.resumed:
-            self._resume(*self.resumed)
-            self.resumed = None
+        if resumed:
+            self._resume(*resumed)
 
     def _resume(self, ckpt: Path, state: Dict[str, Any]) -> None:
         self.model.load_state_dict(load_file(str(ckpt / 'model.safetensors'), device=str(self.env.device)))
