@@ -158,12 +158,6 @@ def paired_ratios(runs: List[Dict[str, object]], base_runs: List[Dict[str, objec
     return [r['seconds'] / base[r['repeat']] for r in runs if r['repeat'] in base]
 
 
-def paired_ratio(runs: List[Dict[str, object]], base_runs: List[Dict[str, object]]) -> Optional[float]:
-    """Median of ``paired_ratios`` (``None`` where no round has both)."""
-    ratios = paired_ratios(runs, base_runs)
-    return statistics.median(ratios) if ratios else None
-
-
 def summarize(raw: List[Dict[str, object]], twin: str = 'twin') -> List[Dict[str, object]]:
     """Medians over repeats per (mode, batch, size, case), with ratios to ``twin`` in the same setting."""
     groups: Dict[tuple, List[Dict[str, object]]] = {}
@@ -214,7 +208,7 @@ def main_table(rows: List[Dict[str, object]], size: Tuple[int, int], cpu: bool =
     Throughput: the median over repeats, and the best step of all repeats (the run least
     disturbed by other load on a shared machine). "time vs limit" / "time vs StRA": the step
     time over that of the limit / of StRA in the same setting and repeat round, median over the
-    rounds (``paired_ratio``; below 1 is faster), with the median's 95% confidence interval from 6 rounds on
+    rounds (``paired_ratios``; below 1 is faster), with the median's 95% confidence interval from 6 rounds on
     (``median_interval``). ``cpu`` adds the process CPU time
     columns (meaningless for a GPU run; on a virtual machine it includes steal time), ``faults``
     a timed step's minor page faults (``page_faults``; median); without ``memory`` the memory columns are '-'.
@@ -367,7 +361,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f'Runs: {args.repeats} interleaved repeats x {args.warmup} warm-up + {args.iters} timed steps, '
           f"medians; each run in {where}; {len(raw)} runs in {wall / 60:.1f} min. "
           + (f"Memory: {raw[0]['memory_kind'] if raw else '-'}; 'step' = peak minus memory after the model was "
-             'built. ' if not (args.in_process and on_cpu) else
+             'built. ' if memory else
              "Memory: not given ('-'): in one CPU process a run's peak resident set holds what earlier runs left "
              'in the allocator. ')
           + "Ratios: 'vs twin' of images/s (above 1: faster than the twin); 'time vs' of step time (from 6 repeats "
