@@ -253,3 +253,10 @@ def test_output_folder_under_a_file_is_refused_before_reading(official, tmp_path
     (tmp_path / 'a-file').write_text('x')
     assert convert_main([str(checkpoint), str(tmp_path / 'a-file' / 'out')]) == 1  # was a NotADirectoryError traceback
     assert 'a-file is a file, not a folder: choose an output folder elsewhere' in capsys.readouterr().err
+
+
+def test_key_lists_in_messages_show_the_first_few_and_the_count():
+    from timm_stra.listing import shown_list
+    assert shown_list(['a', 'b']) == 'a, b'
+    assert shown_list([f'k{i}' for i in range(9)], 3) == 'k0, k1, k2 ... (9 in all)'
+    assert shown_list(iter(['x'] * 6)) == 'x, x, x, x, x, x'  # (any iterable; exactly the limit: no count)

@@ -15,6 +15,8 @@ from typing import Dict, List, Union
 import torch
 from timm.models import load_state_dict
 
+from .listing import shown_list
+
 PathLike = Union[str, Path]
 
 
@@ -102,7 +104,7 @@ def read_state_dict(path: PathLike) -> Dict[str, torch.Tensor]:
         if named:
             raise CheckpointError(
                 f'{path}: refused. It is a pickle in a form the safe loader does not read (protocol 4 or later, as '
-                f'pickle.dump writes), naming {", ".join(named[:5])}{" ..." if len(named) > 5 else ""}; nothing '
+                f'pickle.dump writes), naming {shown_list(named, 5)}; nothing '
                 'from it was run. If you made this file yourself, re-save its state_dict with torch.save.') from e
         with path.open('rb') as f:
             start = f.read(512).lstrip().lower()

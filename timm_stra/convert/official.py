@@ -10,6 +10,8 @@ from typing import Dict, Mapping, Optional, Tuple
 
 import torch
 
+from ..listing import shown_list
+
 # official name inside an operator -> ours (relative to the operator, i.e. to ``conv2``)
 OPERATOR_RENAMES: Tuple[Tuple[str, str], ...] = (
     ('mask_conv.0.', 'local.score.conv1.'),
@@ -89,8 +91,7 @@ def convert_official_state_dict(state_dict: Mapping[str, torch.Tensor]) -> Dict[
             value = value.flatten(1)  # 1x1 conv on pooled features == Linear
         out[new_key] = value
     if unknown:
-        shown = ', '.join(unknown[:8]) + (f' ... ({len(unknown)} in all)' if len(unknown) > 8 else '')
         raise ValueError(
-            f'Not an official StRA state dict: no mapping for {shown}. Expected the keys of the authors\' '
+            f'Not an official StRA state dict: no mapping for {shown_list(unknown, 8)}. Expected the keys of the authors\' '
             'stru_resnet50 (torchreid) model, or of a single StRA operator (mask_conv.*, value_conv.*, moe.*).')
     return out

@@ -18,6 +18,7 @@ from torch import nn
 from ..atomic import refuse_existing
 from ..checkpoint import CheckpointError, read_state_dict
 from ..hub import save_for_hf
+from ..listing import shown_list
 from .official import convert_official_state_dict
 
 PathLike = Union[str, Path]
@@ -53,7 +54,7 @@ def build_converted_model(state_dict: Dict[str, torch.Tensor], keep_classifier: 
               for k, v in state_dict.items() if k in ours and v.shape != ours[k].shape]
     unexpected = sorted(set(state_dict) - set(ours))
     if missing or shapes or unexpected:
-        parts = [f'{label}: {", ".join(items[:6])}{" ..." if len(items) > 6 else ""} ({len(items)})'
+        parts = [f'{label}: {shown_list(items)}'
                  for label, items in (('missing', missing), ('shape (file vs model)', shapes),
                                       ('not in the model', unexpected)) if items]
         raise CheckpointError(

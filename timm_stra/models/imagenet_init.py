@@ -25,10 +25,12 @@ fit the model in every key and shape but a classifier the caller asked to replac
 """
 import logging
 import re
-from typing import Dict, List, Mapping
+from typing import Dict, Mapping
 
 import torch
 from torch import nn
+
+from ..listing import shown_list
 
 _logger = logging.getLogger(__name__)
 
@@ -62,10 +64,6 @@ def _only_in_chans_differ(key: str, value: torch.Tensor, target: torch.Tensor, f
     ``load_pretrained`` adapts to ``in_chans``."""
     return (key == first_conv and value.dim() == 4 and value.shape[0] == target.shape[0]
             and value.shape[2:] == target.shape[2:])
-
-
-def _shorten(keys: List[str], limit: int = 6) -> str:
-    return ', '.join(keys[:limit]) + (f' ... ({len(keys)} in all)' if len(keys) > limit else '')
 
 
 def imagenet_filter_fn(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
@@ -131,11 +129,11 @@ def imagenet_filter_fn(state_dict: Mapping[str, torch.Tensor], model: nn.Module)
         problems = []
         unexpected.sort(key=lambda k: k.endswith(_COUNTERS))  # weights first, BN counters last
         if unexpected:
-            problems.append(f'keys the model does not have: {_shorten(unexpected)}')
+            problems.append(f'keys the model does not have: {shown_list(unexpected)}')
         if missing:
-            problems.append(f'model keys the file lacks: {_shorten(missing)}')
+            problems.append(f'model keys the file lacks: {shown_list(missing)}')
         if mismatched:
-            problems.append(f'shapes that differ (file vs model): {_shorten(mismatched)}')
+            problems.append(f'shapes that differ (file vs model): {shown_list(mismatched)}')
         raise IncompatibleWeightsError(
             'not an ImageNet ResNet-50 for this model; '
             + '; '.join(problems) + '. Use the pretrained tags tv_in1k or a1_in1k (timm/resnet50.*), '
@@ -174,7 +172,7 @@ def _saved_model_state(state_dict: Mapping[str, torch.Tensor], model: nn.Module)
     mismatched = [f'{k} {tuple(v.shape)} vs {tuple(ours[k].shape)}' for k, v in state_dict.items()
                   if k in ours and not fits(k, v) and checked(k)]
     if unexpected or missing or mismatched:
-        problems = [f'{what}: {_shorten(keys)}' for what, keys in (
+        problems = [f'{what}: {shown_list(keys)}' for what, keys in (
             ('keys the model does not have', unexpected), ('model keys the file lacks', missing),
             ('shapes that differ (file vs model)', mismatched)) if keys]
         raise IncompatibleWeightsError(
