@@ -16,7 +16,7 @@ The module is named ``resnet`` like timm's: ``timm.list_models(module='resnet')`
 includes these models, and timm's own test-suite exercises their
 ``forward_intermediates`` as it does for every ResNet.
 """
-from typing import Any, Dict
+from typing import Any, Dict, Tuple
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
@@ -85,9 +85,9 @@ default_cfgs = generate_default_cfgs({
 })
 
 
-def _face_size_overlay(img_size) -> Dict[str, Any]:
-    """Keep ``pretrained_cfg`` (input and pool size, crop mode) true to a face model built for another ``img_size``."""
-    size = image_size(img_size)
+def _face_size_overlay(size: Tuple[int, int]) -> Dict[str, Any]:
+    """Keep ``pretrained_cfg`` (input and pool size, crop mode) true to a face model built for another (H, W) ``size``
+    (``img_size`` as ``image_size`` gives it)."""
     return dict(input_size=(3, *size), pool_size=feature_size(size, 32),
                 crop_mode='center' if size[0] == size[1] else 'squash')
 
