@@ -18,7 +18,7 @@ from torch import nn
 from ..atomic import refuse_existing
 from ..checkpoint import CheckpointError, read_state_dict
 from ..hub import save_for_hf
-from ..listing import shown_list
+from ..state_dict_fit import COUNTERS, key_differences
 from .official import convert_official_state_dict
 
 PathLike = Union[str, Path]
@@ -47,20 +47,13 @@ def build_converted_model(state_dict: Dict[str, torch.Tensor], keep_classifier: 
         num_classes = 0
     model = timm.create_model(variant, num_classes=num_classes, pretrained_cfg_overlay=dict(tag='official'))
     ours = model.state_dict()
-    # BatchNorm step counters are not weights: a re-saved or stripped copy may lack them
-    state_dict = {**{k: v for k, v in ours.items() if k.endswith('num_batches_tracked')}, **state_dict}
-    missing = sorted(set(ours) - set(state_dict))
-    shapes = [f'{k} {tuple(v.shape)} vs {tuple(ours[k].shape)}'
-              for k, v in state_dict.items() if k in ours and v.shape != ours[k].shape]
-    unexpected = sorted(set(state_dict) - set(ours))
-    if missing or shapes or unexpected:
-        parts = [f'{label}: {shown_list(items)}'
-                 for label, items in (('missing', missing), ('shape (file vs model)', shapes),
-                                      ('not in the model', unexpected)) if items]
+    problems = key_differences(state_dict, ours)
+    if problems:
         raise CheckpointError(
             f'{source}: its keys are official names but it is not the official {variant} '
-            f'(another architecture or a part of one). ' + '; '.join(parts) + '.')
-    model.load_state_dict(state_dict, strict=True)
+            f'(another architecture or a part of one): {problems.describe()}.')
+    # BatchNorm step counters are not weights: a re-saved or stripped copy may lack them
+    model.load_state_dict({**{k: v for k, v in ours.items() if k.endswith(COUNTERS)}, **state_dict}, strict=True)
     return model.eval()
 
 

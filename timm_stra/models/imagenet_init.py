@@ -30,13 +30,12 @@ from typing import Dict, Mapping
 import torch
 from torch import nn
 
-from ..listing import shown_list
+from ..state_dict_fit import COUNTERS, KeyDifferences, key_differences, shape_mismatch
 
 _logger = logging.getLogger(__name__)
 
 _OPERATOR = re.compile(r'^layer4\.\d+\.conv2\.\w+\.')  # inside a StRA operator (not a plain conv2)
 _REPLACED_CONV = re.compile(r'^(layer4\.\d+)\.conv2\.weight$')  # the 3x3 conv a StRA operator replaces
-_COUNTERS = 'num_batches_tracked'  # BatchNorm step counters: not weights, optional in ImageNet files
 
 
 class IncompatibleWeightsError(ValueError):
@@ -84,7 +83,7 @@ def imagenet_filter_fn(state_dict: Mapping[str, torch.Tensor], model: nn.Module)
     first_conv = _first_conv_weight(model)
     out: Dict[str, torch.Tensor] = {}
     loaded = 0
-    unexpected, mismatched, missing = [], [], []
+    problems = KeyDifferences()
     dropped = {'replaced 3x3 convs': 0, '1000-way fc': 0}
     for key, value in state_dict.items():
         if key not in ours:
@@ -99,12 +98,12 @@ def imagenet_filter_fn(state_dict: Mapping[str, torch.Tensor], model: nn.Module)
             elif key.startswith('fc.'):
                 dropped['1000-way fc'] += 1
             else:
-                unexpected.append(key)
+                problems.unexpected.append(key)
             continue
         target = ours[key]
         if value.shape == target.shape:
             out[key] = value
-            loaded += key.split('.')[-1] != _COUNTERS
+            loaded += key.split('.')[-1] != COUNTERS
         elif _group(key) == 'classifier':
             dropped['1000-way fc'] += 1
             continue  # e.g. a 751-ID or 7-class classifier instead of the 1000-way one: starts fresh
@@ -112,31 +111,22 @@ def imagenet_filter_fn(state_dict: Mapping[str, torch.Tensor], model: nn.Module)
             out[key] = value  # timm's load_pretrained adapts it
             loaded += 1
         else:
-            mismatched.append(f'{key} {tuple(value.shape)} vs {tuple(target.shape)}')
+            problems.mismatched.append(shape_mismatch(key, value, target))
     fresh = {}
     for key, value in ours.items():
         if key in out:
             continue
         group = _group(key)
-        if group or key.endswith(_COUNTERS):
+        if group or key.endswith(COUNTERS):
             out[key] = value
             if group:
                 fresh.setdefault(group, 0)
                 fresh[group] += 1
         elif key not in state_dict:  # (a mis-shaped key is reported as such)
-            missing.append(key)
-    if unexpected or mismatched or missing:
-        problems = []
-        unexpected.sort(key=lambda k: k.endswith(_COUNTERS))  # weights first, BN counters last
-        if unexpected:
-            problems.append(f'keys the model does not have: {shown_list(unexpected)}')
-        if missing:
-            problems.append(f'model keys the file lacks: {shown_list(missing)}')
-        if mismatched:
-            problems.append(f'shapes that differ (file vs model): {shown_list(mismatched)}')
+            problems.missing.append(key)
+    if problems:
         raise IncompatibleWeightsError(
-            'not an ImageNet ResNet-50 for this model; '
-            + '; '.join(problems) + '. Use the pretrained tags tv_in1k or a1_in1k (timm/resnet50.*), '
+            f'not an ImageNet ResNet-50 for this model; {problems.describe()}. Use the pretrained tags tv_in1k or a1_in1k (timm/resnet50.*), '
             'or pretrained=False.')
     name = getattr(model, 'pretrained_cfg', {}).get('architecture', type(model).__name__)
     _logger.info('%s: loaded %d ImageNet ResNet-50 tensors, dropped %d (%s); freshly initialised: %s', name, loaded,
@@ -160,24 +150,16 @@ def _saved_model_state(state_dict: Mapping[str, torch.Tensor], model: nn.Module)
     cfg = getattr(model, 'pretrained_cfg', {})
     new_classifier = getattr(model, 'num_classes', None) != cfg.get('num_classes')
     first_conv = _first_conv_weight(model)
-    ours = model.state_dict()
 
     def checked(key: str) -> bool:
         return not (new_classifier and _group(key) == 'classifier')
 
-    def fits(key: str, value: torch.Tensor) -> bool:
-        return value.shape == ours[key].shape or _only_in_chans_differ(key, value, ours[key], first_conv)
-    unexpected = [k for k in state_dict if k not in ours and checked(k)]
-    missing = [k for k in ours if k not in state_dict and checked(k) and not k.endswith(_COUNTERS)]
-    mismatched = [f'{k} {tuple(v.shape)} vs {tuple(ours[k].shape)}' for k, v in state_dict.items()
-                  if k in ours and not fits(k, v) and checked(k)]
-    if unexpected or missing or mismatched:
-        problems = [f'{what}: {shown_list(keys)}' for what, keys in (
-            ('keys the model does not have', unexpected), ('model keys the file lacks', missing),
-            ('shapes that differ (file vs model)', mismatched)) if keys]
+    def fits(key: str, value: torch.Tensor, target: torch.Tensor) -> bool:
+        return value.shape == target.shape or _only_in_chans_differ(key, value, target, first_conv)
+    problems = key_differences(state_dict, model.state_dict(), checked, fits)
+    if problems:
         raise IncompatibleWeightsError(
-            'a saved model built with other arguments than this one; ' + '; '.join(problems)
-            + '. Build it with the arguments it was saved with (those in its config.json, which '
-            "timm.create_model('hf-hub:...') and timm.create_model('local-dir:...') pass on) and change only "
-            'num_classes, or use pretrained=False.')
+            f'a saved model built with other arguments than this one; {problems.describe()}. Build it with the '
+            "arguments it was saved with (those in its config.json, which timm.create_model('hf-hub:...') and "
+            "timm.create_model('local-dir:...') pass on) and change only num_classes, or use pretrained=False.")
     return dict(state_dict)
