@@ -3,7 +3,7 @@ import argparse
 import sys
 from typing import List, Optional
 
-from ..checkpoint import CheckpointError
+from ..checkpoint_file import CheckpointError
 from .release import convert_checkpoint
 
 

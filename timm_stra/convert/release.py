@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..atomic import refuse_existing
-from ..checkpoint import CheckpointError, read_state_dict
+from ..checkpoint_file import CheckpointError, read_state_dict
 from ..hub import save_for_hf
 from ..state_dict_fit import COUNTERS, key_differences
 from .official import convert_official_state_dict

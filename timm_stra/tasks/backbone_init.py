@@ -30,7 +30,7 @@ import timm
 from timm.models import get_arch_pretrained_cfgs, parse_model_name, split_model_name_tag
 from torch import nn
 
-from ..checkpoint import CheckpointError, read_state_dict
+from ..checkpoint_file import CheckpointError, read_state_dict
 from ..models import imagenet_init
 from ..models.pretrained_errors import PretrainedWeightsError
 from .usage import UsageError
