@@ -420,13 +420,54 @@ def test_checkpoint_write_is_atomic(tmp_path):
     assert sorted(p.name for p in latest.parent.iterdir()) == ['epoch-0001', 'latest']
 
 
+@pytest.mark.parametrize('option, value, message', [
+    ('--epochs', '0', 'expected 1 or more, got 0'),  # ran nothing and said nothing
+    ('--batch-size', '1', 'expected 2 or more, got 1'),  # BatchNorm's error from inside the first step
+    ('--eval-batch-size', '0', 'expected 1 or more, got 0'),
+    ('--workers', '-2', 'expected 0 or more, got -2'),  # the DataLoader's traceback
+    ('--keep', '0', 'expected 1 or more, got 0'),  # kept no checkpoint to resume from
+    ('--freeze-epochs', '-1', 'expected 0 or more, got -1'),
+    ('--warmup-epochs', '-2', 'expected 0 or more, got -2'),
+    ('--crop-padding', '-3', 'expected 0 or more, got -3'),
+    ('--eval-interval', '-1', 'expected 0 or more, got -1'),
+    ('--lr', '-0.1', "expected 0 or more, got '-0.1'"),  # the optimizer's traceback
+    ('--div-weight', 'nan', "expected a finite number, got 'nan'"),
+    ('--decay-rate', '0', "expected a number above 0, got '0'"),  # silently stopped learning at the first decay
+    ('--smoothing', '1.5', "expected a number from 0 to below 1, got '1.5'"),  # a bare AssertionError
+    ('--re-prob', '2', "expected a number from 0 to 1, got '2'"),  # trained with every image erased
+    ('--hflip', '1.5', "expected a number from 0 to 1, got '1.5'"),
+    ('--input-size', '0', 'expected 1 or more, got 0'),
+])
+def test_option_values_out_of_range_are_refused_by_the_parser(tmp_path, capsys, option, value, message):
+    """Each of these ran (or crashed deep in torch or timm) before the options were range-checked."""
+    argv = ['reid', '--data', str(tmp_path / 'no-such-data'), '--output', str(tmp_path / 'run'), *FAST,
+            option, value, *(['8'] if option == '--input-size' else [])]
+    with pytest.raises(SystemExit) as exit_:
+        train_main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert f'argument {option}' in err and message in err, err
+    assert not (tmp_path / 'run').exists()
+
+
+@pytest.mark.parametrize('option, value', [('--batch-size', '0'), ('--workers', '-1')])
+def test_eval_option_values_out_of_range_are_refused_by_the_parser(tmp_path, capsys, option, value):
+    with pytest.raises(SystemExit) as exit_:
+        eval_main(['fer', '--data', str(tmp_path), '--model', str(tmp_path), option, value])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert f'argument {option}: expected' in err and f'got {value}' in err, err
+
+
 @pytest.mark.parametrize('argv, message', [
     (['--freeze-epochs', '1', '--trainable-early'], "no modules: nothing to train during the frozen epochs"),
     (['--freeze-epochs', '1', '--trainable-early', 'global_pool', 'act1'], "nothing to train during the frozen"),
     (['--freeze-epochs', '1', '--trainable-early', 'layer5'], "['layer5'] are not modules of StRAResNet"),
-    (['--freeze-epochs', '-1'], '--freeze-epochs -1: give 0 (no frozen epochs) or more'),
+    (['--opt', 'sgdd'], '--opt sgdd --sched step: Optimizer sgdd not found in registry'),
+    (['--sched', 'stepp'], "--opt adam --sched stepp: Unknown scheduler 'stepp'"),
+    (['--decay-epochs', '0'], '--sched step with --decay-epochs 0: give the epochs between'),
 ])
-def test_bad_freeze_options_are_refused_before_the_data_is_read(tmp_path, capsys, argv, message):
+def test_bad_freeze_and_optimization_options_are_refused_before_the_data_is_read(tmp_path, capsys, argv, message):
     """An empty or parameter-free --trainable-early froze everything (a traceback from backward); a typo was found
     only once the whole data set had been decoded."""
     missing = tmp_path / 'no-such-data'  # refused before it is read: its absence is not what is reported

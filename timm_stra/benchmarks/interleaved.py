@@ -36,7 +36,7 @@ import torch
 
 from ..atomic import results_file
 from ..markdown import markdown_table
-from .arguments import at_least, int_list, name_list
+from ..arguments import at_least, int_list, name_list
 from .cases import CASES, TASKS
 from .device_options import (add_compile_option, add_device_options, check_compile_warmup, parse_device,
                              precision_labels)

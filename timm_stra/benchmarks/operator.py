@@ -51,7 +51,7 @@ from tqdm import tqdm
 from ..layers import DiversityRecorder, StRAttention
 from ..layers.stra_triton import HAS_TRITON
 from ..markdown import markdown_table
-from .arguments import at_least, name_list
+from ..arguments import at_least, name_list
 from .cases import TASKS
 from .device_options import (CUDA_GRAPH_MODES, add_compile_option, add_device_options, check_compile_warmup,
                              parse_device, precision_labels)

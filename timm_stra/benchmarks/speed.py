@@ -32,7 +32,7 @@ import torch
 
 from ..atomic import results_file
 from ..markdown import markdown_table
-from .arguments import at_least, float_list, int_list, name_list, positive_float
+from ..arguments import at_least, float_list, int_list, name_list, positive_float
 from .cases import CASES, TASKS
 from .device_options import add_compile_option, add_device_options, check_compile_warmup, parse_device, precision_labels
 from .isolate import run_isolated

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from ..markdown import markdown_table
 from .cases import CASES, TASKS
-from .arguments import at_least, name_list
+from ..arguments import at_least, name_list
 from .device_options import add_compile_option, add_device_options, compile_warmup, parse_device, precision_labels
 from .worker import MODES, Measurement, build_step
 

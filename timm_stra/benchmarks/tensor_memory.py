@@ -17,7 +17,7 @@ from torch.profiler import ProfilerActivity, profile
 from tqdm import tqdm
 
 from ..diversity import diversity_loss
-from .arguments import at_least, name_list
+from ..arguments import at_least, name_list
 from .cases import CASES, TASKS, build_case
 
 

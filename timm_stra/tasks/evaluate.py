@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
+from ..arguments import at_least
 from ..atomic import results_file, save_results
 from ..markdown import markdown_table
 from .checkpoint import load_model
@@ -118,8 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--model', '--checkpoint', dest='model', required=True,
                    help='training output folder, checkpoint folder or .safetensors, local-dir:FOLDER or hf-hub:ID')
     p.add_argument('--bins', nargs='*', default=(), help='face: these .bin files instead of those in --data')
-    p.add_argument('--batch-size', type=int, default=128)
-    p.add_argument('--workers', type=int, default=4)
+    p.add_argument('--batch-size', type=at_least(1), default=128)
+    p.add_argument('--workers', type=at_least(0), default=4)
     p.add_argument('--device', default=None, help='cpu or cuda (default: cuda if available)')
     p.add_argument('--output', default=None, type=results_file,
                    help='write the metrics here as JSON (missing folders are created)')

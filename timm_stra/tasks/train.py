@@ -26,6 +26,7 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from timm.utils import dispatch_clip_grad
 
+from ..arguments import at_least, fraction, non_negative_float, positive_float
 from ..atomic import atomic_write_text
 from ..diversity import diversity_loss
 from .backbone_init import create_model, parse_backbone_init
@@ -69,7 +70,7 @@ def build_parser(task: str) -> argparse.ArgumentParser:
     g.add_argument('--model', default=r.model, help='any timm model name, e.g. the twin resnet50_' + task)
     g.add_argument('--model-kwargs', nargs='*', type=_kv, default=[], metavar='KEY=VALUE',
                    help="extra timm.create_model arguments, e.g. mode=no_interaction 'layers=[3,4,6,3]'")
-    g.add_argument('--input-size', type=int, nargs=2, default=None, metavar=('H', 'W'),
+    g.add_argument('--input-size', type=at_least(1), nargs=2, default=None, metavar=('H', 'W'),
                    help='input height and width (default: the model\'s pretrained_cfg); face models are built for it')
     g.add_argument('--backbone-init', default=r.backbone_init, metavar='TAG|FILE',
                    help="initial weights, loaded strictly by timm's pretrained machinery: a pretrained tag of "
@@ -77,46 +78,47 @@ def build_parser(task: str) -> argparse.ArgumentParser:
                         "file of the model's architecture, or '' for random weights")
     g.add_argument('--sync-bn', action='store_true', help='SyncBatchNorm under DDP')
     g = p.add_argument_group('optimisation')
-    g.add_argument('--epochs', type=int, default=r.epochs, help='epochs in total')
-    g.add_argument('--batch-size', type=int, default=r.batch_size, help='per process')
+    g.add_argument('--epochs', type=at_least(1), default=r.epochs, help='epochs in total')
+    g.add_argument('--batch-size', type=at_least(2), default=r.batch_size,
+                   help='per process (2 or more: BatchNorm)')
     g.add_argument('--opt', default=r.opt, help='timm optimizer name')
-    g.add_argument('--lr', type=float, default=r.lr, help='initial learning rate')
-    g.add_argument('--weight-decay', type=float, default=r.weight_decay,
+    g.add_argument('--lr', type=non_negative_float, default=r.lr, help='initial learning rate')
+    g.add_argument('--weight-decay', type=non_negative_float, default=r.weight_decay,
                    help='weight decay (on every parameter, as the official run)')
     g.add_argument('--wd-skip-bias-norm', action='store_true',
                    help="no weight decay on biases and norm layers (timm's usual filter)")
-    g.add_argument('--momentum', type=float, default=r.momentum, help='SGD momentum')
+    g.add_argument('--momentum', type=fraction(include_one=False), default=r.momentum, help='SGD momentum')
     g.add_argument('--sched', default=r.sched, help='timm scheduler name (stepped per epoch)')
-    g.add_argument('--decay-epochs', type=float, default=r.decay_epochs, help="'step': epochs between decays")
-    g.add_argument('--decay-milestones', type=int, nargs='*', default=list(r.decay_milestones),
+    g.add_argument('--decay-epochs', type=non_negative_float, default=r.decay_epochs, help="'step': epochs between decays")
+    g.add_argument('--decay-milestones', type=at_least(1), nargs='*', default=list(r.decay_milestones),
                    help="'multistep': epochs (counted from 1) from which the rate is multiplied again")
-    g.add_argument('--decay-rate', type=float, default=r.decay_rate, help='learning-rate factor at each decay')
-    g.add_argument('--warmup-epochs', type=int, default=0, help='linear warm-up epochs (not in the paper)')
-    g.add_argument('--smoothing', type=float, default=r.smoothing, help='label smoothing')
-    g.add_argument('--div-weight', type=float, default=r.div_weight, help='weight of the diversity loss')
-    g.add_argument('--freeze-epochs', type=int, default=r.freeze_epochs,
+    g.add_argument('--decay-rate', type=positive_float, default=r.decay_rate, help='learning-rate factor at each decay')
+    g.add_argument('--warmup-epochs', type=at_least(0), default=0, help='linear warm-up epochs (not in the paper)')
+    g.add_argument('--smoothing', type=fraction(include_one=False), default=r.smoothing, help='label smoothing')
+    g.add_argument('--div-weight', type=non_negative_float, default=r.div_weight, help='weight of the diversity loss')
+    g.add_argument('--freeze-epochs', type=at_least(0), default=r.freeze_epochs,
                    help='epochs during which only --trainable-early modules train')
     g.add_argument('--trainable-early', nargs='*', default=list(r.trainable_early),
                    help='modules that train during the first --freeze-epochs')
-    g.add_argument('--clip-grad', type=float, default=None, help='gradient clipping (off by default)')
+    g.add_argument('--clip-grad', type=positive_float, default=None, help='gradient clipping (off by default)')
     g.add_argument('--clip-mode', default='norm', choices=('norm', 'value', 'agc'))
     g.add_argument('--amp', action='store_true', help='mixed precision (float16 on CUDA, bfloat16 on CPU)')
     g = p.add_argument_group('data')
-    g.add_argument('--re-prob', type=float, default=r.re_prob, help='random erasing probability')
-    g.add_argument('--crop-padding', type=int, default=r.crop_padding, help='pad then random crop (0: off)')
-    g.add_argument('--hflip', type=float, default=0.5, help='horizontal flip probability')
-    g.add_argument('--workers', type=int, default=4, help='data loading processes per rank')
+    g.add_argument('--re-prob', type=fraction(), default=r.re_prob, help='random erasing probability')
+    g.add_argument('--crop-padding', type=at_least(0), default=r.crop_padding, help='pad then random crop (0: off)')
+    g.add_argument('--hflip', type=fraction(), default=0.5, help='horizontal flip probability')
+    g.add_argument('--workers', type=at_least(0), default=4, help='data loading processes per rank')
     g.add_argument('--skip-bad', action='store_true', help='skip (and count) unreadable images / rows')
     g.add_argument('--no-check', action='store_true',
                    help='do not decode every image before training (a broken one then stops the run when it is '
                         'loaded: --skip-bad cannot skip it)')
     g.add_argument('--bins', nargs='*', default=(), help='face: verification .bin files (default: *.bin in --data)')
     g = p.add_argument_group('run')
-    g.add_argument('--eval-interval', type=int, default=r.eval_interval,
+    g.add_argument('--eval-interval', type=at_least(0), default=r.eval_interval,
                    help='evaluate every N epochs (0: only at the end)')
-    g.add_argument('--eval-batch-size', type=int, default=r.eval_batch_size, help='batch size when evaluating')
-    g.add_argument('--keep', type=int, default=2, help='checkpoints kept')
-    g.add_argument('--seed', type=int, default=42, help='random seed (rank r augments with seed + r)')
+    g.add_argument('--eval-batch-size', type=at_least(1), default=r.eval_batch_size, help='batch size when evaluating')
+    g.add_argument('--keep', type=at_least(1), default=2, help='checkpoints kept')
+    g.add_argument('--seed', type=at_least(0), default=42, help='random seed (rank r augments with seed + r)')
     g.add_argument('--device', default=None, help='cpu or cuda (default: cuda if available)')
     g.add_argument('--no-progress', action='store_true', help='no progress bars or per-epoch lines')
     return p
@@ -155,14 +157,25 @@ def _logged_up_to(text: str, epoch: int) -> List[str]:
 
 
 def _check_freeze(args: argparse.Namespace, model: nn.Module) -> None:
-    """``--freeze-epochs`` of 0 or more; with any, ``--trainable-early`` naming modules with parameters."""
-    if args.freeze_epochs < 0:
-        raise UsageError(f'--freeze-epochs {args.freeze_epochs}: give 0 (no frozen epochs) or more.')
+    """With ``--freeze-epochs``, ``--trainable-early`` naming modules with parameters."""
     if args.freeze_epochs:
         try:
             check_trainable(model, args.trainable_early)
         except ValueError as e:
             raise UsageError(f'--trainable-early: {e}') from e
+
+
+def _check_optimization(args: argparse.Namespace, model: nn.Module) -> None:
+    """``--opt`` and ``--sched`` that timm knows, and a step schedule with a period: refused before the data is read
+    (timm's errors came after it, a step schedule of period 0 as a division by zero at the first epoch's end)."""
+    if args.sched == 'step' and args.decay_epochs <= 0:
+        raise UsageError(f'--sched step with --decay-epochs {args.decay_epochs:g}: give the epochs between decays '
+                         '(above 0), or another --sched.')
+    try:
+        create_optimization(model, args)
+    except ValueError as e:
+        raise UsageError(f'--opt {args.opt} --sched {args.sched}: {e} (timm\'s names: timm.optim.list_optimizers(), '
+                         'and the schedulers of timm.scheduler.create_scheduler_v2).') from e
 
 
 def _refuse_earlier_run(out: Path, env: DistEnv) -> None:
@@ -199,6 +212,7 @@ class Trainer:
         model = timm.create_model(args.model, **_model_kwargs(args, 1))
         self.data_config = data_config_for(model, args.input_size)
         _check_freeze(args, model)  # before the data is read (minutes, for a large set)
+        _check_optimization(args, model)
         # a resumed run reads its weights from the checkpoint: no initialisation to load
         backbone = parse_backbone_init('' if args.resume else args.backbone_init, args.model)
         tf_train = train_transform(args.task, self.data_config, args.re_prob, args.crop_padding, args.hflip)

@@ -27,6 +27,7 @@ from timm.data.transforms import MaybeToTensor
 from torch import nn
 from torchvision import transforms
 
+from ..arguments import at_least
 from ..atomic import atomic_write_file
 from ..layers.diversity import DiversityRecorder
 from .shown_image import load_image_as_shown
@@ -126,13 +127,6 @@ def _load(spec: str) -> nn.Module:
     return timm.create_model(spec)
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f'must be a positive number of pixels, got {value}')
-    return value
-
-
 def _picture_format(out: str) -> str:
     """Pillow's format for a picture named ``out``, from its extension."""
     extension = Path(out).suffix.lower()
@@ -151,7 +145,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help='a trained model (a training output folder, a checkpoint folder, local-dir:DIR or '
                              'hf-hub:ORG/NAME), or a registered name such as stra_resnet50_reid (random weights)')
     parser.add_argument('--out', required=True, help='the picture to write (.png, .jpg)')
-    parser.add_argument('--tile-height', type=_positive_int, default=192, help='pixels per tile (default 192)')
+    parser.add_argument('--tile-height', type=at_least(1), default=192, help='pixels per tile (default 192)')
     args = parser.parse_args(argv)
     try:
         fmt = _picture_format(args.out)

@@ -1,5 +1,6 @@
-"""Command-line value types the benchmarks share: comma-separated lists of integers, numbers or names, and bounded
-numbers (results files: ``atomic.results_file``)."""
+"""Command-line value types the commands share: comma-separated lists of integers, numbers or names, and bounded
+numbers (results files: ``atomic.results_file``). A value out of range is refused as argparse refuses any bad
+value: one line naming the option, what was given and what to give."""
 import argparse
 import math
 from typing import Callable, List, Sequence
@@ -57,14 +58,40 @@ def at_least(lowest: int) -> Callable[[str], int]:
     return parse
 
 
-def positive_float(text: str) -> float:
-    """A finite number above 0."""
+def _finite(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f'expected a number, got {text!r}') from None
-    if not math.isfinite(value) or value <= 0:
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f'expected a finite number, got {text!r}')
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A finite number above 0."""
+    value = _finite(text)
+    if value <= 0:
         raise argparse.ArgumentTypeError(f'expected a number above 0, got {text!r}')
     return value
+
+
+def non_negative_float(text: str) -> float:
+    """A finite number of 0 or more."""
+    value = _finite(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f'expected 0 or more, got {text!r}')
+    return value
+
+
+def fraction(include_one: bool = True) -> Callable[[str], float]:
+    """A type for a number from 0 to 1 (a probability), or below 1 without ``include_one``."""
+    def parse(text: str) -> float:
+        value = _finite(text)
+        if value < 0 or value > 1 or (value == 1 and not include_one):
+            raise argparse.ArgumentTypeError(
+                f'expected a number from 0 to {"1" if include_one else "below 1"}, got {text!r}')
+        return value
+    return parse
 
 
