@@ -21,6 +21,7 @@ import timm
 import timm_stra
 from timm_stra.cli import main as cli_main
 from timm_stra.convert.cli import main as convert_main
+from timm_stra.hub import save_for_hf
 
 
 def _official_state_dict(parity_dir: Path):
@@ -90,6 +91,13 @@ def test_convert_embedding_model_reproduces_the_parity_operator(official, tmp_pa
         assert model.eval()(torch.randn(1, 3, 64, 32)).shape == (1, 512)
     readme = (out / 'README.md').read_text()  # the authors' repository states no licence for the weights
     assert 'license: other' in readme and "converted from the authors' released checkpoint" in readme
+    # config.json says so too (it said apache-2.0): the model loaded from it, saved again, keeps the licence
+    assert json.loads((out / 'config.json').read_text())['pretrained_cfg']['license'] == 'other'
+    assert model.pretrained_cfg['license'] == 'other'
+    save_for_hf(model, tmp_path / 'resaved')
+    assert 'license: other' in (tmp_path / 'resaved' / 'README.md').read_text()
+    # the file's BatchNorm step counters are kept, not replaced by the fresh model's zeros
+    assert model.layer1[0].bn1.num_batches_tracked.item() == 1234
 
 
 def test_checkpoint_pickled_under_numpy_1_converts(official, tmp_path):
@@ -115,6 +123,17 @@ def test_keep_classifier_keeps_the_751_ids(official, tmp_path):
     assert model.num_classes == 751
     torch.testing.assert_close(model.fc.weight, sd['classifier.weight'], rtol=0, atol=0)
     assert json.loads((out / 'config.json').read_text())['num_classes'] == 751
+
+
+def test_keep_classifier_of_a_file_without_one_is_refused(official, tmp_path, capsys):
+    _, sd, _ = official
+    checkpoint = tmp_path / 'no-ids.pth.tar'
+    torch.save({'state_dict': {k: v for k, v in sd.items() if not k.startswith('classifier.')}}, checkpoint)
+    out = tmp_path / 'out'
+    assert convert_main([str(checkpoint), str(out), '--keep-classifier']) == 1
+    err = capsys.readouterr().err
+    assert f'{checkpoint}: has no ID classifier to keep; convert without --keep-classifier.' in err, err
+    assert not out.exists()
 
 
 def test_python_dash_m_entry_point(official, tmp_path, monkeypatch):

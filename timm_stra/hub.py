@@ -111,6 +111,16 @@ def model_card(model: nn.Module, repo_id: Optional[str] = None, weights: Optiona
     }
 
 
+def _with_license(kwargs: Dict[str, Any], license: Optional[str]) -> Dict[str, Any]:
+    """timm's writer arguments with ``license`` in ``config.json``'s ``pretrained_cfg`` too, as on the card: a model
+    loaded from the folder (and saved or published again) keeps it."""
+    if not license:
+        return kwargs
+    model_config = dict(kwargs.get('model_config') or {})
+    model_config['pretrained_cfg'] = {**model_config.get('pretrained_cfg', {}), 'license': license}
+    return {**kwargs, 'model_config': model_config}
+
+
 def save_for_hf(
         model: nn.Module,
         save_directory: Union[str, Path],
@@ -123,7 +133,8 @@ def save_for_hf(
 
     The folder is written beside its final place and renamed into place when
     complete; on error nothing is left. ``kwargs`` go to ``timm.models.save_for_hf``
-    (``model_config``, ``model_args``, ``data_config``). Load it back with
+    (``model_config``, ``model_args``, ``data_config``). ``license`` (default: the model's
+    ``pretrained_cfg``'s, else apache-2.0) goes on the card and into ``config.json``. Load it back with
     ``timm.create_model('local-dir:<folder>', pretrained=True)``.
 
     Returns:
@@ -131,7 +142,7 @@ def save_for_hf(
     """
     save_directory = Path(save_directory)
     with atomic_output_dir(save_directory) as tmp, contiguous_state_dict(model):
-        timm_save_for_hf(model, tmp, safe_serialization=True, **kwargs)
+        timm_save_for_hf(model, tmp, safe_serialization=True, **_with_license(kwargs, license))
         readme = generate_readme(model_card(model, repo_id, weights, license), save_directory.name,
                                  task_name=_task(model))
         (tmp / 'README.md').write_text(readme, encoding='utf-8')
@@ -150,4 +161,5 @@ def push_to_hub(model: nn.Module, repo_id: str, weights: Optional[str] = None, l
     kwargs.setdefault('safe_serialization', True)
     with contiguous_state_dict(model):
         return push_to_hf_hub(
-            model, repo_id, model_card=model_card(model, repo_id, weights, license), task_name=_task(model), **kwargs)
+            model, repo_id, model_card=model_card(model, repo_id, weights, license), task_name=_task(model),
+            **_with_license(kwargs, license))
