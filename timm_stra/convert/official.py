@@ -92,6 +92,7 @@ def convert_official_state_dict(state_dict: Mapping[str, torch.Tensor]) -> Dict[
         out[new_key] = value
     if unknown:
         raise ValueError(
-            f'Not an official StRA state dict: no mapping for {shown_list(unknown, 8)}. Expected the keys of the authors\' '
-            'stru_resnet50 (torchreid) model, or of a single StRA operator (mask_conv.*, value_conv.*, moe.*).')
+            f'Not an official StRA state dict: no mapping for {shown_list(unknown, 8)}. Expected the keys of the '
+            "authors' stru_resnet50 (torchreid) model, or of a single StRA operator (mask_conv.*, value_conv.*, "
+            'moe.*).')
     return out

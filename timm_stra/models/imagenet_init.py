@@ -126,8 +126,8 @@ def imagenet_filter_fn(state_dict: Mapping[str, torch.Tensor], model: nn.Module)
             problems.missing.append(key)
     if problems:
         raise IncompatibleWeightsError(
-            f'not an ImageNet ResNet-50 for this model; {problems.describe()}. Use the pretrained tags tv_in1k or a1_in1k (timm/resnet50.*), '
-            'or pretrained=False.')
+            f'not an ImageNet ResNet-50 for this model; {problems.describe()}. Use the pretrained tags tv_in1k or '
+            'a1_in1k (timm/resnet50.*), or pretrained=False.')
     name = getattr(model, 'pretrained_cfg', {}).get('architecture', type(model).__name__)
     _logger.info('%s: loaded %d ImageNet ResNet-50 tensors, dropped %d (%s); freshly initialised: %s', name, loaded,
                  sum(dropped.values()), ', '.join(f'{what}: {n}' for what, n in dropped.items() if n) or 'none',
