@@ -123,7 +123,22 @@ def test_bad_output_name_or_tile_height_fail_before_any_work(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli_main(['modes', person, '--model', 'stra_resnet50_reid', '--out', str(tmp_path / 'o.png'),
                   '--tile-height', '0'])
-    assert 'argument --tile-height: expected 1 or more, got 0' in capsys.readouterr().err
+    assert 'argument --tile-height: expected an integer from 1 to 2048, got 0' in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # (100000 filled 23 GB before the system killed it)
+        cli_main(['modes', person, '--model', 'stra_resnet50_reid', '--out', str(tmp_path / 'o.png'),
+                  '--tile-height', '100000'])
+    assert 'argument --tile-height: expected an integer from 1 to 2048, got 100000' in capsys.readouterr().err
+    a_file = tmp_path / 'a-file'
+    a_file.write_text('')
+    with pytest.raises(SystemExit):  # (a FileExistsError naming the folder; in /proc, the temporary file's name)
+        cli_main(['modes', person, '--model', 'stra_resnet50_reid', '--out', str(a_file / 'o.png')])
+    assert f'argument --out: {a_file / "o.png"}: {a_file} is a file, not a folder' in capsys.readouterr().err
+
+
+def test_a_picture_too_large_to_draw_is_refused_before_it_is_made():
+    masks = [torch.rand(64, 4, 2)] * 3  # 64 modes: 65 tiles a row
+    with pytest.raises(ValueError, match=r'65 x 3 tiles of 1024x2048 pixels would make a picture of 66560x6144'):
+        mask_picture(Image.new('RGB', (64, 128)), masks, tile_height=2048)
 
 
 def test_a_failed_write_keeps_the_old_picture(tmp_path, capsys):

@@ -5,6 +5,7 @@ Models are the registered ones, shrunk for 2 CPU cores with ``layers=[1,1,1,1]``
 import errno
 import json
 import pickle
+import shutil
 from pathlib import Path
 
 import pytest
@@ -149,6 +150,45 @@ def test_resume_refuses_a_changed_setting_before_reading_the_data(tmp_path, fer_
     torch.save(state, ckpt / 'state.pt')
     assert train_main([*same, '--epochs', '3', '--resume', str(run), '--seed', '7']) == 1
     assert '--seed 7 (the run: 42)' in capsys.readouterr().err
+
+
+def test_damaged_or_finished_runs_and_models_of_another_task_are_refused_in_one_line(tmp_path, fer_csv, capsys):
+    """Each was a traceback from json, timm, safetensors, torch or torchvision, or (a finished run resumed) an exit
+    0 that trained nothing."""
+    run = tmp_path / 'run'
+    args = ['fer', '--data', str(fer_csv), '--input-size', '24', '24', '--eval-interval', '0', '--output', str(run),
+            *FAST]
+    assert train_main([*args, '--epochs', '1']) == 0
+    ckpt = run / 'checkpoints' / 'epoch-0001'
+
+    def refused(main, argv, message):
+        capsys.readouterr()
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert message in err and 'Traceback' not in err, err
+
+    refused(train_main, [*args, '--epochs', '1', '--resume', str(run)],
+            f'--resume {run}: the run has trained 1 epochs of --epochs 1: nothing to continue; give --epochs above 1')
+    # a fer model for ReID data (refused before the data is read), a ReID model for fer
+    refused(eval_main, ['reid', '--data', str(tmp_path / 'no-data'), '--model', str(run), '--workers', '0'],
+            'the model takes 1-channel input (input_size (1, 24, 24)); reid images are colour (3 channels): give a '
+            'model built for them (in_chans=3')
+    refused(train_main, ['fer', '--data', str(fer_csv), '--output', str(tmp_path / 'other'), '--model',
+                         'resnet50_reid', *FAST], 'fer images are grey (1 channel)')
+    for name, text, message in (('bad-json', '{not json', 'config.json is not JSON'),
+                                ('no-arch', '{}', 'config.json names no architecture')):
+        copy = tmp_path / name
+        shutil.copytree(ckpt, copy)
+        (copy / 'config.json').write_text(text)
+        refused(eval_main, ['fer', '--data', str(fer_csv), '--model', str(copy), '--workers', '0'], message)
+    for damaged, message in (('state.pt', 'state.pt cannot be read'),
+                             ('model.safetensors', 'model.safetensors cannot be read')):
+        copy = tmp_path / f'cut-{damaged}'
+        shutil.copytree(run, copy)
+        path = copy / 'checkpoints' / 'epoch-0001' / damaged
+        path.write_bytes(path.read_bytes()[:1000])  # a copy cut short
+        refused(train_main, [*args, '--output', str(copy), '--epochs', '2', '--resume',
+                             str(copy)], message)
 
 
 def test_reid_resume_across_the_warm_up_is_exact(tmp_path):
@@ -310,6 +350,18 @@ def test_face_trains_and_verifies_on_a_bin(tmp_path, capsys, monkeypatch):
         assert f'no verification files to evaluate on: {why}' in err and '--bins' in err
 
 
+def test_face_training_refuses_a_reid_set_and_a_single_identity(tmp_path, capsys):
+    """Both trained without a word: a Market-1501 folder as three 'identities' (its splits), one identity as a
+    classifier of one class."""
+    market = make_market1501(tmp_path / 'market')
+    alone = make_face_folders(tmp_path / 'alone', ids=1, per_id=4)
+    for data, message in ((market, f'{market} is a person ReID set (Market-1501 layout'),
+                          (alone, f'{alone}: 1 identity folder with images (id_000); training a classifier of')):
+        assert train_main(['face', '--data', str(data), '--output', str(tmp_path / data.name), *FAST]) == 1
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / data.name / 'checkpoints').exists()
+
+
 def test_bad_image_stops_before_training_or_is_skipped(tmp_path, capsys):
     data = make_face_folders(tmp_path / 'faces', ids=4, per_id=3)
     bad = data / 'id_002' / '1.jpg'
@@ -437,6 +489,7 @@ def test_checkpoint_write_is_atomic(tmp_path):
     ('--re-prob', '2', "expected a number from 0 to 1, got '2'"),  # trained with every image erased
     ('--hflip', '1.5', "expected a number from 0 to 1, got '1.5'"),
     ('--input-size', '0', 'expected 1 or more, got 0'),
+    ('--device', 'tpu', "'tpu': choose cpu or cuda"),  # torch's list of every device type
 ])
 def test_option_values_out_of_range_are_refused_by_the_parser(tmp_path, capsys, option, value, message):
     """Each of these ran (or crashed deep in torch or timm) before the options were range-checked."""
@@ -448,6 +501,19 @@ def test_option_values_out_of_range_are_refused_by_the_parser(tmp_path, capsys, 
     err = capsys.readouterr().err
     assert f'argument {option}' in err and message in err, err
     assert not (tmp_path / 'run').exists()
+
+
+def test_an_output_that_cannot_be_a_folder_and_an_unknown_task_are_refused(tmp_path, capsys):
+    a_file = tmp_path / 'a-file'
+    a_file.write_text('')
+    for output, message in ((a_file, f'--output {a_file} is a file, not a folder'),
+                            (a_file / 'run', f'--output {a_file / "run"}: {a_file} is a file, not a folder')):
+        argv = ['reid', '--data', str(tmp_path / 'no-such-data'), '--output', str(output), *FAST]
+        assert train_main(argv) == 1  # (a FileExistsError or NotADirectoryError traceback)
+        err = capsys.readouterr().err
+        assert message in err and 'no-such-data' not in err, err
+    assert train_main(['reied', '--data', str(tmp_path)]) == 2
+    assert "timm-stra train: no task 'reied': choose reid, face, fer" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize('option, value', [('--batch-size', '0'), ('--workers', '-1')])
@@ -465,12 +531,15 @@ def test_eval_option_values_out_of_range_are_refused_by_the_parser(tmp_path, cap
     (['--freeze-epochs', '1', '--trainable-early', 'layer5'], "['layer5'] are not modules of StRAResNet"),
     (['--opt', 'sgdd'], '--opt sgdd --sched step: Optimizer sgdd not found in registry'),
     (['--sched', 'stepp'], "--opt adam --sched stepp: Unknown scheduler 'stepp'"),
+    (['--model', 'nosuch'], '--model nosuch: timm has no such model; timm-stra models lists ours'),
+    (['--model-kwargs', 'bogus=1'], "--model stra_resnet50_reid --model-kwargs bogus=1: StRAResNet.__init__() got an "
+                                    "unexpected keyword argument 'bogus'"),
     (['--decay-epochs', '0'], '--sched step with --decay-epochs 0: give the epochs between'),
 ])
 def test_bad_freeze_and_optimization_options_are_refused_before_the_data_is_read(tmp_path, capsys, argv, message):
     """An empty or parameter-free --trainable-early froze everything (a traceback from backward); a typo was found
     only once the whole data set had been decoded."""
     missing = tmp_path / 'no-such-data'  # refused before it is read: its absence is not what is reported
-    assert train_main(['reid', '--data', str(missing), '--output', str(tmp_path / 'run'), *argv, *FAST]) == 1
+    assert train_main(['reid', '--data', str(missing), '--output', str(tmp_path / 'run'), *FAST, *argv]) == 1
     err = capsys.readouterr().err
     assert message in err and 'no-such-data' not in err, err

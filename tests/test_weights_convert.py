@@ -167,6 +167,13 @@ def _assert_refused(checkpoint: Path, out: Path, capsys, *phrases: str):
     assert not [p for p in out.parent.iterdir() if p.name.startswith(f'.{out.name}')]  # no partial folder
 
 
+def test_a_file_that_holds_no_state_dict_is_refused_as_such(tmp_path, capsys):
+    """A list pickled with torch.save was 'truncated, corrupt or in another format': it is none of these."""
+    checkpoint = tmp_path / 'a-list.pth.tar'
+    torch.save([1, 2, 3], checkpoint)
+    _assert_refused(checkpoint, tmp_path / 'out', capsys, 'holds no state dict (found list)')
+
+
 @pytest.mark.parametrize('legacy', [True, False], ids=['legacy-format', 'zip-format'])
 def test_pickle_that_runs_code_is_refused(official, tmp_path, capsys, legacy):
     _, sd, _ = official

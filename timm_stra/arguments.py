@@ -3,7 +3,7 @@ numbers (results files: ``atomic.results_file``). A value out of range is refuse
 value: one line naming the option, what was given and what to give."""
 import argparse
 import math
-from typing import Callable, List, Sequence
+from typing import Callable, List, Optional, Sequence
 
 
 def int_list(text: str) -> List[int]:
@@ -45,15 +45,16 @@ def name_list(choices: Sequence[str]) -> Callable[[str], List[str]]:
     return parse
 
 
-def at_least(lowest: int) -> Callable[[str], int]:
-    """A type for an integer of at least ``lowest``."""
+def at_least(lowest: int, highest: Optional[int] = None) -> Callable[[str], int]:
+    """A type for an integer of at least ``lowest`` (and at most ``highest``, when given)."""
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f'expected an integer, got {text!r}') from None
-        if value < lowest:
-            raise argparse.ArgumentTypeError(f'expected {lowest} or more, got {value}')
+        if value < lowest or (highest is not None and value > highest):
+            wanted = f'{lowest} or more' if highest is None else f'an integer from {lowest} to {highest}'
+            raise argparse.ArgumentTypeError(f'expected {wanted}, got {value}')
         return value
     return parse
 

@@ -65,6 +65,15 @@ def check_file_target(target: PathLike) -> None:
     _check_can_create(target, 'a path')
 
 
+def check_folder_target(target: PathLike) -> None:
+    """Raise ``NotADirectoryError`` or ``PermissionError`` unless ``target`` is a folder this process can write in,
+    or can be made one (with the folders it lacks): call it before long work that writes there."""
+    target = Path(target)
+    if target.exists() and not target.is_dir():
+        raise NotADirectoryError(f'{target} is a file, not a folder: give a folder (missing folders are created).')
+    _check_can_create(target, 'an output folder', inside=True)
+
+
 def results_file(text: str) -> str:
     """An ``argparse`` type for a results file (``--json``, ``--output``) that ``save_results`` writes when a
     command's work is done: ``check_file_target`` when the command starts, so that a typo does not cost minutes of
@@ -76,10 +85,13 @@ def results_file(text: str) -> str:
     return text
 
 
-def _check_can_create(target: Path, what: str) -> None:
-    """Raise unless ``target``'s nearest existing ancestor is a folder this process can write in (tried)."""
+def _check_can_create(target: Path, what: str, inside: bool = False) -> None:
+    """Raise unless ``target``'s nearest existing ancestor (``target`` itself too, when writing ``inside`` it) is a
+    folder this process can write in (tried)."""
     # where the writer will create folders (a dangling link stops it too: it cannot make a folder there)
-    ancestor = next(p for p in target.absolute().parents if p.exists() or p.is_symlink())
+    where = target.absolute()
+    candidates = [where, *where.parents] if inside else where.parents
+    ancestor = next(p for p in candidates if p.exists() or p.is_symlink())
     if ancestor.is_symlink() and not ancestor.exists():
         raise NotADirectoryError(f'{target}: {ancestor} is a link to {os.readlink(ancestor)}, which does not '
                                  f'exist: choose {what} elsewhere, or create what the link names.')

@@ -92,6 +92,10 @@ def read_state_dict(path: PathLike) -> Dict[str, torch.Tensor]:
     except Exception as e:  # noqa: BLE001  (torch, pickle and safetensors raise many types for bad files)
         # timm words every refusal of torch's weights-only unpickler as one of pickle globals, a garbled file's too:
         # only a global torch names is one
+        not_a_mapping = re.fullmatch(r"'(\w+)' object has no attribute 'items'", str(e))
+        if isinstance(e, AttributeError) and not_a_mapping:  # timm unwraps a dict: the file holds something else
+            raise CheckpointError(f'{path}: holds no state dict (found {not_a_mapping.group(1)}). Expected a '
+                                  "model's state_dict, or a training checkpoint holding one under 'state_dict'.") from e
         found = _blocked_globals(e)
         if found:
             raise CheckpointError(
@@ -116,8 +120,9 @@ def read_state_dict(path: PathLike) -> Dict[str, torch.Tensor]:
         raise CheckpointError(
             f'{path}: not a readable {kind}; it is truncated, corrupt or in another format '
             f'({reason}). Download or save it again.') from e
-    if not isinstance(state_dict, dict) or not state_dict:
-        raise CheckpointError(f'{path}: holds no state dict (found {type(state_dict).__name__}).')
+    if not isinstance(state_dict, dict):
+        found = 'an empty dict' if isinstance(state_dict, dict) else type(state_dict).__name__
+        raise CheckpointError(f'{path}: holds no state dict (found {found}).')
     bad = [k for k, v in state_dict.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise CheckpointError(

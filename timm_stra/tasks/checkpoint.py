@@ -26,6 +26,7 @@ from timm.data import resolve_model_data_config
 from timm.models import save_for_hf
 
 from ..atomic import atomic_output_dir, atomic_write_text
+from ..checkpoint_file import CheckpointError
 from ..hub import contiguous_state_dict
 
 MODEL_FILE = 'model.safetensors'
@@ -98,8 +99,25 @@ def resolve_checkpoint(path) -> Path:
 
 
 def load_training_state(checkpoint_dir) -> Dict[str, Any]:
-    """The training state of a checkpoint folder (``torch.load(weights_only=True)``: no code runs)."""
-    return torch.load(Path(checkpoint_dir) / STATE_FILE, map_location='cpu', weights_only=True)
+    """The training state of a checkpoint folder (``torch.load(weights_only=True)``: no code runs).
+
+    Raises:
+        CheckpointError: no ``state.pt``, or one that cannot be read (truncated, not a training state).
+    """
+    path = Path(checkpoint_dir) / STATE_FILE
+    try:
+        state = torch.load(path, map_location='cpu', weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f'{checkpoint_dir} holds no {STATE_FILE}: it is a model, not a training checkpoint to '
+                              'resume from (start a new run from its weights with --backbone-init '
+                              f'{Path(checkpoint_dir) / MODEL_FILE}).') from None
+    except Exception as e:  # truncated zip, bad pickle: torch's errors name neither the file nor what to do
+        raise CheckpointError(f'{path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""})'
+                              ': the checkpoint is damaged; resume from an older one (checkpoints/epoch-NNNN).'
+                              ) from e
+    if not isinstance(state, dict) or 'epoch' not in state:
+        raise CheckpointError(f'{path} is not a training state of timm-stra train; resume from a run folder it wrote.')
+    return state
 
 
 def load_model(spec: str, **kwargs) -> Tuple[torch.nn.Module, Dict[str, Any]]:
@@ -111,8 +129,31 @@ def load_model(spec: str, **kwargs) -> Tuple[torch.nn.Module, Dict[str, Any]]:
     """
     if not spec.startswith(('hf-hub:', 'local-dir:')):
         spec = 'local-dir:' + str(resolve_checkpoint(spec))
-    model = timm.create_model(spec, pretrained=True, **kwargs)
+    if spec.startswith('local-dir:'):
+        _check_config(Path(spec[len('local-dir:'):]) / CONFIG_FILE)
+    try:
+        model = timm.create_model(spec, pretrained=True, **kwargs)
+    except RuntimeError as e:
+        if 'Unknown model' not in str(e):
+            raise
+        raise CheckpointError(f'{spec}: its config.json names a model timm does not know ({e}): import the '
+                              'package that registers it first.') from e
     return model, resolve_model_data_config(model)
+
+
+def _check_config(path: Path) -> None:
+    """Raise ``CheckpointError`` unless ``path`` is a timm hub ``config.json`` naming an architecture (timm's
+    own errors were a JSON traceback or a bare ``KeyError: 'architecture'``)."""
+    try:
+        config = json.loads(path.read_text(encoding='utf-8'))
+    except FileNotFoundError:
+        raise CheckpointError(f'{path.parent} holds no {CONFIG_FILE}: not a saved timm model folder.') from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f'{path} is not JSON ({e}): the folder is damaged; use another checkpoint, or write '
+                              'it again.') from None
+    if not isinstance(config, dict) or not isinstance(config.get('architecture'), str):
+        raise CheckpointError(f'{path} names no architecture: not a timm hub config; use another checkpoint, or '
+                              'write it again.')
 
 
 def data_config_for(model: torch.nn.Module, input_size: Optional[Tuple[int, int]] = None) -> Dict[str, Any]:

@@ -4,6 +4,7 @@ results in dataset order.
 ``torchrun --nproc_per_node N`` sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``; the process
 group uses NCCL on GPUs and gloo on CPUs. Only rank 0 writes files.
 """
+import argparse
 import os
 from dataclasses import dataclass
 from functools import partial
@@ -30,6 +31,16 @@ class DistEnv:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+
+def task_device(text: str) -> str:
+    """An ``argparse`` type for ``--device``: 'cpu', or 'cuda' where PyTorch sees a GPU (each rank takes its own)."""
+    if text not in ('cpu', 'cuda'):
+        raise argparse.ArgumentTypeError(f'{text!r}: choose cpu or cuda (under torchrun each rank takes the GPU of '
+                                         'its LOCAL_RANK)')
+    if text == 'cuda' and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError('cuda: PyTorch sees no CUDA device here; use --device cpu')
+    return text
 
 
 def init_distributed(device: Optional[str] = None) -> DistEnv:

@@ -15,13 +15,16 @@ from tqdm import tqdm
 
 from ..arguments import at_least
 from ..atomic import results_file, save_results
+from ..checkpoint_file import CheckpointError
 from ..markdown import markdown_table
+from ..models.pretrained_errors import PretrainedWeightsError
 from .checkpoint import load_model
 from .data import BadDataError, FaceBinError
-from .distributed import DistEnv, check_share, gather_in_order, init_distributed, shutdown
+from .distributed import DistEnv, task_device, check_share, gather_in_order, init_distributed, shutdown
 from .metrics import reid_cmc_map, top1_accuracy, verification_accuracy
 from .task_data import EvalSets, load_eval_sets
 from .transforms import eval_transform
+from .usage import UsageError
 
 
 class _WithIndex(Dataset):
@@ -121,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--bins', nargs='*', default=(), help='face: these .bin files instead of those in --data')
     p.add_argument('--batch-size', type=at_least(1), default=128)
     p.add_argument('--workers', type=at_least(0), default=4)
-    p.add_argument('--device', default=None, help='cpu or cuda (default: cuda if available)')
+    p.add_argument('--device', default=None, type=task_device, help='cpu or cuda (default: cuda if available)')
     p.add_argument('--output', default=None, type=results_file,
                    help='write the metrics here as JSON (missing folders are created)')
     p.add_argument('--skip-bad', action='store_true', help='skip (and count) unreadable images or rows')
@@ -151,7 +154,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         sets = load_eval_sets(args.task, args.data, eval_transform(args.task, data_config), args.skip_bad,
                               face_bins=args.bins, progress=not args.no_progress and env.is_main,
                               share=check_share(env))
-    except (BadDataError, FaceBinError, FileNotFoundError) as e:
+    except (BadDataError, CheckpointError, FaceBinError, FileNotFoundError, PretrainedWeightsError, UsageError) as e:
         print(f'timm-stra eval {args.task}: {e}', file=sys.stderr)
         shutdown(env, barrier=False)
         return 1

@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import timm
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -27,12 +28,13 @@ from timm.scheduler import create_scheduler_v2
 from timm.utils import dispatch_clip_grad
 
 from ..arguments import at_least, fraction, non_negative_float, positive_float
-from ..atomic import atomic_write_text
+from ..atomic import atomic_write_text, check_folder_target
+from ..checkpoint_file import CheckpointError
 from ..diversity import diversity_loss
 from .backbone_init import create_model, parse_backbone_init
 from .data import BadDataError, FaceBinError
 from .checkpoint import data_config_for, load_training_state, point_latest, resolve_checkpoint, save_checkpoint
-from .distributed import (DistEnv, all_gather_objects, all_reduce_sum, broadcast_buffers, check_share,
+from .distributed import (DistEnv, task_device, all_gather_objects, all_reduce_sum, broadcast_buffers, check_share,
                           init_distributed, shutdown)
 from .evaluate import evaluate, metrics_table
 from .freeze import check_trainable, set_trainable
@@ -89,7 +91,8 @@ def build_parser(task: str) -> argparse.ArgumentParser:
                    help="no weight decay on biases and norm layers (timm's usual filter)")
     g.add_argument('--momentum', type=fraction(include_one=False), default=r.momentum, help='SGD momentum')
     g.add_argument('--sched', default=r.sched, help='timm scheduler name (stepped per epoch)')
-    g.add_argument('--decay-epochs', type=non_negative_float, default=r.decay_epochs, help="'step': epochs between decays")
+    g.add_argument('--decay-epochs', type=non_negative_float, default=r.decay_epochs,
+                   help="'step': epochs between decays")
     g.add_argument('--decay-milestones', type=at_least(1), nargs='*', default=list(r.decay_milestones),
                    help="'multistep': epochs (counted from 1) from which the rate is multiplied again")
     g.add_argument('--decay-rate', type=positive_float, default=r.decay_rate, help='learning-rate factor at each decay')
@@ -119,7 +122,7 @@ def build_parser(task: str) -> argparse.ArgumentParser:
     g.add_argument('--eval-batch-size', type=at_least(1), default=r.eval_batch_size, help='batch size when evaluating')
     g.add_argument('--keep', type=at_least(1), default=2, help='checkpoints kept')
     g.add_argument('--seed', type=at_least(0), default=42, help='random seed (rank r augments with seed + r)')
-    g.add_argument('--device', default=None, help='cpu or cuda (default: cuda if available)')
+    g.add_argument('--device', default=None, type=task_device, help='cpu or cuda (default: cuda if available)')
     g.add_argument('--no-progress', action='store_true', help='no progress bars or per-epoch lines')
     return p
 
@@ -140,6 +143,21 @@ def _model_kwargs(args, num_classes: int) -> Dict[str, Any]:
     if args.input_size is not None and args.task == 'face':  # the face head is built for its input size
         kwargs.setdefault('img_size', list(args.input_size))
     return kwargs
+
+
+def _model_for_options(args: argparse.Namespace) -> nn.Module:
+    """The model ``--model`` and ``--model-kwargs`` build (with one class), or a ``UsageError`` saying why not."""
+    kwargs = ' '.join(f'{k}={json.dumps(v)}' for k, v in args.model_kwargs)
+    options = f'--model {args.model}' + (f' --model-kwargs {kwargs}' if kwargs else '')
+    try:
+        return timm.create_model(args.model, **_model_kwargs(args, 1))
+    except RuntimeError as e:
+        if 'Unknown model' not in str(e):
+            raise
+        raise UsageError(f'--model {args.model}: timm has no such model; timm-stra models lists ours, '
+                         'timm.list_models() all of them.') from e
+    except (TypeError, ValueError) as e:
+        raise UsageError(f'{options}: {e}') from e
 
 
 def _logged_up_to(text: str, epoch: int) -> List[str]:
@@ -194,6 +212,10 @@ class Trainer:
     def __init__(self, args: argparse.Namespace, env: DistEnv):
         self.args, self.env = args, env
         self.out = Path(args.output)
+        try:
+            check_folder_target(self.out)
+        except OSError as e:
+            raise UsageError(f'--output {e}') from None
         if not args.resume:
             _refuse_earlier_run(self.out, env)
         self._build(args)
@@ -207,9 +229,13 @@ class Trainer:
             # (checkpoints written before the settings were kept hold only the seed)
             saved = resumed[1].get('settings', {**run_settings(args), 'seed': resumed[1].get('seed')})
             check_resumed_settings(saved, args, checkpoint)
+            done = int(resumed[1]['epoch'])
+            if done >= args.epochs:
+                raise UsageError(f'--resume {args.resume}: the run has trained {done} epochs of --epochs '
+                                 f'{args.epochs}: nothing to continue; give --epochs above {done} to train more.')
         # 1. data, read and checked before anything trains (bad data stops the run here); the input
         #    size, mean and std come from the architecture's pretrained_cfg
-        model = timm.create_model(args.model, **_model_kwargs(args, 1))
+        model = _model_for_options(args)
         self.data_config = data_config_for(model, args.input_size)
         _check_freeze(args, model)  # before the data is read (minutes, for a large set)
         _check_optimization(args, model)
@@ -254,7 +280,12 @@ class Trainer:
             self._resume(*resumed)
 
     def _resume(self, ckpt: Path, state: Dict[str, Any]) -> None:
-        self.model.load_state_dict(load_file(str(ckpt / 'model.safetensors'), device=str(self.env.device)))
+        try:
+            weights = load_file(str(ckpt / 'model.safetensors'), device=str(self.env.device))
+        except (OSError, SafetensorError) as e:
+            raise CheckpointError(f'{ckpt / "model.safetensors"} cannot be read ({e}): the checkpoint is damaged; '
+                                  'resume from an older one (checkpoints/epoch-NNNN).') from e
+        self.model.load_state_dict(weights)
         self.optimizer.load_state_dict(state['optimizer'])
         self.scheduler.load_state_dict(state['scheduler'])
         self.scaler.load_state_dict(state['scaler'])
@@ -389,7 +420,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not argv or argv[0] not in TASKS:
         print(f'usage: timm-stra train {{{",".join(TASKS)}}} --data DIR [options]  (-h after the task for options)',
               file=sys.stderr)
-        return 0 if argv and argv[0] in ('-h', '--help') else 2
+        if argv and argv[0] in ('-h', '--help'):
+            return 0
+        if argv:
+            print(f'timm-stra train: no task {argv[0]!r}: choose {", ".join(TASKS)}', file=sys.stderr)
+        return 2
     task = argv[0]
     args = build_parser(task).parse_args(argv[1:])
     args.task = task
@@ -398,7 +433,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         Trainer(args, env).run()
         done = True
-    except (BadDataError, FaceBinError, FileNotFoundError, UsageError) as e:
+    except (BadDataError, CheckpointError, FaceBinError, FileNotFoundError, UsageError) as e:
         print(f'timm-stra train {task}: {e}', file=sys.stderr)
         return 1
     finally:

@@ -14,6 +14,22 @@ from timm.data import create_transform
 from timm.data.random_erasing import RandomErasing
 from timm.data.transforms import MaybeToTensor, str_to_interp_mode
 
+from .usage import UsageError
+
+
+TASK_CHANNELS = {'reid': 3, 'face': 3, 'fer': 1}  # colour person and face crops; FER2013's grey faces
+
+
+def check_channels(task: str, data_config: Dict[str, Any]) -> None:
+    """Raise ``UsageError`` unless the model's input channels (``data_config['input_size'][0]``) are the task's
+    images' (a model of another task failed inside the normalisation or the first convolution)."""
+    channels, wanted = data_config['input_size'][0], TASK_CHANNELS[task]
+    if channels != wanted:
+        images = 'grey (1 channel)' if wanted == 1 else 'colour (3 channels)'
+        raise UsageError(f'the model takes {channels}-channel input (input_size {tuple(data_config["input_size"])});'
+                         f' {task} images are {images}: give a model built for them (in_chans={wanted}, as the '
+                         f'{task} models are).')
+
 
 def _crop_mode(task: str, size: Sequence[int]) -> str:
     # face crops are square centre crops of the shorter-side resize; the rest are squashed to size
@@ -21,12 +37,13 @@ def _crop_mode(task: str, size: Sequence[int]) -> str:
 
 
 def eval_transform(task: str, data_config: Dict[str, Any]) -> Callable:
-    """Deterministic PIL -> (C, H, W) normalised tensor for evaluation.
+    """Deterministic PIL -> (C, H, W) normalised tensor for evaluation (``UsageError``: see ``check_channels``).
 
     Args:
         task: 'reid', 'face' or 'fer'.
         data_config: timm data config (``input_size``, ``interpolation``, ``mean``, ``std``).
     """
+    check_channels(task, data_config)
     size = tuple(data_config['input_size'][1:])
     return create_transform(
         size, is_training=False, interpolation=data_config['interpolation'], mean=data_config['mean'],
@@ -35,7 +52,7 @@ def eval_transform(task: str, data_config: Dict[str, Any]) -> Callable:
 
 def train_transform(task: str, data_config: Dict[str, Any], re_prob: float = 0., crop_padding: int = 0,
                     hflip: float = 0.5) -> Callable:
-    """Random PIL -> (C, H, W) normalised tensor for training.
+    """Random PIL -> (C, H, W) normalised tensor for training (``UsageError``: see ``check_channels``).
 
     Args:
         task: 'reid', 'face' or 'fer'.
@@ -44,6 +61,7 @@ def train_transform(task: str, data_config: Dict[str, Any], re_prob: float = 0.,
         crop_padding: zero padding before a random crop back to the input size (0: no random crop).
         hflip: probability of a horizontal flip.
     """
+    check_channels(task, data_config)
     size = tuple(data_config['input_size'][1:])
     interp = str_to_interp_mode(data_config['interpolation'])
     if _crop_mode(task, size) == 'center':

@@ -28,10 +28,12 @@ from torch import nn
 from torchvision import transforms
 
 from ..arguments import at_least
-from ..atomic import atomic_write_file
+from ..atomic import atomic_write_file, results_file
 from ..layers.diversity import DiversityRecorder
 from .shown_image import load_image_as_shown
 
+MAX_TILE_HEIGHT = 2048
+MAX_PIXELS = 2 ** 27  # 134 million: 400 MB of RGB (a ReID model's 3 x 9 tiles at the largest tile height: 57 million)
 HIGHLIGHT = torch.tensor([255., 210., 0.])  # where a mode puts most of its mass (amber over the darkened image)
 
 
@@ -92,6 +94,10 @@ def mask_picture(image: Image.Image, masks: Sequence[torch.Tensor], tile_height:
     pixels = torch.frombuffer(bytearray(tile.tobytes()), dtype=torch.uint8)
     pixels = pixels.view(tile_height, width, 3).float()  # H, W, 3
     columns = 1 + max(m.shape[0] for m in masks)
+    if columns * width * len(masks) * tile_height > MAX_PIXELS:
+        raise ValueError(f'mask_picture: {columns} x {len(masks)} tiles of {width}x{tile_height} pixels would make a '
+                         f'picture of {columns * width}x{len(masks) * tile_height}, more than {MAX_PIXELS:,} pixels; '
+                         'give a lower tile height.')
     picture = Image.new('RGB', (columns * width, len(masks) * tile_height), 'black')
     for row, operator_masks in enumerate(masks):
         picture.paste(tile, (0, row * tile_height))
@@ -144,8 +150,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--model', required=True,
                         help='a trained model (a training output folder, a checkpoint folder, local-dir:DIR or '
                              'hf-hub:ORG/NAME), or a registered name such as stra_resnet50_reid (random weights)')
-    parser.add_argument('--out', required=True, help='the picture to write (.png, .jpg)')
-    parser.add_argument('--tile-height', type=at_least(1), default=192, help='pixels per tile (default 192)')
+    parser.add_argument('--out', required=True, type=results_file,
+                        help='the picture to write (.png, .jpg; missing folders are created)')
+    parser.add_argument('--tile-height', type=at_least(1, MAX_TILE_HEIGHT), default=192,
+                        help=f'pixels per tile, up to {MAX_TILE_HEIGHT} (default 192)')
     args = parser.parse_args(argv)
     try:
         fmt = _picture_format(args.out)

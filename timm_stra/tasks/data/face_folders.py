@@ -2,7 +2,7 @@
 from pathlib import Path
 from typing import List, Tuple
 
-from .bad_data import BadDataReport
+from .bad_data import BadDataError, BadDataReport
 from .check_share import CheckShare
 from .image_list import check_images, list_images
 
@@ -17,11 +17,14 @@ def scan_identity_folders(root, skip_bad: bool = False, check: bool = True, prog
 
     Raises:
         FileNotFoundError: no identity folder with images under ``root``.
-        BadDataError: an image does not decode (unless ``skip_bad``).
+        BadDataError: an image does not decode (unless ``skip_bad``); a ReID set's folder, or a single identity.
     """
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f'{root} is not a folder of identity folders (ROOT/<identity>/<image>.jpg).')
+    if (root / 'bounding_box_train').is_dir() and (root / 'query').is_dir():
+        raise BadDataError(f'{root} is a person ReID set (Market-1501 layout: bounding_box_train/, query/), not face '
+                           'identity folders (ROOT/<identity>/<image>.jpg): train reid on it, or give a face set.')
     names, samples = [], []
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
         images = list_images(folder)
@@ -39,6 +42,9 @@ def scan_identity_folders(root, skip_bad: bool = False, check: bool = True, prog
         samples, names = _drop_empty_identities(samples, names)
         if not samples:
             raise FileNotFoundError(f'No readable images under {root}: all {skipped} were skipped as bad.')
+    if len(names) < 2:
+        raise BadDataError(f'{root}: {len(names)} identity folder with images ({", ".join(names)}); training a '
+                           'classifier of identities needs 2 or more (ROOT/<identity>/<image>.jpg).')
     return samples, names, skipped
 
 
