@@ -19,7 +19,7 @@ COMMANDS = {
 
 def _usage() -> str:
     width = max(map(len, COMMANDS))
-    lines = ['usage: timm-stra <command> [options]', '', 'commands:']
+    lines = ['usage: timm-stra <command> [options]   (timm-stra --version: the versions in use)', '', 'commands:']
     lines += [f'  {name:<{width}}  {help_}' for name, (_, help_) in COMMANDS.items()]
     lines += ['', "Run 'timm-stra <command> --help' for a command's options."]
     return '\n'.join(lines)
@@ -36,6 +36,12 @@ def main(argv: Optional[List[str]] = None) -> int:
 def _run(argv: List[str]) -> int:
     if not argv or argv[0] in ('-h', '--help'):
         print(_usage())
+        return 0
+    if argv[0] in ('-V', '--version'):
+        from . import __version__
+        import timm
+        import torch
+        print(f'timm-stra {__version__} (timm {timm.__version__}, torch {torch.__version__})')
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
