@@ -228,7 +228,8 @@ def test_missing_checkpoint(tmp_path, capsys):
 def test_checkpoint_of_another_architecture(tmp_path, capsys):
     checkpoint = tmp_path / 'resnet50.pth.tar'
     torch.save({'state_dict': timm.create_model('resnet50').state_dict()}, checkpoint)
-    _assert_refused(checkpoint, tmp_path / 'out', capsys, 'no mapping for fc.weight')
+    _assert_refused(checkpoint, tmp_path / 'out', capsys, 'no mapping for fc.weight, fc.bias. This is the state dict '
+                    'of a plain ResNet-50 (its classifier is fc.*)')
 
 
 def test_checkpoint_without_batchnorm_step_counters_converts(official, tmp_path):

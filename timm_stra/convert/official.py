@@ -91,8 +91,11 @@ def convert_official_state_dict(state_dict: Mapping[str, torch.Tensor]) -> Dict[
             value = value.flatten(1)  # 1x1 conv on pooled features == Linear
         out[new_key] = value
     if unknown:
+        plain = ('This is the state dict of a plain ResNet-50 (its classifier is fc.*): load it with '
+                 "timm.create_model(..., pretrained_cfg_overlay=dict(file=...)) or --backbone-init, not convert. "
+                 if {k.split('.')[0] for k in unknown} == {'fc'} else '')
         raise ValueError(
-            f'Not an official StRA state dict: no mapping for {shown_list(unknown, 8)}. Expected the keys of the '
-            "authors' stru_resnet50 (torchreid) model, or of a single StRA operator (mask_conv.*, value_conv.*, "
+            f'Not an official StRA state dict: no mapping for {shown_list(unknown, 8)}. {plain}Expected the keys of '
+            "the authors' stru_resnet50 (torchreid) model, or of a single StRA operator (mask_conv.*, value_conv.*, "
             'moe.*).')
     return out
