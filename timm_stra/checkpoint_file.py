@@ -120,7 +120,7 @@ def read_state_dict(path: PathLike) -> Dict[str, torch.Tensor]:
         raise CheckpointError(
             f'{path}: not a readable {kind}; it is truncated, corrupt or in another format '
             f'({reason}). Download or save it again.') from e
-    if not isinstance(state_dict, dict):
+    if not isinstance(state_dict, dict) or not state_dict:
         found = 'an empty dict' if isinstance(state_dict, dict) else type(state_dict).__name__
         raise CheckpointError(f'{path}: holds no state dict (found {found}).')
     bad = [k for k, v in state_dict.items() if not isinstance(v, torch.Tensor)]
