@@ -2,6 +2,7 @@
 import math
 import re
 
+import numpy as np
 import pytest
 import torch
 from torch.nn.utils import prune
@@ -365,3 +366,35 @@ def test_second_derivatives_are_refused_by_name(half, recompute):
         torch.autograd.grad(module(x).square().sum(), x, create_graph=True)
     (grad,) = torch.autograd.grad(module(x).square().sum(), x)  # first order: as before
     assert grad.shape == x.shape and grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize('stride', [1, 2])
+def test_sasa_ablation_is_the_papers_8_heads_over_7x7(stride):
+    """SPEC 2: the SASA ablation has 8 heads and a 7x7 window whatever kernel_size says (the heads change neither
+    the parameters nor the counted MACs: only the output tells them apart)."""
+    op = StRAttention(64, stride=stride, groups=8, kernel_size=3, local_op='sasa', mode='none').eval()
+    assert op.local.heads == 8 and op.local.kernel_size == 7
+    paper = SelfAttention2d(64, heads=8, kernel_size=7, stride=stride, qkv_groups=8).eval()
+    paper.load_state_dict(op.local.state_dict())
+    x = torch.randn(2, 64, 9, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(op.local(x), paper(x))
+
+
+@pytest.mark.parametrize('kwargs, error, message', [
+    (dict(groups='8'), TypeError, "StRAttention: groups must be an integer, got '8' (str)."),  # a bare '<' TypeError
+    (dict(kernel_size=(3, 3)), TypeError, 'StRAttention: kernel_size must be an integer, got (3, 3) (tuple).'),
+    (dict(reduction=2.0), TypeError, 'StRAttention: reduction must be an integer, got 2.0 (float).'),
+    (dict(local_op='sasa', kernel_size=5), ValueError, "local_op='sasa' uses the paper's 7x7 window and 8 heads; "
+                                                       'kernel_size=5 sets the window of local, conv and group_conv'),
+])
+def test_arguments_of_the_wrong_type_or_ignored_are_refused_by_name(kwargs, error, message):
+    """SASA ignored kernel_size without a word (config.json still recorded it)."""
+    with pytest.raises(error, match=re.escape(message)):
+        StRAttention(64, **kwargs)
+
+
+def test_numpy_integer_arguments_are_taken_as_ints():
+    op = StRAttention(np.int64(64), groups=np.int32(4), kernel_size=np.int64(5))
+    assert (op.local.groups, op.local.kernel_size) == (4, 5) and type(op.dim) is int
+    assert StRAttention(64, local_op='sasa', kernel_size=7).local.kernel_size == 7

@@ -4,8 +4,18 @@ The checks are registered as fx leaf functions so that models stay traceable by
 ``torch.fx`` (a traced graph calls them, it does not trace into them) and are
 written in the TorchScript subset so that models stay scriptable.
 """
+import numbers
+
 import torch
 from timm.layers import register_notrace_function
+
+
+def check_int(value, argument: str, what: str) -> int:
+    """``value`` as a Python int (NumPy integers too: a config may hold them), or a ``TypeError`` naming
+    ``argument`` (a string or a tuple failed in a comparison that named neither)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f'{what}: {argument} must be an integer, got {value!r} ({type(value).__name__}).')
+    return int(value)
 
 
 def check_divisible(channels: int, groups: int, what: str, noun: str = 'modes (groups)',

@@ -26,7 +26,7 @@ from typing import Final
 import torch
 from torch import nn
 
-from .checks import check_choice, check_divisible, check_feature_map
+from .checks import check_choice, check_divisible, check_feature_map, check_int
 from .local_attn import LocalAttention
 from .local_attn_ref import LocalAttentionReference
 from .mode_attn import ModeAttention
@@ -42,6 +42,7 @@ torch.fx.wrap('check_feature_map')
 
 LOCAL_OPS = ('local', 'conv', 'group_conv', 'sasa')
 MODES = ('full', 'no_interaction', 'none')
+SASA_KERNEL = 7  # the SASA ablation's window (SPEC 2)
 
 
 def create_local_op(
@@ -71,7 +72,10 @@ def create_local_op(
         local_cls = LocalAttentionReference if reference else LocalAttention
         return local_cls(dim, groups, kernel_size, stride, reduction, per_mode=per_mode, recompute=recompute, **dd)
     if local_op == 'sasa':
-        return SelfAttention2d(dim, heads=8, kernel_size=7, stride=stride, qkv_groups=groups, **dd)
+        if kernel_size not in (3, SASA_KERNEL):  # (3: the default, which the other operators take)
+            raise ValueError(f"local_op='sasa' uses the paper's {SASA_KERNEL}x{SASA_KERNEL} window and 8 heads; "
+                             f'kernel_size={kernel_size} sets the window of local, conv and group_conv only.')
+        return SelfAttention2d(dim, heads=8, kernel_size=SASA_KERNEL, stride=stride, qkv_groups=groups, **dd)
     if kernel_size < 1 or kernel_size % 2 == 0:  # padded by kernel_size // 2, an even kernel would grow the map
         raise ValueError(f"local_op={local_op!r}: kernel_size must be odd and >= 1, got {kernel_size}.")
     conv_groups = groups if local_op == 'group_conv' else 1
@@ -127,6 +131,9 @@ class StRAttention(nn.Module):
         dd = {'device': device, 'dtype': dtype}
         check_choice(local_op, LOCAL_OPS, 'local_op')
         check_choice(mode, MODES, 'mode')
+        dim, stride, groups, kernel_size, reduction = (check_int(v, name, 'StRAttention') for v, name in (
+            (dim, 'dim'), (stride, 'stride'), (groups, 'groups'), (kernel_size, 'kernel_size'),
+            (reduction, 'reduction')))
         check_divisible(dim, groups, 'StRAttention')
         if stride not in (1, 2):
             raise ValueError(f'StRAttention: stride must be 1 or 2 (as the 3x3 convolution it replaces), got {stride}.')
