@@ -63,3 +63,14 @@ def test_reference_operators_count_like_the_fast_ones():
     # the paper's columns; the reference mode attention does by elementwise sums what the fast one does by matmul
     assert macs[0].conv_linear == macs[1].conv_linear
     assert macs[0].local_aggregation == macs[1].local_aggregation > 0
+
+
+def test_strided_operator_projects_values_at_every_input_position():
+    """SPEC 1.1: at stride 2 the logit branch and the values V run at every input position, only the aggregation
+    at the queries. C = 32, G = 4, r = 4, k = 3 on an 8x8 map (4x4 queries), per input position: the logit branch
+    (C/r)*(C/G) + G*(1+k*k)*(C/r)/G MACs, the values C*C/G."""
+    from timm_stra.layers import LocalAttention
+    for stride, queries in ((1, 64), (2, 16)):
+        macs = count_macs(LocalAttention(32, 4, 3, stride, 4).eval(), (32, 8, 8))
+        assert macs.conv_linear == (8 * 8 + 10 * 8) * 64 + 32 * 8 * 64, stride
+        assert macs.local_aggregation == 9 * 32 * queries and macs.matmul == 0

@@ -220,3 +220,37 @@ def test_save_results_makes_the_folder_and_says_why_a_write_failed(tmp_path):
     problem = save_results(tmp_path / 'file' / 'sub' / 'r.json', '{}')
     assert problem == (f"could not write {tmp_path / 'file' / 'sub' / 'r.json'}: Not a directory "
                        '(the results are printed above)')
+
+
+def test_a_failed_final_rename_puts_the_old_folder_back(tmp_path, monkeypatch):
+    """overwrite renames the old folder aside, then the new one into place: if that second rename fails, the old
+    folder is renamed back, and neither the new folder nor the old one's temporary name is left beside it."""
+    target = _old_folder(tmp_path)
+    rename = os.rename
+
+    def failing_rename(src, dst):
+        if str(src).endswith('.partial') and Path(dst) == target:
+            raise OSError('rename failed')
+        rename(src, dst)
+    monkeypatch.setattr('timm_stra.atomic.os.rename', failing_rename)
+    with pytest.raises(OSError, match='rename failed'):
+        with atomic_output_dir(target, overwrite=True) as tmp:
+            (tmp / 'c.txt').write_text('new c')
+    assert _tree(target) == {'a.txt': 'old a', 'sub/b.txt': 'old b'}
+    assert [p.name for p in tmp_path.iterdir()] == ['out']
+
+
+def test_every_file_and_folder_is_flushed_before_the_rename_and_the_parent_after(tmp_path, monkeypatch):
+    """What is promised against a power cut: each written file and folder (innermost first) reaches the disk under
+    its temporary name, then the folder that receives the rename does."""
+    target = tmp_path / 'out'
+    flushed = []
+    monkeypatch.setattr('timm_stra.atomic._fsync', lambda path: flushed.append((Path(path), target.exists())))
+    with atomic_output_dir(target) as tmp:
+        (tmp / 'sub').mkdir()
+        (tmp / 'a.txt').write_text('a')
+        (tmp / 'sub' / 'b.txt').write_text('b')
+    before = [path for path, renamed in flushed if not renamed]
+    assert set(before) == {tmp / 'a.txt', tmp / 'sub', tmp / 'sub' / 'b.txt', tmp}
+    assert before.index(tmp / 'sub' / 'b.txt') < before.index(tmp / 'sub') < before.index(tmp)
+    assert flushed[-1] == (tmp_path, True) and len(flushed) == len(before) + 1

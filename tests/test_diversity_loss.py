@@ -194,3 +194,14 @@ def test_torchscript_model_is_refused_not_silently_zero():
     model(torch.randn(2, 16, 5, 4))
     with pytest.raises(RuntimeError, match='cannot read a TorchScript model'):
         timm_stra.diversity_loss(model)
+
+
+def test_term_of_half_precision_masks_is_summed_in_float32():
+    """Under autocast the masks may be bfloat16: the term is summed in float32 (a bfloat16 sum of many positions
+    is off by about 1%), and returned as float32."""
+    gen = torch.Generator().manual_seed(0)
+    masks = torch.randn(2, 8, 16, 16, generator=gen).flatten(2).softmax(-1).view(2, 8, 16, 16).bfloat16()
+    term = mask_diversity(masks)
+    assert term.dtype == torch.float32
+    exact = 8 - masks.double().flatten(2).amax(dim=1).sum(dim=-1)
+    torch.testing.assert_close(term.double(), exact, rtol=0, atol=1e-5)

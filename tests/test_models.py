@@ -348,3 +348,55 @@ def test_an_fx_traced_recorder_on_its_own_is_an_identity():
     recorder = DiversityRecorder().train()
     graph.output(recorder(torch.fx.Proxy(graph.placeholder('masks'))).node)
     assert torch.equal(torch.fx.GraphModule(torch.nn.Module(), graph)(masks), masks) and not recorder.kept
+
+
+def test_face_neck_drops_out_after_its_batchnorm():
+    """SPEC 2: BN2d, then Dropout (ArcFace's "E" output): in training the dropout sees the normalised map and the
+    FC what the dropout let through."""
+    from timm_stra.models.heads import FaceNeck
+    neck = FaceNeck(8, (2, 2), (64, 64), embed_dim=4, drop_rate=0.5).train()
+    seen = {}
+    for name in ('norm_in', 'drop', 'fc'):
+        getattr(neck, name).register_forward_hook(lambda m, inp, out, name=name: seen.update({name: (inp[0], out)}))
+    neck(torch.randn(3, 8, 2, 2) * 5 + 3)
+    assert torch.equal(seen['drop'][0], seen['norm_in'][1])
+    assert torch.equal(seen['fc'][0], seen['drop'][1].flatten(1))
+    assert (seen['drop'][1] == 0).any()  # (the dropout was on)
+
+
+def test_face_embedding_has_only_the_necks_dropout():
+    """The face head's drop_rate is its neck's dropout, before the FC: nothing drops out of the embedding itself
+    (a second dropout after the neck's BN1d) in training."""
+    model = timm.create_model('stra_resnet50_face', layers=[1, 1, 1, 1], num_classes=0).train()
+    assert model.neck.drop.p == 0.4
+    features = torch.randn(2, 2048, 4, 4)
+    torch.manual_seed(0)
+    embedding = model.forward_head(features)
+    torch.manual_seed(0)
+    expected = model.neck(features)
+    assert torch.equal(embedding, expected) and (embedding != 0).all()
+
+
+def _drop_path_rates(model):
+    return [b.drop_path.drop_prob if b.drop_path is not None else 0.
+            for stage in (model.layer1, model.layer2, model.layer3, model.layer4) for b in stage]
+
+
+@pytest.mark.parametrize('name', ['stra_resnet50', 'resnet50_reid'])
+def test_drop_path_rates_decay_over_the_blocks_as_in_timms_resnet50(name):
+    """Stochastic depth grows linearly over all 16 blocks, as in timm's resnet50 (the last stage is built apart
+    from the first three, whose rates must still be those of the full network)."""
+    ours = _drop_path_rates(timm.create_model(name, drop_path_rate=0.1, device='meta'))
+    theirs = _drop_path_rates(timm.create_model('resnet50', drop_path_rate=0.1, device='meta'))
+    assert len(ours) == len(theirs) == 16 and theirs[-1] == pytest.approx(0.1) and theirs[0] == 0
+    assert ours == pytest.approx(theirs, abs=1e-12)
+
+
+def test_last_stage_starts_as_its_shortcuts_like_timms_resnet50():
+    """zero_init_last (timm's default): every block's last BN scale is zero, those of the rebuilt last stage too;
+    zero_init_last=False leaves them at one."""
+    model = timm.create_model('stra_resnet50')
+    assert all(torch.equal(b.bn3.weight, torch.zeros(2048)) for b in model.layer4)
+    assert all(torch.equal(b.bn3.weight, torch.zeros_like(b.bn3.weight)) for b in model.layer3)
+    kept = timm.create_model('stra_resnet50', zero_init_last=False)
+    assert all(torch.equal(b.bn3.weight, torch.ones(2048)) for b in kept.layer4)

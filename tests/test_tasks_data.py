@@ -1,6 +1,7 @@
 """The data readers on tiny files in the published formats, including broken and hostile ones."""
 import os
 import pickle
+import re
 import threading
 from pathlib import Path
 
@@ -320,6 +321,7 @@ def test_face_bin_never_runs_code(tmp_path):
     ((['text', 'text'], [True]), 'list of bytes'),
     (([b'a', b'b'], [1]), 'booleans'),
     (([b'a', b'b', b'c'], [True]), '3 images for 1 pairs'),
+    (([], []), '0 images for 0 pairs'),  # an empty pair list: nothing to score
     ({'bins': []}, 'not a pair'),
 ])
 def test_face_bin_unexpected_structure(tmp_path, payload, message):
@@ -367,6 +369,31 @@ def test_fer2013_huge_pixel_value_is_a_malformed_row(tmp_path):
     with pytest.raises(BadDataError, match=f'{path}:4: malformed row \\(pixel values must be 0..255\\)'):
         read_fer2013(path)
     assert read_fer2013(path, skip_bad=True)[1] == 1
+
+
+_ZEROS = ' 0' * 2303
+
+
+@pytest.mark.parametrize('row, problem', [
+    ('3,256' + _ZEROS + ',Training', 'pixel values must be 0..255'),
+    ('3,-1' + _ZEROS + ',Training', 'pixel values must be 0..255'),  # (a uint8 array would read 255)
+    ('7,0' + _ZEROS + ',Training', 'emotion 7 is not in 0..6'),
+    ('3,0' + _ZEROS + ',Training,extra', 'wrong number of fields'),
+    ('3,0' + _ZEROS, 'wrong number of fields'),
+    ('3,0' + _ZEROS + ',Foo', "Usage 'Foo' is not one of Training, PublicTest, PrivateTest"),
+])
+def test_fer2013_row_outside_the_format_is_named_or_skipped(tmp_path, row, problem):
+    """Values outside the published format (grey levels 0..255, emotions 0..6, three fields, the three splits)
+    are a malformed row named by its line, skipped and counted with skip_bad; never read as something else."""
+    path = make_fer2013(tmp_path / 'fer2013.csv', per_class=(1, 1, 1))
+    lines = path.read_text().splitlines()
+    lines[3] = row  # line 4
+    path.write_text('\n'.join(lines) + '\n')
+    with pytest.raises(BadDataError, match=re.escape(f'{path}:4: malformed row ({problem})')):
+        read_fer2013(path)
+    splits, skipped = read_fer2013(path, skip_bad=True)
+    assert skipped == 1 and sum(len(labels) for _, labels in splits.values()) == 20
+    assert splits['Training'][1].tolist() == [0, 1, 3, 4, 5, 6]  # (line 4 held the Training row of class 2)
 
 
 @pytest.mark.parametrize('text', [b'0,"1 2 3,Training\n', b'0,\xff\xfe 1,Training\n'])

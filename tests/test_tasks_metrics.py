@@ -131,3 +131,64 @@ def test_verification_refuses_sides_that_do_not_pair_up():
         verification_accuracy(a, b[:1], issame)
     with pytest.raises(ValueError, match=r'issame of shape \(19,\)'):
         verification_accuracy(a, b, issame[:19])
+
+
+def test_verification_threshold_of_a_fold_is_chosen_without_its_own_pairs():
+    """SPEC 5: each fold is scored at the threshold chosen on the other nine. Fold (0, 1) holds two same pairs at
+    1.005, which only a threshold above it gets right; the other pairs are same at 0.455, different at 1.555."""
+    dists = [0.455 if j % 2 == 0 else 1.555 for j in range(20)]
+    dists[0] = dists[1] = 1.005
+    a, b = _pairs_at(dists)
+    issame = torch.tensor([j % 2 == 0 for j in range(20)])
+    issame[1] = True
+    out = verification_accuracy(a, b, issame)
+    # fold (0, 1): chosen on the others, 0.46, which gets both its pairs wrong; every other fold: 1.01 (the first
+    # threshold right on fold (0, 1) too), all right. Chosen on all pairs, every fold would get 1.01 and 2/2.
+    assert out['accuracy'] == pytest.approx(0.9)
+    assert out['threshold'] == pytest.approx((0.46 + 9 * 1.01) / 10)
+
+
+def test_verification_calls_same_only_below_the_threshold():
+    """A pair is 'same' when its distance is strictly below the threshold (insightface's less-than): a different
+    pair of identical features is right at threshold 0, not wrong."""
+    a, b = _pairs_at([0.] * 20)
+    out = verification_accuracy(a, b, torch.zeros(20, dtype=torch.bool),
+                                thresholds=torch.tensor([0., 1.], dtype=torch.float64))
+    assert out['accuracy'] == 1.0 and out['threshold'] == 0.0
+
+
+def test_verification_default_thresholds_reach_up_to_4():
+    """SPEC 5: thresholds over [0, 4) in steps of 0.01, not [0, 2): same pairs at 2.5, different ones at 3.5."""
+    a, b = _pairs_at([2.5 if j % 2 == 0 else 3.5 for j in range(20)])
+    out = verification_accuracy(a, b, torch.tensor([j % 2 == 0 for j in range(20)]))
+    assert out['accuracy'] == 1.0 and out['threshold'] == pytest.approx(2.51)
+
+
+def test_verification_normalises_the_features():
+    """The caller's features are L2-normalised here: scaling either side changes nothing."""
+    dists = [0.455 if j % 2 == 0 else 1.555 for j in range(20)]
+    dists[3] = 0.255
+    a, b = _pairs_at(dists)
+    issame = torch.tensor([j % 2 == 0 for j in range(20)])
+    scale = torch.linspace(0.1, 30, 20, dtype=torch.float64)[:, None]
+    out = verification_accuracy(a * scale, b * 7, issame)
+    assert out == pytest.approx(verification_accuracy(a, b, issame))
+    assert out['threshold'] == pytest.approx(0.46) and out['accuracy'] == pytest.approx(0.95)
+
+
+def test_reid_ties_are_ranked_in_gallery_order():
+    """Gallery images at the same distance keep their gallery order (a stable sort): the same features always
+    score the same. Twenty identical gallery images, a distractor first and the true match second: rank 2. (An
+    unstable sort of 20 ties puts the match elsewhere.)"""
+    gallery = _angles([90] * 20)
+    g_pids = torch.tensor([0, 1] + list(range(2, 20)))
+    g_cams = torch.ones(20, dtype=torch.long)
+    out = reid_cmc_map(_angles([0]), gallery, torch.tensor([1]), g_pids, torch.tensor([0]), g_cams, max_rank=3)
+    assert out['cmc'] == [0.0, 1.0, 1.0]
+    assert out['mAP'] == pytest.approx(0.5)
+
+
+def test_top1_accuracy_of_an_empty_set_is_an_error():
+    """Not a NaN that would go into the results unnoticed."""
+    with pytest.raises(ValueError, match='empty set'):
+        top1_accuracy(torch.zeros(0, 7), torch.zeros(0, dtype=torch.long))

@@ -223,3 +223,24 @@ def test_a_saved_model_loads_by_file_only_if_its_operators_and_neck_fit(tmp_path
         timm.create_model('stra_resnet50_reid', groups=4, **overlay)
     with pytest.raises(PretrainedWeightsError, match=r'shapes that differ \(file vs model\): neck\.'):
         timm.create_model('stra_resnet50_reid', embed_dim=256, **overlay)
+
+
+def test_a_saved_model_without_batchnorm_counters_still_loads(tmp_path):
+    """BatchNorm step counters (num_batches_tracked) are not weights: a saved model (local-dir:) whose file lacks
+    them loads all the same; the rest must still fit key for key."""
+    from safetensors.torch import load_file
+    from timm_stra.hub import save_for_hf
+    saved = timm.create_model('stra_resnet50_reid', layers=[1, 1, 1, 1])
+    folder = save_for_hf(saved, tmp_path / 'model')
+    weights = load_file(str(folder / 'model.safetensors'))
+    stripped = {k: v for k, v in weights.items() if not k.endswith('num_batches_tracked')}
+    assert len(stripped) < len(weights)
+    save_file(stripped, str(folder / 'model.safetensors'))
+    model = timm.create_model(f'local-dir:{folder}', pretrained=True, layers=[1, 1, 1, 1])
+    ours = model.state_dict()
+    for key, value in stripped.items():
+        assert torch.equal(ours[key], value), key
+    del stripped['neck.fc.weight']  # a weight, unlike a counter, may not be missing
+    save_file(stripped, str(folder / 'model.safetensors'))
+    with pytest.raises(PretrainedWeightsError, match='model keys the file lacks: neck.fc.weight'):
+        timm.create_model(f'local-dir:{folder}', pretrained=True, layers=[1, 1, 1, 1])
