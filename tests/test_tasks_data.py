@@ -417,6 +417,21 @@ def test_fer2013_bad_header(tmp_path):
         read_fer2013(path)
 
 
+def test_fer2013_messages_quote_the_start_of_a_pixel_string(tmp_path):
+    """A file without its header, or with its columns in another order, put every 9 kB pixel string in the
+    message."""
+    path = make_fer2013(tmp_path / 'fer2013.csv', per_class=(1, 1, 1))
+    header, *rows = path.read_text().splitlines()
+    path.write_text('\n'.join(rows) + '\n')
+    with pytest.raises(BadDataError, match=r"the header \['\d+', '[\d ]{24}\.\.\.', 'Training'\] lacks") as e:
+        read_fer2013(path)
+    assert len(str(e.value)) < 300
+    path.write_text('emotion,pixels,Usage\n' + '\n'.join(','.join(r.split(',')[i] for i in (1, 0, 2)) for r in rows))
+    with pytest.raises(BadDataError, match=r":2: malformed row \(emotion '[\d ]{24}\.\.\.' is not an integer\)") as e:
+        read_fer2013(path)
+    assert max(len(line) for line in str(e.value).splitlines()) < len(str(path)) + 100  # (each line was 9 kB)
+
+
 def test_fer2013_with_a_byte_order_mark(tmp_path):
     """Some editors save CSV files with a UTF-8 byte-order mark before the header."""
     path = make_fer2013(tmp_path / 'fer2013.csv', per_class=(1, 1, 1))

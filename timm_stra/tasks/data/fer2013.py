@@ -20,8 +20,16 @@ USAGES = ('Training', 'PublicTest', 'PrivateTest')
 SIDE = 48
 
 
+def _shown(text: str, limit: int = 24) -> str:
+    """A field as a message quotes it: a pixel string (9 kB) cut to its start."""
+    return repr(text if len(text) <= limit else text[:limit] + '...')
+
+
 def _parse_row(row: Dict[str, str]) -> Tuple[int, np.ndarray, str]:
-    emotion = int(row['emotion'])
+    try:
+        emotion = int(row['emotion'])
+    except ValueError:
+        raise ValueError(f"emotion {_shown(row['emotion'])} is not an integer") from None
     if not 0 <= emotion < len(FER2013_CLASSES):
         raise ValueError(f'emotion {emotion} is not in 0..6')
     values = row['pixels'].split()
@@ -75,7 +83,8 @@ def read_fer2013(path, skip_bad: bool = False) -> Tuple[Dict[str, Tuple[torch.Te
         columns = ('emotion', 'pixels', 'Usage')
         missing = [c for c in columns if not isinstance(fieldnames, list) or c not in fieldnames]
         if missing:
-            raise BadDataError(f"{path}:1: the header {fieldnames} lacks the column{'s' * (len(missing) > 1)} "
+            shown = '[' + ', '.join(map(_shown, fieldnames)) + ']' if isinstance(fieldnames, list) else fieldnames
+            raise BadDataError(f"{path}:1: the header {shown} lacks the column{'s' * (len(missing) > 1)} "
                                f"{', '.join(missing)}: give the fer2013.csv of the Kaggle challenge (its first "
                                'line is "emotion,pixels,Usage").')
         for row in _rows(reader, path):
