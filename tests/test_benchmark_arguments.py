@@ -17,6 +17,7 @@ TOOLS = {'bench': bench_main, 'interleaved': interleaved_main, 'operator': opera
     ('interleaved', ['--json', '{file}/sub/b.json'], 'is a file, not a folder: choose a path elsewhere'),
     ('table', ['--json', '{tmp}'], 'is a folder: give the path of a file'),
     ('bench', ['--device', 'bogus'], '--device bogus: choose cpu or cuda[:N]'),
+    ('interleaved', ['--compile', 'fast'], "argument --compile: 'fast': choose a torch.compile mode, one of default"),
     ('bench', ['--device', 'meta'], '--device meta: choose cpu or cuda[:N]'),
     ('operator', ['--device', 'mps'], '--device mps: choose cpu or cuda[:N]'),
     ('table', ['--device', 'xla:0'], '--device xla:0: choose meta or cpu or cuda[:N]'),

@@ -45,3 +45,14 @@ def test_where_the_run_reads_writes_and_runs_may_change():
         '--keep', '5', '--epochs', '120', '--backbone-init', ''])
     check_resumed_settings(saved, moved, 'runs/a')
     assert run_settings(moved) == saved
+
+
+def test_a_run_of_another_task_is_named_as_such():
+    """Not as the dozen recipe options that differ with it."""
+    saved = run_settings(_args())
+    saved['task'] = 'reid'
+    fer = build_parser('fer').parse_args(['--data', 'fer2013.csv'])
+    fer.task = 'fer'
+    with pytest.raises(UsageError, match=re.escape('--resume runs/a: a reid run, not fer: continue it with timm-stra '
+                                                   'train reid and its options (its args.json).')):
+        check_resumed_settings(saved, fer, 'runs/a')

@@ -48,9 +48,21 @@ def precision_labels(args: argparse.Namespace) -> List[str]:
 CUDA_GRAPH_MODES = ('reduce-overhead', 'max-autotune')
 
 
+def compile_mode(text: str) -> str:
+    """An ``argparse`` type for a ``torch.compile`` mode this torch has (a typo failed only once the model ran), or
+    '' (not compiled: the default, which argparse passes through the type too)."""
+    if not text:
+        return text
+    from torch._inductor import list_mode_options  # (only when --compile is given: a heavy import)
+    modes = list(list_mode_options())
+    if text not in modes:
+        raise argparse.ArgumentTypeError(f'{text!r}: choose a torch.compile mode, one of {", ".join(modes)}')
+    return text
+
+
 def add_compile_option(parser: argparse.ArgumentParser, what: str) -> None:
     """``--compile [MODE]``: ``torch.compile`` ``what`` (the caller's model or operators); '' when not given."""
-    parser.add_argument('--compile', metavar='MODE', nargs='?', const='default', default='',
+    parser.add_argument('--compile', metavar='MODE', nargs='?', const='default', default='', type=compile_mode,
                         help=f'torch.compile {what} (MODE: default, reduce-overhead, ...): the first warm-up step '
                              f'compiles; with CUDA graphs ({", ".join(CUDA_GRAPH_MODES)}) the next records them')
 

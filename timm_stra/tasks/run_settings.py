@@ -28,6 +28,9 @@ def run_settings(args: argparse.Namespace) -> Dict[str, Any]:
 def check_resumed_settings(saved: Dict[str, Any], args: argparse.Namespace, checkpoint) -> None:
     """Raise ``UsageError`` naming every option of ``args`` that differs from the ``saved`` ``run_settings``."""
     now = run_settings(args)
+    if saved.get('task') != now.get('task'):  # (every recipe option would differ too)
+        raise UsageError(f'--resume {checkpoint}: a {saved.get("task")} run, not {now.get("task")}: continue it '
+                         f'with timm-stra train {saved.get("task")} and its options (its args.json).')
     changed = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
     if changed:
         options = '; '.join(f'{_option(k)} {_shown(now.get(k))} (the run: {_shown(saved.get(k))})' for k in changed)
