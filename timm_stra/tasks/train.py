@@ -233,14 +233,19 @@ class Trainer:
             if done >= args.epochs:
                 raise UsageError(f'--resume {args.resume}: the run has trained {done} epochs of --epochs '
                                  f'{args.epochs}: nothing to continue; give --epochs above {done} to train more.')
-        # 1. data, read and checked before anything trains (bad data stops the run here); the input
-        #    size, mean and std come from the architecture's pretrained_cfg
+        # 1. the model, checked with the options and given its initial weights before the data is read (minutes,
+        #    for a large set); the input size, mean and std come from the architecture's pretrained_cfg
+        seed_all(args.seed)  # identical initial weights on every rank
         model = _model_for_options(args)
         self.data_config = data_config_for(model, args.input_size)
-        _check_freeze(args, model)  # before the data is read (minutes, for a large set)
+        _check_freeze(args, model)
         _check_optimization(args, model)
         # a resumed run reads its weights from the checkpoint: no initialisation to load
         backbone = parse_backbone_init('' if args.resume else args.backbone_init, args.model)
+        if backbone:  # (weights that cannot be had, as the Hub offline with nothing cached, stop the run here)
+            seed_all(args.seed)
+            model = create_model(args.model, backbone, verbose=env.is_main, **_model_kwargs(args, 1))
+        # 2. data, read and checked before anything trains (bad data stops the run here)
         tf_train = train_transform(args.task, self.data_config, args.re_prob, args.crop_padding, args.hflip)
         tf_eval = eval_transform(args.task, self.data_config)
         check, progress = not args.no_check, not args.no_progress and env.is_main
@@ -249,17 +254,17 @@ class Trainer:
                                                         share=check_share(env))
         if args.task == 'face' and not self.eval_sets.face_pairs and env.is_main:
             print(f'note: no .bin verification files in {args.data}; training without evaluation', file=sys.stderr)
-        # 2. the model with the training set's classes
+        # 3. the classifier over the training set's classes
         self.model_kwargs = _model_kwargs(args, self.train_set.num_classes)
-        seed_all(args.seed)  # identical initial weights on every rank
-        model = create_model(args.model, backbone, verbose=env.is_main, **self.model_kwargs)
+        seed_all(args.seed)  # identical on every rank
+        model.reset_classifier(self.train_set.num_classes)
         if args.sync_bn and env.distributed:
             if env.device.type != 'cuda':
                 raise UsageError('--sync-bn needs CUDA devices (PyTorch\'s SyncBatchNorm does not run on CPU).')
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         seed_all(args.seed + env.rank)  # each rank augments differently
         self.model = model.to(env.device)
-        # 3. optimisation, all from timm
+        # 4. optimisation, all from timm
         self.optimizer, self.scheduler = create_optimization(model, args)
         self.criterion = LabelSmoothingCrossEntropy(args.smoothing) if args.smoothing > 0 else nn.CrossEntropyLoss()
         amp = args.amp
