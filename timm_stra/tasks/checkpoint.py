@@ -18,10 +18,12 @@ points ``latest`` back at it first (``point_latest``), away from the newer ones 
 import json
 import shutil
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple, Union
 
 import timm
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from timm.data import resolve_model_data_config
 from timm.models import save_for_hf
 
@@ -112,9 +114,7 @@ def load_training_state(checkpoint_dir) -> Dict[str, Any]:
                               'resume from (start a new run from its weights with --backbone-init '
                               f'{Path(checkpoint_dir) / MODEL_FILE}).') from None
     except Exception as e:  # truncated zip, bad pickle: torch's errors name neither the file nor what to do
-        raise CheckpointError(f'{path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""})'
-                              ': the checkpoint is damaged; resume from an older one (checkpoints/epoch-NNNN).'
-                              ) from e
+        raise _damaged(path, e) from e
     if not isinstance(state, dict) or 'epoch' not in state:
         raise CheckpointError(f'{path} is not a training state of timm-stra train; resume from a run folder it wrote.')
     return state
@@ -162,3 +162,22 @@ def data_config_for(model: torch.nn.Module, input_size: Optional[Tuple[int, int]
     if input_size is not None:
         cfg['input_size'] = (cfg['input_size'][0], *input_size)
     return cfg
+
+
+def load_checkpoint_weights(checkpoint_dir, device: Union[str, torch.device] = 'cpu') -> Dict[str, torch.Tensor]:
+    """The model weights of a checkpoint folder (safetensors: no code runs), on ``device``.
+
+    Raises:
+        CheckpointError: ``model.safetensors`` is missing or cannot be read (cut short, not safetensors).
+    """
+    path = Path(checkpoint_dir) / MODEL_FILE
+    try:
+        return load_file(str(path), device=str(device))
+    except (OSError, SafetensorError) as e:
+        raise _damaged(path, e) from e
+
+
+def _damaged(path: Path, error: BaseException) -> CheckpointError:
+    reason = str(error).splitlines()[0] if str(error) else ''
+    return CheckpointError(f'{path} cannot be read ({type(error).__name__}: {reason}): the checkpoint is damaged; '
+                           'resume from an older one (checkpoints/epoch-NNNN).')

@@ -16,8 +16,6 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import timm
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
@@ -33,9 +31,10 @@ from ..checkpoint_file import CheckpointError
 from ..diversity import diversity_loss
 from .backbone_init import create_model, parse_backbone_init
 from .data import BadDataError, FaceBinError
-from .checkpoint import data_config_for, load_training_state, point_latest, resolve_checkpoint, save_checkpoint
-from .distributed import (DistEnv, task_device, all_gather_objects, all_reduce_sum, broadcast_buffers, check_share,
-                          init_distributed, shutdown)
+from .checkpoint import (data_config_for, load_checkpoint_weights, load_training_state, point_latest,
+                         resolve_checkpoint, save_checkpoint)
+from .distributed import (DistEnv, all_gather_objects, all_reduce_sum, broadcast_buffers, check_share,
+                          init_distributed, shutdown, task_device)
 from .evaluate import evaluate, metrics_table
 from .freeze import check_trainable, set_trainable
 from .recipes import TASKS, get_recipe
@@ -147,8 +146,6 @@ def _model_kwargs(args, num_classes: int) -> Dict[str, Any]:
 
 def _model_for_options(args: argparse.Namespace) -> nn.Module:
     """The model ``--model`` and ``--model-kwargs`` build (with one class), or a ``UsageError`` saying why not."""
-    kwargs = ' '.join(f'{k}={json.dumps(v)}' for k, v in args.model_kwargs)
-    options = f'--model {args.model}' + (f' --model-kwargs {kwargs}' if kwargs else '')
     try:
         return timm.create_model(args.model, **_model_kwargs(args, 1))
     except RuntimeError as e:
@@ -157,7 +154,8 @@ def _model_for_options(args: argparse.Namespace) -> nn.Module:
         raise UsageError(f'--model {args.model}: timm has no such model; timm-stra models lists ours, '
                          'timm.list_models() all of them.') from e
     except (TypeError, ValueError) as e:
-        raise UsageError(f'{options}: {e}') from e
+        kwargs = ' '.join(f'{k}={json.dumps(v)}' for k, v in args.model_kwargs)
+        raise UsageError(f'--model {args.model}' + (f' --model-kwargs {kwargs}' if kwargs else '') + f': {e}') from e
 
 
 def _logged_up_to(text: str, epoch: int) -> List[str]:
@@ -285,12 +283,7 @@ class Trainer:
             self._resume(*resumed)
 
     def _resume(self, ckpt: Path, state: Dict[str, Any]) -> None:
-        try:
-            weights = load_file(str(ckpt / 'model.safetensors'), device=str(self.env.device))
-        except (OSError, SafetensorError) as e:
-            raise CheckpointError(f'{ckpt / "model.safetensors"} cannot be read ({e}): the checkpoint is damaged; '
-                                  'resume from an older one (checkpoints/epoch-NNNN).') from e
-        self.model.load_state_dict(weights)
+        self.model.load_state_dict(load_checkpoint_weights(ckpt, self.env.device))
         self.optimizer.load_state_dict(state['optimizer'])
         self.scheduler.load_state_dict(state['scheduler'])
         self.scaler.load_state_dict(state['scaler'])
