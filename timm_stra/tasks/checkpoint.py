@@ -178,6 +178,7 @@ def load_checkpoint_weights(checkpoint_dir, device: Union[str, torch.device] = '
 
 
 def _damaged(path: Path, error: BaseException) -> CheckpointError:
+    """The error for a checkpoint file that is there but cannot be read, with the first line of why."""
     reason = str(error).splitlines()[0] if str(error) else ''
     return CheckpointError(f'{path} cannot be read ({type(error).__name__}: {reason}): the checkpoint is damaged; '
                            'resume from an older one (checkpoints/epoch-NNNN).')

@@ -20,7 +20,7 @@ from ..markdown import markdown_table
 from ..models.pretrained_errors import PretrainedWeightsError
 from .checkpoint import load_model
 from .data import BadDataError, FaceBinError
-from .distributed import DistEnv, task_device, check_share, gather_in_order, init_distributed, shutdown
+from .distributed import DistEnv, check_share, gather_in_order, init_distributed, shutdown, task_device
 from .metrics import reid_cmc_map, top1_accuracy, verification_accuracy
 from .task_data import EvalSets, load_eval_sets
 from .transforms import eval_transform
