@@ -22,7 +22,7 @@ def test_values_in_range_are_parsed(parse, text, value):
     (positive_float, '0', "expected a number above 0, got '0'"), (positive_float, 'x', "expected a number, got 'x'"),
     (fraction(), '1.01', "expected a number from 0 to 1, got '1.01'"),
     (fraction(), '-0.1', "expected a number from 0 to 1, got '-0.1'"),
-    (fraction(include_one=False), '1', "expected a number from 0 to below 1, got '1'"),
+    (fraction(include_one=False), '1', "expected a number from 0 to 1, below 1, got '1'"),
     (fraction(), 'nan', "expected a finite number, got 'nan'"),
 ])
 def test_values_out_of_range_say_what_to_give(parse, text, message):

@@ -191,6 +191,31 @@ def test_damaged_or_finished_runs_and_models_of_another_task_are_refused_in_one_
                              str(copy)], message)
 
 
+def test_a_weights_file_of_the_same_classes_starts_the_run_with_its_classifier(tmp_path, fer_csv):
+    """--backbone-init with a finished run's weights (as a checkpoint without state.pt advises): the classifier is
+    loaded too when its classes are the data's (here checked after an epoch at learning rate 0)."""
+    args = ['fer', '--data', str(fer_csv), '--input-size', '24', '24', '--eval-interval', '0', '--epochs', '1', *FAST]
+    assert train_main([*args, '--output', str(tmp_path / 'first')]) == 0
+    first = _weights(tmp_path / 'first', 1)
+    weights = tmp_path / 'first' / 'checkpoints' / 'epoch-0001' / 'model.safetensors'
+    assert train_main([*args, '--output', str(tmp_path / 'second'), '--backbone-init', str(weights), '--lr', '0']) == 0
+    second = _weights(tmp_path / 'second', 1)
+    for key in ('fc.weight', 'fc.bias', 'layer4.0.conv2.local.value.weight'):
+        assert torch.equal(first[key], second[key]), key
+
+
+def test_a_latest_pointer_to_a_missing_checkpoint_is_named(tmp_path, fer_csv, capsys):
+    run = tmp_path / 'run'
+    args = ['fer', '--data', str(fer_csv), '--input-size', '24', '24', '--eval-interval', '0', '--output', str(run),
+            *FAST]
+    assert train_main([*args, '--epochs', '1']) == 0
+    (run / 'checkpoints' / 'latest').write_text('epoch-0005\n')
+    capsys.readouterr()
+    assert train_main([*args, '--epochs', '2', '--resume', str(run)]) == 1
+    assert (f"{run / 'checkpoints' / 'latest'} names epoch-0005, which is missing: give one of the checkpoint "
+            'folders that are there (epoch-0001).') in capsys.readouterr().err
+
+
 def test_reid_resume_across_the_warm_up_is_exact(tmp_path):
     # random crop (torch RNG) and random erasing (Python's random) on; the warm-up ends at the resume point
     data = make_market1501(tmp_path / 'market')
@@ -478,7 +503,7 @@ def test_checkpoint_write_is_atomic(tmp_path):
     ('--batch-size', '1', 'expected 2 or more, got 1'),  # BatchNorm's error from inside the first step
     ('--eval-batch-size', '0', 'expected 1 or more, got 0'),
     ('--workers', '-2', 'expected 0 or more, got -2'),  # the DataLoader's traceback
-    ('--keep', '0', 'expected 1 or more, got 0'),  # kept no checkpoint to resume from
+    ('--keep', '-1', 'expected 0 or more, got -1'),  # (0 keeps them all)
     ('--freeze-epochs', '-1', 'expected 0 or more, got -1'),
     ('--warmup-epochs', '-2', 'expected 0 or more, got -2'),
     ('--crop-padding', '-3', 'expected 0 or more, got -3'),
@@ -486,11 +511,13 @@ def test_checkpoint_write_is_atomic(tmp_path):
     ('--lr', '-0.1', "expected 0 or more, got '-0.1'"),  # the optimizer's traceback
     ('--div-weight', 'nan', "expected a finite number, got 'nan'"),
     ('--decay-rate', '0', "expected a number above 0, got '0'"),  # silently stopped learning at the first decay
-    ('--smoothing', '1.5', "expected a number from 0 to below 1, got '1.5'"),  # a bare AssertionError
+    ('--smoothing', '1.5', "expected a number from 0 to 1, below 1, got '1.5'"),  # a bare AssertionError
     ('--re-prob', '2', "expected a number from 0 to 1, got '2'"),  # trained with every image erased
     ('--hflip', '1.5', "expected a number from 0 to 1, got '1.5'"),
     ('--input-size', '0', 'expected 1 or more, got 0'),
-    ('--device', 'tpu', "'tpu': choose cpu or cuda"),  # torch's list of every device type
+    ('--device', 'tpu', "'tpu': choose cpu, cuda or cuda:N"),  # torch's list of every device type
+    ('--device', 'cpu:1', "'cpu:1': choose cpu, cuda or cuda:N"),
+    ('--seed', str(2 ** 32), f'expected an integer from 0 to {2 ** 32 - 1}, got {2 ** 32}'),  # (overflowed later)
 ])
 def test_option_values_out_of_range_are_refused_by_the_parser(tmp_path, capsys, option, value, message):
     """Each of these ran (or crashed deep in torch or timm) before the options were range-checked."""
@@ -530,8 +557,8 @@ def test_eval_option_values_out_of_range_are_refused_by_the_parser(tmp_path, cap
     (['--freeze-epochs', '1', '--trainable-early'], "no modules: nothing to train during the frozen epochs"),
     (['--freeze-epochs', '1', '--trainable-early', 'global_pool', 'act1'], "nothing to train during the frozen"),
     (['--freeze-epochs', '1', '--trainable-early', 'layer5'], "['layer5'] are not modules of StRAResNet"),
-    (['--opt', 'sgdd'], '--opt sgdd --sched step: Optimizer sgdd not found in registry'),
-    (['--sched', 'stepp'], "--opt adam --sched stepp: Unknown scheduler 'stepp'"),
+    (['--opt', 'sgdd'], '--opt sgdd: Optimizer sgdd not found in registry'),
+    (['--sched', 'stepp'], "--sched stepp: Unknown scheduler 'stepp'"),
     (['--model', 'nosuch'], '--model nosuch: timm has no such model; timm-stra models lists ours'),
     (['--model-kwargs', 'bogus=1'], "--model stra_resnet50_reid --model-kwargs bogus=1: StRAResNet.__init__() got an "
                                     "unexpected keyword argument 'bogus'"),

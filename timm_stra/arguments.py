@@ -91,7 +91,7 @@ def fraction(include_one: bool = True) -> Callable[[str], float]:
         value = _finite(text)
         if value < 0 or value > 1 or (value == 1 and not include_one):
             raise argparse.ArgumentTypeError(
-                f'expected a number from 0 to {"1" if include_one else "below 1"}, got {text!r}')
+                f'expected a number from 0 to 1{"" if include_one else ", below 1"}, got {text!r}')
         return value
     return parse
 

@@ -92,7 +92,8 @@ def convert_official_state_dict(state_dict: Mapping[str, torch.Tensor]) -> Dict[
         out[new_key] = value
     if unknown:
         plain = ('This is the state dict of a plain ResNet-50 (its classifier is fc.*): load it with '
-                 "timm.create_model(..., pretrained_cfg_overlay=dict(file=...)) or --backbone-init, not convert. "
+                 "timm.create_model(..., pretrained=True, pretrained_cfg_overlay=dict(file=...)) or --backbone-init, "
+                 'not convert. '
                  if {k.split('.')[0] for k in unknown} == {'fc'} else '')
         raise ValueError(
             f'Not an official StRA state dict: no mapping for {shown_list(unknown, 8)}. {plain}Expected the keys of '

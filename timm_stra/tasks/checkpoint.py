@@ -86,11 +86,20 @@ def point_latest(output_dir, checkpoint) -> None:
 
 def resolve_checkpoint(path) -> Path:
     """The checkpoint folder meant by ``path``: a run's output folder (its latest checkpoint),
-    its ``checkpoints/`` folder, a checkpoint folder, or the ``model.safetensors`` in one."""
+    its ``checkpoints/`` folder, a checkpoint folder, or the ``model.safetensors`` in one.
+
+    Raises:
+        FileNotFoundError: none of these, or a ``latest`` that names a folder that is not there.
+    """
     path = Path(path)
     for pointer in (path / 'checkpoints' / LATEST, path / LATEST):
         if pointer.is_file():
-            return pointer.parent / pointer.read_text().strip()
+            named = pointer.parent / pointer.read_text().strip()
+            if not named.is_dir():
+                kept = sorted(p.name for p in pointer.parent.iterdir() if p.is_dir())
+                raise FileNotFoundError(f'{pointer} names {named.name}, which is missing: give one of the checkpoint '
+                                        f"folders that are there ({', '.join(kept) or 'none'}).")
+            return named
     if path.is_file() and path.suffix == '.safetensors':
         path = path.parent
     if (path / MODEL_FILE).is_file() and (path / CONFIG_FILE).is_file():

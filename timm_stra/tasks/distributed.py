@@ -34,12 +34,16 @@ class DistEnv:
 
 
 def task_device(text: str) -> str:
-    """An ``argparse`` type for ``--device``: 'cpu', or 'cuda' where PyTorch sees a GPU (each rank takes its own)."""
-    if text not in ('cpu', 'cuda'):
-        raise argparse.ArgumentTypeError(f'{text!r}: choose cpu or cuda (under torchrun each rank takes the GPU of '
-                                         'its LOCAL_RANK)')
-    if text == 'cuda' and not torch.cuda.is_available():
-        raise argparse.ArgumentTypeError('cuda: PyTorch sees no CUDA device here; use --device cpu')
+    """An ``argparse`` type for ``--device``: 'cpu', or 'cuda' / 'cuda:N' where PyTorch sees that GPU (under
+    ``torchrun``, 'cuda': each rank takes its own)."""
+    kind, _, index = text.partition(':')
+    if kind not in ('cpu', 'cuda') or (kind == 'cpu' and index) or (index and not index.isdigit()):
+        raise argparse.ArgumentTypeError(f'{text!r}: choose cpu, cuda or cuda:N (under torchrun, cuda: each rank takes '
+                                         'the GPU of its LOCAL_RANK)')
+    if kind == 'cuda' and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f'{text}: PyTorch sees no CUDA device here; use --device cpu')
+    if index and int(index) >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(f'{text}: PyTorch sees {torch.cuda.device_count()} CUDA devices here')
     return text
 
 

@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--bins', nargs='*', default=(), help='face: these .bin files instead of those in --data')
     p.add_argument('--batch-size', type=at_least(1), default=128)
     p.add_argument('--workers', type=at_least(0), default=4)
-    p.add_argument('--device', default=None, type=task_device, help='cpu or cuda (default: cuda if available)')
+    p.add_argument('--device', default=None, type=task_device, help='cpu, cuda or cuda:N (default: cuda if available)')
     p.add_argument('--output', default=None, type=results_file,
                    help='write the metrics here as JSON (missing folders are created)')
     p.add_argument('--skip-bad', action='store_true', help='skip (and count) unreadable images or rows')

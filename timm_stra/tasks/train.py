@@ -119,21 +119,31 @@ def build_parser(task: str) -> argparse.ArgumentParser:
     g.add_argument('--eval-interval', type=at_least(0), default=r.eval_interval,
                    help='evaluate every N epochs (0: only at the end)')
     g.add_argument('--eval-batch-size', type=at_least(1), default=r.eval_batch_size, help='batch size when evaluating')
-    g.add_argument('--keep', type=at_least(1), default=2, help='checkpoints kept')
-    g.add_argument('--seed', type=at_least(0), default=42, help='random seed (rank r augments with seed + r)')
-    g.add_argument('--device', default=None, type=task_device, help='cpu or cuda (default: cuda if available)')
+    g.add_argument('--keep', type=at_least(0), default=2, help='checkpoints kept (0: all)')
+    g.add_argument('--seed', type=at_least(0, 2 ** 32 - 1), default=42,
+                   help='random seed (rank r augments with seed + r)')
+    g.add_argument('--device', default=None, type=task_device,
+                   help='cpu, cuda or cuda:N (default: cuda if available)')
     g.add_argument('--no-progress', action='store_true', help='no progress bars or per-epoch lines')
     return p
 
 
 def create_optimization(model: nn.Module, args: argparse.Namespace):
     """timm's optimizer and per-epoch learning-rate scheduler for the options in ``args``."""
-    optimizer = create_optimizer_v2(model, args.opt, lr=args.lr, weight_decay=args.weight_decay,
-                                    momentum=args.momentum, filter_bias_and_bn=args.wd_skip_bias_norm)
+    optimizer = _create_optimizer(model, args)
+    return optimizer, _create_scheduler(optimizer, args)
+
+
+def _create_optimizer(model: nn.Module, args: argparse.Namespace) -> torch.optim.Optimizer:
+    return create_optimizer_v2(model, args.opt, lr=args.lr, weight_decay=args.weight_decay, momentum=args.momentum,
+                               filter_bias_and_bn=args.wd_skip_bias_norm)
+
+
+def _create_scheduler(optimizer: torch.optim.Optimizer, args: argparse.Namespace):
     scheduler, _ = create_scheduler_v2(
         optimizer, args.sched, num_epochs=args.epochs, decay_epochs=args.decay_epochs,
         decay_milestones=args.decay_milestones, decay_rate=args.decay_rate, warmup_epochs=args.warmup_epochs)
-    return optimizer, scheduler
+    return scheduler
 
 
 def _model_kwargs(args, num_classes: int) -> Dict[str, Any]:
@@ -188,10 +198,13 @@ def _check_optimization(args: argparse.Namespace, model: nn.Module) -> None:
         raise UsageError(f'--sched step with --decay-epochs {args.decay_epochs:g}: give the epochs between decays '
                          '(above 0), or another --sched.')
     try:
-        create_optimization(model, args)
+        optimizer = _create_optimizer(model, args)
     except ValueError as e:
-        raise UsageError(f'--opt {args.opt} --sched {args.sched}: {e} (timm\'s names: timm.optim.list_optimizers(), '
-                         'and the schedulers of timm.scheduler.create_scheduler_v2).') from e
+        raise UsageError(f'--opt {args.opt}: {e} (timm.optim.list_optimizers() names them).') from e
+    try:
+        _create_scheduler(optimizer, args)
+    except ValueError as e:
+        raise UsageError(f'--sched {args.sched}: {e} (see timm.scheduler.create_scheduler_v2 for its names).') from e
 
 
 def _refuse_earlier_run(out: Path, env: DistEnv) -> None:
@@ -221,9 +234,9 @@ class Trainer:
     def _build(self, args) -> None:
         env = self.env
         resumed = None
-        if args.resume:  # (before the data is read: a changed setting is refused at once)
+        if args.resume:  # (before the data is read: a changed setting or a damaged file is refused at once)
             checkpoint = resolve_checkpoint(args.resume)
-            resumed = checkpoint, load_training_state(checkpoint)
+            resumed = checkpoint, load_training_state(checkpoint), load_checkpoint_weights(checkpoint)
             # (checkpoints written before the settings were kept hold only the seed)
             saved = resumed[1].get('settings', {**run_settings(args), 'seed': resumed[1].get('seed')})
             check_resumed_settings(saved, args, checkpoint)
@@ -231,18 +244,16 @@ class Trainer:
             if done >= args.epochs:
                 raise UsageError(f'--resume {args.resume}: the run has trained {done} epochs of --epochs '
                                  f'{args.epochs}: nothing to continue; give --epochs above {done} to train more.')
-        # 1. the model, checked with the options and given its initial weights before the data is read (minutes,
-        #    for a large set); the input size, mean and std come from the architecture's pretrained_cfg
-        seed_all(args.seed)  # identical initial weights on every rank
+        # 1. the model and its initial weights, checked with the options before the data is read (minutes, for a
+        #    large set); the input size, mean and std come from the architecture's pretrained_cfg
         model = _model_for_options(args)
         self.data_config = data_config_for(model, args.input_size)
         _check_freeze(args, model)
         _check_optimization(args, model)
         # a resumed run reads its weights from the checkpoint: no initialisation to load
         backbone = parse_backbone_init('' if args.resume else args.backbone_init, args.model)
-        if backbone:  # (weights that cannot be had, as the Hub offline with nothing cached, stop the run here)
-            seed_all(args.seed)
-            model = create_model(args.model, backbone, verbose=env.is_main, **_model_kwargs(args, 1))
+        if backbone:  # weights that cannot be had (another architecture; the Hub offline, nothing cached) stop here
+            create_model(args.model, backbone, **_model_kwargs(args, 1))
         # 2. data, read and checked before anything trains (bad data stops the run here)
         tf_train = train_transform(args.task, self.data_config, args.re_prob, args.crop_padding, args.hflip)
         tf_eval = eval_transform(args.task, self.data_config)
@@ -252,10 +263,10 @@ class Trainer:
                                                         share=check_share(env))
         if args.task == 'face' and not self.eval_sets.face_pairs and env.is_main:
             print(f'note: no .bin verification files in {args.data}; training without evaluation', file=sys.stderr)
-        # 3. the classifier over the training set's classes
+        # 3. the model with the training set's classes (a weights file's classifier is kept where they agree)
         self.model_kwargs = _model_kwargs(args, self.train_set.num_classes)
-        seed_all(args.seed)  # identical on every rank
-        model.reset_classifier(self.train_set.num_classes)
+        seed_all(args.seed)  # identical initial weights on every rank
+        model = create_model(args.model, backbone, verbose=env.is_main, **self.model_kwargs)
         if args.sync_bn and env.distributed:
             if env.device.type != 'cuda':
                 raise UsageError('--sync-bn needs CUDA devices (PyTorch\'s SyncBatchNorm does not run on CPU).')
@@ -282,8 +293,8 @@ class Trainer:
         if resumed:
             self._resume(*resumed)
 
-    def _resume(self, ckpt: Path, state: Dict[str, Any]) -> None:
-        self.model.load_state_dict(load_checkpoint_weights(ckpt, self.env.device))
+    def _resume(self, ckpt: Path, state: Dict[str, Any], weights: Dict[str, torch.Tensor]) -> None:
+        self.model.load_state_dict(weights)
         self.optimizer.load_state_dict(state['optimizer'])
         self.scheduler.load_state_dict(state['scheduler'])
         self.scaler.load_state_dict(state['scaler'])
