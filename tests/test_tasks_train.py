@@ -13,7 +13,7 @@ import timm
 import torch
 from safetensors.torch import load_file, save_file
 
-from hub_cache import imagenet_resnet50
+from hub_cache import add_repo, imagenet_resnet50, safetensors_bytes, use_offline_cache
 from synthetic import one_thread_fixture, face_bin_bytes, make_face_folders, make_fer2013, make_market1501
 import timm_stra.atomic
 from timm_stra.tasks import checkpoint as ckpt_mod
@@ -189,6 +189,13 @@ def test_damaged_or_finished_runs_and_models_of_another_task_are_refused_in_one_
         path.write_bytes(path.read_bytes()[:1000])  # a copy cut short
         refused(train_main, [*args, '--output', str(copy), '--epochs', '2', '--resume',
                              str(copy)], message)
+    copy = tmp_path / 'no-preprocessing'  # (a resumed run goes on with the preprocessing it kept there)
+    shutil.copytree(run, copy)
+    config = copy / 'checkpoints' / 'epoch-0001' / 'config.json'
+    config.write_text(json.dumps({k: v for k, v in json.loads(config.read_text()).items() if k != 'pretrained_cfg'}))
+    refused(train_main, [*args, '--output', str(copy), '--epochs', '2', '--resume', str(copy)],
+            f'{config} gives no preprocessing (pretrained_cfg with input_size, interpolation, mean, std): the folder '
+            'is damaged')
 
 
 def test_a_weights_file_of_the_same_classes_starts_the_run_with_its_classifier(tmp_path, fer_csv):
@@ -323,6 +330,25 @@ def test_backbone_init_of_another_architecture_stops_before_the_data_is_read(tmp
         assert text in err, (text, err)
     assert 'no-such-data' not in err and not run.exists()
 
+
+
+def test_a_tags_preprocessing_is_the_runs_and_a_resumed_runs(tmp_path, monkeypatch):
+    """A plain timm ResNet-50 initialised from ``tv_in1k`` (bilinear; the untagged model's ``a1_in1k`` is bicubic)
+    trains, saves and resumes with the tag's interpolation, the resumed run without its --backbone-init."""
+    cache = tmp_path / 'hf' / 'hub'
+    add_repo(cache, 'timm/resnet50.tv_in1k', {'model.safetensors': safetensors_bytes(
+        imagenet_resnet50(seed=3, layers=(1, 1, 1, 1)), tmp_path / 'tv.safetensors')})
+    use_offline_cache(monkeypatch, cache)
+    assert timm.create_model('resnet50').pretrained_cfg['interpolation'] == 'bicubic'
+    data, run = make_market1501(tmp_path / 'market'), tmp_path / 'run'
+    args = ['reid', '--data', str(data), '--output', str(run), '--model', 'resnet50', '--input-size', '64', '32',
+            '--freeze-epochs', '0', '--eval-interval', '0', *FAST]
+    assert train_main([*args, '--epochs', '1', '--backbone-init', 'tv_in1k']) == 0
+    assert train_main([*args, '--epochs', '2', '--resume', str(run)]) == 0
+    for epoch in (1, 2):
+        config = json.loads((run / 'checkpoints' / f'epoch-{epoch:04d}' / 'config.json').read_text())
+        assert config['pretrained_cfg']['interpolation'] == 'bilinear', epoch
+        assert config['pretrained_cfg']['input_size'] == [3, 64, 32], epoch
 
 
 def _disk_full(path, text):

@@ -139,7 +139,7 @@ def load_model(spec: str, **kwargs) -> Tuple[torch.nn.Module, Dict[str, Any]]:
     if not spec.startswith(('hf-hub:', 'local-dir:')):
         spec = 'local-dir:' + str(resolve_checkpoint(spec))
     if spec.startswith('local-dir:'):
-        _check_config(Path(spec[len('local-dir:'):]) / CONFIG_FILE)
+        _read_config(Path(spec[len('local-dir:'):]) / CONFIG_FILE)
     try:
         model = timm.create_model(spec, pretrained=True, **kwargs)
     except RuntimeError as e:
@@ -150,9 +150,9 @@ def load_model(spec: str, **kwargs) -> Tuple[torch.nn.Module, Dict[str, Any]]:
     return model, resolve_model_data_config(model)
 
 
-def _check_config(path: Path) -> None:
-    """Raise ``CheckpointError`` unless ``path`` is a timm hub ``config.json`` naming an architecture (timm's
-    own errors were a JSON traceback or a bare ``KeyError: 'architecture'``)."""
+def _read_config(path: Path) -> Dict[str, Any]:
+    """The timm hub ``config.json`` at ``path``; ``CheckpointError`` unless it names an architecture (timm's own
+    errors were a JSON traceback or a bare ``KeyError: 'architecture'``)."""
     try:
         config = json.loads(path.read_text(encoding='utf-8'))
     except FileNotFoundError:
@@ -163,6 +163,25 @@ def _check_config(path: Path) -> None:
     if not isinstance(config, dict) or not isinstance(config.get('architecture'), str):
         raise CheckpointError(f'{path} names no architecture: not a timm hub config; use another checkpoint, or '
                               'write it again.')
+    return config
+
+
+def load_checkpoint_data_config(checkpoint_dir) -> Dict[str, Any]:
+    """The preprocessing a checkpoint's run trained with (``input_size``, ``interpolation``, ``mean``, ``std``), as
+    ``write_model_folder`` kept it in ``config.json``: a resumed run goes on with it (rebuilt without its
+    ``--backbone-init`` tag, a model's own config could differ).
+
+    Raises:
+        CheckpointError: ``config.json`` is missing, not JSON, or without these values.
+    """
+    path = Path(checkpoint_dir) / CONFIG_FILE
+    cfg = _read_config(path).get('pretrained_cfg')
+    keys = ('input_size', 'interpolation', 'mean', 'std')
+    if not isinstance(cfg, dict) or any(cfg.get(k) is None for k in keys):
+        raise CheckpointError(f'{path} gives no preprocessing (pretrained_cfg with {", ".join(keys)}): the folder is '
+                              'damaged; use another checkpoint, or write it again.')
+    return {'input_size': tuple(cfg['input_size']), 'interpolation': cfg['interpolation'],
+            'mean': tuple(cfg['mean']), 'std': tuple(cfg['std'])}
 
 
 def data_config_for(model: torch.nn.Module, input_size: Optional[Tuple[int, int]] = None) -> Dict[str, Any]:

@@ -31,8 +31,8 @@ from ..checkpoint_file import CheckpointError
 from ..diversity import diversity_loss
 from .backbone_init import create_model, parse_backbone_init
 from .data import BadDataError, FaceBinError
-from .checkpoint import (data_config_for, load_checkpoint_weights, load_training_state, point_latest,
-                         resolve_checkpoint, save_checkpoint)
+from .checkpoint import (data_config_for, load_checkpoint_data_config, load_checkpoint_weights, load_training_state,
+                         point_latest, resolve_checkpoint, save_checkpoint)
 from .distributed import (DistEnv, all_gather_objects, all_reduce_sum, broadcast_buffers, check_share,
                           init_distributed, shutdown, task_device)
 from .evaluate import evaluate, metrics_table
@@ -233,10 +233,11 @@ class Trainer:
 
     def _build(self, args) -> None:
         env = self.env
-        resumed = None
+        resumed = trained_with = None
         if args.resume:  # (before the data is read: a changed setting or a damaged file is refused at once)
             checkpoint = resolve_checkpoint(args.resume)
             resumed = checkpoint, load_training_state(checkpoint), load_checkpoint_weights(checkpoint)
+            trained_with = load_checkpoint_data_config(checkpoint)
             # (checkpoints written before the settings were kept hold only the seed)
             saved = resumed[1].get('settings', {**run_settings(args), 'seed': resumed[1].get('seed')})
             check_resumed_settings(saved, args, checkpoint)
@@ -245,15 +246,17 @@ class Trainer:
                 raise UsageError(f'--resume {args.resume}: the run has trained {done} epochs of --epochs '
                                  f'{args.epochs}: nothing to continue; give --epochs above {done} to train more.')
         # 1. the model and its initial weights, checked with the options before the data is read (minutes, for a
-        #    large set); the input size, mean and std come from the architecture's pretrained_cfg
+        #    large set)
         model = _model_for_options(args)
-        self.data_config = data_config_for(model, args.input_size)
         _check_freeze(args, model)
         _check_optimization(args, model)
         # a resumed run reads its weights from the checkpoint: no initialisation to load
         backbone = parse_backbone_init('' if args.resume else args.backbone_init, args.model)
         if backbone:  # weights that cannot be had (another architecture; the Hub offline, nothing cached) stop here
-            create_model(args.model, backbone, **_model_kwargs(args, 1))
+            model = create_model(args.model, backbone, **_model_kwargs(args, 1))
+        # the input size, interpolation, mean and std: those of the weights' pretrained_cfg (a tag's own), or those
+        # the resumed run trained with
+        self.data_config = trained_with if resumed else data_config_for(model, args.input_size)
         # 2. data, read and checked before anything trains (bad data stops the run here)
         tf_train = train_transform(args.task, self.data_config, args.re_prob, args.crop_padding, args.hflip)
         tf_eval = eval_transform(args.task, self.data_config)
