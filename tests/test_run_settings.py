@@ -4,7 +4,7 @@ import re
 import pytest
 
 from timm_stra.tasks.run_settings import check_resumed_settings, run_settings
-from timm_stra.tasks.train import build_parser
+from timm_stra.tasks.train_options import build_parser
 from timm_stra.tasks.usage import UsageError
 
 FIRST = ['--data', '/data/market', '--output', 'runs/a']  # the run as it was started (the ReID recipe)

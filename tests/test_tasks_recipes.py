@@ -4,7 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
-from timm_stra.tasks.train import build_parser, create_optimization
+from timm_stra.tasks.train_options import build_parser, create_optimization
 from timm_stra.tasks.transforms import eval_transform, train_transform
 
 
