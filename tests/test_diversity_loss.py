@@ -1,11 +1,14 @@
 """``timm_stra.diversity_loss``: the batch mean of the per-sample sum over all StRA operators."""
 
+import pickle
+
 import pytest
 import timm
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.utils.checkpoint
+from timm.utils import ModelEmaV3
 from torch import nn
 
 import timm_stra
@@ -57,6 +60,24 @@ def test_read_clears_and_eval_records_nothing():
     assert all(not m.diversity.kept for m in model.modules() if isinstance(m, ModeAttention))
     with pytest.raises(RuntimeError, match='training-mode forward'):
         timm_stra.diversity_loss(model)
+
+
+def test_a_copy_made_before_the_term_is_read_keeps_nothing_and_the_model_keeps_its_term():
+    """(deepcopy refused the kept term, a non-leaf tensor: an EMA or SWA copy made between a training step that
+    does not read it, as timm's train.py takes, and the next forward failed; so did pickling the model.)"""
+    model = timm.create_model('stra_resnet50_fer', layers=[1, 1, 1, 2]).train()
+    x = torch.randn(2, 1, 44, 44)
+    model(x).sum().backward()
+    ema = ModelEmaV3(model, decay=0.5)  # a deepcopy
+    unpickled = pickle.loads(pickle.dumps(model))
+    for copied in (ema.module, unpickled):
+        assert not any(m.diversity.kept for m in copied.modules() if isinstance(m, ModeAttention))
+    assert all(m.diversity.kept for m in model.modules() if isinstance(m, ModeAttention))
+    assert torch.isfinite(timm_stra.diversity_loss(model))  # the model's own term, read after the copies
+    ema.update(model)
+    for copied in (ema.module, unpickled):  # each copy records terms of its own
+        copied.train()(x)
+        assert timm_stra.diversity_per_sample(copied).shape == (2,)
 
 
 def test_an_operator_left_in_eval_mode_is_named():

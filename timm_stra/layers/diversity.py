@@ -36,7 +36,8 @@ class DiversityRecorder(nn.Module):
     device. Nothing is computed in eval mode or under TorchScript (``diversity_loss`` refuses a
     scripted model), nothing kept while fx traces it (every fx tracer keeps it whole: timm's by
     ``register_notrace_module``, the others by ``_traced_call``) or when gradient checkpointing runs
-    the forward again during backward (that term would outlive the step, holding the recomputed graph). A forward
+    the forward again during backward (that term would outlive the step, holding the recomputed graph); a copy of
+    the module keeps nothing (``__getstate__``). A forward
     hook on this module sees the masks themselves, in any mode (``timm-stra modes`` draws them:
     ``tools/mode_maps.py``).
 
@@ -56,6 +57,11 @@ class DiversityRecorder(nn.Module):
             if _keeps_term():
                 self.kept[str(masks.device)] = term
         return masks
+
+    def __getstate__(self):
+        """A copy (``copy.deepcopy``: ``timm.utils.ModelEmaV3``, ``AveragedModel``) or pickle of the module keeps
+        nothing: a term belongs to the forward pass that computed it, whose autograd graph cannot be copied."""
+        return {**super().__getstate__(), 'kept': {}}
 
     @torch.jit.unused
     def _traced_through(self, masks: torch.Tensor) -> bool:
