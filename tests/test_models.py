@@ -131,8 +131,15 @@ def test_bad_model_arguments():
         timm.create_model('stra_resnet50_reid', groups=7)
     with pytest.raises(ValueError, match="Unknown local_op 'deform'"):
         timm.create_model('stra_resnet50_reid', local_op='deform')
-    with pytest.raises(ValueError, match='last_stride=1'):
-        timm.create_model('stra_resnet50', output_stride=16)
+    # the output stride the stem and last stride give is accepted; another is refused (timm's would dilate)
+    for name, stride, other in (('stra_resnet50', 32, 16), ('resnet50_reid', 16, 32), ('stra_resnet50_fer', 8, 4)):
+        assert timm.create_model(name, output_stride=stride, device='meta').feature_info[-1]['reduction'] == stride
+        for wrong in (other, 8 if stride != 8 else 16):
+            with pytest.raises(ValueError, match=re.escape(
+                    f'output_stride={wrong}: these ResNets do not dilate; their output stride is set by the stem and '
+                    f'the last stage stride: {stride} with last_stride=')) as e:
+                timm.create_model(name, output_stride=wrong, device='meta')
+            assert f'{other} with last_stride=' in str(e.value)
     with pytest.raises(TypeError):
         timm.create_model('stra_resnet50_reid', not_an_argument=1)
     # a stage too many was ignored, one too few or an empty one failed in the forward with a shape error

@@ -40,7 +40,7 @@ def check_face_feature_size(x: torch.Tensor, feat_size: Tuple[int, int], input_s
         raise ValueError(
             'This face model flattens a {}x{} feature map, i.e. it takes {}x{} input images; got features of '
             'shape {}. Resize the input to {}x{}, or build the model for your size, e.g. '
-            "timm.create_model('stra_resnet50_face', img_size=(224, 192)).".format(
+            'timm.create_model(..., img_size=(224, 192)).'.format(
                 feat_size[0], feat_size[1], input_size[0], input_size[1], x.shape, input_size[0], input_size[1]))
 
 
@@ -56,7 +56,7 @@ def face_features(x: torch.Tensor, features: torch.Tensor, input_size: Tuple[int
         raise ValueError(
             'This face model flattens its feature map, so it takes {}x{} images only; got input of shape {}. '
             'Resize the input to {}x{}, or build the model for your size, e.g. '
-            "timm.create_model('stra_resnet50_face', img_size=(224, 192)).".format(
+            'timm.create_model(..., img_size=(224, 192)).'.format(
                 input_size[0], input_size[1], x.shape, input_size[0], input_size[1]))
     return features
 

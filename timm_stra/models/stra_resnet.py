@@ -63,6 +63,19 @@ def stage_blocks(layers: Sequence[int]) -> Tuple[int, ...]:
     return tuple(int(n) for n in blocks)
 
 
+def check_output_stride(output_stride: Optional[int], stem: str, last_stride: int) -> None:
+    """Raise ``ValueError`` unless ``output_stride`` is None or the one the stem and ``last_stride`` give: these
+    ResNets do not dilate (timm's ``output_stride=16`` / ``8`` dilate its last stages)."""
+    def stride(last: int) -> int:
+        return (1 if stem == 'small' else 4) * 4 * last
+    if output_stride is not None and output_stride != stride(last_stride):
+        raise ValueError(
+            f'output_stride={output_stride}: these ResNets do not dilate; their output stride is set by the stem '
+            f'and the last stage stride: {stride(last_stride)} with last_stride={last_stride} (this model), '
+            f'{stride(3 - last_stride)} with last_stride={3 - last_stride}. Give last_stride, or leave output_stride '
+            'out.')
+
+
 class StRAResNet(ResNet):
     """ResNet whose last stage is built from StRA bottlenecks (or plain ones, for the twins).
 
@@ -82,6 +95,8 @@ class StRAResNet(ResNet):
         global_pool: 'avg' etc. for 'classifier' and 'reid'; 'flatten' for 'face';
             '' returns the un-pooled feature map (with ``num_classes=0``).
         drop_rate: dropout before the classifier ('face': the neck's dropout).
+        output_stride: None, or the output stride the stem and ``last_stride`` give (32, 16 with
+            ``last_stride=1``; 8 and 4 with the small stem): the stages do not dilate.
     """
 
     img_size: Optional[Tuple[int, int]]  # (for TorchScript: None unless the head is 'face')
@@ -109,7 +124,7 @@ class StRAResNet(ResNet):
             drop_rate: float = 0.,
             drop_path_rate: float = 0.,
             drop_block_rate: float = 0.,
-            output_stride: int = 32,
+            output_stride: Optional[int] = None,
             act_layer=nn.ReLU,
             norm_layer=nn.BatchNorm2d,
             zero_init_last: bool = True,
@@ -122,10 +137,7 @@ class StRAResNet(ResNet):
         check_choice(head, HEADS, 'head')
         if last_stride not in (1, 2):
             raise ValueError(f'last_stride must be 1 or 2, got {last_stride}.')
-        if output_stride != 32:
-            raise ValueError(
-                'StRA ResNets do not dilate: set the last stage stride with last_stride=1 '
-                f'(output stride 16) instead of output_stride={output_stride}.')
+        check_output_stride(output_stride, stem, last_stride)
         knobs = dict(local_op=local_op, mode=mode, groups=groups, kernel_size=kernel_size, reduction=reduction,
                      reference=reference, recompute=recompute)
         given = {k: v for k, v in knobs.items() if v is not None}
