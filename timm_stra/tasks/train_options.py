@@ -1,6 +1,7 @@
-"""The options of ``timm-stra train TASK``: its parser (the paper's recipe as defaults) and the checks of their values
-that need a model (``--model``, ``--model-kwargs``, ``--trainable-early``, ``--opt``, ``--sched``), made before any
-data is read so that a mistyped option costs seconds, not the minutes of checking a data set."""
+"""The options of ``timm-stra train TASK``: its parser (the paper's recipe as defaults), the model arguments, optimizer
+and scheduler they make, and the checks of the values that need a model (``--model``, ``--model-kwargs``,
+``--trainable-early``, ``--opt``, ``--sched``), made before any data is read so that a mistyped option costs
+seconds, not the minutes of checking a data set."""
 import argparse
 import json
 from typing import Any, Dict
