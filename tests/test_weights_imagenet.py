@@ -96,14 +96,29 @@ def test_one_log_line_counts_loaded_and_fresh_groups(hub, caplog):
     lines = [r.getMessage() for r in caplog.records if r.name.startswith('timm_stra')]
     assert len(lines) == 1
     assert 'stra_resnet50_reid: loaded 262 ImageNet ResNet-50 tensors, dropped 5 (replaced 3x3 convs: 3, ' \
-           '1000-way fc: 2)' in lines[0]
+           "the file's classifier: 2)" in lines[0]
     for group in ('StRA operators (117 tensors)', 'neck (6 tensors)', 'classifier (2 tensors)'):
         assert group in lines[0]
     caplog.clear()
     with caplog.at_level(logging.INFO, logger='timm_stra'):  # the twin keeps its 3x3 convs: only the fc is dropped
         timm.create_model('resnet50_reid', pretrained=True)
     (line,) = [r.getMessage() for r in caplog.records if r.name.startswith('timm_stra')]
-    assert 'dropped 2 (1000-way fc: 2)' in line
+    assert "dropped 2 (the file's classifier: 2)" in line
+
+
+def test_a_classifier_timm_drops_for_its_classes_is_logged_as_fresh(tmp_path, caplog):
+    """timm's load_pretrained drops a file's classifier for a model of other classes than its config's (1000),
+    even one of the model's shape: the line said it loaded it (nothing fresh)."""
+    source = timm.create_model('stra_resnet50', num_classes=3, layers=[1, 1, 1, 1])
+    path = tmp_path / 'three_classes.safetensors'
+    save_file(source.state_dict(), str(path))
+    with caplog.at_level(logging.INFO, logger='timm_stra'):
+        model = timm.create_model('stra_resnet50', num_classes=3, layers=[1, 1, 1, 1], pretrained=True,
+                                  pretrained_cfg_overlay=dict(file=str(path)))
+    (line,) = [r.getMessage() for r in caplog.records if r.name.startswith('timm_stra')]
+    assert "dropped 2 (the file's classifier: 2); freshly initialised: classifier (2 tensors)" in line, line
+    assert not torch.equal(model.fc.weight, source.fc.weight)
+    assert torch.equal(model.layer4[0].conv2.local.value.weight, source.layer4[0].conv2.local.value.weight)
 
 
 def test_conv_ablation_keeps_the_3x3_convs(hub):

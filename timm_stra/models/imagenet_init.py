@@ -10,8 +10,9 @@ initialisation:
   file's 3x3 convolutions ``layer4.N.conv2.weight`` (dropped; the ``conv`` ablation,
   whose local operator is that 3x3 conv, loads it as ``layer4.N.conv2.local.weight``);
 * the embedding neck (``neck.*``) of the ReID and face heads;
-* the classifier ``fc`` when its shape differs from the file's 1000-way one (the
-  file's ``fc`` is then dropped).
+* the classifier ``fc`` when the model's classes are not its pretrained config's
+  (``num_classes``: timm's ``load_pretrained`` then drops the file's ``fc`` whatever its shape)
+  or its shape differs from the file's (the file's ``fc`` is then dropped).
 
 The operators and the neck start fresh because an ImageNet file has none: a file
 that does have some (a saved timm-stra model) must match them in shape, as
@@ -79,12 +80,14 @@ def imagenet_filter_fn(state_dict: Mapping[str, torch.Tensor], model: nn.Module)
     if getattr(model, 'pretrained_cfg', {}).get('source') in ('hf-hub', 'local-dir'):
         return _saved_model_state(state_dict, model)
     ours = model.state_dict()
+    # timm's load_pretrained drops the file's classifier for a model of other classes than its config's
+    classifier_loads = getattr(model, 'num_classes', None) == getattr(model, 'pretrained_cfg', {}).get('num_classes')
     operator_blocks = {k.split('.conv2.')[0] for k in ours if _OPERATOR.match(k)}
     first_conv = _first_conv_weight(model)
     out: Dict[str, torch.Tensor] = {}
     loaded = 0
     problems = KeyDifferences()
-    dropped = {'replaced 3x3 convs': 0, '1000-way fc': 0}
+    dropped = {'replaced 3x3 convs': 0, "the file's classifier": 0}
     for key, value in state_dict.items():
         if key not in ours:
             replaced = _REPLACED_CONV.match(key)
@@ -95,18 +98,17 @@ def imagenet_filter_fn(state_dict: Mapping[str, torch.Tensor], model: nn.Module)
                     loaded += 1
                 else:
                     dropped['replaced 3x3 convs'] += 1
-            elif key.startswith('fc.'):
-                dropped['1000-way fc'] += 1
+            elif _group(key) == 'classifier':
+                dropped["the file's classifier"] += 1
             else:
                 problems.unexpected.append(key)
             continue
         target = ours[key]
-        if value.shape == target.shape:
+        if _group(key) == 'classifier' and not (classifier_loads and value.shape == target.shape):
+            dropped["the file's classifier"] += 1  # e.g. a 751-ID classifier instead of the 1000-way one: fresh
+        elif value.shape == target.shape:
             out[key] = value
             loaded += key.split('.')[-1] != COUNTERS
-        elif _group(key) == 'classifier':
-            dropped['1000-way fc'] += 1
-            continue  # e.g. a 751-ID or 7-class classifier instead of the 1000-way one: starts fresh
         elif _only_in_chans_differ(key, value, target, first_conv):
             out[key] = value  # timm's load_pretrained adapts it
             loaded += 1
