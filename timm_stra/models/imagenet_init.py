@@ -77,11 +77,12 @@ def imagenet_filter_fn(state_dict: Mapping[str, torch.Tensor], model: nn.Module)
     Raises:
         IncompatibleWeightsError: the file does not fit the model outside the freshly initialised groups.
     """
-    if getattr(model, 'pretrained_cfg', {}).get('source') in ('hf-hub', 'local-dir'):
+    cfg = getattr(model, 'pretrained_cfg', {})
+    if cfg.get('source') in ('hf-hub', 'local-dir'):
         return _saved_model_state(state_dict, model)
     ours = model.state_dict()
     # timm's load_pretrained drops the file's classifier for a model of other classes than its config's
-    classifier_loads = getattr(model, 'num_classes', None) == getattr(model, 'pretrained_cfg', {}).get('num_classes')
+    classifier_loads = getattr(model, 'num_classes', None) == cfg.get('num_classes')
     operator_blocks = {k.split('.conv2.')[0] for k in ours if _OPERATOR.match(k)}
     first_conv = _first_conv_weight(model)
     out: Dict[str, torch.Tensor] = {}
@@ -130,7 +131,7 @@ def imagenet_filter_fn(state_dict: Mapping[str, torch.Tensor], model: nn.Module)
         raise IncompatibleWeightsError(
             f'not an ImageNet ResNet-50 for this model; {problems.describe()}. Use the pretrained tags tv_in1k or '
             'a1_in1k (timm/resnet50.*), or pretrained=False.')
-    name = getattr(model, 'pretrained_cfg', {}).get('architecture', type(model).__name__)
+    name = cfg.get('architecture', type(model).__name__)
     _logger.info('%s: loaded %d ImageNet ResNet-50 tensors, dropped %d (%s); freshly initialised: %s', name, loaded,
                  sum(dropped.values()), ', '.join(f'{what}: {n}' for what, n in dropped.items() if n) or 'none',
                  ', '.join(f'{g} ({n} tensors)' for g, n in fresh.items()) or 'nothing')

@@ -23,7 +23,7 @@ from .heads import FaceNeck, ReIDNeck, face_features
 # fx leaves for plain torch.fx too, not only timm's tracer (register_notrace_function): layers/tracing.py
 torch.fx.wrap('face_features')
 
-STEMS = ('default', 'small')
+STEMS = {'default': 4, 'small': 1}  # stem -> its reduction (7x7/2 conv and max-pool; 3x3/1 conv)
 HEADS = ('classifier', 'reid', 'face')
 STRA_DEFAULTS = dict(
     local_op='local', mode='full', groups=8, kernel_size=3, reduction=4, reference=False, recompute=True)
@@ -67,7 +67,7 @@ def check_output_stride(output_stride: Optional[int], stem: str, last_stride: in
     """Raise ``ValueError`` unless ``output_stride`` is None or the one the stem and ``last_stride`` give: these
     ResNets do not dilate (timm's ``output_stride=16`` / ``8`` dilate its last stages)."""
     def stride(last: int) -> int:
-        return (1 if stem == 'small' else 4) * 4 * last
+        return STEMS[stem] * 4 * last
     if output_stride is not None and output_stride != stride(last_stride):
         raise ValueError(
             f'output_stride={output_stride}: these ResNets do not dilate; their output stride is set by the stem '
@@ -173,12 +173,12 @@ class StRAResNet(ResNet):
         act_layer = get_act_layer(act_layer)
         norm_layer = get_norm_layer(norm_layer)
 
-        stem_reduction = 4
+        stem_reduction = STEMS[stem]
         if stem == 'small':
             self.conv1 = nn.Conv2d(in_chans, 64, kernel_size=3, stride=1, padding=1, bias=False, **dd)
             nn.init.kaiming_normal_(self.conv1.weight, mode='fan_out', nonlinearity='relu')
             self.maxpool = nn.Identity()
-            self.feature_info[0]['reduction'] = stem_reduction = 1
+            self.feature_info[0]['reduction'] = stem_reduction
 
         planes = 512
         if stra:

@@ -35,6 +35,7 @@ MODEL_FILE = 'model.safetensors'
 CONFIG_FILE = 'config.json'
 STATE_FILE = 'state.pt'
 LATEST = 'latest'
+DATA_KEYS = ('input_size', 'interpolation', 'mean', 'std')  # the preprocessing config.json keeps of a run
 
 
 def write_model_folder(model: torch.nn.Module, folder: Path, model_args: Dict[str, Any],
@@ -42,7 +43,7 @@ def write_model_folder(model: torch.nn.Module, folder: Path, model_args: Dict[st
     """``model.safetensors`` and timm's hub ``config.json`` for ``model`` built with ``model_args``, by timm's own
     writer (``save_for_hf``; weights contiguous whatever the model's memory format)."""
     args = {k: v for k, v in model_args.items() if k != 'num_classes'}
-    data = {k: data_config[k] for k in ('input_size', 'interpolation', 'mean', 'std')}
+    data = {k: data_config[k] for k in DATA_KEYS}
     with contiguous_state_dict(model):
         save_for_hf(model, folder, model_args=json.loads(json.dumps(args)), data_config=data, safe_serialization=True)
 
@@ -176,10 +177,9 @@ def load_checkpoint_data_config(checkpoint_dir) -> Dict[str, Any]:
     """
     path = Path(checkpoint_dir) / CONFIG_FILE
     cfg = _read_config(path).get('pretrained_cfg')
-    keys = ('input_size', 'interpolation', 'mean', 'std')
-    if not isinstance(cfg, dict) or any(cfg.get(k) is None for k in keys):
-        raise CheckpointError(f'{path} gives no preprocessing (pretrained_cfg with {", ".join(keys)}): the folder is '
-                              'damaged; use another checkpoint, or write it again.')
+    if not isinstance(cfg, dict) or any(cfg.get(k) is None for k in DATA_KEYS):
+        raise CheckpointError(f'{path} gives no preprocessing (pretrained_cfg with {", ".join(DATA_KEYS)}): the '
+                              'folder is damaged; use another checkpoint, or write it again.')
     return {'input_size': tuple(cfg['input_size']), 'interpolation': cfg['interpolation'],
             'mean': tuple(cfg['mean']), 'std': tuple(cfg['std'])}
 
