@@ -176,7 +176,10 @@ def test_damaged_or_finished_runs_and_models_of_another_task_are_refused_in_one_
     refused(train_main, ['fer', '--data', str(fer_csv), '--output', str(tmp_path / 'other'), '--model',
                          'resnet50_reid', *FAST], 'fer images are grey (1 channel)')
     for name, text, message in (('bad-json', '{not json', 'config.json is not JSON'),
-                                ('no-arch', '{}', 'config.json names no architecture')):
+                                ('no-arch', '{}', 'config.json names no architecture'),
+                                ('other-plugin', '{"architecture": "resnet50_plugin_not_imported"}',
+                                 "names 'resnet50_plugin_not_imported', a model timm does not know: import the "
+                                 'package that registers it first')):
         copy = tmp_path / name
         shutil.copytree(ckpt, copy)
         (copy / 'config.json').write_text(text)

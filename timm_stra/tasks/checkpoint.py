@@ -140,10 +140,13 @@ def load_model(spec: str, **kwargs) -> Tuple[torch.nn.Module, Dict[str, Any]]:
     if not spec.startswith(('hf-hub:', 'local-dir:')):
         spec = 'local-dir:' + str(resolve_checkpoint(spec))
     if spec.startswith('local-dir:'):
-        _read_config(Path(spec[len('local-dir:'):]) / CONFIG_FILE)
+        architecture = _read_config(Path(spec[len('local-dir:'):]) / CONFIG_FILE)['architecture']
+        if not timm.is_model(architecture):
+            raise CheckpointError(f'{spec}: its config.json names {architecture!r}, a model timm does not know: '
+                                  'import the package that registers it first.')
     try:
         model = timm.create_model(spec, pretrained=True, **kwargs)
-    except RuntimeError as e:
+    except RuntimeError as e:  # hf-hub: timm reads the config itself, and its message is the only sign
         if 'Unknown model' not in str(e):
             raise
         raise CheckpointError(f'{spec}: its config.json names a model timm does not know ({e}): import the '
