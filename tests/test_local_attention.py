@@ -113,6 +113,33 @@ def test_fast_path_matches_its_torchscript_fallback(stride, kernel_size):
                                torch.autograd.grad(plain, (attn, x, weight), grad))
 
 
+@pytest.mark.parametrize('stride', [1, 2])
+@pytest.mark.parametrize('kernel_size', [1, 3, 5])
+@pytest.mark.parametrize('size', [(7, 5), (8, 6), (1, 1), (2, 3)])
+def test_neighbours_by_slices_are_the_unfolded_neighbours(kernel_size, stride, size):
+    """What ONNX's TorchScript exporter records instead of ``unfold``, which it cannot export."""
+    from timm_stra.layers.local_attn import neighbours_by_slices
+    k, p = kernel_size, kernel_size // 2
+    out_h, out_w = (size[0] - 1) // stride + 1, (size[1] - 1) // stride + 1
+    padded = torch.nn.functional.pad(torch.randn(2, 3, *size), (p, p, p, p))
+    unfolded = padded.unfold(2, k, stride).unfold(3, k, stride).permute(0, 1, 4, 5, 2, 3)
+    assert torch.equal(neighbours_by_slices(padded, k, stride, out_h, out_w), unfolded)
+
+
+@pytest.mark.parametrize('stride', [1, 2])
+def test_operator_during_onnx_export_matches_eager(stride, monkeypatch):
+    """The path ``torch.onnx.export`` takes (``tests/test_export.py`` runs the exported graphs), gradients too."""
+    op = StRAttention(16, stride=stride, groups=4)
+    x = torch.randn(2, 16, 7, 6, requires_grad=True)
+    out = op(x)
+    monkeypatch.setattr(torch.onnx, 'is_in_onnx_export', lambda: True)
+    exporting = op(x)
+    torch.testing.assert_close(exporting, out)
+    grad = torch.randn_like(out)
+    torch.testing.assert_close(torch.autograd.grad(exporting, (x, *op.parameters()), grad, allow_unused=True),
+                               torch.autograd.grad(out, (x, *op.parameters()), grad, allow_unused=True))
+
+
 def test_scripted_operator_matches_eager():
     from timm_stra.layers import StRAttention
     op = StRAttention(16, stride=2, groups=4).eval()

@@ -364,7 +364,7 @@ def local_attend(
     """
     # an empty batch has no row buffer to window; a compiler fuses the plain ops' shifted sums (see there);
     # functorch transforms (vmap, jvp) and forward-mode AD need plain ops too (_LocalAttend has no rules for them)
-    if torch.jit.is_scripting() or x.shape[0] == 0 or is_compiling() or torch.jit.is_tracing() or not plain_tensor(x):
+    if torch.jit.is_scripting() or torch.jit.is_tracing() or x.shape[0] == 0 or is_compiling() or not plain_tensor(x):
         return local_attend_autograd(attn, x, weight, groups, kernel_size, stride)
     needs_grad = torch.is_grad_enabled() and (attn.requires_grad or x.requires_grad or weight.requires_grad)
     if compact is None:

@@ -36,6 +36,23 @@ def score_hidden_chs(channels: int, reduction: int, groups: int) -> int:
     return max(groups, (channels // reduction) // groups * groups)
 
 
+def neighbours_by_slices(padded: torch.Tensor, kernel_size: int, stride: int, out_h: int, out_w: int) -> torch.Tensor:
+    """The k x k neighbours of every query position, as k*k strided slices of the padded map.
+
+    What ``unfold`` views, for ONNX's TorchScript exporter (``torch.onnx.export(dynamo=False)``, timm's
+    ``onnx_export.py`` by default), which cannot unfold a map whose sizes it does not know.
+
+    Shapes:
+        (B, G, H + k - 1, W + k - 1) -> (B, G, k, k, out_h, out_w); entry [.., dy, dx, i, j] is the map at
+        (i * stride + dy, j * stride + dx) of the padded map.
+    """
+    B, G = padded.shape[0], padded.shape[1]
+    k, s = kernel_size, stride
+    slices = [padded[:, :, dy:dy + (out_h - 1) * s + 1:s, dx:dx + (out_w - 1) * s + 1:s]
+              for dy in range(k) for dx in range(k)]
+    return torch.stack(slices, dim=2).reshape(B, G, k, k, out_h, out_w)
+
+
 class LocalAttention(nn.Module):
     """StRA local attention.
 
@@ -106,11 +123,16 @@ class LocalAttention(nn.Module):
         B, _, H, W = scores.shape
         G, k, s, p = self.groups, self.kernel_size, self.stride, self.kernel_size // 2
         nu, omega = torch.split(scores, [G, G * k * k], dim=1)
-        # (B, G, out_h, out_w, k, k) view: entry [.., i, j, dy, dx] is nu at the neighbour (dy - p, dx - p) of query
-        # (i, j); unfolding the padded map reads them all in one view (one gradient kernel per unfold in backward)
-        nu = F.pad(nu, (p, p, p, p)).unfold(2, k, s).unfold(3, k, s)
+        nu = F.pad(nu, (p, p, p, p))
+        if not torch.jit.is_scripting() and self._exporting_onnx():
+            nu = neighbours_by_slices(nu, k, s, out_h, out_w)
+        else:
+            # (B, G, out_h, out_w, k, k) view: entry [.., i, j, dy, dx] is nu at the neighbour (dy - p, dx - p) of
+            # query (i, j); unfolding the padded map reads them all in one view (one gradient kernel per unfold in
+            # backward)
+            nu = nu.unfold(2, k, s).unfold(3, k, s).permute(0, 1, 4, 5, 2, 3)
         omega = omega.reshape(B, G, k, k, H, W)[..., ::s, ::s]
-        logits = (omega + nu.permute(0, 1, 4, 5, 2, 3)).reshape(B, G, k * k, out_h, out_w)
+        logits = (omega + nu).reshape(B, G, k * k, out_h, out_w)
         return torch.softmax(logits, dim=2, dtype=torch.promote_types(scores.dtype, torch.float32)).to(scores.dtype)
 
     def neighbour_weights(self, x: torch.Tensor) -> torch.Tensor:
@@ -130,6 +152,11 @@ class LocalAttention(nn.Module):
             return out
         B, G, h, w, n = out.shape
         return out.permute(0, 1, 4, 2, 3).reshape(B, G * n, h, w)
+
+    @torch.jit.unused
+    def _exporting_onnx(self) -> bool:
+        """Whether ``torch.onnx.export`` is tracing the model (``attention`` then gathers neighbours by slices)."""
+        return torch.onnx.is_in_onnx_export()
 
     @torch.jit.unused
     def _value_hooked(self) -> bool:
