@@ -57,7 +57,7 @@ def test_market1501_bad_image_stops_or_is_skipped(tmp_path):
     make_market1501(tmp_path)
     bad = tmp_path / 'bounding_box_train' / '0001_c1s1_000007_01.jpg'
     bad.write_bytes(b'not a jpeg')
-    with pytest.raises(BadDataError, match=str(bad)) as err:
+    with pytest.raises(BadDataError, match=re.escape(str(bad))) as err:
         Market1501.load(tmp_path)
     assert '--skip-bad' in str(err.value)
     data = Market1501.load(tmp_path, skip_bad=True)
@@ -69,11 +69,11 @@ def test_market1501_split_without_images_is_refused(tmp_path):
     make_market1501(tmp_path)
     for path in (tmp_path / 'query').iterdir():
         path.unlink()
-    with pytest.raises(BadDataError, match=f'{tmp_path / "query"}: no images to use: none named'):
+    with pytest.raises(BadDataError, match=re.escape(f'{tmp_path / "query"}: no images to use: none named')):
         Market1501.load(tmp_path)
     Market1501.load(tmp_path, splits=('train',))  # training alone does not need it
     (tmp_path / 'bounding_box_train' / '0001_c1s1_000000_01.jpg').write_bytes(b'')  # skipped, but not a query
-    with pytest.raises(BadDataError, match=f'{tmp_path / "query"}: no images to use: none named'):
+    with pytest.raises(BadDataError, match=re.escape(f'{tmp_path / "query"}: no images to use: none named')):
         Market1501.load(tmp_path, skip_bad=True)
     (tmp_path / 'query' / '0005_c1s1_000000_01.jpg').write_bytes(b'')
     with pytest.raises(BadDataError, match='all usable ones were skipped as bad \\(1 of them\\)'):
@@ -366,7 +366,7 @@ def test_fer2013_huge_pixel_value_is_a_malformed_row(tmp_path):
     lines = path.read_text().splitlines()
     lines[3] = '3,' + '9' * 25 + ' 0' * 2303 + ',Training'  # line 4: too large for any integer array
     path.write_text('\n'.join(lines) + '\n')
-    with pytest.raises(BadDataError, match=f'{path}:4: malformed row \\(pixel values must be 0..255\\)'):
+    with pytest.raises(BadDataError, match=re.escape(f'{path}:4: malformed row (pixel values must be 0..255)')):
         read_fer2013(path)
     assert read_fer2013(path, skip_bad=True)[1] == 1
 
@@ -402,7 +402,7 @@ def test_fer2013_unreadable_text_is_named(tmp_path, text):
     path = make_fer2013(tmp_path / 'fer2013.csv', per_class=(1, 1, 1))
     lines = path.read_bytes().splitlines(keepends=True)
     path.write_bytes(b''.join(lines[:3]) + text + b''.join(lines[4:]))
-    with pytest.raises(BadDataError, match=f'{path}: cannot be read as CSV text after line [23]'):
+    with pytest.raises(BadDataError, match=re.escape(f'{path}: cannot be read as CSV text after line ') + '[23]'):
         read_fer2013(path, skip_bad=True)
 
 
