@@ -118,7 +118,8 @@ def test_push_to_hub_then_load_from_hf_hub(tmp_path, monkeypatch):
     env = {k: v for k, v in os.environ.items() if not k.startswith('HF_')}
     with LocalHub() as hub:
         env.update(HF_ENDPOINT=hub.endpoint, HF_TOKEN='hf_test', HF_HOME=str(tmp_path / 'home'),
-                   HF_HUB_DISABLE_TELEMETRY='1', PYTHONPATH=str(ROOT))
+                   HF_HUB_DISABLE_TELEMETRY='1', PYTHONPATH=str(ROOT),
+                   NO_PROXY='127.0.0.1,localhost', no_proxy='127.0.0.1,localhost')  # the endpoint is local
         result = subprocess.run([sys.executable, '-c', PUSH, str(reference)], env=env, cwd=ROOT,
                                 capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
