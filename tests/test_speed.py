@@ -1,8 +1,11 @@
 """The speed benchmark's machinery on a tiny configuration: structure of the output, not timings."""
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -256,8 +259,16 @@ def test_the_allocator_settings_name_what_is_set(monkeypatch):
 
 
 def _children(pid: int):
-    out = subprocess.run(['pgrep', '-P', str(pid)], capture_output=True, text=True).stdout.split()
-    return [int(p) for p in out]
+    """The processes whose parent is ``pid``, from ``/proc/*/stat`` (no ``pgrep`` needed)."""
+    children = []
+    for stat in Path('/proc').glob('[0-9]*/stat'):
+        try:
+            parent = int(stat.read_text().rsplit(')', 1)[1].split()[1])  # after 'pid (comm)': state, ppid
+        except (OSError, IndexError, ValueError):  # (a process that exited meanwhile)
+            continue
+        if parent == pid:
+            children.append(int(stat.parent.name))
+    return children
 
 
 def _alive(pid: int) -> bool:
@@ -268,26 +279,33 @@ def _alive(pid: int) -> bool:
         return False
 
 
-@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='reads /proc and pgrep')
-def test_a_worker_leaves_when_the_process_that_started_it_is_killed():
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='reads /proc')
+def test_a_worker_leaves_when_the_process_that_started_it_is_killed(tmp_path):
     """Workers are the forkserver's children, not the bench's: killed without cleaning up (SIGKILL, a timeout
     outside), the bench must not leave a measurement running on."""
     code = ('from timm_stra.benchmarks.isolate import run_isolated\n'
             'from timm_stra.benchmarks.worker import Measurement\n'
             "run_isolated(Measurement(case='limit', task='fer', mode='infer', batch=2, img_size=(44, 44), "
             "device='cpu', warmup=1, iters=10 ** 6))\n")
-    bench = subprocess.Popen([sys.executable, '-c', code])
+    # (killed, it cannot remove its multiprocessing folder, pymp-*: it makes it here)
+    bench = subprocess.Popen([sys.executable, '-c', code], env=dict(os.environ, TMPDIR=str(tmp_path)))
     workers, deadline = [], time.time() + 120
-    while not workers and time.time() < deadline:
-        time.sleep(0.5)
-        workers = [w for server in _children(bench.pid) for w in _children(server)]
-    assert workers, 'no worker started'
-    bench.kill()
-    bench.wait()
-    deadline = time.time() + 30
-    while any(map(_alive, workers)) and time.time() < deadline:
-        time.sleep(0.2)
-    assert not any(map(_alive, workers))
+    try:
+        while not workers and time.time() < deadline:
+            time.sleep(0.5)
+            workers = [w for server in _children(bench.pid) for w in _children(server)]
+        assert workers, 'no worker started'
+        bench.kill()
+        bench.wait()
+        deadline = time.time() + 30
+        while any(map(_alive, workers)) and time.time() < deadline:
+            time.sleep(0.2)
+        assert not any(map(_alive, workers))
+    finally:  # a failed test leaves no measurement running on
+        bench.kill()
+        bench.wait()
+        for worker in filter(_alive, workers):
+            os.kill(worker, signal.SIGKILL)
 
 
 def test_tensor_memory_peak_of_a_step_worked_out_by_hand():

@@ -22,8 +22,9 @@ def test_reid_under_torchrun_two_cpu_processes(tmp_path):
     # both ranks must leave it out of the same list for the distributed sampler to shard
     (data / 'bounding_box_train' / '0001_c1s1_000001_01.jpg').write_bytes(b'\xff\xd8 truncated')
     run = tmp_path / 'run'
+    (tmp_path / 'tmp').mkdir()  # torchrun's log folder (torchelastic_*) goes there, not to the machine's
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get('PYTHONPATH', '')]),
-               OMP_NUM_THREADS='1')
+               OMP_NUM_THREADS='1', TMPDIR=str(tmp_path / 'tmp'))
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
            '-m', 'timm_stra.cli', 'train', 'reid', '--data', str(data), '--output', str(run), '--device', 'cpu',
            '--epochs', '2', '--freeze-epochs', '1', '--batch-size', '4', '--input-size', '64', '32',
