@@ -21,20 +21,31 @@ def timm_test_models_file() -> Path:
     """Path of timm's ``test_models.py`` matching the installed timm, downloading it on first use."""
     folder = CACHE / f'timm-{timm.__version__}'
     target = folder / 'test_models.py'
-    if target.is_file():
-        return target
-    folder.mkdir(parents=True, exist_ok=True)
+    if not target.is_file():
+        _fetch(target)
+    conftest = folder / 'conftest.py'
+    if not conftest.is_file():
+        conftest.write_text('import timm_stra  # registers the models under test\n')
+    return target
+
+
+def _fetch(target: Path) -> None:
+    """Write timm's ``test_models.py`` to ``target`` from the installed version's sdist, fetched by pip."""
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run(
+        fetched = subprocess.run(
             [sys.executable, '-m', 'pip', 'download', '--quiet', '--no-deps', '--no-binary', ':all:',
              f'timm=={timm.__version__}', '--dest', tmp],
-            check=True, stdout=subprocess.DEVNULL)
-        sdist = next(Path(tmp).glob('timm-*.tar.gz'))
-        with tarfile.open(sdist) as tar:
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        sdists = sorted(Path(tmp).glob('timm-*.tar.gz'))
+        if fetched.returncode or not sdists:
+            last = (fetched.stderr.strip().splitlines() or ['no sdist among the files'])[-1]
+            raise RuntimeError(
+                f'timm {timm.__version__}\'s sdist could not be fetched from the package index ({last}): the test '
+                f'needs its {MEMBER}; give pip access to PyPI, or put that file at {target}.')
+        with tarfile.open(sdists[0]) as tar:
             member = tar.getmember(f'timm-{timm.__version__}/{MEMBER}')
             data = tar.extractfile(member).read()
-    (folder / 'conftest.py').write_text('import timm_stra  # registers the models under test\n')
+    target.parent.mkdir(parents=True, exist_ok=True)
     tmp_target = target.with_suffix('.tmp')
     tmp_target.write_bytes(data)
     tmp_target.replace(target)
-    return target
