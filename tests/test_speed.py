@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import List
 
 import pytest
 import torch
@@ -258,23 +259,26 @@ def test_the_allocator_settings_name_what_is_set(monkeypatch):
     assert allocator_settings() == 'THP_MEM_ALLOC_ENABLE=1, MALLOC_TRIM_THRESHOLD_=4294967296'
 
 
-def _children(pid: int):
-    """The processes whose parent is ``pid``, from ``/proc/*/stat`` (no ``pgrep`` needed)."""
+def _stat(path: Path) -> List[str]:
+    """The fields of a ``/proc/<pid>/stat`` after ``pid (comm)``: state, parent pid, ..."""
+    return path.read_text().rsplit(')', 1)[1].split()
+
+
+def _children(pid: int) -> List[int]:
+    """The processes whose parent is ``pid`` (read from ``/proc``: no ``pgrep`` needed)."""
     children = []
-    for stat in Path('/proc').glob('[0-9]*/stat'):
+    for path in Path('/proc').glob('[0-9]*/stat'):
         try:
-            parent = int(stat.read_text().rsplit(')', 1)[1].split()[1])  # after 'pid (comm)': state, ppid
-        except (OSError, IndexError, ValueError):  # (a process that exited meanwhile)
+            if int(_stat(path)[1]) == pid:
+                children.append(int(path.parent.name))
+        except OSError:  # (a process that exited meanwhile)
             continue
-        if parent == pid:
-            children.append(int(stat.parent.name))
     return children
 
 
 def _alive(pid: int) -> bool:
     try:
-        with open(f'/proc/{pid}/stat') as f:
-            return f.read().split(')')[-1].split()[0] != 'Z'  # (a zombie has exited)
+        return _stat(Path(f'/proc/{pid}/stat'))[0] != 'Z'  # (a zombie has exited)
     except FileNotFoundError:
         return False
 
