@@ -2,9 +2,11 @@
 
 The file is not part of the timm wheel, so it is taken from the sdist on PyPI
 (``pip download --no-binary``) once and cached under ``.timm-tests/timm-<version>/``
-at the repository root, beside a ``conftest.py`` that imports ``timm_stra`` so that
-timm's parametrisation sees our models. Nothing of timm's is committed here.
+at the repository root (or under the folder ``TIMM_STRA_TIMM_TESTS`` names: a read-only
+checkout), beside a ``conftest.py`` that imports ``timm_stra`` so that timm's
+parametrisation sees our models. Nothing of timm's is committed here.
 """
+import os
 import subprocess
 import sys
 import tarfile
@@ -13,19 +15,29 @@ from pathlib import Path
 
 import timm
 
-CACHE = Path(__file__).resolve().parents[1] / '.timm-tests'
+CACHE_VARIABLE = 'TIMM_STRA_TIMM_TESTS'
 MEMBER = 'tests/test_models.py'
+
+
+def cache_folder() -> Path:
+    """Where timm's test files are kept: ``$TIMM_STRA_TIMM_TESTS``, else ``.timm-tests`` in the checkout."""
+    return Path(os.environ.get(CACHE_VARIABLE) or Path(__file__).resolve().parents[1] / '.timm-tests')
 
 
 def timm_test_models_file() -> Path:
     """Path of timm's ``test_models.py`` matching the installed timm, downloading it on first use."""
-    folder = CACHE / f'timm-{timm.__version__}'
+    folder = cache_folder() / f'timm-{timm.__version__}'
     target = folder / 'test_models.py'
-    if not target.is_file():
-        _fetch(target)
-    conftest = folder / 'conftest.py'
-    if not conftest.is_file():
-        conftest.write_text('import timm_stra  # registers the models under test\n')
+    try:
+        if not target.is_file():
+            _fetch(target)
+        conftest = folder / 'conftest.py'
+        if not conftest.is_file():
+            conftest.write_text('import timm_stra  # registers the models under test\n')
+    except OSError as e:
+        raise RuntimeError(
+            f'timm\'s model tests cannot be kept in {folder} ({e.strerror or e}): set {CACHE_VARIABLE} to a '
+            f'writable folder (a read-only checkout, for one).') from e
     return target
 
 
