@@ -33,6 +33,21 @@ def test_onnx_export_through_timm_runs_as_the_eager_model(name, export_size, run
     torch.testing.assert_close(torch.from_numpy(out), expected)
 
 
+@pytest.mark.parametrize('ablation', [
+    {'local_op': 'sasa'}, {'local_op': 'group_conv', 'mode': 'no_interaction'}, {'reference': True},
+], ids=str)
+def test_onnx_export_of_the_ablation_operators_runs_as_the_eager_model(ablation, tmp_path):
+    """The paper's other operators (SASA's masked windows, the unfold-based reference) export too, at FER's small maps."""
+    model = timm.create_model('stra_resnet50_fer', **ablation).eval()
+    path = tmp_path / 'ablation.onnx'
+    onnx_export(model, str(path), batch_size=2, input_size=(1, 44, 44), dynamic_size=True)
+    x = torch.randn(3, 1, 40, 36)
+    out, = onnx.reference.ReferenceEvaluator(onnx.load(str(path))).run(None, {'input0': x.numpy()})
+    with torch.no_grad():
+        expected = model(x)
+    torch.testing.assert_close(torch.from_numpy(out), expected)
+
+
 def test_torch_export_with_a_dynamic_batch_runs_as_the_eager_model():
     size = (3, 64, 32)
     model = timm.create_model('stra_resnet50_reid').eval()
