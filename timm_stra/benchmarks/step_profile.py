@@ -18,13 +18,14 @@ from typing import Dict, List, Optional
 
 import torch
 from torch.autograd import DeviceType
-from torch.profiler import ProfilerActivity, profile
+from torch.profiler import ProfilerActivity
 from tqdm import tqdm
 
 from ..markdown import markdown_table
 from .cases import CASES, TASKS
 from ..arguments import at_least, name_list
 from .device_options import add_compile_option, add_device_options, compile_warmup, parse_device, precision_labels
+from .quiet_profile import quiet_profile
 from .worker import MODES, Measurement, build_step
 
 
@@ -49,7 +50,7 @@ def profile_case(case: str, task: str, mode: str, batch: int, device: torch.devi
     if cuda:
         torch.cuda.synchronize(device)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    with profile(activities=activities) as prof:
+    with quiet_profile(activities=activities) as prof:
         for _ in range(steps):
             step()
         if cuda:

@@ -13,12 +13,13 @@ import argparse
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
-from torch.profiler import ProfilerActivity, profile
+from torch.profiler import ProfilerActivity
 from tqdm import tqdm
 
 from ..diversity import diversity_loss
 from ..arguments import at_least, name_list
 from .cases import CASES, TASKS, build_case
+from .quiet_profile import quiet_profile
 
 
 def live_tensor_bytes(fn: Callable[[], Any]) -> Tuple[Any, int, int]:
@@ -29,7 +30,7 @@ def live_tensor_bytes(fn: Callable[[], Any]) -> Tuple[Any, int, int]:
     profiler's operator events carry, would book a parent's frees at its start, before its children
     allocate, and miss peaks inside it.)
     """
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with quiet_profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         result = fn()
     events = sorted(((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
                      if e.name() == '[memory]'), key=lambda event: event[0])  # (stable: ties keep their order)
