@@ -9,6 +9,7 @@ from typing import Any, Dict
 import timm
 import torch
 from torch import nn
+from timm.models import parse_model_name
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 
@@ -130,13 +131,17 @@ def model_kwargs(args, num_classes: int) -> Dict[str, Any]:
 
 def model_for_options(args: argparse.Namespace) -> nn.Module:
     """The model ``--model`` and ``--model-kwargs`` build (with one class), or a ``UsageError`` saying why not."""
+    unknown = UsageError(f'--model {args.model}: timm has no such model; timm-stra models lists ours, '
+                         'timm.list_models() all of them.')
+    source, name = parse_model_name(args.model)
+    if source is None and not timm.is_model(name):
+        raise unknown
     try:
         return timm.create_model(args.model, **model_kwargs(args, 1))
-    except RuntimeError as e:
+    except RuntimeError as e:  # hf-hub: and local-dir: name theirs in a config timm reads itself
         if 'Unknown model' not in str(e):
             raise
-        raise UsageError(f'--model {args.model}: timm has no such model; timm-stra models lists ours, '
-                         'timm.list_models() all of them.') from e
+        raise unknown from e
     except (TypeError, ValueError) as e:
         kwargs = ' '.join(f'{k}={json.dumps(v)}' for k, v in args.model_kwargs)
         raise UsageError(f'--model {args.model}' + (f' --model-kwargs {kwargs}' if kwargs else '') + f': {e}') from e
