@@ -149,7 +149,7 @@ def test_repeats_follow_the_balanced_orders():
 
 def test_paired_ratios_are_taken_within_each_round():
     """A slow round slows every case in it: the per-round ratio ignores it, the ratio of medians would not."""
-    from timm_stra.benchmarks.speed import paired_ratios
+    from timm_stra.benchmarks.speed_summary import paired_ratios
     runs = [{'repeat': r, 'seconds': s} for r, s in enumerate([1.0, 2.2, 1.1])]
     base = [{'repeat': r, 'seconds': s} for r, s in enumerate([1.0, 2.0, 1.0])]
     assert paired_ratios(runs, base) == pytest.approx([1.0, 1.1, 1.1])
@@ -158,7 +158,7 @@ def test_paired_ratios_are_taken_within_each_round():
 
 def test_time_ratios_get_their_interval_from_six_rounds_on():
     """The sign-test interval of the per-round ratios (it was worked out by hand for the README)."""
-    from timm_stra.benchmarks.speed import main_table, summarize
+    from timm_stra.benchmarks.speed_summary import main_table, summarize
 
     def runs(case, seconds):
         return [dict(mode='train', batch=2, img_size=[44, 44], case=case, repeat=r, seconds=t, cpu_seconds=t,
