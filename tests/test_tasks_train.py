@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 from hub_cache import add_repo, imagenet_resnet50, safetensors_bytes, use_offline_cache
 from synthetic import one_thread_fixture, face_bin_bytes, make_face_folders, make_fer2013, make_market1501
 import timm_stra.atomic
+from timm_stra.hub import save_for_hf
 from timm_stra.tasks import checkpoint as ckpt_mod
 from timm_stra.tasks.checkpoint import load_training_state, resolve_checkpoint, save_checkpoint
 from timm_stra.tasks.evaluate import main as eval_main
@@ -175,6 +176,9 @@ def test_damaged_or_finished_runs_and_models_of_another_task_are_refused_in_one_
             'model built for them (in_chans=3')
     refused(train_main, ['fer', '--data', str(fer_csv), '--output', str(tmp_path / 'other'), '--model',
                          'resnet50_reid', *FAST], 'fer images are grey (1 channel)')
+    # the channels the model was built with, not its variant's (timm keeps the variant's pretrained_cfg)
+    refused(train_main, ['fer', '--data', str(fer_csv), '--output', str(tmp_path / 'colour'), *FAST,
+                         '--model-kwargs', 'in_chans=3', 'layers=[1,1,1,1]'], 'the model takes 3-channel input')
     for name, text, message in (('bad-json', '{not json', 'config.json is not JSON'),
                                 ('no-arch', '{}', 'config.json names no architecture'),
                                 ('other-plugin', '{"architecture": "resnet50_plugin_not_imported"}',
@@ -600,3 +604,22 @@ def test_bad_freeze_and_optimization_options_are_refused_before_the_data_is_read
     assert train_main(['reid', '--data', str(missing), '--output', str(tmp_path / 'run'), *FAST, *argv]) == 1
     err = capsys.readouterr().err
     assert message in err and 'no-such-data' not in err, err
+
+
+@pytest.mark.parametrize('task, name, kwargs, message', [
+    ('fer', 'stra_resnet50_fer', {'num_classes': 0}, "outputs of shape (512,) per image; fer scores the logits of "
+     "FER2013's 7 classes: give a model with num_classes=7"),
+    ('fer', 'stra_resnet50_fer', {'num_classes': 3}, 'outputs of shape (3,) per image'),
+    ('reid', 'stra_resnet50_reid', {'num_classes': 0, 'global_pool': ''}, "embedding is of shape (2048, 16, 8) per "
+     "image, not a vector (a model built with global_pool=''?)"),
+])
+def test_eval_refuses_a_model_whose_outputs_the_task_cannot_score_before_reading_data(
+        tmp_path, capsys, task, name, kwargs, message):
+    """A fer model without the 7 classes was scored (0% for an embedding's argmax, 14% for 3 classes); a feature-map
+    model failed in the metric after every image had been extracted. The data is not even looked at."""
+    folder = tmp_path / 'model'
+    save_for_hf(timm.create_model(name, layers=[1, 1, 1, 1], **kwargs), folder)
+    assert eval_main([task, '--data', str(tmp_path / 'no-data'), '--model', f'local-dir:{folder}', '--workers', '0',
+                      '--device', 'cpu']) == 1
+    err = capsys.readouterr().err
+    assert message in err and 'Traceback' not in err, err

@@ -20,6 +20,7 @@ from ..markdown import markdown_table
 from ..models.pretrained_errors import PretrainedWeightsError
 from .checkpoint import load_model
 from .data import BadDataError, FaceBinError
+from .data.fer2013 import FER2013_CLASSES
 from .distributed import DistEnv, check_share, gather_in_order, init_distributed, shutdown, task_device
 from .metrics import reid_cmc_map, top1_accuracy, verification_accuracy
 from .task_data import EvalSets, load_eval_sets
@@ -69,6 +70,29 @@ def embed(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
 def embed_with_flip(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
     """Embeddings of the images and of their horizontal flips, concatenated: (B, 2D)."""
     return torch.cat([embed(model, images), embed(model, images.flip(3))], dim=1)
+
+
+def check_outputs(model: torch.nn.Module, task: str, input_size, device) -> None:
+    """``UsageError`` unless ``model`` gives what ``task`` scores: FER2013's 7 class logits (fer), one embedding
+    vector per image (reid, face). Tried on one blank image before any data is read: otherwise a model of another
+    head scored garbage (the argmax of an embedding as a class) or failed after every image was extracted."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            x = torch.zeros(1, *input_size, device=device)
+            out = model(x) if task == 'fer' else embed(model, x)
+    finally:
+        model.train(was_training)
+    shape = tuple(out.shape[1:])
+    if task == 'fer' and shape != (len(FER2013_CLASSES),):
+        raise UsageError(f'the model gives outputs of shape {shape} per image; fer scores the logits of FER2013\'s '
+                         f'{len(FER2013_CLASSES)} classes: give a model with num_classes={len(FER2013_CLASSES)} (as '
+                         'timm-stra train fer writes).')
+    if task != 'fer' and len(shape) != 1:
+        raise UsageError(f'the model\'s embedding is of shape {shape} per image, not a vector (a model built with '
+                         f"global_pool=''?); {task} compares one vector per image: give a model that pools its "
+                         'features.')
 
 
 def evaluate(model: torch.nn.Module, sets: EvalSets, env: DistEnv, batch_size: int = 128, workers: int = 0,
@@ -151,6 +175,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         model, data_config = load_model(args.model)
         model.to(env.device)
+        check_outputs(model, args.task, data_config['input_size'], env.device)
         sets = load_eval_sets(args.task, args.data, eval_transform(args.task, data_config), args.skip_bad,
                               face_bins=args.bins, progress=not args.no_progress and env.is_main,
                               share=check_share(env))
