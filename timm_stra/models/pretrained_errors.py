@@ -6,6 +6,7 @@ them, and the filter's ``IncompatibleWeightsError`` (another architecture), into
 ``PretrainedWeightsError`` that says which file, what is wrong and what to do.
 """
 import contextlib
+import errno
 import pickle
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional
@@ -124,3 +125,13 @@ def pretrained_read_errors(
         raise PretrainedWeightsError(
             f'The pretrained weights of {variant} are not available: {_describe_source(cfg, cache_dir)} is missing'
             f'{f" ({e})" if str(e) else ""}. {todo}') from e
+    except OSError as e:
+        if isinstance(e, ConnectionError):  # (the hub's offline errors are caught above)
+            raise
+        # torch.load of a pickle cut inside a tensor's record seeks past the file's end: a bare "[Errno 22] Invalid
+        # argument" naming no file
+        where = _describe_source(_resolve(variant, pretrained_cfg, overlay), cache_dir)
+        cause = ('the file is truncated or corrupt' if e.errno in (None, errno.EINVAL) else 'the file cannot be read')
+        raise PretrainedWeightsError(
+            f'Cannot read the pretrained weights of {variant} from {where}: {cause} ({type(e).__name__}: {e}). '
+            + ('Delete it and download or export it again.' if 'corrupt' in cause else 'Check the file.')) from e
