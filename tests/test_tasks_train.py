@@ -4,6 +4,7 @@ Models are the registered ones, shrunk for 2 CPU cores with ``layers=[1,1,1,1]``
 """
 import errno
 import json
+import os
 import pickle
 import shutil
 from pathlib import Path
@@ -153,6 +154,16 @@ def test_resume_refuses_a_changed_setting_before_reading_the_data(tmp_path, fer_
     assert '--seed 7 (the run: 42)' in capsys.readouterr().err
 
 
+class _RunsCode:
+    """Pickles to a call of os.system: a loader that executes it would create the marker file."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f'touch {self.marker}',)
+
+
 def test_damaged_or_finished_runs_and_models_of_another_task_are_refused_in_one_line(tmp_path, fer_csv, capsys):
     """Each was a traceback from json, timm, safetensors, torch or torchvision, or (a finished run resumed) an exit
     0 that trained nothing."""
@@ -196,6 +207,21 @@ def test_damaged_or_finished_runs_and_models_of_another_task_are_refused_in_one_
         path.write_bytes(path.read_bytes()[:1000])  # a copy cut short
         refused(train_main, [*args, '--output', str(copy), '--epochs', '2', '--resume',
                              str(copy)], message)
+    copy = tmp_path / 'runs-code'  # a state.pt that would run code: refused as such, not as damaged
+    shutil.copytree(run, copy)
+    state = load_training_state(copy / 'checkpoints' / 'epoch-0001')
+    marker = tmp_path / 'executed'
+    torch.save({**state, 'extra': _RunsCode(marker)}, copy / 'checkpoints' / 'epoch-0001' / 'state.pt')
+    capsys.readouterr()
+    assert train_main([*args, '--output', str(copy), '--epochs', '2', '--resume', str(copy)]) == 1
+    err = capsys.readouterr().err
+    assert 'state.pt: refused. Its pickle would import or call posix.system while loading' in err, err
+    assert 'weights_only' not in err and 'Traceback' not in err, err  # (torch's advice would run it)
+    assert not marker.exists()
+    (copy / 'checkpoints' / 'epoch-0001' / 'state.pt').write_bytes(b'\x80\x02\x95garbage')  # a garbled pickle
+    assert train_main([*args, '--output', str(copy), '--epochs', '2', '--resume', str(copy)]) == 1
+    err = capsys.readouterr().err
+    assert 'state.pt cannot be read (UnpicklingError: Unsupported operand 149): the checkpoint is damaged' in err, err
     copy = tmp_path / 'no-preprocessing'  # (a resumed run goes on with the preprocessing it kept there)
     shutil.copytree(run, copy)
     config = copy / 'checkpoints' / 'epoch-0001' / 'config.json'

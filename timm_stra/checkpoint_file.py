@@ -44,7 +44,7 @@ def _numpy_data_globals() -> List[object]:
     return [*names, np.dtype, *{type(np.dtype(k)) for k in kinds}]
 
 
-def _blocked_globals(error: BaseException) -> str:
+def blocked_globals(error: BaseException) -> str:
     """The globals a refused pickle asked for, as torch reports them ('' when it does not say)."""
     text = f'{error} {error.__cause__ or ""}'
     return ', '.join(sorted(set(re.findall(r'GLOBAL ([\w.]+)', text))))
@@ -65,12 +65,17 @@ def _pickled_globals(path: Path) -> List[str]:
     return sorted(names)
 
 
-def _reason(error: BaseException) -> str:
-    """What went wrong reading a file, in a line: the underlying error when timm re-raised it in its words."""
+def read_failure_reason(error: BaseException) -> str:
+    """What went wrong reading a file, in a line: the underlying error when timm re-raised it in its words; of
+    torch's weights-only unpickler, what it could not read, never its advice to load with ``weights_only=False``."""
     cause = error.__cause__ or error
     text = ' '.join(str(cause).split())
     operand = re.search(r'Unsupported operand \d+', text)  # torch's weights-only unpickler on a garbled stream
-    return f'{type(cause).__name__}: {operand.group(0) if operand else text[:200]}'
+    if operand:
+        text = operand.group(0)
+    elif text.startswith('Weights only load failed'):
+        text = 'the safe unpickler (weights_only=True) cannot read it'
+    return f'{type(cause).__name__}: {text[:200]}'
 
 
 def read_state_dict(path: PathLike) -> Dict[str, torch.Tensor]:
@@ -96,14 +101,14 @@ def read_state_dict(path: PathLike) -> Dict[str, torch.Tensor]:
         if isinstance(e, AttributeError) and not_a_mapping:  # timm unwraps a dict: the file holds something else
             raise CheckpointError(f'{path}: holds no state dict (found {not_a_mapping.group(1)}). Expected a '
                                   "model's state_dict, or a training checkpoint holding one under 'state_dict'.") from e
-        found = _blocked_globals(e)
+        found = blocked_globals(e)
         if found:
             raise CheckpointError(
                 f'{path}: refused. Its pickle would import or call {found} while loading, which a '
                 'checkpoint of weights never needs; nothing from it was run. Only tensors, numbers and '
                 'containers are accepted. If you made this file yourself, re-save its state_dict with torch.save.'
             ) from e
-        reason = _reason(e)
+        reason = read_failure_reason(e)
         named = _pickled_globals(path) if 'Unsupported operand' in reason else []
         if named:
             raise CheckpointError(

@@ -28,7 +28,7 @@ from timm.data import resolve_model_data_config
 from timm.models import save_for_hf
 
 from ..atomic import atomic_output_dir, atomic_write_text
-from ..checkpoint_file import CheckpointError
+from ..checkpoint_file import CheckpointError, blocked_globals, read_failure_reason
 from ..hub import contiguous_state_dict
 
 MODEL_FILE = 'model.safetensors'
@@ -210,6 +210,10 @@ def load_checkpoint_weights(checkpoint_dir, device: Union[str, torch.device] = '
 
 def _damaged(path: Path, error: BaseException) -> CheckpointError:
     """The error for a checkpoint file that is there but cannot be read, with the first line of why."""
-    reason = str(error).splitlines()[0] if str(error) else ''
-    return CheckpointError(f'{path} cannot be read ({type(error).__name__}: {reason}): the checkpoint is damaged; '
+    found = blocked_globals(error)
+    if found:  # torch's refusal, whose own advice (weights_only=False) would run the code
+        return CheckpointError(f'{path}: refused. Its pickle would import or call {found} while loading, which '
+                               'the state timm-stra train writes never does; nothing from it was run. It was not '
+                               'written by timm-stra train as it is: resume from a run folder it wrote.')
+    return CheckpointError(f'{path} cannot be read ({read_failure_reason(error)}): the checkpoint is damaged; '
                            'resume from an older one (checkpoints/epoch-NNNN).')
