@@ -649,3 +649,19 @@ def test_eval_refuses_a_model_whose_outputs_the_task_cannot_score_before_reading
                       '--device', 'cpu']) == 1
     err = capsys.readouterr().err
     assert message in err and 'Traceback' not in err, err
+
+
+def test_a_resumed_run_goes_on_in_its_own_folder_unless_told_otherwise(tmp_path, fer_csv, capsys, monkeypatch):
+    """Without --output, --resume wrote the next epochs to output/fer: the run's history in two folders."""
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / 'run'
+    args = ['fer', '--data', str(fer_csv), '--input-size', '24', '24', '--eval-interval', '0', *FAST]
+    assert train_main([*args, '--output', str(run), '--epochs', '1']) == 0
+    capsys.readouterr()
+    assert train_main([*args, '--epochs', '2', '--resume', str(run / 'checkpoints' / 'epoch-0001')]) == 0
+    assert f'at epoch 1, writing to {run}' in capsys.readouterr().err
+    assert [r['epoch'] for r in _jsonl(run)] == [1, 2] and not (tmp_path / 'output').exists()
+    outside = tmp_path / 'outside-a-run'  # a checkpoint folder of no run: the default folder
+    shutil.copytree(run / 'checkpoints' / 'epoch-0002', outside)
+    assert train_main([*args, '--epochs', '3', '--resume', str(outside)]) == 0
+    assert [r['epoch'] for r in _jsonl(tmp_path / 'output' / 'fer')] == [3]

@@ -96,3 +96,17 @@ def fraction(include_one: bool = True) -> Callable[[str], float]:
     return parse
 
 
+
+
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's "(default: ...)" after an option's help only where it tells something: not for a required option,
+    one without a value by default (None, an empty list, a flag's False) or one whose help gives its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text, default = action.help or '', action.default
+        empty = default is None or default is False or (isinstance(default, (list, tuple)) and not default)
+        if action.required or empty or default is argparse.SUPPRESS or 'default' in text:
+            return text
+        if default == '':
+            return text + " (default: '')"
+        return super()._get_help_string(action)

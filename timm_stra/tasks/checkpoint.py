@@ -85,6 +85,12 @@ def point_latest(output_dir, checkpoint) -> None:
             atomic_write_text(root / LATEST, checkpoint.name + '\n')
 
 
+def run_folder_of(checkpoint) -> Optional[Path]:
+    """The run folder a checkpoint folder belongs to (``RUN/checkpoints/epoch-NNNN``); None for one outside a run."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.parent.parent if checkpoint.parent.name == 'checkpoints' else None
+
+
 def resolve_checkpoint(path) -> Path:
     """The checkpoint folder meant by ``path``: a run's output folder (its latest checkpoint),
     its ``checkpoints/`` folder, a checkpoint folder, or the ``model.safetensors`` in one.

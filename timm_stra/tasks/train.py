@@ -27,7 +27,7 @@ from ..checkpoint_file import CheckpointError
 from ..diversity import diversity_loss
 from .backbone_init import create_model, parse_backbone_init
 from .checkpoint import (data_config_for, load_checkpoint_data_config, load_checkpoint_weights, load_training_state,
-                         point_latest, resolve_checkpoint, save_checkpoint)
+                         point_latest, resolve_checkpoint, run_folder_of, save_checkpoint)
 from .data import BadDataError, FaceBinError
 from .distributed import (DistEnv, all_gather_objects, all_reduce_sum, broadcast_buffers, check_share,
                           init_distributed, shutdown)
@@ -72,6 +72,9 @@ class Trainer:
 
     def __init__(self, args: argparse.Namespace, env: DistEnv):
         self.args, self.env = args, env
+        if args.output is None:  # a resumed run goes on in its own folder (it went to output/TASK, split in two)
+            resumed_run = run_folder_of(resolve_checkpoint(args.resume)) if args.resume else None
+            args.output = str(resumed_run or Path('output') / args.task)
         self.out = Path(args.output)
         try:
             check_folder_target(self.out)
@@ -155,7 +158,7 @@ class Trainer:
         rngs = state['rng']
         set_rng_state(rngs[self.env.rank] if self.env.rank < len(rngs) else rngs[0])
         if self.env.is_main:
-            print(f'resumed from {ckpt} at epoch {self.start_epoch}', file=sys.stderr)
+            print(f'resumed from {ckpt} at epoch {self.start_epoch}, writing to {self.out}', file=sys.stderr)
             point_latest(self.out, ckpt)
             log = self.out / 'metrics.jsonl'
             if log.is_file():  # forget epochs logged after the checkpoint (a run resumed from an older one)

@@ -13,7 +13,7 @@ from timm.models import parse_model_name
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 
-from ..arguments import at_least, fraction, non_negative_float, positive_float
+from ..arguments import DefaultsHelpFormatter, at_least, fraction, non_negative_float, positive_float
 from .distributed import task_device
 from .freeze import check_trainable
 from .recipes import get_recipe
@@ -35,12 +35,13 @@ def build_parser(task: str) -> argparse.ArgumentParser:
     """Options of ``timm-stra train TASK``, defaulting to the paper's recipe for the task."""
     r = get_recipe(task)
     p = argparse.ArgumentParser(prog=f'timm-stra train {task}', description=f"Train for {task} (paper recipe: SPEC 4).",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=DefaultsHelpFormatter)
     p.add_argument('--data', required=True, help={
         'reid': 'Market-1501 / DukeMTMC-reID folder (bounding_box_train/, query/, bounding_box_test/)',
         'face': 'folder of identity folders; the insightface *.bin files in it are the verification sets',
         'fer': 'fer2013.csv or the folder holding it'}[task])
-    p.add_argument('--output', default=f'output/{task}', help='run folder (checkpoints, metrics.jsonl)')
+    p.add_argument('--output', default=None, help='run folder (checkpoints, metrics.jsonl); default: the run '
+                   f'--resume continues, else output/{task}')
     p.add_argument('--resume', default=None, help='run folder or checkpoint folder to continue from')
     g = p.add_argument_group('model')
     g.add_argument('--model', default=r.model, help='any timm model name, e.g. the twin resnet50_' + task)
