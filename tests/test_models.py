@@ -76,23 +76,6 @@ def test_face_head_is_bn_dropout_fc_bn():
     assert neck.fc.in_features == 2048 * 4 * 4 and neck.fc.out_features == 512
 
 
-@pytest.mark.parametrize('name, kwargs, input_size, mean', [
-    ('stra_resnet50_fer', {'in_chans': 3}, (3, 44, 44), (0.5, 0.5, 0.5)),  # one value repeated
-    ('resnet50_reid', {'in_chans': 1}, (1, 256, 128), (0.449,)),  # ImageNet's three averaged
-    ('stra_resnet50_face', {'in_chans': 1, 'img_size': (96, 80)}, (1, 96, 80), (0.5,)),
-    ('stra_resnet50_reid', {'in_chans': 3}, (3, 256, 128), (0.485, 0.456, 0.406)),  # the variant's own
-])
-def test_the_data_config_follows_in_chans(name, kwargs, input_size, mean):
-    """timm keeps the variant's ``pretrained_cfg``: a fer model built for colour gave grey images' data config."""
-    model = timm.create_model(name, layers=[1, 1, 1, 1], **kwargs).eval()
-    config = timm.data.resolve_model_data_config(model)
-    assert config['input_size'] == input_size
-    torch.testing.assert_close(config['mean'], mean, atol=5e-4, rtol=0)
-    assert len(config['std']) == len(mean)
-    with torch.no_grad():
-        model(torch.randn(1, *input_size))
-
-
 def test_face_other_size_and_clear_error_for_wrong_size():
     model = timm.create_model('stra_resnet50_face', img_size=(224, 192)).eval()
     assert model.pretrained_cfg['input_size'] == (3, 224, 192)

@@ -535,24 +535,29 @@ def test_every_bad_face_entry_is_named_in_one_message(tmp_path, capsys):
     err = capsys.readouterr().err
     assert str(bad) not in err and '2 verification files refused' in err and not run.exists()
 
+def _state(epoch, **extra):
+    """A training state with every part a resumed run reads (``checkpoint.STATE_KEYS``), empty."""
+    return {'epoch': epoch, 'optimizer': {}, 'scheduler': {}, 'scaler': {}, 'rng': [], **extra}
+
+
 def test_checkpoint_write_is_atomic(tmp_path):
     model = timm.create_model('resnet50_fer', layers=[1, 1, 1, 1])
     data_config = ckpt_mod.data_config_for(model)
-    save_checkpoint(tmp_path, 1, model, {}, data_config, {'epoch': 1})
+    save_checkpoint(tmp_path, 1, model, {}, data_config, _state(1))
     with torch.no_grad():
         model.fc.weight.add_(1)
     # the weights are written, then the training state fails to (a lambda cannot be pickled): a real failure
     # between the checkpoint's files
     with pytest.raises(Exception, match="Can't (pickle|get local object)"):
-        save_checkpoint(tmp_path, 2, model, {}, data_config, {'epoch': 2, 'unpicklable': lambda: None})
+        save_checkpoint(tmp_path, 2, model, {}, data_config, _state(2, unpicklable=lambda: None))
     latest = resolve_checkpoint(tmp_path)
     assert latest.name == 'epoch-0001'
     assert sorted(p.name for p in latest.parent.iterdir()) == ['epoch-0001', 'latest']  # no partial folder
-    assert load_training_state(latest) == {'epoch': 1}
+    assert load_training_state(latest) == _state(1)
     assert not torch.equal(load_file(str(latest / 'model.safetensors'))['fc.weight'], model.fc.weight)
     # the same epoch written again (a run resumed from an older checkpoint) replaces the folder
-    save_checkpoint(tmp_path, 1, model, {}, data_config, {'epoch': 1, 'again': True})
-    assert load_training_state(latest) == {'epoch': 1, 'again': True}
+    save_checkpoint(tmp_path, 1, model, {}, data_config, _state(1, again=True))
+    assert load_training_state(latest) == _state(1, again=True)
     assert torch.equal(load_file(str(latest / 'model.safetensors'))['fc.weight'], model.fc.weight)
     assert sorted(p.name for p in latest.parent.iterdir()) == ['epoch-0001', 'latest']
 
@@ -622,6 +627,13 @@ def test_eval_option_values_out_of_range_are_refused_by_the_parser(tmp_path, cap
     (['--model-kwargs', 'bogus=1'], "--model stra_resnet50_reid --model-kwargs bogus=1: StRAResNet.__init__() got an "
                                     "unexpected keyword argument 'bogus'"),
     (['--decay-epochs', '0'], '--sched step with --decay-epochs 0: give the epochs between'),
+    # what the run sets itself, or a model it cannot train (tracebacks at the first step, or silently replaced)
+    (['--model-kwargs', 'num_classes=3', 'features_only=true'], '--model-kwargs features_only num_classes: arguments '
+     'timm-stra train does not take (features_only: training needs the classifier; num_classes: the training set '
+     'gives the classes)'),
+    (['--model-kwargs', 'pretrained=true'], 'pretrained: the initial weights are --backbone-init'),
+    (['--model-kwargs', 'global_pool=""'], "global_pool='': the classifier needs pooled features"),
+    (['--model-kwargs', 'drop_rate=1.5'], 'drop_rate is a probability below 1, got 1.5'),
 ])
 def test_bad_freeze_and_optimization_options_are_refused_before_the_data_is_read(tmp_path, capsys, argv, message):
     """An empty or parameter-free --trainable-early froze everything (a traceback from backward); a typo was found
@@ -665,3 +677,71 @@ def test_a_resumed_run_goes_on_in_its_own_folder_unless_told_otherwise(tmp_path,
     shutil.copytree(run / 'checkpoints' / 'epoch-0002', outside)
     assert train_main([*args, '--epochs', '3', '--resume', str(outside)]) == 0
     assert [r['epoch'] for r in _jsonl(tmp_path / 'output' / 'fer')] == [3]
+
+
+def test_a_resumed_run_refuses_a_training_set_of_other_classes(tmp_path, capsys):
+    """Another identity count failed in load_state_dict (a traceback); other identities of the same count resumed,
+    each classifier row then standing for another person."""
+    args = ['reid', '--input-size', '64', '32', '--backbone-init', '', '--eval-interval', '0', *FAST]
+    run = tmp_path / 'run'
+    assert train_main([*args, '--data', str(make_market1501(tmp_path / 'market')), '--output', str(run),
+                       '--epochs', '1']) == 0
+    assert load_training_state(run / 'checkpoints' / 'epoch-0001')['classes'] == ['1', '2', '3', '4']
+    for ids, message in (((1, 2, 3), '3 classes, the run was trained on 4'),
+                         ((1, 2, 3, 8), "1 of its 4 classes are not the run's (first: 8)")):
+        data = make_market1501(tmp_path / f'market-{len(ids)}', train_ids=ids)
+        capsys.readouterr()
+        assert train_main([*args, '--data', str(data), '--epochs', '2', '--resume', str(run)]) == 1
+        err = capsys.readouterr().err
+        assert f'--data {data}: {message}' in err and 'Traceback' not in err, err
+    assert [r['epoch'] for r in _jsonl(run)] == [1]
+
+
+def test_a_resumed_checkpoint_of_another_model_or_an_incomplete_state_is_refused_in_one_line(tmp_path, fer_csv,
+                                                                                             capsys):
+    """A model.safetensors of another architecture failed in load_state_dict, a state.pt without its scheduler with
+    a KeyError: tracebacks."""
+    args = ['fer', '--data', str(fer_csv), '--input-size', '24', '24', '--eval-interval', '0', *FAST]
+    run = tmp_path / 'run'
+    assert train_main([*args, '--output', str(run), '--epochs', '1']) == 0
+    other = timm.create_model('stra_resnet50_fer', layers=[1, 1, 1, 1], groups=4).state_dict()
+    for name, damage, message in (
+            ('other-weights', lambda c: save_file(other, str(c / 'model.safetensors')),
+             'model.safetensors does not fit the model these options build'),
+            ('no-scheduler', lambda c: torch.save({k: v for k, v in load_training_state(c).items()
+                                                    if k != 'scheduler'}, c / 'state.pt'),
+             'state.pt lacks scheduler: it is not a whole training state')):
+        copy = tmp_path / name
+        shutil.copytree(run, copy)
+        damage(copy / 'checkpoints' / 'epoch-0001')
+        capsys.readouterr()
+        assert train_main([*args, '--epochs', '2', '--resume', str(copy)]) == 1
+        err = capsys.readouterr().err
+        assert message in err and 'Traceback' not in err, err
+
+
+def test_a_face_img_size_other_than_the_input_size_is_refused_before_the_data_is_read(tmp_path, capsys):
+    missing = tmp_path / 'no-such-data'
+    assert train_main(['face', '--data', str(missing), '--input-size', '64', '64', *FAST[:-2],
+                       '--model-kwargs', 'img_size=48', 'layers=[1,1,1,1]']) == 1
+    err = capsys.readouterr().err
+    assert '--model-kwargs img_size=[48, 48] and --input-size 64 64: a face model takes only the size it is built ' \
+           'for' in err and 'no-such-data' not in err, err
+
+
+@pytest.mark.parametrize('name, kwargs, input_size, mean', [
+    ('stra_resnet50_fer', {'in_chans': 3}, (3, 44, 44), (0.5, 0.5, 0.5)),  # one value repeated
+    ('resnet50_reid', {'in_chans': 1}, (1, 256, 128), (0.449,)),  # ImageNet's three averaged
+    ('stra_resnet50_face', {'in_chans': 1, 'img_size': (96, 80)}, (1, 96, 80), (0.5,)),
+    ('stra_resnet50_reid', {}, (3, 256, 128), (0.485, 0.456, 0.406)),  # the variant's own
+])
+def test_the_data_config_has_the_channels_the_model_takes(name, kwargs, input_size, mean):
+    """timm keeps the variant's pretrained_cfg (its weights' channels): a fer model built for colour was given grey
+    images' config, which passed the channel check and failed in the first convolution."""
+    model = timm.create_model(name, layers=[1, 1, 1, 1], **kwargs).eval()
+    config = ckpt_mod.data_config_for(model)
+    assert config['input_size'] == input_size
+    torch.testing.assert_close(config['mean'], mean, atol=5e-4, rtol=0)
+    assert len(config['std']) == len(mean)
+    with torch.no_grad():
+        model(torch.randn(1, *input_size))

@@ -19,7 +19,7 @@ includes these models, and timm's own test-suite exercises their
 from typing import Any, Dict, Tuple
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 from .imagenet_init import imagenet_filter_fn
 from .pretrained_errors import check_has_weights, pretrained_read_errors
@@ -44,7 +44,7 @@ def _cfg(**kwargs) -> Dict[str, Any]:
 
 # crop_mode: how timm's eval transform (create_transform(**resolve_data_config(model=...))) fits an image, as the
 # task pipelines do (tasks/transforms.py): ReID and FER squashed to size, square faces a centre crop of the
-# shorter-side resize, faces of another shape squashed (_input_overlay)
+# shorter-side resize, faces of another shape squashed (_face_size_overlay)
 def _reid_cfg(**kwargs) -> Dict[str, Any]:
     return _cfg(num_classes=751, input_size=(3, 256, 128), pool_size=(16, 8), crop_pct=1.0, crop_mode='squash',
                 **kwargs)
@@ -85,29 +85,11 @@ default_cfgs = generate_default_cfgs({
 })
 
 
-def _input_overlay(variant: str, model_args: Dict[str, Any], kwargs: Dict[str, Any]) -> Dict[str, Any]:
-    """The ``pretrained_cfg`` entries that keep it true to the input of the model built: a face model's ``img_size``
-    (input and pool size, crop mode) and any model's ``in_chans`` (input size, and mean and std where they follow
-    from the variant's: one value repeated, or three averaged for one channel). timm keeps the variant's, so that a
-    data config resolved from the model would give images of the wrong size or channel count."""
-    in_chans, size = kwargs.get('in_chans'), kwargs.get('img_size') if model_args.get('head') == 'face' else None
-    if in_chans is None and size is None:
-        return {}
-    cfg = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.get('pretrained_cfg'))
-    channels, *cfg_size = cfg.input_size
-    overlay = {}
-    if size is not None:
-        overlay.update(pool_size=feature_size(size, 32), crop_mode='center' if size[0] == size[1] else 'squash')
-    in_chans = channels if in_chans is None else in_chans
-    overlay['input_size'] = (in_chans, *(size or cfg_size))
-    if in_chans != channels:
-        for key in ('mean', 'std'):
-            values = tuple(getattr(cfg, key))
-            if len(values) == 1:
-                overlay[key] = values * in_chans
-            elif in_chans == 1:
-                overlay[key] = (sum(values) / len(values),)
-    return overlay
+def _face_size_overlay(size: Tuple[int, int]) -> Dict[str, Any]:
+    """Keep ``pretrained_cfg`` (input and pool size, crop mode) true to a face model built for another (H, W) ``size``
+    (``img_size`` as ``image_size`` gives it)."""
+    return dict(input_size=(3, *size), pool_size=feature_size(size, 32),
+                crop_mode='center' if size[0] == size[1] else 'squash')
 
 
 # build arguments that are not part of the architecture (not recorded for config.json)
@@ -121,7 +103,9 @@ def _create(variant: str, pretrained: bool, model_args: Dict[str, Any], **kwargs
         kwargs['img_size'] = image_size(kwargs['img_size'])
     if kwargs.get('layers') is not None:
         kwargs['layers'] = stage_blocks(kwargs['layers'])
-    overlay = {**_input_overlay(variant, model_args, kwargs), **(kwargs.pop('pretrained_cfg_overlay', None) or {})}
+    overlay = kwargs.pop('pretrained_cfg_overlay', None)
+    if model_args.get('head') == 'face' and kwargs.get('img_size') is not None:
+        overlay = {**_face_size_overlay(kwargs['img_size']), **(overlay or {})}
     if pretrained:
         check_has_weights(variant, kwargs.get('pretrained_cfg'), overlay)
     with pretrained_read_errors(variant, pretrained, kwargs.get('pretrained_cfg'), overlay, kwargs.get('cache_dir')):

@@ -147,6 +147,12 @@ class StRAResNet(ResNet):
             raise ValueError('fuse_last=False removes the last 1x1 conv of StRA blocks; the twin keeps them.')
         if head == 'face' and img_size is None:
             raise ValueError("The 'face' head flattens the feature map: give img_size, e.g. img_size=(112, 112).")
+        for name, rate in (('drop_rate', drop_rate), ('drop_path_rate', drop_path_rate),
+                           ('drop_block_rate', drop_block_rate)):
+            if not 0 <= rate < 1:  # (timm's own layers refuse one at the first forward, some without its name)
+                raise ValueError(f'{name} is a probability below 1, got {rate}.')
+        if embed_dim < 1:
+            raise ValueError(f'embed_dim must be at least 1, got {embed_dim}.')
         if head != 'face' and img_size is not None:
             raise TypeError(f"img_size sizes the 'face' head only; a {head!r} head pools and takes any input size. "
                             '(A saved config.json may record it, written before this was refused: delete img_size '

@@ -116,6 +116,9 @@ def resolve_checkpoint(path) -> Path:
         f'holding {MODEL_FILE} and {CONFIG_FILE}.')
 
 
+STATE_KEYS = ('epoch', 'optimizer', 'scheduler', 'scaler', 'rng')  # what a resumed run reads of a state.pt
+
+
 def load_training_state(checkpoint_dir) -> Dict[str, Any]:
     """The training state of a checkpoint folder (``torch.load(weights_only=True)``: no code runs).
 
@@ -133,6 +136,10 @@ def load_training_state(checkpoint_dir) -> Dict[str, Any]:
         raise _damaged(path, e) from e
     if not isinstance(state, dict) or 'epoch' not in state:
         raise CheckpointError(f'{path} is not a training state of timm-stra train; resume from a run folder it wrote.')
+    missing = [key for key in STATE_KEYS if key not in state]
+    if missing:
+        raise CheckpointError(f'{path} lacks {", ".join(missing)}: it is not a whole training state of timm-stra '
+                              'train; resume from a run folder it wrote.')
     return state
 
 
@@ -157,7 +164,7 @@ def load_model(spec: str, **kwargs) -> Tuple[torch.nn.Module, Dict[str, Any]]:
             raise
         raise CheckpointError(f'{spec}: its config.json names a model timm does not know ({e}): import the '
                               'package that registers it first.') from e
-    return model, resolve_model_data_config(model)
+    return model, data_config_for(model)
 
 
 def _read_config(path: Path) -> Dict[str, Any]:
@@ -194,11 +201,34 @@ def load_checkpoint_data_config(checkpoint_dir) -> Dict[str, Any]:
 
 
 def data_config_for(model: torch.nn.Module, input_size: Optional[Tuple[int, int]] = None) -> Dict[str, Any]:
-    """timm data config of ``model``, with (H, W) replaced by ``input_size`` if given."""
+    """timm data config of ``model``, with (H, W) replaced by ``input_size`` if given, and the channels the model takes.
+
+    timm's ``pretrained_cfg`` keeps the variant's input channels (its weights', which ``load_pretrained`` adapts
+    to ``in_chans`` by them), so a model built with another ``in_chans`` gets its own here, with the mean and std
+    that follow from the variant's: one value repeated, or three averaged for one channel.
+    """
     cfg = dict(resolve_model_data_config(model))
-    if input_size is not None:
-        cfg['input_size'] = (cfg['input_size'][0], *input_size)
+    channels, *size = cfg['input_size']
+    takes = model_input_channels(model) or channels
+    cfg['input_size'] = (takes, *(input_size or size))
+    if takes != channels:
+        for key in ('mean', 'std'):
+            values = tuple(cfg[key])
+            if len(values) == 1:
+                cfg[key] = values * takes
+            elif takes == 1:
+                cfg[key] = (sum(values) / len(values),)
     return cfg
+
+
+def model_input_channels(model: torch.nn.Module) -> Optional[int]:
+    """The input channels of ``model``'s first convolution (``pretrained_cfg['first_conv']``); None if unknown."""
+    first = getattr(model, 'pretrained_cfg', {}).get('first_conv')
+    try:
+        conv = model.get_submodule(first) if first else None
+    except AttributeError:
+        return None
+    return getattr(conv, 'in_channels', None)
 
 
 def load_checkpoint_weights(checkpoint_dir, device: Union[str, torch.device] = 'cpu') -> Dict[str, torch.Tensor]:

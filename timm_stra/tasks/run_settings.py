@@ -2,7 +2,7 @@
 must be given again as they were (``--resume`` continues the run, it does not start another)."""
 import argparse
 import json
-from typing import Any, Dict
+from typing import Any, Dict, Optional, Sequence
 
 from .usage import UsageError
 
@@ -49,3 +49,18 @@ def _shown(value) -> str:
     if isinstance(value, list):
         return ' '.join(str(v) for v in value) or '(none)'
     return 'off' if value is False else 'on' if value is True else '(not given)' if value is None else str(value)
+
+
+def check_resumed_classes(saved: Optional[Sequence[str]], classes: Sequence[str], data, checkpoint) -> None:
+    """Raise ``UsageError`` unless the training set's ``classes`` (names in label order) are those the resumed run
+    was trained on (``saved``; None in checkpoints written before they were kept): with other identities the
+    classifier's rows would stand for other people, a changed count failed in ``load_state_dict``."""
+    if saved is None or list(saved) == list(classes):
+        return
+    if len(saved) != len(classes):
+        found = f'{len(classes)} classes, the run was trained on {len(saved)}'
+    else:
+        others = [name for name, was in zip(classes, saved) if name != was]
+        found = f'{len(others)} of its {len(classes)} classes are not the run\'s (first: {others[0]})'
+    raise UsageError(f'--data {data}: {found} (--resume {checkpoint}). A resumed run trains on the classes it '
+                     'started with: give its data, or start a new run from its weights (--backbone-init).')

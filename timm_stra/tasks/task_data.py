@@ -15,17 +15,19 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch.utils.data import Dataset
 
-from .data import (BadDataError, CheckShare, FaceBinError, FacePairs, Fer2013, ImageList, Market1501, read_fer2013,
-                   scan_identity_folders)
+from .data import (FER2013_CLASSES, BadDataError, CheckShare, FaceBinError, FacePairs, Fer2013, ImageList, Market1501,
+                   read_fer2013, scan_identity_folders)
 from .metrics.face_verification import NUM_FOLDS
 
 
 @dataclass
 class TrainSet:
-    """The training dataset (items (image, label)), its number of classes, and entries skipped as bad."""
+    """The training dataset (items (image, label)), its number of classes, entries skipped as bad, and the classes'
+    names in label order (ReID: original identities; face: identity folders; fer: FER2013's emotions)."""
     dataset: Dataset
     num_classes: int
     skipped: int = 0
+    classes: Tuple[str, ...] = ()
 
 
 @dataclass
@@ -50,7 +52,7 @@ def load_train_set(task: str, data, transform: Callable, skip_bad: bool = False,
     if task == 'face':
         samples, names, skipped = scan_identity_folders(data, skip_bad=skip_bad, check=check, progress=progress,
                                                         share=share)
-        return TrainSet(ImageList(samples, transform), len(names), skipped)
+        return TrainSet(ImageList(samples, transform), len(names), skipped, tuple(names))
     if task == 'fer':
         return _fer_train_set(data, *read_fer2013(data, skip_bad=skip_bad), transform)
     raise ValueError(f'Unknown task {task!r}')
@@ -58,7 +60,8 @@ def load_train_set(task: str, data, transform: Callable, skip_bad: bool = False,
 
 def _reid_train_set(market: Market1501, transform: Callable) -> TrainSet:
     samples = list(zip(market.train.paths, market.train.pids))
-    return TrainSet(ImageList(samples, transform), market.num_train_ids, market.skipped)
+    return TrainSet(ImageList(samples, transform), market.num_train_ids, market.skipped,
+                    tuple(str(pid) for pid in market.train_ids))
 
 
 def _reid_eval_sets(market: Market1501, transform: Callable, skipped: int) -> EvalSets:
@@ -71,7 +74,7 @@ def _fer_train_set(data, splits: Dict[str, Tuple[torch.Tensor, torch.Tensor]], s
     images, labels = splits['Training']
     if len(labels) == 0:
         raise ValueError(f'{data}: no Training rows in fer2013.csv.')
-    return TrainSet(Fer2013(images, labels, transform), 7, skipped)
+    return TrainSet(Fer2013(images, labels, transform), len(FER2013_CLASSES), skipped, FER2013_CLASSES)
 
 
 def _fer_eval_sets(splits: Dict[str, Tuple[torch.Tensor, torch.Tensor]], skipped: int,

@@ -26,8 +26,8 @@ from ..atomic import atomic_write_text, check_folder_target
 from ..checkpoint_file import CheckpointError
 from ..diversity import diversity_loss
 from .backbone_init import create_model, parse_backbone_init
-from .checkpoint import (data_config_for, load_checkpoint_data_config, load_checkpoint_weights, load_training_state,
-                         point_latest, resolve_checkpoint, run_folder_of, save_checkpoint)
+from .checkpoint import (MODEL_FILE, STATE_FILE, data_config_for, load_checkpoint_data_config, load_checkpoint_weights,
+                         load_training_state, point_latest, resolve_checkpoint, run_folder_of, save_checkpoint)
 from .data import BadDataError, FaceBinError
 from .distributed import (DistEnv, all_gather_objects, all_reduce_sum, broadcast_buffers, check_share,
                           init_distributed, shutdown)
@@ -35,7 +35,7 @@ from .evaluate import evaluate, metrics_table
 from .freeze import set_trainable
 from .recipes import TASKS
 from .rng import rng_state, seed_all, set_rng_state
-from .run_settings import check_resumed_settings, run_settings
+from .run_settings import check_resumed_classes, check_resumed_settings, run_settings
 from .task_data import load_task_data
 from .train_options import (build_parser, check_freeze, check_optimization, create_optimization, model_for_options,
                             model_kwargs)
@@ -117,6 +117,8 @@ class Trainer:
         self.train_set, self.eval_sets = load_task_data(args.task, args.data, tf_train, tf_eval, args.skip_bad, check,
                                                         face_bins=args.bins, progress=progress,
                                                         share=check_share(env))
+        if resumed:
+            check_resumed_classes(resumed[1].get('classes'), self.train_set.classes, args.data, resumed[0])
         if args.task == 'face' and not self.eval_sets.face_pairs and env.is_main:
             print(f'note: no .bin verification files in {args.data}; training without evaluation', file=sys.stderr)
         # 3. the model with the training set's classes (a weights file's classifier is kept where they agree)
@@ -150,10 +152,19 @@ class Trainer:
             self._resume(*resumed)
 
     def _resume(self, ckpt: Path, state: Dict[str, Any], weights: Dict[str, torch.Tensor]) -> None:
-        self.model.load_state_dict(weights)
-        self.optimizer.load_state_dict(state['optimizer'])
-        self.scheduler.load_state_dict(state['scheduler'])
-        self.scaler.load_state_dict(state['scaler'])
+        try:
+            self.model.load_state_dict(weights)
+        except RuntimeError as e:  # (its classes were checked: another architecture's weights)
+            raise CheckpointError(f'{ckpt / MODEL_FILE} does not fit the model these options build, though its '
+                                  f'settings are this run\'s: {str(e).splitlines()[-1].strip()[:300]}. The folder '
+                                  'holds another model\'s weights: resume from a checkpoint this run wrote.') from e
+        try:
+            self.optimizer.load_state_dict(state['optimizer'])
+            self.scheduler.load_state_dict(state['scheduler'])
+            self.scaler.load_state_dict(state['scaler'])
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f'{ckpt / STATE_FILE}: its optimizer, scheduler or scaler state does not fit the '
+                                  f'run ({type(e).__name__}: {e}): resume from a checkpoint this run wrote.') from e
         self.start_epoch = int(state['epoch'])
         rngs = state['rng']
         set_rng_state(rngs[self.env.rank] if self.env.rank < len(rngs) else rngs[0])
@@ -226,6 +237,7 @@ class Trainer:
     def state(self, epoch: int) -> Dict[str, Any]:
         return {'epoch': epoch, 'optimizer': self.optimizer.state_dict(), 'scheduler': self.scheduler.state_dict(),
                 'scaler': self.scaler.state_dict(), 'settings': run_settings(self.args),
+                'classes': list(self.train_set.classes),
                 'rng': all_gather_objects(rng_state(), self.env)}
 
     def run(self) -> List[Dict[str, Any]]:

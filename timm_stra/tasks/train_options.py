@@ -122,6 +122,38 @@ def _create_scheduler(optimizer: torch.optim.Optimizer, args: argparse.Namespace
     return scheduler
 
 
+# timm.create_model arguments the training run sets itself, or that would build a model it cannot train
+RESERVED_MODEL_KWARGS = {
+    'num_classes': 'the training set gives the classes',
+    'pretrained': 'the initial weights are --backbone-init',
+    'pretrained_cfg': 'the initial weights are --backbone-init',
+    'pretrained_cfg_overlay': 'the initial weights are --backbone-init',
+    'checkpoint_path': 'the initial weights are --backbone-init FILE',
+    'features_only': 'training needs the classifier',
+    'out_indices': 'training needs the classifier',
+}
+
+
+def check_model_kwargs(args: argparse.Namespace) -> None:
+    """``UsageError`` for a ``--model-kwargs`` key the run sets itself (``RESERVED_MODEL_KWARGS``), a feature-map
+    ``global_pool=''``, or a face ``img_size`` other than ``--input-size`` (they were tracebacks at the first step, or
+    silently replaced)."""
+    given = dict(args.model_kwargs)
+    reserved = sorted(given.keys() & RESERVED_MODEL_KWARGS.keys())
+    if reserved:
+        why = '; '.join(f'{key}: {RESERVED_MODEL_KWARGS[key]}' for key in reserved)
+        raise UsageError(f'--model-kwargs {" ".join(reserved)}: arguments timm-stra train does not take ({why}).')
+    if given.get('global_pool', None) == '':
+        raise UsageError("--model-kwargs global_pool='': the classifier needs pooled features; give a pooling (avg, "
+                         'max, avgmax, catavgmax) or leave it out.')
+    size = given.get('img_size')
+    if args.task == 'face' and args.input_size is not None and size is not None:
+        size = [size, size] if isinstance(size, int) else list(size)
+        if size != list(args.input_size):
+            raise UsageError(f'--model-kwargs img_size={size} and --input-size {" ".join(map(str, args.input_size))}: '
+                             'a face model takes only the size it is built for; give one of them.')
+
+
 def model_kwargs(args, num_classes: int) -> Dict[str, Any]:
     kwargs = dict(args.model_kwargs)
     kwargs['num_classes'] = num_classes
@@ -132,6 +164,7 @@ def model_kwargs(args, num_classes: int) -> Dict[str, Any]:
 
 def model_for_options(args: argparse.Namespace) -> nn.Module:
     """The model ``--model`` and ``--model-kwargs`` build (with one class), or a ``UsageError`` saying why not."""
+    check_model_kwargs(args)
     unknown = UsageError(f'--model {args.model}: timm has no such model; timm-stra models lists ours, '
                          'timm.list_models() all of them.')
     source, name = parse_model_name(args.model)

@@ -55,7 +55,7 @@ class ReIDSplit:
 class Market1501:
     """The three splits of a Market-1501-style folder.
 
-    ``train.pids`` are relabelled to 0..num_train_ids-1 (sorted original identities);
+    ``train.pids`` are relabelled to 0..num_train_ids-1 (sorted original identities, kept in ``train_ids``);
     ``query`` and ``gallery`` keep the original identities. Junk images are dropped.
     """
     root: str
@@ -64,6 +64,7 @@ class Market1501:
     gallery: ReIDSplit
     num_train_ids: int
     skipped: int = 0
+    train_ids: Tuple[int, ...] = ()  # the original identity of each training label
 
     @classmethod
     def load(cls, root, splits=('train', 'query', 'gallery'), skip_bad: bool = False, check: bool = True,
@@ -108,7 +109,7 @@ class Market1501:
         train = found['train']
         relabel = {pid: i for i, pid in enumerate(sorted(set(train.pids)))}
         train.pids = [relabel[p] for p in train.pids]
-        return cls(str(root), train, found['query'], found['gallery'], len(relabel), skipped)
+        return cls(str(root), train, found['query'], found['gallery'], len(relabel), skipped, tuple(relabel))
 
 
 def _check_usable(root: Path, splits: Dict[str, ReIDSplit], skipped_in: Dict[str, int]) -> None:
