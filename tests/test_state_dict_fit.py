@@ -33,3 +33,14 @@ def test_unchecked_keys_and_accepted_shapes_are_not_differences():
     problems = key_differences(file, ours, checked=lambda k: not k.startswith('fc.'),
                                fits=lambda k, v, target: v.shape[0] == target.shape[0])
     assert not problems, problems.describe()
+
+
+def test_integer_tensors_for_weights_or_floats_for_integers_differ_but_counters_do_not():
+    """load_state_dict copies across kinds without a word: integer weights loaded as whole numbers (zeros)."""
+    ours = {**_model_state(), 'index': torch.zeros(3, dtype=torch.long)}
+    file = {'conv.weight': torch.ones(4, 3, 3, 3, dtype=torch.int64), 'fc.weight': torch.ones(10, 4).half(),
+            'index': torch.zeros(3), 'bn.num_batches_tracked': torch.zeros(())}
+    problems = key_differences(file, ours)
+    assert problems.other_kind == ['conv.weight int64 vs float32', 'index float32 vs int64']  # half is a float
+    assert problems.describe() == ('integer tensors for floating-point ones or back (file vs model): '
+                                   'conv.weight int64 vs float32, index float32 vs int64')

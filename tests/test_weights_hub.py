@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 import timm
 import timm_stra  # noqa: F401
@@ -229,6 +229,17 @@ def test_local_dir_of_other_arguments_is_a_clear_error(tmp_path):
     with pytest.raises(PretrainedWeightsError, match='a saved model built with other arguments') as info:
         timm.create_model(f'local-dir:{folder}', pretrained=True, groups=8)
     assert str(folder / 'model.safetensors') in str(info.value)
+
+
+def test_local_dir_of_integer_weights_is_a_clear_error(tmp_path):
+    """They loaded as whole numbers: every conv weight of a model saved in float32 and re-saved as int64 was 0."""
+    model = timm.create_model('stra_resnet50_fer', layers=[1, 1, 1, 1])
+    folder = save_for_hf(model, tmp_path / 'fer')
+    weights = folder / 'model.safetensors'
+    save_file({k: v.long() if v.is_floating_point() else v for k, v in load_file(str(weights)).items()}, str(weights))
+    with pytest.raises(PretrainedWeightsError, match='integer tensors for floating-point ones or back .*conv1.weight '
+                       'int64 vs float32'):
+        timm.create_model(f'local-dir:{folder}', pretrained=True)
 
 
 def test_a_new_classifier_loads_everything_else_strictly(tmp_path):

@@ -31,7 +31,7 @@ from typing import Dict, Mapping
 import torch
 from torch import nn
 
-from ..state_dict_fit import COUNTERS, KeyDifferences, key_differences, shape_mismatch
+from ..state_dict_fit import COUNTERS, KeyDifferences, key_differences, kind_mismatch, shape_mismatch
 
 _logger = logging.getLogger(__name__)
 
@@ -105,7 +105,9 @@ def imagenet_filter_fn(state_dict: Mapping[str, torch.Tensor], model: nn.Module)
                 problems.unexpected.append(key)
             continue
         target = ours[key]
-        if _group(key) == 'classifier' and not (classifier_loads and value.shape == target.shape):
+        if kind_mismatch(key, value, target):
+            problems.other_kind.append(kind_mismatch(key, value, target))
+        elif _group(key) == 'classifier' and not (classifier_loads and value.shape == target.shape):
             dropped["the file's classifier"] += 1  # e.g. a 751-ID classifier instead of the 1000-way one: fresh
         elif value.shape == target.shape:
             out[key] = value
