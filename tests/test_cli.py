@@ -20,3 +20,15 @@ def test_usage_lists_every_command_and_an_unknown_one_is_named(capsys):
         assert f'\n  {command} ' in usage
     assert cli_main(['mode']) == 2
     assert "timm-stra: unknown command 'mode'" in capsys.readouterr().err
+
+
+def test_train_without_a_task_lists_the_tasks(capsys):
+    """``timm-stra train --help`` printed one line to stderr."""
+    assert cli_main(['train', '--help']) == 0
+    out = capsys.readouterr().out
+    for task, model in (('reid', 'stra_resnet50_reid'), ('face', 'stra_resnet50_face'), ('fer', 'stra_resnet50_fer')):
+        assert f'\n  {task} ' in out and f'; model {model}\n' in out
+    assert "timm-stra train TASK -h" in out
+    assert cli_main(['train']) == 2 and 'tasks:' in capsys.readouterr().err
+    assert cli_main(['train', 'rei']) == 2
+    assert "timm-stra train: no task 'rei': choose reid, face, fer" in capsys.readouterr().err

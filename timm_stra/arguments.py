@@ -3,6 +3,7 @@ numbers (results files: ``atomic.results_file``). A value out of range is refuse
 value: one line naming the option, what was given and what to give."""
 import argparse
 import math
+import re
 from typing import Callable, List, Optional, Sequence
 
 
@@ -110,3 +111,10 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if default == '':
             return text + " (default: '')"
         return super()._get_help_string(action)
+
+
+def help_text(doc: str) -> str:
+    """A module docstring as a command's ``--help`` shows it: reStructuredText's ``literals`` as plain text, and
+    the references to the project's specification (``(SPEC 3)``), which users do not have, left out."""
+    text = re.sub(r'\s*\(SPEC [\d.]+\)', '', doc)
+    return re.sub(r'``([^`]+)``', r'\1', text)

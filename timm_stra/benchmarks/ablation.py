@@ -22,6 +22,7 @@ from typing import Dict, Iterable, List, Optional
 import timm
 
 import timm_stra  # noqa: F401  (registers the models)
+from ..arguments import help_text
 from ..atomic import results_file, save_results
 from ..markdown import markdown_table
 from .device_options import parse_device
@@ -128,7 +129,7 @@ def failures(results: List[Dict[str, object]]) -> List[str]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog='timm-stra table', description=__doc__,
+    parser = argparse.ArgumentParser(prog='timm-stra table', description=help_text(__doc__),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--json', metavar='PATH', type=results_file,
                         help='also write the rows (all counts, by op) to this JSON file')

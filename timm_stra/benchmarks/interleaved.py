@@ -2,7 +2,7 @@
 
 ``timm-stra bench`` measures every case in a fresh process, which gives each its own
 peak memory; but the two runs of a ratio are then seconds to minutes apart, and on a
-machine whose speed drifts (the 2-core virtual machines this project is built on) the
+machine whose speed drifts (a shared virtual machine, such as the 2-core ones we measure on) the
 ratios of one round scatter by 10-30%. Here every case's model is built once, in this
 process, and the timed steps alternate: each round times one step of every case, so
 the two steps of a ratio are taken within the same round, a few steps apart at most.
@@ -12,8 +12,8 @@ every other case equally often, so that what one step leaves behind (warm caches
 allocator's free blocks) favours no case. The table gives each case's median step and,
 over the rounds, the median, interquartile range and the median's 95% confidence interval
 (``median_interval``) of its step time over the limit's and over StRA's in the same round:
-"time vs limit" is the issue's yardstick for StRA (attention for free), "time vs StRA" for
-the unfold reference.
+"time vs limit" is the yardstick of StRA's speed goal (its attention for free), "time vs StRA"
+that of the unfold reference (README, "Where StRA stands").
 
 Not measured here: memory, since the cases share this process and its allocator (use
 ``timm-stra bench`` or ``tensor_memory``). On the CPU every step still pays page faults
@@ -36,7 +36,7 @@ import torch
 
 from ..atomic import results_file
 from ..markdown import markdown_table
-from ..arguments import at_least, int_list, name_list
+from ..arguments import at_least, help_text, int_list, name_list
 from .cases import CASES, TASKS
 from .device_options import (add_compile_option, add_device_options, check_compile_warmup, parse_device,
                              precision_labels)
@@ -133,7 +133,7 @@ def summarize(times: Dict[str, List[float]], mode: str, batch: int,
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog='python -m timm_stra.benchmarks.interleaved', description=__doc__,
+    parser = argparse.ArgumentParser(prog='python -m timm_stra.benchmarks.interleaved', description=help_text(__doc__),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--task', default='reid', choices=tuple(TASKS), help='model family and input size')
     parser.add_argument('--cases', type=name_list(tuple(CASES)), default=list(DEFAULT_CASES),

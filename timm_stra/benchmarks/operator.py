@@ -51,7 +51,7 @@ from tqdm import tqdm
 from ..layers import DiversityRecorder, StRAttention
 from ..layers.stra_triton import HAS_TRITON
 from ..markdown import markdown_table
-from ..arguments import at_least, name_list
+from ..arguments import at_least, help_text, name_list
 from .cases import TASKS
 from .device_options import (CUDA_GRAPH_MODES, add_compile_option, add_device_options, check_compile_warmup,
                              parse_device, precision_labels)
@@ -205,7 +205,7 @@ def measure(task: str, batch: int, impls=CPU_IMPLEMENTATIONS, modes=MODES, repea
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog='python -m timm_stra.benchmarks.operator', description=__doc__,
+    parser = argparse.ArgumentParser(prog='python -m timm_stra.benchmarks.operator', description=help_text(__doc__),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--task', default='reid', choices=sorted(TASKS))
     parser.add_argument('--batch-size', type=at_least(1), default=16)

@@ -3,7 +3,7 @@
 PyTorch allocates CPU tensors with the C library's allocator, which returns large blocks to
 the system on free (glibc: every block over 32 MiB, and smaller ones past a threshold that
 moves with what was freed before). A step that allocates them again pays a page fault per
-page it touches, and on the virtual machines this project is built on that is a large and
+page it touches, and on the virtual machines we measure on that is a large and
 variable share of a step: counting the faults tells that share apart from the operators'
 own time, where timings alone cannot. Minor faults are those the kernel served without I/O
 (fresh zeroed pages, mostly); counted by ``getrusage`` where the platform has it, for the

@@ -30,7 +30,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from ..atomic import results_file
-from ..arguments import at_least, float_list, int_list, name_list, positive_float
+from ..arguments import at_least, float_list, help_text, int_list, name_list, positive_float
 from .cases import CASES, TASKS
 from .device_options import add_compile_option, add_device_options, check_compile_warmup, parse_device, precision_labels
 from .isolate import run_isolated
@@ -155,7 +155,7 @@ CUDA_DEFAULTS = dict(cases=[c for c, spec in CASES.items() if spec.by_default], 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog='timm-stra bench', description=__doc__,
+    parser = argparse.ArgumentParser(prog='timm-stra bench', description=help_text(__doc__),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--task', default='reid', choices=tuple(TASKS), help='model family and input size')
     add_device_options(parser)

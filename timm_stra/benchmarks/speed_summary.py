@@ -47,7 +47,7 @@ def summarize(raw: List[Dict[str, object]], twin: str = 'twin') -> List[Dict[str
         }
     for key, row in rows.items():
         ref = rows.get(key[:3] + (twin,))
-        # the issue's yardsticks: time per step over the limit's (attention for free) and over StRA's
+        # the speed goals' yardsticks: time per step over the limit's (attention for free) and over StRA's
         for case, column in (('limit', 'time_vs_limit'), ('stra', 'time_vs_stra')):
             ratios = paired_ratios(groups[key], groups.get(key[:3] + (case,), []))
             row[column] = statistics.median(ratios) if ratios else None

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from ..markdown import markdown_table
 from .cases import CASES, TASKS
-from ..arguments import at_least, name_list
+from ..arguments import at_least, help_text, name_list
 from .device_options import add_compile_option, add_device_options, compile_warmup, parse_device, precision_labels
 from .quiet_profile import quiet_profile
 from .worker import MODES, Measurement, build_step
@@ -80,7 +80,7 @@ def profile_case(case: str, task: str, mode: str, batch: int, device: torch.devi
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog='python -m timm_stra.benchmarks.step_profile', description=__doc__,
+    parser = argparse.ArgumentParser(prog='python -m timm_stra.benchmarks.step_profile', description=help_text(__doc__),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--task', default='reid', choices=sorted(TASKS))
     parser.add_argument('--cases', type=name_list(tuple(CASES)), default=['stra', 'limit'],

@@ -17,7 +17,7 @@ from torch.profiler import ProfilerActivity
 from tqdm import tqdm
 
 from ..diversity import diversity_loss
-from ..arguments import at_least, name_list
+from ..arguments import at_least, help_text, name_list
 from .cases import CASES, TASKS, build_case
 from .quiet_profile import quiet_profile
 
@@ -69,7 +69,8 @@ def measure(task: str, cases: List[str], batch: int, progress: bool = False) -> 
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog='python -m timm_stra.benchmarks.tensor_memory', description=__doc__,
+    parser = argparse.ArgumentParser(prog='python -m timm_stra.benchmarks.tensor_memory',
+                                     description=help_text(__doc__),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--task', default='reid', choices=sorted(TASKS))
     parser.add_argument('--batch-size', type=at_least(2), default=16, help='a training step needs 2 or more')

@@ -33,7 +33,7 @@ from .distributed import (DistEnv, all_gather_objects, all_reduce_sum, broadcast
                           init_distributed, shutdown)
 from .evaluate import evaluate, metrics_table
 from .freeze import set_trainable
-from .recipes import TASKS
+from .recipes import TASKS, get_recipe
 from .rng import rng_state, seed_all, set_rng_state
 from .run_settings import check_resumed_classes, check_resumed_settings, run_settings
 from .task_data import load_task_data
@@ -292,16 +292,27 @@ class Trainer:
         return bool(s.market or s.face_pairs or s.fer)
 
 
+TASK_LINES = {
+    'reid': 'person re-identification: Market-1501 / DukeMTMC-reID folders',
+    'face': 'face recognition: identity folders, verified on insightface .bin pair lists',
+    'fer': "facial expressions: FER2013's fer2013.csv",
+}
+
+
+def _usage() -> str:
+    tasks = '\n'.join(f'  {task:6}{TASK_LINES[task]}; model {get_recipe(task).model}' for task in TASKS)
+    return (f'usage: timm-stra train {{{",".join(TASKS)}}} --data DIR [options]\n\ntasks:\n{tasks}\n\n'
+            "Run 'timm-stra train TASK -h' for the task's options (their defaults: the paper's recipe).")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in TASKS:
-        print(f'usage: timm-stra train {{{",".join(TASKS)}}} --data DIR [options]  (-h after the task for options)',
-              file=sys.stderr)
-        if argv and argv[0] in ('-h', '--help'):
-            return 0
-        if argv:
+        asked = bool(argv) and argv[0] in ('-h', '--help')
+        print(_usage(), file=sys.stdout if asked else sys.stderr)
+        if argv and not asked:
             print(f'timm-stra train: no task {argv[0]!r}: choose {", ".join(TASKS)}', file=sys.stderr)
-        return 2
+        return 0 if asked else 2
     task = argv[0]
     args = build_parser(task).parse_args(argv[1:])
     args.task = task

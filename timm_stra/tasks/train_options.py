@@ -34,8 +34,8 @@ def _kv(text: str):
 def build_parser(task: str) -> argparse.ArgumentParser:
     """Options of ``timm-stra train TASK``, defaulting to the paper's recipe for the task."""
     r = get_recipe(task)
-    p = argparse.ArgumentParser(prog=f'timm-stra train {task}', description=f"Train for {task} (paper recipe: SPEC 4).",
-                                formatter_class=DefaultsHelpFormatter)
+    p = argparse.ArgumentParser(prog=f'timm-stra train {task}', formatter_class=DefaultsHelpFormatter,
+                                description=f"Train a {task} model; the defaults are the paper's recipe for {task}.")
     p.add_argument('--data', required=True, help={
         'reid': 'Market-1501 / DukeMTMC-reID folder (bounding_box_train/, query/, bounding_box_test/)',
         'face': 'folder of identity folders; the insightface *.bin files in it are the verification sets',

@@ -27,7 +27,7 @@ from timm.data.transforms import MaybeToTensor
 from torch import nn
 from torchvision import transforms
 
-from ..arguments import at_least
+from ..arguments import at_least, help_text
 from ..atomic import atomic_write_file, results_file
 from ..layers.diversity import DiversityRecorder
 from .shown_image import load_image_as_shown
@@ -144,7 +144,7 @@ def _picture_format(out: str) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog='timm-stra modes', description=__doc__,
+    parser = argparse.ArgumentParser(prog='timm-stra modes', description=help_text(__doc__),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('image', help='an image file')
     parser.add_argument('--model', required=True,

@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 import timm_stra  # noqa: F401  (registers the models)
 
+from ..arguments import help_text
 from ..benchmarks.macs import count_macs, count_params
 from ..markdown import markdown_table
 
@@ -43,7 +44,7 @@ def describe(name: str, device: str = 'meta') -> Dict[str, object]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog='timm-stra models', description=__doc__,
+    parser = argparse.ArgumentParser(prog='timm-stra models', description=help_text(__doc__),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--filter', default='*', help='wildcard on model names (default: all)')
     parser.add_argument('--no-progress', action='store_true', help='no progress bar')
