@@ -58,7 +58,11 @@ def test_command_draws_a_trained_checkpoint(fer, tmp_path, capsys):
     assert Image.open(out).size == (9 * 48, 2 * 48)
     assert '2 operators x 8 modes, masks of 6x6 positions' in capsys.readouterr().err
     assert cli_main(['modes', str(tmp_path / 'face.png'), '--model', 'resnet50_fer', '--out', str(out)]) == 1
-    assert 'no mode attention' in capsys.readouterr().err
+    assert 'resnet50_fer has no mode attention' in capsys.readouterr().err  # (it said StRAResNet, the class)
+    Image.new('L', (48, 48), 128).save(tmp_path / 'cut.jpg')
+    (tmp_path / 'cut.jpg').write_bytes((tmp_path / 'cut.jpg').read_bytes()[:300])
+    assert cli_main(['modes', str(tmp_path / 'cut.jpg'), '--model', str(run), '--out', str(out)]) == 1
+    assert f"{tmp_path / 'cut.jpg'}: cannot be read as an image" in capsys.readouterr().err  # (PIL's names no file)
     assert cli_main(['modes', str(tmp_path / 'nothing.png'), '--model', str(run), '--out', str(out)]) == 1
 
 

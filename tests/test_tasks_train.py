@@ -254,6 +254,12 @@ def test_a_latest_pointer_to_a_missing_checkpoint_is_named(tmp_path, fer_csv, ca
     assert train_main([*args, '--epochs', '2', '--resume', str(run)]) == 1
     assert (f"{run / 'checkpoints' / 'latest'} names epoch-0005, which is missing: give one of the checkpoint "
             'folders that are there (epoch-0001).') in capsys.readouterr().err
+    (run / 'checkpoints' / 'latest').write_text('\n')  # it named the checkpoints folder itself, "a model"
+    assert train_main([*args, '--epochs', '2', '--resume', str(run)]) == 1
+    assert (f"{run / 'checkpoints' / 'latest'} is empty: give one of the checkpoint folders that are there "
+            '(epoch-0001).') in capsys.readouterr().err
+    assert train_main([*args, '--epochs', '2', '--resume', str(tmp_path / 'nothing')]) == 1
+    assert f"{tmp_path / 'nothing'} does not exist: expected a training output folder" in capsys.readouterr().err
 
 
 def test_reid_resume_across_the_warm_up_is_exact(tmp_path):

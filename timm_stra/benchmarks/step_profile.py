@@ -37,6 +37,19 @@ def _short(name: str, width: int = 60) -> str:
     return f'{name[:width - tail - 3]}...{name[-tail:]}'
 
 
+STEP_NAMES = {'infer': 'an inference step', 'train': 'a training step'}
+
+
+COUNT_COLUMNS = ('calls/step', 'aten calls/step', 'kernels/step')
+
+
+def _shown(row: Dict[str, object]) -> Dict[str, object]:
+    """A table row with its calls per step as counts: ``2,372``, or ``12.5`` where the profiled steps differ."""
+    def count(v: float) -> str:
+        return f'{v:,.0f}' if v == int(v) else f'{v:,.1f}'
+    return {k: count(v) if k in COUNT_COLUMNS and v is not None else v for k, v in row.items()}
+
+
 def profile_case(case: str, task: str, mode: str, batch: int, device: torch.device, channels_last: bool = False,
                  bf16: bool = False, steps: int = 3, top: int = 15, compile: str = '') -> Dict[str, object]:
     """Profile ``steps`` steps (after two unprofiled ones, and those ``compile`` needs to compile and record CUDA
@@ -98,18 +111,19 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error('a training step needs a batch of 2 or more (BatchNorm)')
     device = parse_device(parser, args)
     flags = ''.join(f', {label}' for label in precision_labels(args))
-    print(f'Profile of a {args.mode} step, {args.task}, batch {args.batch_size}, {device}{flags}; '
+    print(f'Profile of {STEP_NAMES[args.mode]}, {args.task}, batch {args.batch_size}, {device}{flags}; '
           f'self time per operator ({"kernel time" if device.type == "cuda" else "CPU time"}).\n')
     results = [profile_case(c, args.task, args.mode, args.batch_size, device, args.channels_last, args.bf16,
                             args.steps, args.top, args.compile)
                for c in tqdm(args.cases, desc='profiling', unit='case', disable=args.no_progress, leave=False)]
-    print(markdown_table([{k: v for k, v in r.items() if not k.startswith('top') and v is not None} for r in results]))
+    print(markdown_table([_shown({k: v for k, v in r.items() if not k.startswith('top') and v is not None})
+                          for r in results]))
     for r in results:
         print(f"\n{CASES[r['case']].label}:\n")
-        print(markdown_table(r['top']))
+        print(markdown_table([_shown(row) for row in r['top']]))
         if r['top kernels']:
             print(f"\n{CASES[r['case']].label}, kernels:\n")
-            print(markdown_table(r['top kernels']))
+            print(markdown_table([_shown(row) for row in r['top kernels']]))
     return 0
 
 

@@ -101,19 +101,22 @@ def resolve_checkpoint(path) -> Path:
     path = Path(path)
     for pointer in (path / 'checkpoints' / LATEST, path / LATEST):
         if pointer.is_file():
-            named = pointer.parent / pointer.read_text().strip()
-            if not named.is_dir():
+            name = pointer.read_text().strip()
+            named = pointer.parent / name
+            if not name or '/' in name or not named.is_dir():
                 kept = sorted(p.name for p in pointer.parent.iterdir() if p.is_dir())
-                raise FileNotFoundError(f'{pointer} names {named.name}, which is missing: give one of the checkpoint '
-                                        f"folders that are there ({', '.join(kept) or 'none'}).")
+                what = f'names {name}, which is missing' if name else 'is empty'
+                raise FileNotFoundError(f'{pointer} {what}: give one of the checkpoint folders that are there '
+                                        f"({', '.join(kept) or 'none'}).")
             return named
     if path.is_file() and path.suffix == '.safetensors':
         path = path.parent
     if (path / MODEL_FILE).is_file() and (path / CONFIG_FILE).is_file():
         return path
+    what = 'is not a checkpoint' if path.exists() else 'does not exist'
     raise FileNotFoundError(
-        f'{path} is not a checkpoint: expected a training output folder (with checkpoints/latest) or a folder '
-        f'holding {MODEL_FILE} and {CONFIG_FILE}.')
+        f'{path} {what}: expected a training output folder (with checkpoints/latest), a checkpoint folder holding '
+        f'{MODEL_FILE} and {CONFIG_FILE}, or that {MODEL_FILE} (eval also takes local-dir:FOLDER and hf-hub:ID).')
 
 
 STATE_KEYS = ('epoch', 'optimizer', 'scheduler', 'scaler', 'rng')  # what a resumed run reads of a state.pt

@@ -22,7 +22,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from timm.data import create_transform, resolve_model_data_config
+from timm.data import create_transform
 from timm.data.transforms import MaybeToTensor
 from torch import nn
 from torchvision import transforms
@@ -54,7 +54,8 @@ def spatial_masks(model: nn.Module, images: torch.Tensor) -> List[torch.Tensor]:
     """
     recorders = [m for m in model.modules() if isinstance(m, DiversityRecorder)]
     if not recorders:
-        raise ValueError(f'{type(model).__name__} has no mode attention, so no spatial masks: give a StRA model '
+        name = getattr(model, 'pretrained_cfg', {}).get('architecture') or type(model).__name__
+        raise ValueError(f'{name} has no mode attention, so no spatial masks: give a StRA model '
                          "(one built with mode='full' or 'no_interaction').")
     masks: List[torch.Tensor] = []
     hooks = [r.register_forward_hook(lambda module, args, out: masks.append(out.detach().float().cpu()))
@@ -157,9 +158,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         fmt = _picture_format(args.out)
-        image = load_image_as_shown(args.image)
+        try:
+            image = load_image_as_shown(args.image)
+        except OSError as e:  # (PIL's error for a truncated file names no file)
+            raise OSError(f'{args.image}: cannot be read as an image ({e})') from e
         model = _load(args.model)
-        config = resolve_model_data_config(model)
+        from ..tasks.checkpoint import data_config_for  # (the tasks' modules load only when the command runs)
+        config = data_config_for(model)
         # timm's evaluation transform: resize and crop (what the model sees, and what the picture shows), normalise
         seen, to_tensor = split_transform(create_transform(**config))
         image = seen(image.convert('L' if config['input_size'][0] == 1 else 'RGB'))
