@@ -37,7 +37,7 @@ def test_onnx_export_through_timm_runs_as_the_eager_model(name, export_size, run
     {'local_op': 'sasa'}, {'local_op': 'group_conv', 'mode': 'no_interaction'}, {'reference': True},
 ], ids=str)
 def test_onnx_export_of_the_ablation_operators_runs_as_the_eager_model(ablation, tmp_path):
-    """The paper's other operators (SASA's masked windows, the unfold-based reference) export too, at FER's small maps."""
+    """The paper's other operators (SASA's masked windows, the unfold reference) export too, at FER's small maps."""
     model = timm.create_model('stra_resnet50_fer', **ablation).eval()
     path = tmp_path / 'ablation.onnx'
     onnx_export(model, str(path), batch_size=2, input_size=(1, 44, 44), dynamic_size=True)

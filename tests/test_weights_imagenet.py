@@ -189,7 +189,8 @@ def test_truncated_file_names_the_file(monkeypatch, tmp_path, imagenet_files):
 
 def test_missing_file_says_what_to_do(monkeypatch, tmp_path):
     use_offline_cache(monkeypatch, tmp_path / 'empty')
-    with pytest.raises(PretrainedWeightsError, match='timm/resnet50.tv_in1k is missing.*HF_HUB_CACHE'):
+    with pytest.raises(PretrainedWeightsError, match='timm/resnet50.tv_in1k is not in the local Hugging Face cache, '
+                                                     'and the Hub could not be reached.*HF_HUB_CACHE'):
         timm.create_model('stra_resnet50_reid', pretrained=True)
 
 

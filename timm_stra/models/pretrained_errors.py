@@ -115,15 +115,17 @@ def pretrained_read_errors(
             f'arguments): {str(e)[:600]}') from e
     except (LocalEntryNotFoundError, OfflineModeIsEnabled, FileNotFoundError) as e:
         cfg = _resolve(variant, pretrained_cfg, overlay)
+        state = 'is missing'
         if cfg.get('source') == 'local-dir':
             todo = 'Check the folder: it needs model.safetensors beside config.json.'
         elif cfg.get('file'):
             todo = 'Check the path of the weights file.'
         else:
+            state = 'is not in the local Hugging Face cache, and the Hub could not be reached (or is switched off)'
             todo = ('Connect to the Hugging Face Hub once to download them, or set HF_HUB_CACHE to a cache that '
                     'has them.')
         raise PretrainedWeightsError(
-            f'The pretrained weights of {variant} are not available: {_describe_source(cfg, cache_dir)} is missing'
+            f'The pretrained weights of {variant} are not available: {_describe_source(cfg, cache_dir)} {state}'
             f'{f" ({e})" if str(e) else ""}. {todo}') from e
     except OSError as e:
         if isinstance(e, ConnectionError):  # (the hub's offline errors are caught above)
