@@ -257,3 +257,14 @@ def test_a_new_classifier_loads_everything_else_strictly(tmp_path):
                             (dict(groups=4), 'shapes that differ')):
         with pytest.raises(PretrainedWeightsError, match=f'built with other arguments than this one; .*{message}'):
             timm.create_model(f'local-dir:{folder}', pretrained=True, num_classes=10, **kwargs)
+
+
+def test_architecture_arguments_given_as_numpy_numbers_are_saved_as_python_ones(tmp_path):
+    """timm's writer refused them: "Model argument 'groups' is not serializable"."""
+    np = pytest.importorskip('numpy')
+    model = timm.create_model('stra_resnet50_fer', layers=np.array([1, 1, 1, 1]), groups=np.int64(4))
+    folder = save_for_hf(model, tmp_path / 'fer')
+    args = json.loads((folder / 'config.json').read_text())['model_args']
+    assert args['groups'] == 4 and args['layers'] == [1, 1, 1, 1]
+    loaded = timm.create_model(f'local-dir:{folder}', pretrained=True)
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())

@@ -111,9 +111,25 @@ def model_card(model: nn.Module, repo_id: Optional[str] = None, weights: Optiona
     }
 
 
-def _with_license(kwargs: Dict[str, Any], license: Optional[str]) -> Dict[str, Any]:
-    """timm's writer arguments with ``license`` in ``config.json``'s ``pretrained_cfg`` too, as on the card: a model
-    loaded from the folder (and saved or published again) keeps it."""
+def _python_number(value: Any) -> Any:
+    """A NumPy number or array as Python's numbers and lists, which JSON records, also inside a list or tuple
+    (``layers``, ``img_size``); None where there is none."""
+    if isinstance(value, (list, tuple)):
+        plain = [_python_number(v) for v in value]
+        return None if all(v is None for v in plain) else [v if p is None else p for v, p in zip(value, plain)]
+    if type(value).__module__.split('.')[0] == 'numpy' and hasattr(value, 'tolist'):
+        return value.tolist()
+    return None
+
+
+def _writer_kwargs(model: nn.Module, kwargs: Dict[str, Any], license: Optional[str]) -> Dict[str, Any]:
+    """timm's writer arguments with ``license`` in ``config.json``'s ``pretrained_cfg`` too, as on the card (a model
+    loaded from the folder, and saved or published again, keeps it), and the model's architecture arguments given
+    as NumPy numbers (``groups=np.int64(4)``) recorded as Python's: timm refused them as "not serializable"."""
+    recorded = get_model_args(model)  # (what timm writes: drop rates left out)
+    plain = {k: _python_number(v) for k, v in recorded.items() if _python_number(v) is not None}
+    if plain:
+        kwargs = {**kwargs, 'model_args': {**plain, **(kwargs.get('model_args') or {})}}
     if not license:
         return kwargs
     model_config = dict(kwargs.get('model_config') or {})
@@ -142,7 +158,7 @@ def save_for_hf(
     """
     save_directory = Path(save_directory)
     with atomic_output_dir(save_directory) as tmp, contiguous_state_dict(model):
-        timm_save_for_hf(model, tmp, safe_serialization=True, **_with_license(kwargs, license))
+        timm_save_for_hf(model, tmp, safe_serialization=True, **_writer_kwargs(model, kwargs, license))
         readme = generate_readme(model_card(model, repo_id, weights, license), save_directory.name,
                                  task_name=_task(model))
         (tmp / 'README.md').write_text(readme, encoding='utf-8')
@@ -162,4 +178,4 @@ def push_to_hub(model: nn.Module, repo_id: str, weights: Optional[str] = None, l
     with contiguous_state_dict(model):
         return push_to_hf_hub(
             model, repo_id, model_card=model_card(model, repo_id, weights, license), task_name=_task(model),
-            **_with_license(kwargs, license))
+            **_writer_kwargs(model, kwargs, license))
