@@ -62,6 +62,18 @@ def test_read_clears_and_eval_records_nothing():
         timm_stra.diversity_loss(model)
 
 
+def test_a_second_forward_before_the_read_replaces_the_first_term():
+    """As README says: two views read once give the last view's term (read it after each forward)."""
+    model = nn.Sequential(StRAttention(16, groups=4)).train()
+    xa, xb = torch.randn(2, 16, 4, 4), torch.randn(3, 16, 4, 4)
+    model(xa)
+    model(xb)
+    assert timm_stra.diversity_per_sample(model).shape == (3,)
+    expected = _expected_per_sample(model, xb)
+    model(xb)
+    torch.testing.assert_close(timm_stra.diversity_loss(model), expected.mean())
+
+
 def test_a_copy_made_before_the_term_is_read_keeps_nothing_and_the_model_keeps_its_term():
     """(deepcopy refused the kept term, a non-leaf tensor: an EMA or SWA copy made between a training step that
     does not read it, as timm's train.py takes, and the next forward failed; so did pickling the model.)"""
