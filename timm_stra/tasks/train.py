@@ -154,10 +154,11 @@ class Trainer:
     def _resume(self, ckpt: Path, state: Dict[str, Any], weights: Dict[str, torch.Tensor]) -> None:
         try:
             self.model.load_state_dict(weights)
-        except RuntimeError as e:  # (its classes were checked: another architecture's weights)
+        except RuntimeError as e:  # another model's weights (or, from a state without its classes, other classes)
             raise CheckpointError(f'{ckpt / MODEL_FILE} does not fit the model these options build, though its '
                                   f'settings are this run\'s: {str(e).splitlines()[-1].strip()[:300]}. The folder '
-                                  'holds another model\'s weights: resume from a checkpoint this run wrote.') from e
+                                  'holds another model\'s weights (or --data has another number of classes): resume '
+                                  'from a checkpoint this run wrote, with its data.') from e
         try:
             self.optimizer.load_state_dict(state['optimizer'])
             self.scheduler.load_state_dict(state['scheduler'])
