@@ -265,6 +265,16 @@ def test_official_names_but_incomplete_model(official, tmp_path, capsys):
     _assert_refused(checkpoint, tmp_path / 'out', capsys, 'not the official stra_resnet50_reid', 'layer4.2.')
 
 
+def test_a_checkpoint_with_values_that_are_not_finite_is_refused(official, tmp_path, capsys):
+    """It converted without a word, into a model that gives NaN for every image."""
+    _, sd, _ = official
+    checkpoint = tmp_path / 'diverged.pth.tar'
+    value = 'layer4.1.conv2.value_conv.weight'
+    broken = {**sd, value: torch.full_like(sd[value], float('nan'))}
+    torch.save({'state_dict': broken}, checkpoint)
+    _assert_refused(checkpoint, tmp_path / 'out', capsys, 'not finite (NaN or inf) in layer4.1.conv2.local.value.weight')
+
+
 def test_output_folder_that_exists_is_not_touched(official, tmp_path, capsys):
     checkpoint, _, _ = official
     out = tmp_path / 'out'

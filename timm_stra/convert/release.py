@@ -18,6 +18,7 @@ from torch import nn
 from ..atomic import refuse_existing
 from ..checkpoint_file import CheckpointError, read_state_dict
 from ..hub import save_for_hf
+from ..listing import shown_list
 from ..state_dict_fit import COUNTERS, key_differences
 from .official import convert_official_state_dict
 
@@ -52,6 +53,10 @@ def build_converted_model(state_dict: Dict[str, torch.Tensor], keep_classifier: 
         raise CheckpointError(
             f'{source}: its keys are official names but it is not the official {variant} '
             f'(another architecture or a part of one): {problems.describe()}.')
+    broken = [k for k, v in state_dict.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if broken:  # a model of them gives NaN for every image
+        raise CheckpointError(f'{source}: holds values that are not finite (NaN or inf) in {shown_list(broken)}: '
+                              'the training run that wrote it diverged, or the file is damaged.')
     # BatchNorm step counters are not weights: a re-saved or stripped copy may lack them
     model.load_state_dict({**{k: v for k, v in ours.items() if k.endswith(COUNTERS)}, **state_dict}, strict=True)
     return model.eval()
