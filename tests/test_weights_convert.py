@@ -272,7 +272,8 @@ def test_a_checkpoint_with_values_that_are_not_finite_is_refused(official, tmp_p
     value = 'layer4.1.conv2.value_conv.weight'
     broken = {**sd, value: torch.full_like(sd[value], float('nan'))}
     torch.save({'state_dict': broken}, checkpoint)
-    _assert_refused(checkpoint, tmp_path / 'out', capsys, 'not finite (NaN or inf) in layer4.1.conv2.local.value.weight')
+    _assert_refused(checkpoint, tmp_path / 'out', capsys,
+                    'not finite (NaN or inf) in layer4.1.conv2.local.value.weight')
 
 
 def test_output_folder_that_exists_is_not_touched(official, tmp_path, capsys):
