@@ -1,4 +1,5 @@
-"""Shared fixtures: paths to the read-only reference data in ../shared, and torch.compile without code generation."""
+"""Shared fixtures: the official-parity vectors (a copy in tests/data/parity, checked against the project's read-only
+reference folder ../shared where it is there), and torch.compile without code generation."""
 from pathlib import Path
 from typing import List, Optional, Tuple
 
@@ -6,7 +7,8 @@ import pytest
 import torch
 
 SHARED = Path(__file__).resolve().parents[1].parent / 'shared'
-PARITY = SHARED / 'parity'
+SHARED_PARITY = SHARED / 'parity'  # the reference the copy is checked against (test_parity.py)
+PARITY = Path(__file__).resolve().parent / 'data' / 'parity'
 
 
 @pytest.fixture(autouse=True)
@@ -17,7 +19,7 @@ def _seed():
 @pytest.fixture(scope='session')
 def parity_dir() -> Path:
     if not PARITY.is_dir():
-        pytest.fail(f'parity vectors not found at {PARITY}; the suite expects ../shared beside the checkout')
+        pytest.fail(f'parity vectors not found at {PARITY}: the checkout is incomplete')
     return PARITY
 
 

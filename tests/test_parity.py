@@ -58,3 +58,15 @@ def test_whole_model_keys_convert_and_load(parity_dir):
 def test_unknown_key_is_refused():
     with pytest.raises(ValueError, match='no mapping for fc.weight'):
         convert_official_state_dict({'conv1.weight': torch.zeros(1), 'fc.weight': torch.zeros(1)})
+
+
+def test_the_copy_is_the_projects_reference(parity_dir):
+    """tests/data/parity is a copy of ../shared/parity (the project's read-only reference, beside the checkout in CI):
+    byte for byte, where the reference is there."""
+    from conftest import SHARED_PARITY
+    if not SHARED_PARITY.is_dir():
+        pytest.skip(f'no reference folder at {SHARED_PARITY} to compare the copy with')
+    names = sorted(p.name for p in SHARED_PARITY.iterdir())
+    assert sorted(p.name for p in parity_dir.iterdir()) == names
+    for name in names:
+        assert (parity_dir / name).read_bytes() == (SHARED_PARITY / name).read_bytes(), name
