@@ -209,6 +209,15 @@ def test_features_only_and_intermediates():
     assert model.feature_info.reduction() == [8, 16, 16]
 
 
+@pytest.mark.parametrize('out_indices', [(5,), (0, -6), 6, 0])
+def test_feature_levels_the_models_lack_are_a_clear_error(out_indices):
+    """timm's error was a bare IndexError: list index out of range."""
+    with pytest.raises(ValueError, match=r'these models have 5 feature levels \(the stem and four stages\)'):
+        timm.create_model('stra_resnet50_fer', layers=[1, 1, 1, 1], features_only=True, out_indices=out_indices)
+    model = timm.create_model('stra_resnet50_fer', layers=[1, 1, 1, 1], features_only=True, out_indices=(0, -1))
+    assert model.feature_info.channels() == [64, 512]
+
+
 def test_gradient_checkpointing_matches():
     """Checkpointed blocks run their forward again in backward (counted as they start: the recomputation stops
     early, once it has what backward needs), with the same output and gradients."""

@@ -92,6 +92,22 @@ def _face_size_overlay(size: Tuple[int, int]) -> Dict[str, Any]:
                 crop_mode='center' if size[0] == size[1] else 'squash')
 
 
+FEATURE_LEVELS = 5  # feature_info: the stem's output and each of the four stages
+
+
+def check_out_indices(out_indices: Any) -> None:
+    """``ValueError`` unless ``out_indices`` (``features_only``) picks feature levels the models have (timm's error for
+    another was a bare ``IndexError: list index out of range``): an int n takes the last n, a sequence names each."""
+    if out_indices is None or isinstance(out_indices, int) and 1 <= out_indices <= FEATURE_LEVELS:
+        return
+    indices = [out_indices] if isinstance(out_indices, int) else list(out_indices)
+    if isinstance(out_indices, int) or not all(isinstance(i, int) and -FEATURE_LEVELS <= i < FEATURE_LEVELS
+                                               for i in indices):
+        raise ValueError(f'out_indices={out_indices!r}: these models have {FEATURE_LEVELS} feature levels (the stem '
+                         f'and four stages): give indices from 0 to {FEATURE_LEVELS - 1} (or negative from the end), '
+                         f'or a count of the last levels from 1 to {FEATURE_LEVELS}.')
+
+
 # build arguments that are not part of the architecture (not recorded for config.json)
 _RUNTIME_ARGS = ('pretrained_cfg', 'pretrained_cfg_overlay', 'cache_dir', 'pretrained_model_args', 'device', 'dtype',
                  'features_only', 'out_indices', 'feature_cls')
@@ -103,6 +119,8 @@ def _create(variant: str, pretrained: bool, model_args: Dict[str, Any], **kwargs
         kwargs['img_size'] = image_size(kwargs['img_size'])
     if kwargs.get('layers') is not None:
         kwargs['layers'] = stage_blocks(kwargs['layers'])
+    if kwargs.get('features_only'):
+        check_out_indices(kwargs.get('out_indices'))
     overlay = kwargs.pop('pretrained_cfg_overlay', None)
     if model_args.get('head') == 'face' and kwargs.get('img_size') is not None:
         overlay = {**_face_size_overlay(kwargs['img_size']), **(overlay or {})}
