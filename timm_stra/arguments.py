@@ -97,8 +97,6 @@ def fraction(include_one: bool = True) -> Callable[[str], float]:
     return parse
 
 
-
-
 class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """argparse's "(default: ...)" after an option's help only where it tells something: not for a required option,
     one without a value by default (None, an empty list, a flag's False) or one whose help gives its default."""

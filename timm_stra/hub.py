@@ -127,7 +127,7 @@ def _writer_kwargs(model: nn.Module, kwargs: Dict[str, Any], license: Optional[s
     loaded from the folder, and saved or published again, keeps it), and the model's architecture arguments given
     as NumPy numbers (``groups=np.int64(4)``) recorded as Python's: timm refused them as "not serializable"."""
     recorded = get_model_args(model)  # (what timm writes: drop rates left out)
-    plain = {k: _python_number(v) for k, v in recorded.items() if _python_number(v) is not None}
+    plain = {k: p for k, p in ((k, _python_number(v)) for k, v in recorded.items()) if p is not None}
     if plain:
         kwargs = {**kwargs, 'model_args': {**plain, **(kwargs.get('model_args') or {})}}
     if not license:

@@ -105,8 +105,9 @@ def imagenet_filter_fn(state_dict: Mapping[str, torch.Tensor], model: nn.Module)
                 problems.unexpected.append(key)
             continue
         target = ours[key]
-        if kind_mismatch(key, value, target):
-            problems.other_kind.append(kind_mismatch(key, value, target))
+        other_kind = kind_mismatch(key, value, target)
+        if other_kind:
+            problems.other_kind.append(other_kind)
         elif _group(key) == 'classifier' and not (classifier_loads and value.shape == target.shape):
             dropped["the file's classifier"] += 1  # e.g. a 751-ID classifier instead of the 1000-way one: fresh
         elif value.shape == target.shape:

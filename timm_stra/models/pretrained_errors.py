@@ -133,7 +133,10 @@ def pretrained_read_errors(
         # torch.load of a pickle cut inside a tensor's record seeks past the file's end: a bare "[Errno 22] Invalid
         # argument" naming no file
         where = _describe_source(_resolve(variant, pretrained_cfg, overlay), cache_dir)
-        cause = ('the file is truncated or corrupt' if e.errno in (None, errno.EINVAL) else 'the file cannot be read')
+        if e.errno in (None, errno.EINVAL):
+            cause, todo = 'the file is truncated or corrupt', 'Delete it and download or export it again.'
+        else:
+            cause, todo = 'the file cannot be read', 'Check the file.'
         raise PretrainedWeightsError(
             f'Cannot read the pretrained weights of {variant} from {where}: {cause} ({type(e).__name__}: {e}). '
-            + ('Delete it and download or export it again.' if 'corrupt' in cause else 'Check the file.')) from e
+            f'{todo}') from e
