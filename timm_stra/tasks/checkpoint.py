@@ -24,7 +24,7 @@ import timm
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
-from timm.data import resolve_model_data_config
+from timm.data.model_config import resolve_input_data_config
 from timm.models import save_for_hf
 
 from ..atomic import atomic_output_dir, atomic_write_text
@@ -204,34 +204,16 @@ def load_checkpoint_data_config(checkpoint_dir) -> Dict[str, Any]:
 
 
 def data_config_for(model: torch.nn.Module, input_size: Optional[Tuple[int, int]] = None) -> Dict[str, Any]:
-    """timm data config of ``model``, with (H, W) replaced by ``input_size`` if given, and the channels the model takes.
+    """timm data config of ``model`` with the channels it takes, and (H, W) replaced by ``input_size`` if given.
 
     timm's ``pretrained_cfg`` keeps the variant's input channels (its weights', which ``load_pretrained`` adapts
-    to ``in_chans`` by them), so a model built with another ``in_chans`` gets its own here, with the mean and std
-    that follow from the variant's: one value repeated, or three averaged for one channel.
+    to ``in_chans`` by them); timm's ``resolve_input_data_config`` gives a model built with another ``in_chans``
+    its own, with the mean and std that follow (one value repeated, or three averaged for one channel).
     """
-    cfg = dict(resolve_model_data_config(model))
-    channels, *size = cfg['input_size']
-    takes = model_input_channels(model) or channels
-    cfg['input_size'] = (takes, *(input_size or size))
-    if takes != channels:
-        for key in ('mean', 'std'):
-            values = tuple(cfg[key])
-            if len(values) == 1:
-                cfg[key] = values * takes
-            elif takes == 1:
-                cfg[key] = (sum(values) / len(values),)
+    cfg = dict(resolve_input_data_config(model))
+    if input_size is not None:
+        cfg['input_size'] = (cfg['input_size'][0], *input_size)
     return cfg
-
-
-def model_input_channels(model: torch.nn.Module) -> Optional[int]:
-    """The input channels of ``model``'s first convolution (``pretrained_cfg['first_conv']``); None if unknown."""
-    first = getattr(model, 'pretrained_cfg', {}).get('first_conv')
-    try:
-        conv = model.get_submodule(first) if first else None
-    except AttributeError:
-        return None
-    return getattr(conv, 'in_channels', None)
 
 
 def load_checkpoint_weights(checkpoint_dir, device: Union[str, torch.device] = 'cpu') -> Dict[str, torch.Tensor]:
