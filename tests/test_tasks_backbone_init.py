@@ -3,12 +3,12 @@
 The tags read stand-ins for timm's ``resnet50.tv_in1k`` / ``resnet50.a1_in1k`` of the small test depth
 from a real-layout Hugging Face cache with ``HF_HUB_OFFLINE=1``.
 """
-import os
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
+from code_pickle import RunsCode
 from hub_cache import add_repo, imagenet_resnet50, safetensors_bytes, use_offline_cache
 from timm_stra.tasks.backbone_init import BackboneInit, create_model, parse_backbone_init
 from timm_stra.tasks.usage import UsageError
@@ -78,20 +78,10 @@ def test_file_loads_into_the_model(tmp_path, suffix):
     assert 'state_dict' not in model.pretrained_cfg  # loaded, not kept in the config
 
 
-class _RunsCode:
-    """Pickles to a call of os.system: a loader that executes it would create the marker file."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f'touch {self.marker}',)
-
-
 def test_file_whose_pickle_runs_code_is_refused_unrun(tmp_path):
     # read here with weights_only=True whatever timm's version (timm < 1.0.26 reads files without it)
     marker, path = tmp_path / 'executed', tmp_path / 'r50.pth'
-    torch.save({**imagenet_resnet50(5, SMALL['layers']), 'payload': _RunsCode(marker)}, path)
+    torch.save({**imagenet_resnet50(5, SMALL['layers']), 'payload': RunsCode(marker)}, path)
     with pytest.raises(UsageError, match=r'(?s)--backbone-init .*r50.pth.*refused.*system.*nothing from it was run'):
         create_model('stra_resnet50_reid', parse_backbone_init(str(path), 'stra_resnet50_reid'), **SMALL)
     assert not marker.exists()

@@ -4,7 +4,6 @@ Models are the registered ones, shrunk for 2 CPU cores with ``layers=[1,1,1,1]``
 """
 import errno
 import json
-import os
 import pickle
 import shutil
 from pathlib import Path
@@ -14,6 +13,7 @@ import timm
 import torch
 from safetensors.torch import load_file, save_file
 
+from code_pickle import RunsCode
 from hub_cache import add_repo, imagenet_resnet50, safetensors_bytes, use_offline_cache
 from synthetic import one_thread_fixture, face_bin_bytes, make_face_folders, make_fer2013, make_market1501
 import timm_stra.atomic
@@ -154,16 +154,6 @@ def test_resume_refuses_a_changed_setting_before_reading_the_data(tmp_path, fer_
     assert '--seed 7 (the run: 42)' in capsys.readouterr().err
 
 
-class _RunsCode:
-    """Pickles to a call of os.system: a loader that executes it would create the marker file."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f'touch {self.marker}',)
-
-
 def test_damaged_or_finished_runs_and_models_of_another_task_are_refused_in_one_line(tmp_path, fer_csv, capsys):
     """Each was a traceback from json, timm, safetensors, torch or torchvision, or (a finished run resumed) an exit
     0 that trained nothing."""
@@ -211,7 +201,7 @@ def test_damaged_or_finished_runs_and_models_of_another_task_are_refused_in_one_
     shutil.copytree(run, copy)
     state = load_training_state(copy / 'checkpoints' / 'epoch-0001')
     marker = tmp_path / 'executed'
-    torch.save({**state, 'extra': _RunsCode(marker)}, copy / 'checkpoints' / 'epoch-0001' / 'state.pt')
+    torch.save({**state, 'extra': RunsCode(marker)}, copy / 'checkpoints' / 'epoch-0001' / 'state.pt')
     capsys.readouterr()
     assert train_main([*args, '--output', str(copy), '--epochs', '2', '--resume', str(copy)]) == 1
     err = capsys.readouterr().err

@@ -6,7 +6,6 @@ in the layout torchreid saves (legacy torch format, ``state_dict`` wrapper,
 ``module.`` prefixes, epoch, a NumPy ``rank1``, optimizer state).
 """
 import json
-import os
 import pickle
 import runpy
 import sys
@@ -22,6 +21,8 @@ import timm_stra
 from timm_stra.cli import main as cli_main
 from timm_stra.convert.cli import main as convert_main
 from timm_stra.hub import save_for_hf
+
+from code_pickle import RunsCode
 
 
 def _official_state_dict(parity_dir: Path):
@@ -147,16 +148,6 @@ def test_python_dash_m_entry_point(official, tmp_path, monkeypatch):
     assert (out / 'model.safetensors').is_file()
 
 
-class _RunsCode:
-    """Pickles to a call of os.system: a loader that executes it would create the marker file."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f'touch {self.marker}',)
-
-
 def _assert_refused(checkpoint: Path, out: Path, capsys, *phrases: str):
     assert convert_main([str(checkpoint), str(out)]) == 1
     err = capsys.readouterr().err
@@ -179,7 +170,7 @@ def test_pickle_that_runs_code_is_refused(official, tmp_path, capsys, legacy):
     _, sd, _ = official
     marker = tmp_path / 'executed'
     checkpoint = tmp_path / 'evil.pth.tar'
-    evil = dict(_torchreid_checkpoint({'conv1.weight': sd['conv1.weight']}), payload=_RunsCode(marker))
+    evil = dict(_torchreid_checkpoint({'conv1.weight': sd['conv1.weight']}), payload=RunsCode(marker))
     torch.save(evil, checkpoint, _use_new_zipfile_serialization=not legacy)
     _assert_refused(checkpoint, tmp_path / 'out', capsys, 'refused', 'system', 'nothing from it was run')
     assert not marker.exists()
@@ -209,7 +200,7 @@ def test_pickle_in_a_protocol_the_safe_loader_does_not_read_is_refused_naming_wh
     global: the file is read as opcodes, never unpickled, to say what it would call."""
     marker = tmp_path / 'executed'
     checkpoint = tmp_path / 'model.pth'
-    checkpoint.write_bytes(pickle.dumps({'state_dict': {}, 'payload': _RunsCode(marker)}, protocol=4))
+    checkpoint.write_bytes(pickle.dumps({'state_dict': {}, 'payload': RunsCode(marker)}, protocol=4))
     _assert_refused(checkpoint, tmp_path / 'out', capsys, 'refused', 'protocol 4 or later', 'system',
                     'nothing from it was run')
     assert not marker.exists()

@@ -4,7 +4,6 @@ A stand-in for timm's ``resnet50.tv_in1k`` / ``resnet50.a1_in1k`` (random weight
 timm's ResNet-50) sits in a real-layout Hugging Face cache; ``HF_HUB_OFFLINE=1``.
 """
 import logging
-import os
 import re
 
 import pytest
@@ -14,6 +13,7 @@ from safetensors.torch import save_file
 import timm
 import timm_stra  # noqa: F401
 from timm_stra.models.pretrained_errors import PretrainedWeightsError
+from code_pickle import RunsCode
 from hub_cache import add_repo, imagenet_resnet50, safetensors_bytes, use_offline_cache
 
 BACKBONE = ('conv1.', 'bn1.', 'layer1.', 'layer2.', 'layer3.')
@@ -194,21 +194,11 @@ def test_missing_file_says_what_to_do(monkeypatch, tmp_path):
         timm.create_model('stra_resnet50_reid', pretrained=True)
 
 
-class _RunsCode:
-    """Pickles to a call of os.system: a loader that executes it would create the marker file."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f'touch {self.marker}',)
-
-
 def test_pickle_that_runs_code_is_refused(monkeypatch, tmp_path):
     """Only a pytorch_model.bin in the cache: timm reads it with weights_only=True, which must refuse it."""
     marker = tmp_path / 'executed'
     evil = tmp_path / 'evil.bin'
-    torch.save({'conv1.weight': torch.zeros(1), 'payload': _RunsCode(marker)}, evil)
+    torch.save({'conv1.weight': torch.zeros(1), 'payload': RunsCode(marker)}, evil)
     snapshot = add_repo(tmp_path / 'hub', 'timm/resnet50.tv_in1k', {'pytorch_model.bin': evil.read_bytes()})
     use_offline_cache(monkeypatch, tmp_path / 'hub')
     with pytest.raises(PretrainedWeightsError, match='Refused.*nothing from it was run') as info:
