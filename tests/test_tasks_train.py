@@ -29,6 +29,15 @@ FAST = ['--workers', '0', '--no-progress', '--batch-size', '8', '--model-kwargs'
 
 
 
+def _refused(capsys, main, argv, message) -> str:
+    """Run ``main(argv)``, asserting it exits 1 with ``message`` and no traceback on stderr; the stderr."""
+    capsys.readouterr()
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert message in err and 'Traceback' not in err, err
+    return err
+
+
 def _jsonl(run: Path):
     return [json.loads(line) for line in (run / 'metrics.jsonl').read_text().splitlines()]
 
@@ -163,23 +172,18 @@ def test_damaged_or_finished_runs_and_models_of_another_task_are_refused_in_one_
     assert train_main([*args, '--epochs', '1']) == 0
     ckpt = run / 'checkpoints' / 'epoch-0001'
 
-    def refused(main, argv, message):
-        capsys.readouterr()
-        assert main(argv) == 1
-        err = capsys.readouterr().err
-        assert message in err and 'Traceback' not in err, err
-
-    refused(train_main, [*args, '--epochs', '1', '--resume', str(run)],
-            f'--resume {run}: the run has trained 1 epochs of --epochs 1: nothing to continue; give --epochs above 1')
+    _refused(capsys, train_main, [*args, '--epochs', '1', '--resume', str(run)],
+             f'--resume {run}: the run has trained 1 epochs of --epochs 1: nothing to continue; give --epochs above 1')
     # a fer model for ReID data (refused before the data is read), a ReID model for fer
-    refused(eval_main, ['reid', '--data', str(tmp_path / 'no-data'), '--model', str(run), '--workers', '0'],
-            'the model takes 1-channel input (input_size (1, 24, 24)); reid images are colour (3 channels): give a '
-            'model built for them (in_chans=3')
-    refused(train_main, ['fer', '--data', str(fer_csv), '--output', str(tmp_path / 'other'), '--model',
-                         'resnet50_reid', *FAST], 'fer images are grey (1 channel)')
+    _refused(capsys, eval_main, ['reid', '--data', str(tmp_path / 'no-data'), '--model', str(run), '--workers', '0'],
+             'the model takes 1-channel input (input_size (1, 24, 24)); reid images are colour (3 channels): give a '
+             'model built for them (in_chans=3')
+    _refused(capsys, train_main, ['fer', '--data', str(fer_csv), '--output', str(tmp_path / 'other'), '--model',
+                                  'resnet50_reid', *FAST], 'fer images are grey (1 channel)')
     # the channels the model was built with, not its variant's (timm keeps the variant's pretrained_cfg)
-    refused(train_main, ['fer', '--data', str(fer_csv), '--output', str(tmp_path / 'colour'), *FAST,
-                         '--model-kwargs', 'in_chans=3', 'layers=[1,1,1,1]'], 'the model takes 3-channel input')
+    _refused(capsys, train_main, ['fer', '--data', str(fer_csv), '--output', str(tmp_path / 'colour'), *FAST,
+                                  '--model-kwargs', 'in_chans=3', 'layers=[1,1,1,1]'],
+             'the model takes 3-channel input')
     for name, text, message in (('bad-json', '{not json', 'config.json is not JSON'),
                                 ('no-arch', '{}', 'config.json names no architecture'),
                                 ('other-plugin', '{"architecture": "resnet50_plugin_not_imported"}',
@@ -188,37 +192,33 @@ def test_damaged_or_finished_runs_and_models_of_another_task_are_refused_in_one_
         copy = tmp_path / name
         shutil.copytree(ckpt, copy)
         (copy / 'config.json').write_text(text)
-        refused(eval_main, ['fer', '--data', str(fer_csv), '--model', str(copy), '--workers', '0'], message)
+        _refused(capsys, eval_main, ['fer', '--data', str(fer_csv), '--model', str(copy), '--workers', '0'], message)
     for damaged, message in (('state.pt', 'state.pt cannot be read'),
                              ('model.safetensors', 'model.safetensors cannot be read')):
         copy = tmp_path / f'cut-{damaged}'
         shutil.copytree(run, copy)
         path = copy / 'checkpoints' / 'epoch-0001' / damaged
         path.write_bytes(path.read_bytes()[:1000])  # a copy cut short
-        refused(train_main, [*args, '--output', str(copy), '--epochs', '2', '--resume',
-                             str(copy)], message)
+        _refused(capsys, train_main, [*args, '--output', str(copy), '--epochs', '2', '--resume', str(copy)], message)
     copy = tmp_path / 'runs-code'  # a state.pt that would run code: refused as such, not as damaged
     shutil.copytree(run, copy)
     state = load_training_state(copy / 'checkpoints' / 'epoch-0001')
     marker = tmp_path / 'executed'
     torch.save({**state, 'extra': RunsCode(marker)}, copy / 'checkpoints' / 'epoch-0001' / 'state.pt')
-    capsys.readouterr()
-    assert train_main([*args, '--output', str(copy), '--epochs', '2', '--resume', str(copy)]) == 1
-    err = capsys.readouterr().err
-    assert 'state.pt: refused. Its pickle would import or call posix.system while loading' in err, err
-    assert 'weights_only' not in err and 'Traceback' not in err, err  # (torch's advice would run it)
+    err = _refused(capsys, train_main, [*args, '--output', str(copy), '--epochs', '2', '--resume', str(copy)],
+                   'state.pt: refused. Its pickle would import or call posix.system while loading')
+    assert 'weights_only' not in err  # (torch's advice would run it)
     assert not marker.exists()
     (copy / 'checkpoints' / 'epoch-0001' / 'state.pt').write_bytes(b'\x80\x02\x95garbage')  # a garbled pickle
-    assert train_main([*args, '--output', str(copy), '--epochs', '2', '--resume', str(copy)]) == 1
-    err = capsys.readouterr().err
-    assert 'state.pt cannot be read (UnpicklingError: Unsupported operand 149): the checkpoint is damaged' in err, err
+    _refused(capsys, train_main, [*args, '--output', str(copy), '--epochs', '2', '--resume', str(copy)],
+             'state.pt cannot be read (UnpicklingError: Unsupported operand 149): the checkpoint is damaged')
     copy = tmp_path / 'no-preprocessing'  # (a resumed run goes on with the preprocessing it kept there)
     shutil.copytree(run, copy)
     config = copy / 'checkpoints' / 'epoch-0001' / 'config.json'
     config.write_text(json.dumps({k: v for k, v in json.loads(config.read_text()).items() if k != 'pretrained_cfg'}))
-    refused(train_main, [*args, '--output', str(copy), '--epochs', '2', '--resume', str(copy)],
-            f'{config} gives no preprocessing (pretrained_cfg with input_size, interpolation, mean, std): the folder '
-            'is damaged')
+    _refused(capsys, train_main, [*args, '--output', str(copy), '--epochs', '2', '--resume', str(copy)],
+             f'{config} gives no preprocessing (pretrained_cfg with input_size, interpolation, mean, std): the folder '
+             'is damaged')
 
 
 def test_a_weights_file_of_the_same_classes_starts_the_run_with_its_classifier(tmp_path, fer_csv):
@@ -686,10 +686,8 @@ def test_a_resumed_run_refuses_a_training_set_of_other_classes(tmp_path, capsys)
     for ids, message in (((1, 2, 3), '3 classes, the run was trained on 4'),
                          ((1, 2, 3, 8), "1 of its 4 classes are not the run's (first: 8)")):
         data = make_market1501(tmp_path / f'market-{len(ids)}', train_ids=ids)
-        capsys.readouterr()
-        assert train_main([*args, '--data', str(data), '--epochs', '2', '--resume', str(run)]) == 1
-        err = capsys.readouterr().err
-        assert f'--data {data}: {message}' in err and 'Traceback' not in err, err
+        _refused(capsys, train_main, [*args, '--data', str(data), '--epochs', '2', '--resume', str(run)],
+                 f'--data {data}: {message}')
     assert [r['epoch'] for r in _jsonl(run)] == [1]
 
 
@@ -710,10 +708,7 @@ def test_a_resumed_checkpoint_of_another_model_or_an_incomplete_state_is_refused
         copy = tmp_path / name
         shutil.copytree(run, copy)
         damage(copy / 'checkpoints' / 'epoch-0001')
-        capsys.readouterr()
-        assert train_main([*args, '--epochs', '2', '--resume', str(copy)]) == 1
-        err = capsys.readouterr().err
-        assert message in err and 'Traceback' not in err, err
+        _refused(capsys, train_main, [*args, '--epochs', '2', '--resume', str(copy)], message)
 
 
 def test_a_face_img_size_other_than_the_input_size_is_refused_before_the_data_is_read(tmp_path, capsys):
